@@ -1,0 +1,24 @@
+//! # ipc — every wire contract of cairn, and nothing else
+//!
+//! Anything that crosses a privilege or machine boundary is defined here, once:
+//!
+//! * [`boot`]: the boot bundle the host runner (or, later, GRUB) hands the core:
+//!   a postcard-encoded [`boot::Manifest`] followed by the guest and server images.
+//! * [`hypercall`]: the guest-facing hypercall ABI. It is Xen's (numbers, layouts,
+//!   error codes are taken from Xen's public headers) so unmodified PV-aware
+//!   guests work.
+//! * [`pvh`]: the PVH boot ABI (start info, memory map, ELF note) the core
+//!   is booted with and boots its guests with.
+//! * [`exit_status`]: what the core writes to QEMU's isa-debug-exit port.
+//!
+//! Principles: every type has a fixed maximum encoded size, decoding never
+//! allocates, and decoding untrusted bytes returns an error, never panics.
+//!
+//! Not in this crate: any I/O, any policy, anything that only one side uses.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+pub mod boot;
+pub mod exit_status;
+pub mod hypercall;
+pub mod pvh;
