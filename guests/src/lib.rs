@@ -1,1 +1,1006 @@
+//! # guests — cairn's test guests and the tiny runtime they share
+//!
+//! Each binary in `src/bin` is a bare-metal PVH kernel for `x86_64-unknown-none`
+//! that cairn's core boots as a domain: `hello` (prints through every console
+//! path, then powers off), `spinner` (counts and prints its progress) and
+//! `fault` (writes outside its memory). This library is everything they share:
+//!
+//! * the 32-bit PVH entry and the switch to long mode (target only): a
+//!   `.note.Xen` `XEN_ELFNOTE_PHYS32_ENTRY` note, a zeroed `.bss`, an identity
+//!   map of the first 4 GiB with 2 MiB pages, an empty IDT (any exception
+//!   triple-faults, which the hypervisor reports), a 64 KiB stack, then a call
+//!   to the binary's `guest_main` (defined by the `entry!` macro);
+//! * the console paths the core emulates: the 16550 UART at 0x3F8, the debug
+//!   port 0xE9 and the Xen `console_io` hypercall, and `SCHEDOP_shutdown`;
+//! * reading `hvm_start_info` (decoded by [`ipc::pvh`]): command line and
+//!   memory map;
+//! * pure helpers that test on the host: a fixed-size [`text::Line`] with
+//!   number formatting, [`cmdline`] parsing, the RAM summary of a memory map
+//!   ([`memory`]), CPUID signatures ([`signature`]) and the spinner's settings
+//!   ([`spinner`]).
+//!
+//! Command-line keys (whitespace-separated `key=value`, see [`cmdline`]):
+//! `console=uart|debug|hypercall` picks the channel of `console::print`
+//! (default: `console_io` when CPUID leaf 0x40000000 says `XenVMMXenVMM`,
+//! else the UART, so the guests also run on bare QEMU); the spinner reads
+//! `iterations=`, `label=`, `work=` ([`spinner`]); `fault` reads `address=`.
+//!
+//! Principles: no allocator, no `core::fmt` on the output path, `unsafe` only
+//! for instructions and raw physical memory, each with its `// SAFETY:`. The
+//! guests trust nothing but the identity map they built themselves: a start
+//! info or memory map that does not decode ends the guest with a crash report.
+//!
+//! Not in this crate: interrupts, timers, SMP, a hypercall page (guests use
+//! `vmmcall` directly), or anything the core does for the guest.
+
 #![cfg_attr(not(test), no_std)]
+
+/// End of the identity map the entry code builds (4 GiB, 2 MiB pages).
+pub const IDENTITY_MAP_END: u64 = 4 << 30;
+
+pub mod text {
+    //! Building console lines without an allocator or `core::fmt`.
+
+    /// Longest line, newline included: room for `cmdline: ` and the longest
+    /// command line cairn passes (`ipc::boot::MAX_CMDLINE_LEN`).
+    pub const LINE_CAPACITY: usize = 320;
+
+    /// Writes `value` in decimal into the end of `buffer`; returns the digits.
+    pub fn format_decimal(value: u64, buffer: &mut [u8; 20]) -> &[u8] {
+        let mut at = buffer.len();
+        let mut rest = value;
+        loop {
+            at -= 1;
+            buffer[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        &buffer[at..]
+    }
+
+    /// Writes `value` in lowercase hexadecimal (no prefix, no leading zeros)
+    /// into the end of `buffer`; returns the digits.
+    pub fn format_hex(value: u64, buffer: &mut [u8; 16]) -> &[u8] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut at = buffer.len();
+        let mut rest = value;
+        loop {
+            at -= 1;
+            buffer[at] = DIGITS[(rest & 0xf) as usize];
+            rest >>= 4;
+            if rest == 0 {
+                break;
+            }
+        }
+        &buffer[at..]
+    }
+
+    /// One console line under construction. Text beyond the capacity is
+    /// dropped; one byte is always kept free for the final newline.
+    #[derive(Clone)]
+    pub struct Line {
+        bytes: [u8; LINE_CAPACITY],
+        length: usize,
+    }
+
+    impl Default for Line {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl Line {
+        /// An empty line.
+        pub const fn new() -> Self {
+            Self {
+                bytes: [0; LINE_CAPACITY],
+                length: 0,
+            }
+        }
+
+        /// Appends raw bytes, replacing control characters (a newline in a
+        /// command line must not split the line) with `?`.
+        pub fn push_bytes(&mut self, bytes: &[u8]) -> &mut Self {
+            for &byte in bytes {
+                if self.length + 1 >= LINE_CAPACITY {
+                    break;
+                }
+                self.bytes[self.length] = if byte < 0x20 || byte == 0x7f {
+                    b'?'
+                } else {
+                    byte
+                };
+                self.length += 1;
+            }
+            self
+        }
+
+        /// Appends text.
+        pub fn push_str(&mut self, text: &str) -> &mut Self {
+            self.push_bytes(text.as_bytes())
+        }
+
+        /// Appends `value` in decimal.
+        pub fn push_decimal(&mut self, value: u64) -> &mut Self {
+            let mut buffer = [0; 20];
+            self.push_bytes(format_decimal(value, &mut buffer))
+        }
+
+        /// Appends `value` as `0x` and lowercase hexadecimal.
+        pub fn push_hex(&mut self, value: u64) -> &mut Self {
+            let mut buffer = [0; 16];
+            self.push_bytes(b"0x")
+                .push_bytes(format_hex(value, &mut buffer))
+        }
+
+        /// The text so far, without a newline.
+        pub fn as_bytes(&self) -> &[u8] {
+            &self.bytes[..self.length]
+        }
+
+        /// The text followed by `\n`, ready for a console.
+        pub fn with_newline(&mut self) -> &[u8] {
+            // `push_bytes` keeps `length < LINE_CAPACITY`, so the slot exists.
+            self.bytes[self.length] = b'\n';
+            &self.bytes[..self.length + 1]
+        }
+    }
+}
+
+pub mod cmdline {
+    //! The guests' command-line syntax: whitespace-separated `key=value`
+    //! words (a bare `key` has the empty value); when a key repeats, the last
+    //! one wins, as in Linux.
+
+    /// The value of `key`, if the command line has it.
+    pub fn value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+        let mut found = None;
+        for word in cmdline.split_ascii_whitespace() {
+            let (name, value) = word.split_once('=').unwrap_or((word, ""));
+            if name == key {
+                found = Some(value);
+            }
+        }
+        found
+    }
+
+    /// Parses a decimal or `0x`-prefixed hexadecimal number; `None` if empty,
+    /// malformed or above `u64::MAX`.
+    pub fn parse_u64(text: &str) -> Option<u64> {
+        let (digits, radix) = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+            Some(hex) => (hex, 16),
+            None => (text, 10),
+        };
+        if digits.is_empty() {
+            return None;
+        }
+        digits.bytes().try_fold(0u64, |accumulator, byte| {
+            let digit = (byte as char).to_digit(radix)?;
+            accumulator
+                .checked_mul(u64::from(radix))?
+                .checked_add(u64::from(digit))
+        })
+    }
+
+    /// The text of a NUL-terminated command line: the bytes before the first
+    /// NUL (all of them if there is none), cut to the longest valid UTF-8
+    /// prefix.
+    pub fn from_bytes(bytes: &[u8]) -> &str {
+        let end = bytes
+            .iter()
+            .position(|&byte| byte == 0)
+            .unwrap_or(bytes.len());
+        let text = &bytes[..end];
+        match core::str::from_utf8(text) {
+            Ok(valid) => valid,
+            // `valid_up_to` marks a character boundary, so this cannot fail.
+            Err(error) => core::str::from_utf8(&text[..error.valid_up_to()]).unwrap_or(""),
+        }
+    }
+}
+
+pub mod memory {
+    //! What the guests need from the PVH memory map.
+
+    use ipc::pvh::{MemmapEntry, MEMMAP_RAM};
+
+    /// The RAM a memory map describes.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct RamSummary {
+        /// Sum of the sizes of all RAM entries, bytes.
+        pub total_bytes: u64,
+        /// One past the highest RAM byte.
+        pub end: u64,
+    }
+
+    /// Sums the RAM entries (type [`MEMMAP_RAM`]) and finds where RAM ends.
+    /// Other entry types are ignored; arithmetic saturates, so a hostile map
+    /// cannot overflow it.
+    pub fn summarize(entries: impl IntoIterator<Item = MemmapEntry>) -> RamSummary {
+        entries
+            .into_iter()
+            .filter(|entry| entry.kind == MEMMAP_RAM)
+            .fold(RamSummary::default(), |summary, entry| RamSummary {
+                total_bytes: summary.total_bytes.saturating_add(entry.size),
+                end: summary.end.max(entry.addr.saturating_add(entry.size)),
+            })
+    }
+
+    /// An address `gap` bytes past the end of RAM, rounded up to 8 bytes,
+    /// that an 8-byte write can reach below `limit`; `None` if there is none.
+    pub fn beyond_ram(ram_end: u64, gap: u64, limit: u64) -> Option<u64> {
+        let address = ram_end.checked_add(gap)?.checked_add(7)? & !7;
+        (address.checked_add(8)? <= limit).then_some(address)
+    }
+}
+
+pub mod signature {
+    //! CPUID vendor signatures (12 ASCII bytes in EBX, ECX, EDX).
+
+    /// The 12 signature bytes of a CPUID leaf's EBX, ECX, EDX.
+    pub fn from_registers(ebx: u32, ecx: u32, edx: u32) -> [u8; 12] {
+        let mut bytes = [0; 12];
+        bytes[0..4].copy_from_slice(&ebx.to_le_bytes());
+        bytes[4..8].copy_from_slice(&ecx.to_le_bytes());
+        bytes[8..12].copy_from_slice(&edx.to_le_bytes());
+        bytes
+    }
+
+    /// The signature as text, if all 12 bytes are printable ASCII (a CPU
+    /// without the leaf returns zeros or another leaf's numbers).
+    pub fn as_text(bytes: &[u8; 12]) -> Option<&str> {
+        if bytes.iter().all(|byte| byte.is_ascii_graphic()) {
+            core::str::from_utf8(bytes).ok()
+        } else {
+            None
+        }
+    }
+}
+
+pub mod spinner {
+    //! The spinner's settings, from its command line:
+    //!
+    //! | key | meaning | default |
+    //! |---|---|---|
+    //! | `iterations=N` | progress lines before powering off; 0 = forever | 0 |
+    //! | `label=X` | the word at the start of each line | `spinner` |
+    //! | `work=N` | busy-loop iterations between lines | [`DEFAULT_WORK`] |
+
+    use crate::cmdline;
+
+    /// Busy-loop iterations (`dec; jnz`) between two progress lines. Measured
+    /// on bare QEMU TCG (`-cpu EPYC`, QEMU 7.2, the project's 2-core EPYC VM):
+    /// 2.3-2.4 ns per iteration, so about 190 ms per line (`-M microvm`).
+    pub const DEFAULT_WORK: u64 = 80_000_000;
+    /// The default label.
+    pub const DEFAULT_LABEL: &str = "spinner";
+    /// Longest label kept; longer ones are cut.
+    pub const MAX_LABEL_LEN: usize = 32;
+
+    /// What the spinner does.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Settings<'a> {
+        /// Progress lines before powering off; 0 = forever.
+        pub iterations: u64,
+        /// First word of each line.
+        pub label: &'a str,
+        /// Busy-loop iterations per line; at least 1.
+        pub work: u64,
+    }
+
+    impl<'a> Settings<'a> {
+        /// Reads the settings; a malformed or missing value keeps its default.
+        pub fn parse(line: &'a str) -> Self {
+            let number = |key| cmdline::value(line, key).and_then(cmdline::parse_u64);
+            let label = cmdline::value(line, "label")
+                .filter(|label| !label.is_empty())
+                .map(|label| match label.char_indices().nth(MAX_LABEL_LEN) {
+                    Some((cut, _)) => &label[..cut],
+                    None => label,
+                })
+                .unwrap_or(DEFAULT_LABEL);
+            Self {
+                iterations: number("iterations").unwrap_or(0),
+                label,
+                work: number("work")
+                    .filter(|&work| work > 0)
+                    .unwrap_or(DEFAULT_WORK),
+            }
+        }
+    }
+}
+
+#[cfg(target_os = "none")]
+mod entry {
+    //! The PVH entry: 32-bit protected mode, paging off, `ebx` = start info.
+    //! Zeroes `.bss`, builds the identity map, loads an empty IDT and a
+    //! 64-bit GDT, enables PAE, EFER.LME and paging, far-jumps to 64-bit code,
+    //! loads the data segments and the stack, then calls
+    //! `guest_main(start_info_paddr)` (defined by [`entry!`](crate::entry)).
+    core::arch::global_asm!(
+        r#"
+        .section .note.Xen, "a", @note
+        .p2align 2
+        .long 4                     /* namesz: "Xen\0" */
+        .long 8                     /* descsz */
+        .long 18                    /* XEN_ELFNOTE_PHYS32_ENTRY */
+        .asciz "Xen"
+        .p2align 2
+        .quad pvh_entry
+        .p2align 2
+
+        .section .text.pvh_entry, "ax", @progbits
+        .code32
+        .globl pvh_entry
+    pvh_entry:
+        cli
+        cld
+        movl %ebx, %esi             /* start info, kept in esi until the call */
+
+        movl $__bss_start, %edi
+        movl $__bss_end, %ecx
+        subl %edi, %ecx
+        xorl %eax, %eax
+        rep stosb
+
+        /* PML4[0] -> PDPT; PDPT[0..4] -> the four page directories. */
+        movl $guest_pdpt, %eax
+        orl $0x3, %eax              /* present, writable */
+        movl %eax, guest_pml4
+        movl $guest_pd, %eax
+        orl $0x3, %eax
+        xorl %ecx, %ecx
+    .Lfill_pdpt:
+        movl %eax, guest_pdpt(,%ecx,8)
+        addl $0x1000, %eax
+        incl %ecx
+        cmpl $4, %ecx
+        jne .Lfill_pdpt
+
+        /* 2048 2 MiB pages: 0..4 GiB identity-mapped. */
+        xorl %ecx, %ecx
+    .Lfill_pd:
+        movl %ecx, %eax
+        shll $21, %eax
+        orl $0x83, %eax             /* present, writable, 2 MiB page */
+        movl %eax, guest_pd(,%ecx,8)
+        incl %ecx
+        cmpl $2048, %ecx
+        jne .Lfill_pd
+
+        lidt guest_idt_pointer      /* empty: an exception triple-faults */
+        lgdt guest_gdt_pointer
+
+        movl %cr4, %eax
+        orl $0x20, %eax             /* CR4.PAE */
+        movl %eax, %cr4
+        movl $guest_pml4, %eax
+        movl %eax, %cr3
+        movl $0xc0000080, %ecx      /* EFER */
+        movl $0x100, %eax           /* LME */
+        xorl %edx, %edx
+        wrmsr
+        movl %cr0, %eax
+        orl $0x80000001, %eax       /* CR0.PG | CR0.PE */
+        movl %eax, %cr0
+        ljmp $0x08, $.Llong_mode
+
+        .code64
+    .Llong_mode:
+        movw $0x10, %ax
+        movw %ax, %ds
+        movw %ax, %es
+        movw %ax, %ss
+        movw %ax, %fs
+        movw %ax, %gs
+        movq $guest_stack_top, %rsp
+        xorl %ebp, %ebp
+        movl %esi, %edi             /* zero-extends: guest_main(start_info_paddr) */
+        call guest_main
+    .Lhalt:
+        cli
+        hlt
+        jmp .Lhalt
+
+        .section .rodata.guest_gdt, "a", @progbits
+        .p2align 3
+    guest_gdt:
+        .quad 0
+        .quad 0x00af9b000000ffff    /* 0x08: 64-bit code, present, accessed */
+        .quad 0x00cf93000000ffff    /* 0x10: flat data, present, accessed */
+    guest_gdt_end:
+    guest_gdt_pointer:
+        .word guest_gdt_end - guest_gdt - 1
+        .long guest_gdt
+    guest_idt_pointer:
+        .word 0
+        .long 0
+
+        .section .bss.guest_page_tables, "aw", @nobits
+        .p2align 12
+    guest_pml4:
+        .skip 4096
+    guest_pdpt:
+        .skip 4096
+    guest_pd:
+        .skip 4096 * 4
+
+        .section .bss.guest_stack, "aw", @nobits
+        .p2align 4
+        .skip 65536
+    guest_stack_top:
+
+        .text
+        "#,
+        options(att_syntax)
+    );
+}
+
+/// Defines the binary's `guest_main`, which the entry code calls: it reads
+/// the start info into a [`Boot`] (or reports a crash) and calls `$run`, a
+/// `fn(Boot) -> !`.
+#[cfg(target_os = "none")]
+#[macro_export]
+macro_rules! entry {
+    ($run:path) => {
+        /// Called once by the PVH entry code, in long mode, on the boot stack.
+        #[no_mangle]
+        pub extern "C" fn guest_main(start_info_paddr: u64) -> ! {
+            let run: fn($crate::Boot) -> ! = $run;
+            run($crate::Boot::from_paddr(start_info_paddr))
+        }
+    };
+}
+
+#[cfg(target_os = "none")]
+pub mod console {
+    //! The console paths cairn emulates. Each takes whole lines; the core
+    //! buffers guest output per domain and flushes it at `\n`.
+
+    use core::arch::asm;
+    use core::sync::atomic::{AtomicU8, Ordering};
+
+    use crate::text::Line;
+
+    const UART_DATA: u16 = 0x3f8;
+    const UART_LINE_STATUS: u16 = 0x3fd;
+    const LINE_STATUS_THR_EMPTY: u8 = 1 << 5;
+    /// Polls of the line status before writing anyway: a UART that never says
+    /// "empty" must not hang the guest.
+    const UART_POLL_LIMIT: u32 = 100_000;
+    const DEBUG_PORT: u16 = 0xe9;
+
+    /// Where [`print`] sends lines.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[repr(u8)]
+    pub enum Channel {
+        /// The 16550 UART at 0x3F8 (two port accesses per byte).
+        Uart = 0,
+        /// The debug port 0xE9 (one port access per byte).
+        DebugPort = 1,
+        /// The Xen `console_io` hypercall (one hypercall per line); falls
+        /// back to the UART when the hypercall fails.
+        Hypercall = 2,
+    }
+
+    static DEFAULT_CHANNEL: AtomicU8 = AtomicU8::new(Channel::Uart as u8);
+
+    /// Chooses the channel of [`print`].
+    pub fn set_default(channel: Channel) {
+        DEFAULT_CHANNEL.store(channel as u8, Ordering::Relaxed);
+    }
+
+    /// The channel of [`print`].
+    pub fn default_channel() -> Channel {
+        match DEFAULT_CHANNEL.load(Ordering::Relaxed) {
+            1 => Channel::DebugPort,
+            2 => Channel::Hypercall,
+            _ => Channel::Uart,
+        }
+    }
+
+    fn outb(port: u16, value: u8) {
+        // SAFETY: a port write to one of the console devices; it touches no
+        // memory of this program and the guest runs at CPL 0.
+        unsafe {
+            asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+        };
+    }
+
+    fn inb(port: u16) -> u8 {
+        let value: u8;
+        // SAFETY: a read of the UART's line status register: no side effects
+        // on memory, and the guest runs at CPL 0.
+        unsafe {
+            asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags))
+        };
+        value
+    }
+
+    /// Writes bytes to the UART, polling LSR.THRE before each one.
+    pub fn uart_write(bytes: &[u8]) {
+        for &byte in bytes {
+            let mut polls = 0;
+            while inb(UART_LINE_STATUS) & LINE_STATUS_THR_EMPTY == 0 && polls < UART_POLL_LIMIT {
+                polls += 1;
+                core::hint::spin_loop();
+            }
+            outb(UART_DATA, byte);
+        }
+    }
+
+    /// Writes bytes to the debug port 0xE9.
+    pub fn debug_port_write(bytes: &[u8]) {
+        for &byte in bytes {
+            outb(DEBUG_PORT, byte);
+        }
+    }
+
+    /// Sends `line` (plus `\n`) on `channel`.
+    pub fn write_line(channel: Channel, line: &mut Line) {
+        let bytes = line.with_newline();
+        match channel {
+            Channel::Uart => uart_write(bytes),
+            Channel::DebugPort => debug_port_write(bytes),
+            Channel::Hypercall => {
+                // A hypervisor without console_io still shows the line.
+                if crate::hypercall::console_write(bytes) < 0 {
+                    uart_write(bytes);
+                }
+            }
+        }
+    }
+
+    /// Sends `line` (plus `\n`) on the default channel: the UART unless
+    /// [`set_default`] chose another (see [`Boot::from_paddr`](crate::Boot::from_paddr)).
+    pub fn print(line: &mut Line) {
+        write_line(default_channel(), line);
+    }
+
+    /// Prints one piece of text as a line on the default channel.
+    pub fn print_str(text: &str) {
+        print(Line::new().push_str(text));
+    }
+}
+
+#[cfg(target_os = "none")]
+pub mod hypercall {
+    //! Xen hypercalls through `vmmcall` (64-bit ABI: rax = number, rdi, rsi,
+    //! rdx = arguments, rax = result). Numbers come from [`ipc::hypercall`].
+    //! Without a hypervisor `vmmcall` raises #UD, which with the empty IDT
+    //! triple-faults: on bare QEMU with `-no-reboot` that ends the run.
+
+    use core::arch::asm;
+
+    use ipc::hypercall::{ShutdownReason, CONSOLEIO_WRITE, CONSOLE_IO, SCHEDOP_SHUTDOWN, SCHED_OP};
+
+    /// Issues hypercall `number` with three arguments.
+    ///
+    /// # Safety
+    ///
+    /// Pointer arguments must point at memory that the hypercall may read or
+    /// write as Xen documents for `number`.
+    pub unsafe fn call3(number: u64, argument1: u64, argument2: u64, argument3: u64) -> i64 {
+        let result: u64;
+        // SAFETY: the caller vouches for the pointer arguments; `vmmcall`
+        // changes no other state of this program. Xen may clobber the
+        // argument registers, so they are marked as clobbered.
+        unsafe {
+            asm!(
+                "vmmcall",
+                inout("rax") number => result,
+                inout("rdi") argument1 => _,
+                inout("rsi") argument2 => _,
+                inout("rdx") argument3 => _,
+                out("r10") _,
+                out("r8") _,
+                options(nostack),
+            );
+        }
+        result as i64
+    }
+
+    /// `console_io(CONSOLEIO_write, len, buffer)`: the result is 0 (Xen) or
+    /// another non-negative value on success, a negative Xen errno on failure.
+    pub fn console_write(bytes: &[u8]) -> i64 {
+        // SAFETY: the buffer is a live slice of exactly `bytes.len()` bytes,
+        // which the hypervisor only reads.
+        unsafe {
+            call3(
+                CONSOLE_IO,
+                CONSOLEIO_WRITE,
+                bytes.len() as u64,
+                bytes.as_ptr() as u64,
+            )
+        }
+    }
+
+    /// `sched_op(SCHEDOP_shutdown, &sched_shutdown { reason })`. Should the
+    /// hypercall return, halts forever with interrupts off.
+    pub fn shutdown(reason: ShutdownReason) -> ! {
+        let request: u32 = reason as u32; // struct sched_shutdown { uint32_t reason; }
+                                          // SAFETY: the argument points at a live 4-byte `sched_shutdown` on
+                                          // this stack, which the hypervisor only reads.
+        unsafe { call3(SCHED_OP, SCHEDOP_SHUTDOWN, &raw const request as u64, 0) };
+        loop {
+            // SAFETY: stops this vCPU; nothing is left to do.
+            unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+        }
+    }
+
+    /// Powers the domain off: its work is done.
+    pub fn poweroff() -> ! {
+        shutdown(ShutdownReason::Poweroff)
+    }
+
+    /// Reports a crash: prints `line` (if any) and shuts down with
+    /// `SHUTDOWN_crash`.
+    pub fn crash(line: &str) -> ! {
+        crate::console::print_str(line);
+        shutdown(ShutdownReason::Crash)
+    }
+}
+
+/// Reads CPUID leaf `leaf`'s vendor signature (EBX, ECX, EDX) as 12 bytes.
+#[cfg(target_os = "none")]
+pub fn cpuid_signature(leaf: u32) -> [u8; 12] {
+    let result = core::arch::x86_64::__cpuid(leaf);
+    signature::from_registers(result.ebx, result.ecx, result.edx)
+}
+
+/// Whether CPUID reports a Xen-compatible hypervisor (cairn or Xen).
+#[cfg(target_os = "none")]
+pub fn xen_hypervisor_present() -> bool {
+    cpuid_signature(ipc::hypercall::CPUID_XEN_BASE) == *ipc::hypercall::CPUID_XEN_SIGNATURE
+}
+
+#[cfg(target_os = "none")]
+mod boot {
+    use ipc::pvh::{MemmapEntry, StartInfo, MEMMAP_ENTRY_SIZE, START_INFO_SIZE};
+
+    use crate::console::{self, Channel};
+    use crate::hypercall;
+    use crate::memory::{self, RamSummary};
+    use crate::text::Line;
+    use crate::IDENTITY_MAP_END;
+
+    /// Most memory map entries read.
+    const MAX_MEMMAP_ENTRIES: usize = 128;
+    /// Most command-line bytes read (cairn's limit is 255 plus the NUL).
+    const MAX_CMDLINE_BYTES: usize = 1024;
+
+    /// `len` bytes of guest-physical memory at `paddr`, if the identity map
+    /// covers them (and `paddr` is not 0, which PVH uses for "none").
+    fn physical_bytes(paddr: u64, len: usize) -> Option<&'static [u8]> {
+        let end = paddr.checked_add(len as u64)?;
+        if paddr == 0 || end > IDENTITY_MAP_END {
+            return None;
+        }
+        // SAFETY: [paddr, end) lies in the identity map the entry code built,
+        // so the addresses are mapped and the pointer is non-null. The range
+        // holds boot data the loader wrote before entry (start info, memory
+        // map, command line), outside this image, which nothing in the guest
+        // writes: the shared borrow stays valid for the guest's life.
+        Some(unsafe { core::slice::from_raw_parts(paddr as *const u8, len) })
+    }
+
+    /// The boot information the loader passed in `hvm_start_info`.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Boot {
+        start_info: StartInfo,
+        start_info_paddr: u64,
+        cmdline: &'static str,
+    }
+
+    impl Boot {
+        /// Reads and checks the start info at `start_info_paddr`; a missing
+        /// or malformed one ends the guest with a crash report. Then selects
+        /// the console: `console=uart|debug|hypercall` on the command line,
+        /// otherwise `console_io` when CPUID shows a Xen-compatible
+        /// hypervisor (one exit per line instead of two per byte) and the
+        /// UART on bare QEMU.
+        pub fn from_paddr(start_info_paddr: u64) -> Self {
+            let Some(start_info) =
+                physical_bytes(start_info_paddr, START_INFO_SIZE).and_then(StartInfo::decode)
+            else {
+                let mut line = Line::new();
+                line.push_str("guest: no PVH start info at ")
+                    .push_hex(start_info_paddr);
+                console::uart_write(line.with_newline());
+                hypercall::shutdown(ipc::hypercall::ShutdownReason::Crash)
+            };
+            let cmdline = Self::read_cmdline(start_info.cmdline_paddr);
+            let channel = match crate::cmdline::value(cmdline, "console") {
+                Some("uart") => Channel::Uart,
+                Some("debug") => Channel::DebugPort,
+                Some("hypercall") => Channel::Hypercall,
+                _ if crate::xen_hypervisor_present() => Channel::Hypercall,
+                _ => Channel::Uart,
+            };
+            console::set_default(channel);
+            Self {
+                start_info,
+                start_info_paddr,
+                cmdline,
+            }
+        }
+
+        fn read_cmdline(paddr: u64) -> &'static str {
+            // Find the NUL byte by byte, so the read never runs past it into
+            // memory that may not exist.
+            let mut length = 0;
+            while length < MAX_CMDLINE_BYTES {
+                match physical_bytes(paddr + length as u64, 1) {
+                    Some([0]) | None => break,
+                    Some(_) => length += 1,
+                }
+            }
+            physical_bytes(paddr, length)
+                .map(crate::cmdline::from_bytes)
+                .unwrap_or("")
+        }
+
+        /// The decoded start info.
+        pub fn start_info(&self) -> &StartInfo {
+            &self.start_info
+        }
+
+        /// Where the start info was.
+        pub fn start_info_paddr(&self) -> u64 {
+            self.start_info_paddr
+        }
+
+        /// The command line (empty if none).
+        pub fn cmdline(&self) -> &'static str {
+            self.cmdline
+        }
+
+        /// The memory map entries (none for a version-0 start info).
+        pub fn memmap(&self) -> impl Iterator<Item = MemmapEntry> {
+            let count = (self.start_info.memmap_entries as usize).min(MAX_MEMMAP_ENTRIES);
+            let bytes = physical_bytes(self.start_info.memmap_paddr, count * MEMMAP_ENTRY_SIZE)
+                .unwrap_or(&[]);
+            bytes
+                .chunks_exact(MEMMAP_ENTRY_SIZE)
+                .filter_map(MemmapEntry::decode)
+        }
+
+        /// Total RAM and where it ends, from the memory map.
+        pub fn ram(&self) -> RamSummary {
+            memory::summarize(self.memmap())
+        }
+    }
+}
+
+#[cfg(target_os = "none")]
+pub use boot::Boot;
+
+/// Prints `panic at FILE:LINE` and shuts down with `SHUTDOWN_crash`.
+#[cfg(target_os = "none")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let mut line = text::Line::new();
+    line.push_str("panic");
+    if let Some(location) = info.location() {
+        line.push_str(" at ")
+            .push_str(location.file())
+            .push_str(":")
+            .push_decimal(u64::from(location.line()));
+    }
+    console::print(&mut line);
+    hypercall::shutdown(ipc::hypercall::ShutdownReason::Crash)
+}
+
+/// Spins for `iterations` rounds of `dec; jnz` (two instructions each), so
+/// the amount of work is the same in every build profile.
+#[cfg(target_os = "none")]
+pub fn busy_loop(iterations: u64) {
+    if iterations == 0 {
+        return;
+    }
+    // SAFETY: only counts a register down to zero; no memory, no stack.
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            "dec {counter}",
+            "jnz 2b",
+            counter = inout(reg) iterations => _,
+            options(nomem, nostack),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ipc::pvh::{MemmapEntry, MEMMAP_RAM, MEMMAP_RESERVED};
+
+    use super::*;
+
+    #[test]
+    fn decimal_and_hex_formatting() {
+        let mut decimal = [0; 20];
+        assert_eq!(text::format_decimal(0, &mut decimal), b"0");
+        assert_eq!(text::format_decimal(1_234_567, &mut decimal), b"1234567");
+        assert_eq!(
+            text::format_decimal(u64::MAX, &mut decimal),
+            b"18446744073709551615"
+        );
+        let mut hex = [0; 16];
+        assert_eq!(text::format_hex(0, &mut hex), b"0");
+        assert_eq!(text::format_hex(0x1100000, &mut hex), b"1100000");
+        assert_eq!(text::format_hex(u64::MAX, &mut hex), b"ffffffffffffffff");
+    }
+
+    #[test]
+    fn line_builds_and_terminates() {
+        let mut line = text::Line::new();
+        line.push_str("memory: ")
+            .push_decimal(16384)
+            .push_str(" KiB at ")
+            .push_hex(0xbeef);
+        assert_eq!(line.as_bytes(), b"memory: 16384 KiB at 0xbeef");
+        assert_eq!(line.with_newline(), b"memory: 16384 KiB at 0xbeef\n");
+    }
+
+    #[test]
+    fn line_replaces_control_characters_and_truncates() {
+        let mut line = text::Line::new();
+        line.push_bytes(b"a\nb\x1b");
+        assert_eq!(line.as_bytes(), b"a?b?");
+
+        let mut long = text::Line::new();
+        for _ in 0..100 {
+            long.push_str("0123456789");
+        }
+        assert_eq!(long.as_bytes().len(), text::LINE_CAPACITY - 1);
+        let terminated = long.with_newline();
+        assert_eq!(terminated.len(), text::LINE_CAPACITY);
+        assert_eq!(terminated.last(), Some(&b'\n'));
+    }
+
+    #[test]
+    fn cmdline_values() {
+        let line = "  iterations=3 label=fast  quiet label=slow x=";
+        assert_eq!(cmdline::value(line, "iterations"), Some("3"));
+        assert_eq!(cmdline::value(line, "label"), Some("slow"), "last one wins");
+        assert_eq!(cmdline::value(line, "quiet"), Some(""));
+        assert_eq!(cmdline::value(line, "x"), Some(""));
+        assert_eq!(cmdline::value(line, "iter"), None);
+        assert_eq!(cmdline::value("", "iterations"), None);
+        assert_eq!(cmdline::value("a=b=c", "a"), Some("b=c"));
+    }
+
+    #[test]
+    fn numbers_parse_strictly() {
+        assert_eq!(cmdline::parse_u64("0"), Some(0));
+        assert_eq!(cmdline::parse_u64("42"), Some(42));
+        assert_eq!(cmdline::parse_u64("0x1F"), Some(31));
+        assert_eq!(cmdline::parse_u64("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(cmdline::parse_u64("18446744073709551616"), None);
+        assert_eq!(cmdline::parse_u64("0x"), None);
+        assert_eq!(cmdline::parse_u64(""), None);
+        assert_eq!(cmdline::parse_u64("-1"), None);
+        assert_eq!(cmdline::parse_u64("12k"), None);
+    }
+
+    #[test]
+    fn cmdline_bytes_stop_at_nul_and_bad_utf8() {
+        assert_eq!(
+            cmdline::from_bytes(b"iterations=3\0garbage"),
+            "iterations=3"
+        );
+        assert_eq!(cmdline::from_bytes(b"no terminator"), "no terminator");
+        assert_eq!(cmdline::from_bytes(b"ok\xff\xfe\0"), "ok");
+        assert_eq!(cmdline::from_bytes(b"\0"), "");
+    }
+
+    #[test]
+    fn ram_summary_counts_only_ram() {
+        let map = [
+            MemmapEntry {
+                addr: 0,
+                size: 0x9fc00,
+                kind: MEMMAP_RAM,
+            },
+            MemmapEntry {
+                addr: 0x9fc00,
+                size: 0x400,
+                kind: MEMMAP_RESERVED,
+            },
+            MemmapEntry {
+                addr: 0x100000,
+                size: 0xf00000,
+                kind: MEMMAP_RAM,
+            },
+            MemmapEntry {
+                addr: 0xfeffc000,
+                size: 0x4000,
+                kind: MEMMAP_RESERVED,
+            },
+        ];
+        let summary = memory::summarize(map);
+        assert_eq!(summary.total_bytes, 0x9fc00 + 0xf00000);
+        assert_eq!(summary.end, 0x1000000);
+        assert_eq!(memory::summarize([]), memory::RamSummary::default());
+    }
+
+    #[test]
+    fn ram_summary_saturates_on_hostile_maps() {
+        let map = [
+            MemmapEntry {
+                addr: u64::MAX - 1,
+                size: 16,
+                kind: MEMMAP_RAM,
+            },
+            MemmapEntry {
+                addr: 0,
+                size: u64::MAX,
+                kind: MEMMAP_RAM,
+            },
+        ];
+        let summary = memory::summarize(map);
+        assert_eq!(summary.total_bytes, u64::MAX);
+        assert_eq!(summary.end, u64::MAX);
+    }
+
+    #[test]
+    fn address_beyond_ram() {
+        let mib = 1 << 20;
+        assert_eq!(
+            memory::beyond_ram(16 * mib, mib, IDENTITY_MAP_END),
+            Some(17 * mib)
+        );
+        assert_eq!(
+            memory::beyond_ram(16 * mib + 3, 0, IDENTITY_MAP_END),
+            Some(16 * mib + 8)
+        );
+        assert_eq!(
+            memory::beyond_ram(IDENTITY_MAP_END - mib, mib, IDENTITY_MAP_END),
+            None
+        );
+        assert_eq!(
+            memory::beyond_ram(IDENTITY_MAP_END - 2 * mib, mib, IDENTITY_MAP_END),
+            Some(IDENTITY_MAP_END - mib)
+        );
+        assert_eq!(memory::beyond_ram(u64::MAX, mib, u64::MAX), None);
+    }
+
+    #[test]
+    fn signatures_decode() {
+        let [ebx, ecx, edx] =
+            ipc::hypercall::signature_registers(ipc::hypercall::CPUID_XEN_SIGNATURE);
+        let bytes = signature::from_registers(ebx, ecx, edx);
+        assert_eq!(&bytes, ipc::hypercall::CPUID_XEN_SIGNATURE);
+        assert_eq!(signature::as_text(&bytes), Some("XenVMMXenVMM"));
+        assert_eq!(signature::as_text(&[0; 12]), None);
+        assert_eq!(signature::as_text(b"Xen VMM Xen "), None);
+    }
+
+    #[test]
+    fn spinner_settings() {
+        let defaults = spinner::Settings::parse("");
+        assert_eq!(
+            defaults,
+            spinner::Settings {
+                iterations: 0,
+                label: "spinner",
+                work: spinner::DEFAULT_WORK
+            }
+        );
+        let custom = spinner::Settings::parse("iterations=3 label=left work=0x10");
+        assert_eq!(
+            custom,
+            spinner::Settings {
+                iterations: 3,
+                label: "left",
+                work: 16
+            }
+        );
+        let odd = spinner::Settings::parse("iterations=three label= work=0");
+        assert_eq!(odd, defaults, "malformed values keep their defaults");
+        let long = spinner::Settings::parse("label=abcdefghijklmnopqrstuvwxyz0123456789");
+        assert_eq!(long.label.len(), spinner::MAX_LABEL_LEN);
+    }
+}

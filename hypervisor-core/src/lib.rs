@@ -1,1 +1,40 @@
+//! # hypervisor-core — the pure half of cairn's privileged core
+//!
+//! cairn's core only switches contexts and handles VM exits; scheduling,
+//! paging and idle policy live in deprivileged servers. This library holds
+//! every part of the core that is plain logic, so it is tested on the host:
+//!
+//! * [`addr`]: `HostPhysAddr` / `GuestPhysAddr`, never mixed up.
+//! * [`frame`]: the physical frame allocator, built from the boot memory map.
+//! * [`paging`]: 4-level page tables, used both for the core's own address
+//!   space and for every guest's nested page table (NPT).
+//! * [`elf`]: the validating ELF/PVH image loader.
+//! * [`exit`]: decoding an SVM `#VMEXIT`, once, into [`exit::VmExit`].
+//! * [`vcpu`]: handling the decoded exits (CPUID filter, MSR allow-list, port
+//!   I/O, hypercalls) against a vCPU described by a trait.
+//! * [`cpuid`], [`msr`], [`uart`], [`console`], [`guest_memory`]: the pieces
+//!   `vcpu` is built from.
+//! * [`round_robin`]: the built-in scheduler the core uses when no scheduler
+//!   server has published decisions.
+//!
+//! Principles: no heap, no `unsafe` (the kernel binary's `arch` module is the
+//! only place that touches hardware), and every value a guest or a server
+//! hands the core is an allegation, checked here before it is used.
+//!
+//! Not in this crate: the boot path, SVM instructions, interrupt handling,
+//! anything with inline assembly (see `src/arch/` of the kernel binary).
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+pub mod addr;
+pub mod console;
+pub mod cpuid;
+pub mod elf;
+pub mod exit;
+pub mod frame;
+pub mod guest_memory;
+pub mod msr;
+pub mod paging;
+pub mod round_robin;
+pub mod uart;
+pub mod vcpu;

@@ -18,6 +18,9 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+#[cfg(all(feature = "std", not(test)))]
+extern crate std;
+
 pub mod boot;
 pub mod exit_status;
 pub mod hypercall;

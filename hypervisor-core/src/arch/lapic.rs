@@ -1,0 +1,115 @@
+//! The local APIC (xAPIC, MMIO at 0xFEE0_0000: TCG has no x2APIC) and its
+//! timer, calibrated against the PIT; and the TSC frequency, measured the
+//! same way.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use super::cpu;
+use super::interrupts::{SPURIOUS_VECTOR, TIMER_VECTOR};
+
+const BASE: u64 = 0xfee0_0000;
+const REGISTER_EOI: u64 = 0xb0;
+const REGISTER_SPURIOUS: u64 = 0xf0;
+const REGISTER_LVT_TIMER: u64 = 0x320;
+const REGISTER_TIMER_INITIAL: u64 = 0x380;
+const REGISTER_TIMER_CURRENT: u64 = 0x390;
+const REGISTER_TIMER_DIVIDE: u64 = 0x3e0;
+const TIMER_PERIODIC: u32 = 1 << 17;
+const TIMER_MASKED: u32 = 1 << 16;
+const DIVIDE_BY_16: u32 = 0x3;
+/// The PIT's input clock, Hz.
+const PIT_HZ: u64 = 1_193_182;
+
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+
+fn read(register: u64) -> u32 {
+    // SAFETY: the xAPIC page is identity-mapped (uncached) by the core's
+    // page tables and every register offset used here is architectural.
+    unsafe { core::ptr::read_volatile((BASE + register) as *const u32) }
+}
+
+fn write(register: u64, value: u32) {
+    // SAFETY: as for `read`.
+    unsafe { core::ptr::write_volatile((BASE + register) as *mut u32, value) }
+}
+
+/// Signals end of interrupt.
+pub fn end_of_interrupt() {
+    write(REGISTER_EOI, 0);
+}
+
+/// Reads PIT channel 0's current count (latched).
+fn pit_count() -> u16 {
+    cpu::outb(0x43, 0x00);
+    let low = cpu::inb(0x40);
+    let high = cpu::inb(0x40);
+    u16::from_le_bytes([low, high])
+}
+
+/// What calibration measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Calibration {
+    /// TSC ticks per second.
+    pub tsc_hz: u64,
+    /// Local APIC timer counts per second at divide-by-16.
+    pub timer_hz: u64,
+    /// Whether the PIT answered (else fallbacks were used).
+    pub measured: bool,
+}
+
+/// Enables the local APIC, masks the legacy PICs, and measures the TSC and
+/// APIC timer rates against 20 ms of PIT channel 0 (mode 2, full period).
+pub fn init_and_calibrate() -> Calibration {
+    // Mask both 8259 PICs: all device interrupts go through the local APIC.
+    cpu::outb(0x21, 0xff);
+    cpu::outb(0xa1, 0xff);
+    write(REGISTER_SPURIOUS, 0x100 | u32::from(SPURIOUS_VECTOR));
+    write(REGISTER_LVT_TIMER, TIMER_MASKED | u32::from(TIMER_VECTOR));
+    write(REGISTER_TIMER_DIVIDE, DIVIDE_BY_16);
+
+    // PIT channel 0, lobyte/hibyte, mode 2, reload 0 (= 65536).
+    cpu::outb(0x43, 0x34);
+    cpu::outb(0x40, 0);
+    cpu::outb(0x40, 0);
+    let target = PIT_HZ / 50; // 20 ms
+    write(REGISTER_TIMER_INITIAL, u32::MAX);
+    let apic_start = read(REGISTER_TIMER_CURRENT);
+    let tsc_start = cpu::rdtsc();
+    let mut previous = pit_count();
+    let mut elapsed: u64 = 0;
+    let mut polls: u64 = 0;
+    while elapsed < target && polls < 50_000_000 {
+        let now = pit_count();
+        elapsed += u64::from(previous.wrapping_sub(now));
+        previous = now;
+        polls += 1;
+    }
+    let tsc_end = cpu::rdtsc();
+    let apic_end = read(REGISTER_TIMER_CURRENT);
+    write(REGISTER_TIMER_INITIAL, 0);
+    let measured = elapsed >= target;
+    let calibration = if measured {
+        Calibration {
+            tsc_hz: (tsc_end - tsc_start) * PIT_HZ / elapsed,
+            timer_hz: u64::from(apic_start - apic_end) * PIT_HZ / elapsed,
+            measured,
+        }
+    } else {
+        // QEMU's APIC timer runs at 1 GHz before the divider.
+        Calibration { tsc_hz: 2_000_000_000, timer_hz: 1_000_000_000 / 16, measured }
+    };
+    TSC_HZ.store(calibration.tsc_hz, Ordering::Relaxed);
+    calibration
+}
+
+/// TSC ticks per second, as calibrated.
+pub fn tsc_hz() -> u64 {
+    TSC_HZ.load(Ordering::Relaxed)
+}
+
+/// Starts the periodic timer at `hz` interrupts per second.
+pub fn start_periodic_timer(calibration: &Calibration, hz: u64) {
+    let count = (calibration.timer_hz / hz).clamp(1, u64::from(u32::MAX)) as u32;
+    write(REGISTER_TIMER_DIVIDE, DIVIDE_BY_16);
+    write(REGISTER_LVT_TIMER, TIMER_PERIODIC | u32::from(TIMER_VECTOR));
+    write(REGISTER_TIMER_INITIAL, count);
+}

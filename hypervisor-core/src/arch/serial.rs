@@ -1,0 +1,70 @@
+//! The core's console: COM1 (16550 at 0x3F8) carrying a raw defmt stream,
+//! decoded on the host against this image's symbols.
+
+use core::sync::atomic::{AtomicBool, Ordering};
+use super::cpu;
+
+const COM1: u16 = 0x3f8;
+
+/// Programs COM1: 115200 baud, 8N1, FIFOs on, no interrupts.
+pub fn init() {
+    cpu::outb(COM1 + 1, 0x00);
+    cpu::outb(COM1 + 3, 0x80);
+    cpu::outb(COM1, 0x01);
+    cpu::outb(COM1 + 1, 0x00);
+    cpu::outb(COM1 + 3, 0x03);
+    cpu::outb(COM1 + 2, 0xc7);
+    cpu::outb(COM1 + 4, 0x03);
+}
+
+fn write_byte(byte: u8) {
+    while cpu::inb(COM1 + 5) & 0x20 == 0 {
+        core::hint::spin_loop();
+    }
+    cpu::outb(COM1, byte);
+}
+
+static TAKEN: AtomicBool = AtomicBool::new(false);
+static mut ENCODER: defmt::Encoder = defmt::Encoder::new();
+static mut RESTORE_INTERRUPTS: bool = false;
+
+#[defmt::global_logger]
+struct SerialLogger;
+
+// SAFETY: `acquire` disables interrupts and takes `TAKEN`, so the encoder is
+// used by one context at a time (the core is single-threaded per CPU and
+// only the bootstrap CPU logs); `release` gives both back.
+unsafe impl defmt::Logger for SerialLogger {
+    fn acquire() {
+        let enabled = cpu::interrupts_enabled();
+        cpu::disable_interrupts();
+        if TAKEN.swap(true, Ordering::Acquire) {
+            // Re-entered (a fault while logging): the frame would be corrupt.
+            super::exit_machine(ipc::exit_status::ExitStatus::CorePanic);
+        }
+        // SAFETY: exclusive access per the impl-level argument.
+        unsafe {
+            RESTORE_INTERRUPTS = enabled;
+            (*(&raw mut ENCODER)).start_frame(|bytes| bytes.iter().copied().for_each(write_byte));
+        }
+    }
+
+    unsafe fn flush() {}
+
+    unsafe fn release() {
+        // SAFETY: exclusive access per the impl-level argument.
+        let enabled = unsafe {
+            (*(&raw mut ENCODER)).end_frame(|bytes| bytes.iter().copied().for_each(write_byte));
+            RESTORE_INTERRUPTS
+        };
+        TAKEN.store(false, Ordering::Release);
+        if enabled {
+            cpu::enable_interrupts();
+        }
+    }
+
+    unsafe fn write(bytes: &[u8]) {
+        // SAFETY: exclusive access per the impl-level argument.
+        unsafe { (*(&raw mut ENCODER)).write(bytes, |bytes| bytes.iter().copied().for_each(write_byte)) }
+    }
+}

@@ -1,0 +1,129 @@
+//! In-core exit benchmarks, run before the domains when the manifest asks
+//! for `RunMode::Bench`. A one-page probe VM executes a single instruction
+//! per entry; the core times each VMRUN→#VMEXIT round trip with the TSC:
+//!
+//! * `vmexit_bare`: the probe runs VMMCALL; the core does nothing but reset
+//!   RIP (the world switch alone);
+//! * `cpuid_exit`: the probe runs CPUID; the core decodes the exit and
+//!   handles it through the same `vcpu::handle` path guests get.
+//!
+//! Round trips are binned in a fixed histogram (no heap, no sorting): the
+//! median and p99 are exact to [`BIN_TICKS`].
+
+use hypervisor_core::addr::GuestPhysAddr;
+use hypervisor_core::exit;
+use hypervisor_core::frame::FrameAllocator;
+use hypervisor_core::guest_memory::GuestMemory;
+use hypervisor_core::vcpu::{self as exits, DomainDevices};
+
+use crate::arch::cpu;
+use crate::arch::lapic;
+use crate::arch::svm::{self, offset, GuestRegisters, Vmcb};
+use super::domain;
+use super::run::Machine;
+use super::vcpu::{KernelPlatform, VcpuView};
+
+/// Width of one histogram bin, TSC ticks.
+pub const BIN_TICKS: u64 = 32;
+const BINS: usize = 4096;
+const WARMUP: u32 = 500;
+const VMMCALL_AT: u64 = 0x0;
+const CPUID_AT: u64 = 0x10;
+
+struct Histogram {
+    bins: [u32; BINS],
+    overflow: u32,
+    count: u32,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Self { bins: [0; BINS], overflow: 0, count: 0 }
+    }
+
+    fn add(&mut self, ticks: u64) {
+        match self.bins.get_mut((ticks / BIN_TICKS) as usize) {
+            Some(bin) => *bin += 1,
+            None => self.overflow += 1,
+        }
+        self.count += 1;
+    }
+
+    /// The value below which `per_mille`/1000 of the samples lie (bin middle).
+    fn quantile(&self, per_mille: u64) -> u64 {
+        let rank = (u64::from(self.count) * per_mille).div_ceil(1000).max(1);
+        let mut seen = 0;
+        for (index, &bin) in self.bins.iter().enumerate() {
+            seen += u64::from(bin);
+            if seen >= rank {
+                return index as u64 * BIN_TICKS + BIN_TICKS / 2;
+            }
+        }
+        BINS as u64 * BIN_TICKS
+    }
+}
+
+fn report(name_median: &str, name_p99: &str, histogram: &Histogram) {
+    defmt::info!("bench {=str} {=u64}", name_median, histogram.quantile(500));
+    defmt::info!("bench {=str} {=u64}", name_p99, histogram.quantile(990));
+}
+
+/// Measures both series and logs them as `bench NAME VALUE` lines.
+pub fn run(frames: &mut FrameAllocator<'_>, machine: &Machine<'_>, iterations: u32) {
+    let Ok(mut memory) = domain::build_memory(frames, 4096) else {
+        defmt::error!("bench: no memory for the probe VM");
+        return;
+    };
+    // VMMCALL at 0x0, CPUID at 0x10.
+    let code_ok = memory.write(GuestPhysAddr::new_truncate(VMMCALL_AT), &[0x0f, 0x01, 0xd9]).is_ok()
+        && memory.write(GuestPhysAddr::new_truncate(CPUID_AT), &[0x0f, 0xa2]).is_ok();
+    let Some(mut vmcb) = Vmcb::new(frames) else {
+        defmt::error!("bench: no memory for the probe VMCB");
+        return;
+    };
+    if !code_ok {
+        defmt::error!("bench: could not write the probe code");
+        return;
+    }
+    let mut registers = GuestRegisters::default();
+    domain::init_vmcb(&mut vmcb, &mut registers, &machine.maps, &memory.npt, machine.spare_asid(), VMMCALL_AT);
+    let mut devices = DomainDevices::new("probe", 4096, 1);
+    let host = &machine.host;
+
+    let mut bare = Histogram::new();
+    for round in 0..WARMUP + iterations {
+        vmcb.write_u64(offset::RIP, VMMCALL_AT);
+        let start = cpu::rdtsc();
+        svm::run(host, &mut vmcb, &mut registers);
+        let elapsed = cpu::rdtsc() - start;
+        if round >= WARMUP {
+            bare.add(elapsed);
+        }
+    }
+    let mut handled = Histogram::new();
+    let mut unexpected = 0u32;
+    for round in 0..WARMUP + iterations {
+        vmcb.write_u64(offset::RIP, CPUID_AT);
+        registers.rcx = 0;
+        vmcb.write_u64(offset::RAX, 0);
+        let start = cpu::rdtsc();
+        svm::run(host, &mut vmcb, &mut registers);
+        let decoded = exit::decode(&vmcb.raw_exit());
+        let mut view = VcpuView { vmcb: &mut vmcb, registers: &mut registers };
+        let outcome = exits::handle(&decoded, &mut view, &mut memory, &mut devices, &mut KernelPlatform, 0);
+        let elapsed = cpu::rdtsc() - start;
+        if outcome != exits::Outcome::Resume || decoded.reason != exit::VmExit::Cpuid {
+            unexpected += 1;
+        }
+        if round >= WARMUP {
+            handled.add(elapsed);
+        }
+    }
+    if unexpected != 0 {
+        defmt::error!("bench: {=u32} probe exits were not CPUID", unexpected);
+    }
+    defmt::info!("bench tsc_mhz {=u64}", lapic::tsc_hz() / 1_000_000);
+    defmt::info!("bench iterations {=u32}", iterations);
+    report("vmexit_bare_median_ticks", "vmexit_bare_p99_ticks", &bare);
+    report("cpuid_exit_median_ticks", "cpuid_exit_p99_ticks", &handled);
+}

@@ -1,0 +1,129 @@
+//! The core's boot sequence and run loop, in safe code over `arch`.
+
+mod bench;
+mod domain;
+mod run;
+mod vcpu;
+
+use hypervisor_core::addr::PAGE_SIZE;
+use hypervisor_core::frame::FrameAllocator;
+use ipc::boot::{Bundle, RunMode, MAX_DOMAINS};
+use ipc::exit_status::ExitStatus;
+use ipc::pvh::{MemmapEntry, ModlistEntry, StartInfo, MEMMAP_ENTRY_SIZE, MEMMAP_RAM, MODLIST_ENTRY_SIZE, START_INFO_SIZE};
+
+use crate::arch::{self, cpu, interrupts, lapic, memory, serial, svm};
+use domain::PermissionMaps;
+use run::{DomainState, Machine, MAX_VCPUS_TOTAL};
+
+/// Timer ticks per second: the built-in scheduler's slice is one tick.
+pub const TICK_HZ: u64 = 100;
+
+fn fail_boot(reason: &str) -> ! {
+    defmt::error!("boot failed: {=str}", reason);
+    arch::exit_machine(ExitStatus::BootError)
+}
+
+/// Reads the PVH memory map and builds the frame allocator from it.
+fn build_frame_allocator(info: &StartInfo) -> (FrameAllocator<'static>, u64) {
+    let Some(mut frames) = memory::take_frame_allocator() else { fail_boot("frame allocator taken twice") };
+    let entries = info.memmap_entries.min(128) as u64;
+    let Some(table) = memory::reserved_bytes(info.memmap_paddr, entries * MEMMAP_ENTRY_SIZE as u64) else {
+        fail_boot("PVH memory map unreadable")
+    };
+    let mut ram_end = 0;
+    for raw in table.chunks_exact(MEMMAP_ENTRY_SIZE) {
+        if let Some(entry) = MemmapEntry::decode(raw) {
+            if entry.kind == MEMMAP_RAM {
+                let end = entry.addr.saturating_add(entry.size);
+                frames.add_free_range(entry.addr, end);
+                ram_end = ram_end.max(end);
+            }
+        }
+    }
+    let (kernel_start, kernel_end) = memory::kernel_image();
+    frames.reserve_range(0, 0x10_0000);
+    frames.reserve_range(kernel_start, kernel_end);
+    (frames, ram_end)
+}
+
+/// The boot module (the bundle), reserved in the allocator.
+fn boot_module(info: &StartInfo, frames: &mut FrameAllocator<'_>) -> &'static [u8] {
+    if info.nr_modules == 0 {
+        fail_boot("no boot module: pass the appliance bundle with -initrd");
+    }
+    let Some(list) = memory::reserved_bytes(info.modlist_paddr, MODLIST_ENTRY_SIZE as u64) else {
+        fail_boot("PVH module list unreadable")
+    };
+    let Some(module) = ModlistEntry::decode(list) else { fail_boot("PVH module list unreadable") };
+    frames.reserve_range(module.paddr, module.paddr.saturating_add(module.size));
+    match memory::reserved_bytes(module.paddr, module.size) {
+        Some(bytes) => bytes,
+        None => fail_boot("boot module outside the identity map"),
+    }
+}
+
+/// The core's boot sequence, entered from the boot code in long mode with the
+/// PVH start info address.
+pub fn start(start_info_address: u64) -> ! {
+    serial::init();
+    defmt::info!("cairn core starting");
+    let Some(info) = memory::reserved_bytes(start_info_address, START_INFO_SIZE as u64).and_then(StartInfo::decode) else {
+        fail_boot("no PVH start info (bad magic in ebx)")
+    };
+    let selectors = cpu::load_descriptor_tables(arch::boot::stack_top());
+    interrupts::load_idt(selectors.kernel_code);
+
+    let (mut frames, ram_end) = build_frame_allocator(&info);
+    // Boot data (start info, memory map, module list) lives in the first MiB
+    // under QEMU; reserve the pages anyway in case a loader puts it elsewhere.
+    frames.reserve_range(start_info_address, start_info_address + PAGE_SIZE);
+    frames.reserve_range(info.memmap_paddr, info.memmap_paddr + PAGE_SIZE);
+    frames.reserve_range(info.modlist_paddr, info.modlist_paddr + PAGE_SIZE);
+    let bundle_bytes = boot_module(&info, &mut frames);
+    if memory::install_core_page_tables(&mut frames, ram_end).is_err() {
+        fail_boot("could not build the core's page tables");
+    }
+    defmt::info!("memory: {=u64} MiB RAM, {=usize} frames free", ram_end >> 20, frames.free_frames());
+
+    let calibration = lapic::init_and_calibrate();
+    if !calibration.measured {
+        defmt::warn!("PIT did not answer: TSC and APIC timer rates are assumed, not measured");
+    }
+    defmt::info!("timer: TSC {=u64} MHz, APIC timer {=u64} kHz", calibration.tsc_hz / 1_000_000, calibration.timer_hz / 1000);
+
+    let bundle = match Bundle::parse(bundle_bytes) {
+        Ok(bundle) => bundle,
+        Err(error) => fail_boot(error.reason()),
+    };
+    let host = match svm::enable(&mut frames) {
+        Ok(host) => host,
+        Err(error) => fail_boot(error.reason()),
+    };
+    defmt::info!("SVM enabled with nested paging, {=u32} ASIDs", host.asid_count);
+    let Some(maps) = PermissionMaps::new(&mut frames) else { fail_boot("no memory for permission maps") };
+
+    let mut machine = Machine::new(host, maps);
+    for (index, spec) in bundle.manifest.domains.iter().enumerate().take(MAX_DOMAINS) {
+        let state = match machine.build_domain(&mut frames, index, spec, bundle.image(spec.kernel)) {
+            Ok(()) => {
+                defmt::info!("domain {=str}: {=u32} MiB, {=u8} vCPU(s), started", spec.name.as_str(), spec.memory_mib, spec.vcpus);
+                if spec.vcpus > 1 {
+                    defmt::warn!("domain {=str}: only vCPU 0 runs; secondary vCPUs need SMP support", spec.name.as_str());
+                }
+                DomainState::Running
+            }
+            Err(error) => {
+                defmt::error!("domain {=str} not started: {=str}", spec.name.as_str(), error.reason());
+                DomainState::Failed
+            }
+        };
+        machine.set_domain(index, spec.name.as_str(), state);
+    }
+    if let RunMode::Bench { iterations } = bundle.manifest.mode {
+        bench::run(&mut frames, &machine, iterations);
+    }
+    lapic::start_periodic_timer(&calibration, TICK_HZ);
+    machine.run()
+}
+
+const _: () = assert!(MAX_VCPUS_TOTAL >= MAX_DOMAINS);

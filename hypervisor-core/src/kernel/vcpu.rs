@@ -1,0 +1,191 @@
+//! A vCPU as the kernel holds it (VMCB + saved registers), and the adapters
+//! that let the pure exit handler reach it, its domain's memory and the host.
+
+use hypervisor_core::addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
+use hypervisor_core::cpuid::CpuidResult;
+use hypervisor_core::exit::PendingEvent;
+use hypervisor_core::guest_memory::{GuestMemory, GuestPaging, MemoryError};
+use hypervisor_core::paging::PageTable;
+use hypervisor_core::vcpu::{Gpr, Platform, VcpuState};
+
+use crate::arch::memory::OwnedFrames;
+use crate::arch::svm::{offset, GuestRegisters, Vmcb};
+use crate::arch::cpu;
+
+/// One virtual CPU.
+#[derive(Debug)]
+pub struct Vcpu {
+    /// Its VMCB.
+    pub vmcb: Vmcb,
+    /// Registers the VMCB does not hold.
+    pub registers: GuestRegisters,
+    /// Index of its domain.
+    pub domain: usize,
+    /// Its index inside the domain (its APIC ID).
+    pub index: u8,
+}
+
+/// [`VcpuState`] over a VMCB and the saved registers.
+pub struct VcpuView<'a> {
+    /// The VMCB.
+    pub vmcb: &'a mut Vmcb,
+    /// The saved registers.
+    pub registers: &'a mut GuestRegisters,
+}
+
+const EFER_LMA: u64 = 1 << 10;
+const SEGMENT_LONG: u16 = 1 << 9;
+
+fn event_injection(vector: u8, kind: u8, error_code: Option<u32>) -> u64 {
+    let mut event = u64::from(vector) | (u64::from(kind & 7) << 8) | (1 << 31);
+    if let Some(code) = error_code {
+        event |= (1 << 11) | (u64::from(code) << 32);
+    }
+    event
+}
+
+impl VcpuState for VcpuView<'_> {
+    fn gpr(&self, register: Gpr) -> u64 {
+        match register {
+            Gpr::Rax => self.vmcb.read_u64(offset::RAX),
+            Gpr::Rbx => self.registers.rbx,
+            Gpr::Rcx => self.registers.rcx,
+            Gpr::Rdx => self.registers.rdx,
+            Gpr::Rsi => self.registers.rsi,
+            Gpr::Rdi => self.registers.rdi,
+            Gpr::R8 => self.registers.r8,
+            Gpr::R10 => self.registers.r10,
+        }
+    }
+
+    fn set_gpr(&mut self, register: Gpr, value: u64) {
+        match register {
+            Gpr::Rax => self.vmcb.write_u64(offset::RAX, value),
+            Gpr::Rbx => self.registers.rbx = value,
+            Gpr::Rcx => self.registers.rcx = value,
+            Gpr::Rdx => self.registers.rdx = value,
+            Gpr::Rsi => self.registers.rsi = value,
+            Gpr::Rdi => self.registers.rdi = value,
+            Gpr::R8 => self.registers.r8 = value,
+            Gpr::R10 => self.registers.r10 = value,
+        }
+    }
+
+    fn rip(&self) -> u64 {
+        self.vmcb.read_u64(offset::RIP)
+    }
+
+    fn set_rip(&mut self, rip: u64) {
+        self.vmcb.write_u64(offset::RIP, rip);
+    }
+
+    fn efer(&self) -> u64 {
+        self.vmcb.read_u64(offset::EFER)
+    }
+
+    fn set_efer(&mut self, efer: u64) {
+        self.vmcb.write_u64(offset::EFER, efer);
+    }
+
+    fn pat(&self) -> u64 {
+        self.vmcb.read_u64(offset::G_PAT)
+    }
+
+    fn set_pat(&mut self, pat: u64) {
+        self.vmcb.write_u64(offset::G_PAT, pat);
+    }
+
+    fn paging(&self) -> GuestPaging {
+        GuestPaging {
+            cr0: self.vmcb.read_u64(offset::CR0),
+            cr3: self.vmcb.read_u64(offset::CR3),
+            cr4: self.vmcb.read_u64(offset::CR4),
+            efer: self.vmcb.read_u64(offset::EFER),
+        }
+    }
+
+    fn in_64bit_mode(&self) -> bool {
+        self.efer() & EFER_LMA != 0 && self.vmcb.segment(offset::CS).attributes & SEGMENT_LONG != 0
+    }
+
+    fn cpl(&self) -> u8 {
+        self.vmcb.read_u8(offset::CPL)
+    }
+
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        self.vmcb.write_u64(offset::EVENT_INJECTION, event_injection(vector, 3, error_code));
+    }
+
+    fn reinject(&mut self, event: PendingEvent) {
+        self.vmcb.write_u64(offset::EVENT_INJECTION, event_injection(event.vector, event.kind, event.error_code));
+    }
+}
+
+/// A domain's guest-physical memory, reached through its nested page table.
+#[derive(Debug, Clone, Copy)]
+pub struct DomainMemory {
+    /// The nested page table.
+    pub npt: PageTable,
+}
+
+impl DomainMemory {
+    fn frame_of(&self, address: u64) -> Result<HostPhysAddr, MemoryError> {
+        self.npt
+            .translate(&OwnedFrames, address)
+            .map(|translation| translation.phys.page_base())
+            .ok_or(MemoryError::Unmapped(GuestPhysAddr::new_truncate(address)))
+    }
+
+    /// Calls `action(frame, offset_in_frame, range_in_buffer)` for each page
+    /// piece of `[address, address + length)`.
+    fn for_each_piece(
+        &self,
+        address: GuestPhysAddr,
+        length: usize,
+        mut action: impl FnMut(HostPhysAddr, usize, core::ops::Range<usize>),
+    ) -> Result<(), MemoryError> {
+        let mut done = 0;
+        while done < length {
+            let at = address.as_u64().checked_add(done as u64).ok_or(MemoryError::Unmapped(address))?;
+            let offset = (at % PAGE_SIZE) as usize;
+            let piece = (PAGE_SIZE as usize - offset).min(length - done);
+            action(self.frame_of(at)?, offset, done..done + piece);
+            done += piece;
+        }
+        Ok(())
+    }
+}
+
+impl GuestMemory for DomainMemory {
+    fn read(&self, address: GuestPhysAddr, buffer: &mut [u8]) -> Result<(), MemoryError> {
+        let frames = OwnedFrames;
+        self.for_each_piece(address, buffer.len(), |frame, offset, range| {
+            frames.read(frame, offset, &mut buffer[range]);
+        })
+    }
+
+    fn write(&mut self, address: GuestPhysAddr, data: &[u8]) -> Result<(), MemoryError> {
+        let mut frames = OwnedFrames;
+        self.for_each_piece(address, data.len(), |frame, offset, range| {
+            frames.write(frame, offset, &data[range]);
+        })
+    }
+}
+
+/// The host services exit handling needs.
+#[derive(Debug, Default)]
+pub struct KernelPlatform;
+
+impl Platform for KernelPlatform {
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
+        cpu::cpuid(leaf, subleaf)
+    }
+
+    fn guest_tsc(&self) -> u64 {
+        cpu::rdtsc()
+    }
+
+    fn console_line(&mut self, domain: &str, line: &str) {
+        defmt::println!("{=str}: {=str}", domain, line);
+    }
+}

@@ -1,0 +1,634 @@
+//! Handling a decoded exit against one vCPU: the CPUID filter, the MSR
+//! allow-list, the console devices, and the hypercall entry.
+//!
+//! The vCPU's registers are reached through [`VcpuState`] (the kernel backs it
+//! with the VMCB and the saved GPRs; tests back it with a plain struct), guest
+//! memory through [`GuestMemory`], and the host through [`Platform`]. Every
+//! handler returns a `#[must_use]` [`Outcome`] that tells the run loop what to
+//! do next. A guest's mistake is charged to the guest: an exception injected,
+//! an error code returned, or the domain stopped with a [`StopReason`].
+
+use crate::addr::{GuestPhysAddr, PAGE_SIZE};
+use crate::console::LineBuffer;
+use crate::cpuid::{self, CpuidResult};
+use crate::exit::{instruction_length, Exit, IoAccess, IoWidth, VmExit};
+use crate::guest_memory::{GuestMemory, GuestPaging};
+use crate::msr::{self, MsrContext, MsrWrite};
+use crate::uart::{Uart16550, COM1_BASE, REGISTER_COUNT};
+use ipc::hypercall::{self as hc, errno, ShutdownReason};
+
+/// The general-purpose registers the exit stub saves (RAX and RSP live in the VMCB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gpr {
+    /// RAX.
+    Rax,
+    /// RBX.
+    Rbx,
+    /// RCX.
+    Rcx,
+    /// RDX.
+    Rdx,
+    /// RSI.
+    Rsi,
+    /// RDI.
+    Rdi,
+    /// R8.
+    R8,
+    /// R10.
+    R10,
+}
+
+/// The architectural state of one vCPU that exit handling reads and writes.
+pub trait VcpuState {
+    /// A general-purpose register.
+    fn gpr(&self, register: Gpr) -> u64;
+    /// Sets a general-purpose register.
+    fn set_gpr(&mut self, register: Gpr, value: u64);
+    /// RIP.
+    fn rip(&self) -> u64;
+    /// Sets RIP.
+    fn set_rip(&mut self, rip: u64);
+    /// EFER as stored in the VMCB (SVME included).
+    fn efer(&self) -> u64;
+    /// Sets EFER.
+    fn set_efer(&mut self, efer: u64);
+    /// PAT.
+    fn pat(&self) -> u64;
+    /// Sets PAT.
+    fn set_pat(&mut self, pat: u64);
+    /// CR0, CR3, CR4 and EFER, for walking the guest's page tables.
+    fn paging(&self) -> GuestPaging;
+    /// Whether CS is a 64-bit code segment (and EFER.LMA is set).
+    fn in_64bit_mode(&self) -> bool;
+    /// The current privilege level.
+    fn cpl(&self) -> u8;
+    /// Queues an exception for delivery at the next VM entry.
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// Queues re-delivery of an event the exit interrupted.
+    fn reinject(&mut self, event: crate::exit::PendingEvent);
+}
+
+/// What the core provides to exit handling.
+pub trait Platform {
+    /// Executes CPUID on the host.
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult;
+    /// The guest-visible time-stamp counter.
+    fn guest_tsc(&self) -> u64;
+    /// Emits one complete guest console line of domain `domain`.
+    fn console_line(&mut self, domain: &str, line: &str);
+}
+
+/// Per-domain emulated devices and identity that exit handling needs.
+#[derive(Debug, Clone)]
+pub struct DomainDevices<'a> {
+    /// The domain's name, for console lines.
+    pub name: &'a str,
+    /// The console UART at COM1.
+    pub uart: Uart16550,
+    /// The console's partial line.
+    pub console: LineBuffer,
+    /// Bytes of guest memory (guest-physical `0..memory_bytes`).
+    pub memory_bytes: u64,
+    /// Number of vCPUs in the domain.
+    pub vcpu_count: u8,
+}
+
+impl<'a> DomainDevices<'a> {
+    /// Devices in reset state.
+    pub fn new(name: &'a str, memory_bytes: u64, vcpu_count: u8) -> Self {
+        Self { name, uart: Uart16550::new(), console: LineBuffer::new(), memory_bytes, vcpu_count }
+    }
+
+    fn console_byte(&mut self, byte: u8, platform: &mut impl Platform) {
+        let name = self.name;
+        self.console.push(byte, &mut |line| platform.console_line(name, line));
+    }
+}
+
+/// Why the core stopped a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// A nested page fault outside the domain's memory.
+    OutsideMemory {
+        /// The faulting guest-physical address.
+        address: GuestPhysAddr,
+        /// Whether it was a write.
+        write: bool,
+    },
+    /// Triple fault.
+    TripleFault,
+    /// VMRUN refused the vCPU's state.
+    InvalidState,
+    /// An exit the core does not handle.
+    UnhandledExit {
+        /// Its raw code.
+        code: u64,
+    },
+    /// INS/OUTS, which the core does not emulate.
+    StringIo {
+        /// The port.
+        port: u16,
+    },
+}
+
+impl StopReason {
+    /// A fixed description for logs.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Self::OutsideMemory { .. } => "nested page fault outside the domain's memory",
+            Self::TripleFault => "triple fault (shutdown)",
+            Self::InvalidState => "VMRUN refused the vCPU state",
+            Self::UnhandledExit { .. } => "unhandled exit",
+            Self::StringIo { .. } => "string port I/O is not emulated",
+        }
+    }
+}
+
+/// What the run loop does after an exit.
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Enter the same vCPU again.
+    Resume,
+    /// The vCPU gave up the pCPU; stays runnable.
+    Yield,
+    /// The vCPU halted or blocked; park it until an event.
+    Halt,
+    /// A physical interrupt is pending for the host.
+    HostInterrupt,
+    /// The guest asked to shut down.
+    Shutdown(ShutdownReason),
+    /// The core stops the domain.
+    Stop(StopReason),
+}
+
+/// Longest console write one hypercall may ask for.
+pub const MAX_CONSOLE_WRITE: u64 = 64 * 1024;
+/// Vector of `#UD`.
+const INVALID_OPCODE: u8 = 6;
+/// Vector of `#GP`.
+const GENERAL_PROTECTION: u8 = 13;
+/// The port of the debug console.
+pub const DEBUG_CONSOLE_PORT: u16 = 0xe9;
+
+/// Handles one decoded exit.
+pub fn handle(
+    exit: &Exit,
+    vcpu: &mut impl VcpuState,
+    memory: &mut impl GuestMemory,
+    devices: &mut DomainDevices<'_>,
+    platform: &mut impl Platform,
+    vcpu_index: u8,
+) -> Outcome {
+    if let Some(event) = exit.interrupted {
+        vcpu.reinject(event);
+    }
+    match exit.reason {
+        VmExit::Cpuid => {
+            let leaf = vcpu.gpr(Gpr::Rax) as u32;
+            let subleaf = vcpu.gpr(Gpr::Rcx) as u32;
+            let host = platform.cpuid(leaf, subleaf);
+            let result = cpuid::filter(leaf, subleaf, host, vcpu_index, devices.vcpu_count);
+            vcpu.set_gpr(Gpr::Rax, u64::from(result.eax));
+            vcpu.set_gpr(Gpr::Rbx, u64::from(result.ebx));
+            vcpu.set_gpr(Gpr::Rcx, u64::from(result.ecx));
+            vcpu.set_gpr(Gpr::Rdx, u64::from(result.edx));
+            advance_rip(vcpu, &exit.reason);
+            Outcome::Resume
+        }
+        VmExit::Msr { write } => {
+            let index = vcpu.gpr(Gpr::Rcx) as u32;
+            let context = MsrContext {
+                efer: vcpu.efer(),
+                pat: vcpu.pat(),
+                vcpu: vcpu_index,
+                tsc: platform.guest_tsc(),
+            };
+            let result = if write {
+                let value = (vcpu.gpr(Gpr::Rdx) << 32) | (vcpu.gpr(Gpr::Rax) & 0xffff_ffff);
+                msr::write(index, value, &context).map(|change| match change {
+                    MsrWrite::Ignore => true,
+                    MsrWrite::Efer(efer) => {
+                        vcpu.set_efer(efer);
+                        true
+                    }
+                    MsrWrite::Pat(pat) => {
+                        vcpu.set_pat(pat);
+                        true
+                    }
+                    MsrWrite::HypercallPage(address) => {
+                        install_hypercall_page(memory, address, devices.memory_bytes)
+                    }
+                })
+            } else {
+                msr::read(index, &context).map(|value| {
+                    vcpu.set_gpr(Gpr::Rax, value & 0xffff_ffff);
+                    vcpu.set_gpr(Gpr::Rdx, value >> 32);
+                    true
+                })
+            };
+            if result == Ok(true) {
+                advance_rip(vcpu, &exit.reason);
+            } else {
+                vcpu.inject_exception(GENERAL_PROTECTION, Some(0));
+            }
+            Outcome::Resume
+        }
+        VmExit::Io(access) => port_io(access, vcpu, devices, platform),
+        VmExit::Hlt => {
+            advance_rip(vcpu, &exit.reason);
+            Outcome::Halt
+        }
+        VmExit::Vmmcall => {
+            advance_rip(vcpu, &exit.reason);
+            hypercall(vcpu, memory, devices, platform)
+        }
+        VmExit::NestedPageFault(fault) => {
+            Outcome::Stop(StopReason::OutsideMemory { address: fault.address, write: fault.write })
+        }
+        VmExit::Shutdown => Outcome::Stop(StopReason::TripleFault),
+        VmExit::PhysicalInterrupt | VmExit::PhysicalNmi => Outcome::HostInterrupt,
+        VmExit::SvmInstruction => {
+            // SVM is hidden from guests: its instructions are invalid opcodes to them.
+            vcpu.inject_exception(INVALID_OPCODE, None);
+            Outcome::Resume
+        }
+        VmExit::InvalidState => Outcome::Stop(StopReason::InvalidState),
+        VmExit::Exception { vector, .. } => {
+            Outcome::Stop(StopReason::UnhandledExit { code: 0x40 + u64::from(vector) })
+        }
+        VmExit::Other { code } => Outcome::Stop(StopReason::UnhandledExit { code }),
+    }
+}
+
+/// Moves RIP past the intercepted instruction (no next-RIP save under TCG).
+fn advance_rip(vcpu: &mut impl VcpuState, reason: &VmExit) {
+    if let Some(length) = instruction_length(reason) {
+        vcpu.set_rip(vcpu.rip().wrapping_add(length));
+    }
+}
+
+fn port_io(
+    access: IoAccess,
+    vcpu: &mut impl VcpuState,
+    devices: &mut DomainDevices<'_>,
+    platform: &mut impl Platform,
+) -> Outcome {
+    if access.string {
+        return Outcome::Stop(StopReason::StringIo { port: access.port });
+    }
+    let width_mask: u64 = match access.width {
+        IoWidth::Byte => 0xff,
+        IoWidth::Word => 0xffff,
+        IoWidth::Dword => 0xffff_ffff,
+    };
+    let uart_offset = access.port.wrapping_sub(COM1_BASE);
+    if access.write {
+        let value = vcpu.gpr(Gpr::Rax) as u8;
+        if uart_offset < REGISTER_COUNT {
+            if let Some(byte) = devices.uart.write(uart_offset, value) {
+                devices.console_byte(byte, platform);
+            }
+        } else if access.port == DEBUG_CONSOLE_PORT {
+            devices.console_byte(value, platform);
+        }
+        // Writes to any other port are dropped: the guest owns no hardware.
+    } else {
+        let value: u64 = if uart_offset < REGISTER_COUNT {
+            u64::from(devices.uart.read(uart_offset))
+        } else if access.port == DEBUG_CONSOLE_PORT {
+            u64::from(DEBUG_CONSOLE_PORT) // Bochs convention: reads back 0xe9.
+        } else {
+            width_mask // Floating bus.
+        };
+        let rax = vcpu.gpr(Gpr::Rax);
+        let merged = match access.width {
+            IoWidth::Dword => value & width_mask, // 32-bit writes zero-extend.
+            _ => (rax & !width_mask) | (value & width_mask),
+        };
+        vcpu.set_gpr(Gpr::Rax, merged);
+    }
+    vcpu.set_rip(access.next_rip);
+    Outcome::Resume
+}
+
+/// Writes Xen's hypercall page: stub `n` at `32 * n` is
+/// `mov eax, n; vmmcall; ret`. Returns `false` if the page is not guest RAM.
+fn install_hypercall_page(memory: &mut impl GuestMemory, address: u64, memory_bytes: u64) -> bool {
+    if address.saturating_add(PAGE_SIZE) > memory_bytes {
+        return false;
+    }
+    let mut page = [0xccu8; PAGE_SIZE as usize]; // int3 between stubs
+    for (number, stub) in page.chunks_exact_mut(hc::HYPERCALL_STUB_SIZE).enumerate() {
+        stub[0] = 0xb8; // mov eax, imm32
+        stub[1..5].copy_from_slice(&(number as u32).to_le_bytes());
+        stub[5..8].copy_from_slice(&[0x0f, 0x01, 0xd9]); // vmmcall
+        stub[8] = 0xc3; // ret
+    }
+    memory.write(GuestPhysAddr::new_truncate(address), &page).is_ok()
+}
+
+/// The hypercall arguments, by guest mode (see `ipc::hypercall`).
+fn hypercall_arguments(vcpu: &impl VcpuState) -> (u64, [u64; 3]) {
+    if vcpu.in_64bit_mode() {
+        (vcpu.gpr(Gpr::Rax), [vcpu.gpr(Gpr::Rdi), vcpu.gpr(Gpr::Rsi), vcpu.gpr(Gpr::Rdx)])
+    } else {
+        let low = |register| vcpu.gpr(register) & 0xffff_ffff;
+        (low(Gpr::Rax), [low(Gpr::Rbx), low(Gpr::Rcx), low(Gpr::Rdx)])
+    }
+}
+
+fn hypercall(
+    vcpu: &mut impl VcpuState,
+    memory: &mut impl GuestMemory,
+    devices: &mut DomainDevices<'_>,
+    platform: &mut impl Platform,
+) -> Outcome {
+    let (number, [arg1, arg2, arg3]) = hypercall_arguments(vcpu);
+    let mut outcome = Outcome::Resume;
+    let result: i64 = if vcpu.cpl() != 0 {
+        -errno::EPERM
+    } else {
+        match (number, arg1) {
+            (hc::SCHED_OP, hc::SCHEDOP_YIELD) => {
+                outcome = Outcome::Yield;
+                0
+            }
+            (hc::SCHED_OP, hc::SCHEDOP_BLOCK) => {
+                outcome = Outcome::Halt;
+                0
+            }
+            (hc::SCHED_OP, hc::SCHEDOP_SHUTDOWN) => {
+                match vcpu.paging().translate(memory, arg2).and_then(|address| memory.read_u32(address)) {
+                    Err(_) => -errno::EFAULT,
+                    Ok(raw) => match ShutdownReason::from_raw(raw) {
+                        None => -errno::EINVAL,
+                        Some(reason) => {
+                            outcome = Outcome::Shutdown(reason);
+                            0
+                        }
+                    },
+                }
+            }
+            (hc::CONSOLE_IO, hc::CONSOLEIO_WRITE) => console_write(vcpu, memory, devices, platform, arg2, arg3),
+            (hc::XEN_VERSION, hc::XENVER_VERSION) => {
+                let (major, minor) = hc::REPORTED_XEN_VERSION;
+                (i64::from(major) << 16) | i64::from(minor)
+            }
+            _ => -errno::ENOSYS,
+        }
+    };
+    vcpu.set_gpr(Gpr::Rax, result as u64);
+    outcome
+}
+
+fn console_write(
+    vcpu: &impl VcpuState,
+    memory: &impl GuestMemory,
+    devices: &mut DomainDevices<'_>,
+    platform: &mut impl Platform,
+    count: u64,
+    buffer: u64,
+) -> i64 {
+    if count > MAX_CONSOLE_WRITE {
+        return -errno::EINVAL;
+    }
+    let paging = vcpu.paging();
+    let mut chunk = [0u8; 128];
+    let mut done = 0;
+    while done < count {
+        let length = (count - done).min(chunk.len() as u64) as usize;
+        if paging.read_virtual(memory, buffer.wrapping_add(done), &mut chunk[..length]).is_err() {
+            return -errno::EFAULT;
+        }
+        for &byte in &chunk[..length] {
+            devices.console_byte(byte, platform);
+        }
+        done += length as u64;
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::{decode, PendingEvent, RawExit};
+    use crate::guest_memory::flat::FlatMemory;
+
+    #[derive(Default)]
+    struct TestVcpu {
+        registers: [u64; 8],
+        rip: u64,
+        efer: u64,
+        pat: u64,
+        long_mode: bool,
+        cpl: u8,
+        injected: Option<(u8, Option<u32>)>,
+        reinjected: Option<PendingEvent>,
+    }
+
+    impl VcpuState for TestVcpu {
+        fn gpr(&self, register: Gpr) -> u64 {
+            self.registers[register as usize]
+        }
+        fn set_gpr(&mut self, register: Gpr, value: u64) {
+            self.registers[register as usize] = value;
+        }
+        fn rip(&self) -> u64 {
+            self.rip
+        }
+        fn set_rip(&mut self, rip: u64) {
+            self.rip = rip;
+        }
+        fn efer(&self) -> u64 {
+            self.efer
+        }
+        fn set_efer(&mut self, efer: u64) {
+            self.efer = efer;
+        }
+        fn pat(&self) -> u64 {
+            self.pat
+        }
+        fn set_pat(&mut self, pat: u64) {
+            self.pat = pat;
+        }
+        fn paging(&self) -> GuestPaging {
+            GuestPaging::default() // paging off: identity
+        }
+        fn in_64bit_mode(&self) -> bool {
+            self.long_mode
+        }
+        fn cpl(&self) -> u8 {
+            self.cpl
+        }
+        fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+            self.injected = Some((vector, error_code));
+        }
+        fn reinject(&mut self, event: PendingEvent) {
+            self.reinjected = Some(event);
+        }
+    }
+
+    #[derive(Default)]
+    struct TestPlatform {
+        lines: Vec<(String, String)>,
+    }
+
+    impl Platform for TestPlatform {
+        fn cpuid(&self, _leaf: u32, _subleaf: u32) -> CpuidResult {
+            CpuidResult { eax: 0x20, ebx: u32::MAX, ecx: u32::MAX, edx: u32::MAX }
+        }
+        fn guest_tsc(&self) -> u64 {
+            1234
+        }
+        fn console_line(&mut self, domain: &str, line: &str) {
+            self.lines.push((domain.to_string(), line.to_string()));
+        }
+    }
+
+    struct Rig {
+        vcpu: TestVcpu,
+        memory: FlatMemory,
+        platform: TestPlatform,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            Self {
+                vcpu: TestVcpu { rip: 0x1000, efer: msr::EFER_SVME, long_mode: true, ..TestVcpu::default() },
+                memory: FlatMemory(vec![0; 0x10_0000]),
+                platform: TestPlatform::default(),
+            }
+        }
+
+        fn run(&mut self, code: u64, info1: u64, info2: u64) -> Outcome {
+            let mut devices = DomainDevices::new("dom", 0x10_0000, 2);
+            let exit = decode(&RawExit { code, info1, info2, interrupt_info: 0 });
+            handle(&exit, &mut self.vcpu, &mut self.memory, &mut devices, &mut self.platform, 1)
+        }
+
+        fn hypercall(&mut self, number: u64, args: [u64; 3]) -> (Outcome, i64) {
+            self.vcpu.set_gpr(Gpr::Rax, number);
+            self.vcpu.set_gpr(Gpr::Rdi, args[0]);
+            self.vcpu.set_gpr(Gpr::Rsi, args[1]);
+            self.vcpu.set_gpr(Gpr::Rdx, args[2]);
+            let outcome = self.run(0x81, 0, 0);
+            (outcome, self.vcpu.gpr(Gpr::Rax) as i64)
+        }
+    }
+
+    #[test]
+    fn cpuid_is_filtered_and_advances_rip() {
+        let mut rig = Rig::new();
+        rig.vcpu.set_gpr(Gpr::Rax, 0x4000_0000);
+        assert_eq!(rig.run(0x72, 0, 0), Outcome::Resume);
+        assert_eq!(rig.vcpu.gpr(Gpr::Rbx) as u32, u32::from_le_bytes(*b"XenV"));
+        assert_eq!(rig.vcpu.rip, 0x1002);
+        rig.vcpu.set_gpr(Gpr::Rax, 1);
+        let _ = rig.run(0x72, 0, 0);
+        assert_eq!(rig.vcpu.gpr(Gpr::Rbx) >> 24, 1, "APIC ID of vCPU 1");
+    }
+
+    #[test]
+    fn unknown_msr_injects_gp_without_advancing() {
+        let mut rig = Rig::new();
+        rig.vcpu.set_gpr(Gpr::Rcx, 0xc001_0015);
+        assert_eq!(rig.run(0x7c, 0, 0), Outcome::Resume);
+        assert_eq!(rig.vcpu.injected, Some((13, Some(0))));
+        assert_eq!(rig.vcpu.rip, 0x1000);
+        // EFER write keeps SVME and advances.
+        let mut rig = Rig::new();
+        rig.vcpu.set_gpr(Gpr::Rcx, u64::from(msr::EFER));
+        rig.vcpu.set_gpr(Gpr::Rax, 0x100);
+        let _ = rig.run(0x7c, 1, 0);
+        assert_eq!(rig.vcpu.efer, 0x100 | msr::EFER_SVME);
+        assert_eq!(rig.vcpu.rip, 0x1002);
+        assert_eq!(rig.vcpu.injected, None);
+    }
+
+    #[test]
+    fn uart_and_debug_port_produce_console_lines() {
+        let mut rig = Rig::new();
+        for &byte in b"hi\n" {
+            rig.vcpu.set_gpr(Gpr::Rax, u64::from(byte));
+            let _ = rig.run(0x7b, (0x3f8 << 16) | (1 << 4), 0x2000);
+        }
+        // Each exit builds fresh devices in this rig, so feed one line per exit
+        // through the debug port instead to check line assembly end to end.
+        let mut devices = DomainDevices::new("dom", 0x10_0000, 1);
+        for &byte in b"ok\n" {
+            rig.vcpu.set_gpr(Gpr::Rax, u64::from(byte));
+            let exit = decode(&RawExit { code: 0x7b, info1: (0xe9 << 16) | (1 << 4), info2: 0x3000, interrupt_info: 0 });
+            let _ = handle(&exit, &mut rig.vcpu, &mut rig.memory, &mut devices, &mut rig.platform, 0);
+        }
+        assert_eq!(rig.platform.lines.last().unwrap(), &("dom".to_string(), "ok".to_string()));
+        assert_eq!(rig.vcpu.rip, 0x3000, "IOIO resumes at the next RIP the hardware gave");
+        // LSR read reports THR empty, merged into AL only.
+        rig.vcpu.set_gpr(Gpr::Rax, 0xdead_beef_0000_0000);
+        let _ = rig.run(0x7b, (0x3fd << 16) | (1 << 4) | 1, 0x4000);
+        assert_eq!(rig.vcpu.gpr(Gpr::Rax), 0xdead_beef_0000_0060);
+        // Unknown port reads float high.
+        let _ = rig.run(0x7b, (0x60 << 16) | (1 << 5) | 1, 0x4000);
+        assert_eq!(rig.vcpu.gpr(Gpr::Rax) & 0xffff, 0xffff);
+        assert!(matches!(rig.run(0x7b, (0x3f8 << 16) | (1 << 4) | (1 << 2), 0), Outcome::Stop(StopReason::StringIo { port: 0x3f8 })));
+    }
+
+    #[test]
+    fn hypercalls_shutdown_console_version_and_errors() {
+        let mut rig = Rig::new();
+        rig.memory.write(GuestPhysAddr::new_truncate(0x8000), &0u32.to_le_bytes()).unwrap();
+        let (outcome, result) = rig.hypercall(hc::SCHED_OP, [hc::SCHEDOP_SHUTDOWN, 0x8000, 0]);
+        assert_eq!((outcome, result), (Outcome::Shutdown(ShutdownReason::Poweroff), 0));
+        assert_eq!(rig.vcpu.rip, 0x1003);
+
+        rig.memory.write(GuestPhysAddr::new_truncate(0x8000), &9u32.to_le_bytes()).unwrap();
+        assert_eq!(rig.hypercall(hc::SCHED_OP, [hc::SCHEDOP_SHUTDOWN, 0x8000, 0]), (Outcome::Resume, -errno::EINVAL));
+        assert_eq!(rig.hypercall(hc::SCHED_OP, [hc::SCHEDOP_SHUTDOWN, 0xfff0_0000, 0]), (Outcome::Resume, -errno::EFAULT));
+
+        rig.memory.write(GuestPhysAddr::new_truncate(0x9000), b"from xen\n").unwrap();
+        assert_eq!(rig.hypercall(hc::CONSOLE_IO, [hc::CONSOLEIO_WRITE, 9, 0x9000]), (Outcome::Resume, 0));
+        assert_eq!(rig.platform.lines, [("dom".to_string(), "from xen".to_string())]);
+        assert_eq!(rig.hypercall(hc::CONSOLE_IO, [hc::CONSOLEIO_WRITE, u64::MAX, 0x9000]).1, -errno::EINVAL);
+        assert_eq!(rig.hypercall(hc::CONSOLE_IO, [hc::CONSOLEIO_WRITE, 16, 0xff_fff8]).1, -errno::EFAULT);
+
+        assert_eq!(rig.hypercall(hc::XEN_VERSION, [0, 0, 0]).1, 0x4_0011);
+        assert_eq!(rig.hypercall(hc::SCHED_OP, [hc::SCHEDOP_YIELD, 0, 0]), (Outcome::Yield, 0));
+        assert_eq!(rig.hypercall(hc::SCHED_OP, [hc::SCHEDOP_BLOCK, 0, 0]), (Outcome::Halt, 0));
+        assert_eq!(rig.hypercall(99, [0, 0, 0]).1, -errno::ENOSYS);
+        rig.vcpu.cpl = 3;
+        assert_eq!(rig.hypercall(hc::XEN_VERSION, [0, 0, 0]).1, -errno::EPERM, "user mode may not call");
+    }
+
+    #[test]
+    fn hypercall_page_msr_writes_stubs() {
+        let mut rig = Rig::new();
+        rig.vcpu.set_gpr(Gpr::Rcx, 0x4000_0000);
+        rig.vcpu.set_gpr(Gpr::Rax, 0x7000);
+        let _ = rig.run(0x7c, 1, 0);
+        assert_eq!(rig.vcpu.injected, None);
+        let mut stub = [0u8; 9];
+        rig.memory.read(GuestPhysAddr::new_truncate(0x7000 + 29 * 32), &mut stub).unwrap();
+        assert_eq!(stub, [0xb8, 29, 0, 0, 0, 0x0f, 0x01, 0xd9, 0xc3]);
+        // Outside guest memory: #GP.
+        rig.vcpu.set_gpr(Gpr::Rax, 0x4000_0000);
+        let _ = rig.run(0x7c, 1, 0);
+        assert_eq!(rig.vcpu.injected, Some((13, Some(0))));
+    }
+
+    #[test]
+    fn faults_stop_the_domain_and_events_are_reinjected() {
+        let mut rig = Rig::new();
+        assert_eq!(
+            rig.run(0x400, 0x6, 0x1234_5000),
+            Outcome::Stop(StopReason::OutsideMemory { address: GuestPhysAddr::new_truncate(0x1234_5000), write: true })
+        );
+        assert_eq!(rig.run(0x7f, 0, 0), Outcome::Stop(StopReason::TripleFault));
+        assert_eq!(rig.run(0x60, 0, 0), Outcome::HostInterrupt);
+        assert_eq!(rig.run(0x80, 0, 0), Outcome::Resume);
+        assert_eq!(rig.vcpu.injected, Some((6, None)), "VMRUN is #UD for guests");
+        let mut devices = DomainDevices::new("dom", 0x10_0000, 1);
+        let exit = decode(&RawExit { code: 0x60, info1: 0, info2: 0, interrupt_info: (1 << 31) | 0x20 });
+        let _ = handle(&exit, &mut rig.vcpu, &mut rig.memory, &mut devices, &mut rig.platform, 0);
+        assert_eq!(rig.vcpu.reinjected, Some(PendingEvent { vector: 0x20, kind: 0, error_code: None }));
+    }
+}
