@@ -265,7 +265,7 @@ pub mod spinner {
     //! | key | meaning | default |
     //! |---|---|---|
     //! | `iterations=N` | progress lines before powering off; 0 = forever | 0 |
-    //! | `label=X` | the word at the start of each line | `spinner` |
+    //! | `label=X` | a word put before each line (`X: progress N`) | none |
     //! | `work=N` | busy-loop iterations between lines | [`DEFAULT_WORK`] |
 
     use crate::cmdline;
@@ -275,7 +275,7 @@ pub mod spinner {
     /// 2.3-2.4 ns per iteration, so about 190 ms per line (`-M microvm`).
     pub const DEFAULT_WORK: u64 = 80_000_000;
     /// The default label.
-    pub const DEFAULT_LABEL: &str = "spinner";
+    pub const DEFAULT_LABEL: &str = "";
     /// Longest label kept; longer ones are cut.
     pub const MAX_LABEL_LEN: usize = 32;
 
@@ -985,7 +985,7 @@ mod tests {
             defaults,
             spinner::Settings {
                 iterations: 0,
-                label: "spinner",
+                label: "",
                 work: spinner::DEFAULT_WORK
             }
         );

@@ -167,7 +167,7 @@ impl PageTable {
         size: PageSize,
         flags: EntryFlags,
     ) -> Result<(), MapError> {
-        if address % size.bytes() != 0 || frame.as_u64() % size.bytes() != 0 {
+        if !address.is_multiple_of(size.bytes()) || !frame.as_u64().is_multiple_of(size.bytes()) {
             return Err(MapError::Misaligned);
         }
         if address >> 47 != 0 {

@@ -23,15 +23,15 @@ mod guest {
             None => memory::beyond_ram(boot.ram().end, GAP, IDENTITY_MAP_END),
         };
         let Some(target) = target else {
-            hypercall::crash("fault: no address outside RAM inside the identity map")
+            hypercall::crash("no address outside RAM inside the identity map")
         };
-        console::print(Line::new().push_str("fault: touching ").push_hex(target));
+        console::print(Line::new().push_str("touching ").push_hex(target));
         // SAFETY: `target` is 8-byte aligned and inside the identity map, so
         // the write is to a mapped address; it lies outside this guest's RAM
         // (or where the command line asked), so it overwrites none of this
         // program's memory. Provoking the hypervisor with it is the point.
         unsafe { core::ptr::write_volatile(target as *mut u64, 0x00c0_ffee_dead_beef) };
-        hypercall::crash("fault: still running after out-of-bounds write")
+        hypercall::crash("still running after out-of-bounds write")
     }
 }
 

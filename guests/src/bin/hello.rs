@@ -27,24 +27,24 @@ mod guest {
         console::write_line(Channel::Uart, Line::new().push_str("Hello from cairn"));
         console::write_line(
             Channel::DebugPort,
-            Line::new().push_str("hello: debug port works"),
+            Line::new().push_str("debug port works"),
         );
         let under_xen_abi = guests::xen_hypervisor_present();
         if under_xen_abi {
             let mut line = Line::new();
-            line.push_str("hello: console_io works");
+            line.push_str("console_io works");
             let result = hypercall::console_write(line.with_newline());
             if result < 0 {
                 let mut error = Line::new();
                 error
-                    .push_str("hello: console_io failed: error ")
+                    .push_str("console_io failed: error ")
                     .push_decimal(result.unsigned_abs());
                 console::write_line(Channel::Uart, &mut error);
             }
         } else {
             console::write_line(
                 Channel::Uart,
-                Line::new().push_str("hello: console_io skipped: no Xen-compatible hypervisor"),
+                Line::new().push_str("console_io skipped: no Xen-compatible hypervisor"),
             );
         }
 

@@ -13,20 +13,25 @@ mod guest {
     use guests::text::Line;
     use guests::{console, hypercall, Boot};
 
+    /// A line starting with `LABEL: ` when a label was given; the core
+    /// already prefixes every line with the domain name.
+    fn labelled(label: &str) -> Line {
+        let mut line = Line::new();
+        if !label.is_empty() {
+            line.push_str(label).push_str(": ");
+        }
+        line
+    }
+
     pub fn run(boot: Boot) -> ! {
         let settings = Settings::parse(boot.cmdline());
         let mut progress: u64 = 0;
         loop {
             guests::busy_loop(settings.work);
             progress += 1;
-            console::print(
-                Line::new()
-                    .push_str(settings.label)
-                    .push_str(": progress ")
-                    .push_decimal(progress),
-            );
+            console::print(labelled(settings.label).push_str("progress ").push_decimal(progress));
             if progress == settings.iterations {
-                console::print(Line::new().push_str(settings.label).push_str(": done"));
+                console::print(labelled(settings.label).push_str("done"));
                 hypercall::poweroff();
             }
         }

@@ -155,7 +155,7 @@ impl Vmcb {
     }
 
     fn pointer(&self, offset: usize, size: usize) -> *mut u8 {
-        assert!(offset + size <= 4096 && offset % size == 0, "VMCB field out of bounds");
+        assert!(offset + size <= 4096 && offset.is_multiple_of(size), "VMCB field out of bounds");
         (self.frame.as_u64() as usize + offset) as *mut u8
     }
 

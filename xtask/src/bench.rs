@@ -1,0 +1,318 @@
+//! Benchmark figures: collected from the core's `bench NAME VALUE` info
+//! lines, completed with figures the runner measures or derives, printed as
+//! a table and written as one flat JSON object (name → number).
+//!
+//! The harness is generic: any `bench NAME VALUE` line the core emits becomes
+//! a figure. Only [`REQUIRED_CORE_FIGURES`] must be present.
+//!
+//! Derived figure: `cpuid_over_bare_ratio = cpuid_exit_median_ticks /
+//! vmexit_bare_median_ticks`, the cost of a CPUID exit handled by the core
+//! relative to the bare VMRUN → VMMCALL → #VMEXIT round trip; the goal is
+//! at most [`RATIO_GOAL`].
+
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::decode::{Level, Line};
+
+/// Prefix of a core info message carrying a figure.
+pub const BENCH_PREFIX: &str = "bench ";
+/// Figures the core must report for `cargo xtask bench` to succeed.
+pub const REQUIRED_CORE_FIGURES: [&str; 4] = [
+    "vmexit_bare_median_ticks",
+    "cpuid_exit_median_ticks",
+    "vmexit_bare_p99_ticks",
+    "cpuid_exit_p99_ticks",
+];
+/// Name of the derived ratio.
+pub const RATIO_NAME: &str = "cpuid_over_bare_ratio";
+/// The ratio's goal (at most).
+pub const RATIO_GOAL: f64 = 1.10;
+/// Name of the runner's own boot-time figure.
+pub const SPAWN_TO_FIRST_LINE_NAME: &str = "qemu_spawn_to_first_guest_line_ms";
+
+/// One figure's value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Figure {
+    /// A count reported by the core (ticks, exits, ...).
+    Count(u64),
+    /// A measured or derived real number.
+    Real(f64),
+}
+
+impl Figure {
+    /// The value as a float.
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Self::Count(value) => value as f64,
+            Self::Real(value) => value,
+        }
+    }
+}
+
+impl fmt::Display for Figure {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Count(value) => write!(formatter, "{value}"),
+            Self::Real(value) => write!(formatter, "{value:.3}"),
+        }
+    }
+}
+
+/// Parses a core message `bench NAME VALUE`. `None` when the message is not
+/// a bench line at all; `Some(Err)` when it is one but malformed.
+pub fn parse_bench_message(message: &str) -> Option<Result<(String, u64), String>> {
+    let rest = message.strip_prefix(BENCH_PREFIX)?;
+    let mut words = rest.split_whitespace();
+    let parsed = match (words.next(), words.next(), words.next()) {
+        (Some(name), Some(value), None) => value
+            .parse::<u64>()
+            .map(|value| (name.to_owned(), value))
+            .map_err(|_| format!("`{value}` is not an unsigned integer")),
+        _ => Err("expected `bench NAME VALUE`".to_owned()),
+    };
+    Some(parsed.map_err(|problem| format!("malformed bench line `{message}`: {problem}")))
+}
+
+/// The figures of one benchmark run, in the order they were added.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BenchResults {
+    figures: Vec<(String, Figure)>,
+}
+
+impl BenchResults {
+    /// Collects the figures from a run's lines (info-level core lines only);
+    /// returns them and the malformed bench lines.
+    pub fn collect(lines: &[Line]) -> (Self, Vec<String>) {
+        let mut results = Self::default();
+        let mut problems = Vec::new();
+        for line in lines {
+            let Line::Core {
+                level: Level::Info,
+                message,
+            } = line
+            else {
+                continue;
+            };
+            match parse_bench_message(message) {
+                Some(Ok((name, value))) => results.set(&name, Figure::Count(value)),
+                Some(Err(problem)) => problems.push(problem),
+                None => {}
+            }
+        }
+        (results, problems)
+    }
+
+    /// Adds or replaces a figure.
+    pub fn set(&mut self, name: &str, figure: Figure) {
+        match self.figures.iter_mut().find(|(known, _)| known == name) {
+            Some(entry) => entry.1 = figure,
+            None => self.figures.push((name.to_owned(), figure)),
+        }
+    }
+
+    /// A figure by name.
+    pub fn get(&self, name: &str) -> Option<Figure> {
+        self.figures
+            .iter()
+            .find(|(known, _)| known == name)
+            .map(|(_, figure)| *figure)
+    }
+
+    /// Fails naming every required core figure that is missing.
+    pub fn check_required(&self) -> Result<()> {
+        let missing: Vec<&str> = REQUIRED_CORE_FIGURES
+            .iter()
+            .copied()
+            .filter(|name| self.get(name).is_none())
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "the core did not report these bench figures: {}",
+                missing.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// Adds [`RATIO_NAME`]; returns it (None when an operand is missing or zero).
+    pub fn derive_ratio(&mut self) -> Option<f64> {
+        let cpuid = self.get("cpuid_exit_median_ticks")?.as_f64();
+        let bare = self.get("vmexit_bare_median_ticks")?.as_f64();
+        if bare == 0.0 {
+            return None;
+        }
+        let ratio = cpuid / bare;
+        self.set(RATIO_NAME, Figure::Real(ratio));
+        Some(ratio)
+    }
+
+    /// The figures as an aligned two-column table.
+    pub fn table(&self) -> String {
+        let width = self
+            .figures
+            .iter()
+            .map(|(name, _)| name.len())
+            .max()
+            .unwrap_or(0)
+            .max(6);
+        let mut text = format!("{:<width$}  {:>14}\n", "figure", "value");
+        text.push_str(&format!("{}  {}\n", "-".repeat(width), "-".repeat(14)));
+        for (name, figure) in &self.figures {
+            text.push_str(&format!("{name:<width$}  {:>14}\n", figure.to_string()));
+        }
+        text
+    }
+
+    /// The figures as one flat JSON object, name → number.
+    pub fn to_json(&self) -> String {
+        let mut object = serde_json::Map::new();
+        for (name, figure) in &self.figures {
+            let value = match *figure {
+                Figure::Count(value) => serde_json::Value::from(value),
+                Figure::Real(value) => {
+                    serde_json::Number::from_f64((value * 1000.0).round() / 1000.0)
+                        .map_or(serde_json::Value::Null, serde_json::Value::Number)
+                }
+            };
+            object.insert(name.clone(), value);
+        }
+        let mut text = serde_json::to_string_pretty(&serde_json::Value::Object(object))
+            .unwrap_or_else(|_| "{}".to_owned());
+        text.push('\n');
+        text
+    }
+
+    /// Writes [`Self::to_json`] to `path`.
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        if let Some(directory) = path.parent() {
+            std::fs::create_dir_all(directory)
+                .with_context(|| format!("cannot create {}", directory.display()))?;
+        }
+        std::fs::write(path, self.to_json())
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// The median of some measurements (mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        length if length % 2 == 1 => Some(sorted[middle]),
+        _ => Some((sorted[middle - 1] + sorted[middle]) / 2.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(message: &str) -> Line {
+        Line::Core {
+            level: Level::Info,
+            message: message.to_owned(),
+        }
+    }
+
+    #[test]
+    fn bench_messages_parse_or_explain() {
+        assert_eq!(
+            parse_bench_message("bench x_ticks 42"),
+            Some(Ok(("x_ticks".into(), 42)))
+        );
+        assert_eq!(parse_bench_message("booting"), None);
+        assert!(parse_bench_message("bench x -1").is_some_and(|parsed| parsed.is_err()));
+        assert!(parse_bench_message("bench x").is_some_and(|parsed| parsed.is_err()));
+        assert!(parse_bench_message("bench x 1 2").is_some_and(|parsed| parsed.is_err()));
+    }
+
+    #[test]
+    fn only_info_core_lines_are_collected() {
+        let lines = vec![
+            info("bench vmexit_bare_median_ticks 20000"),
+            Line::Guest("hello: bench fake 1".into()),
+            Line::Core {
+                level: Level::Warn,
+                message: "bench warned 5".into(),
+            },
+            info("bench cpuid_exit_median_ticks 21000"),
+            info("bench broken"),
+            info("bench new_figure 7"),
+        ];
+        let (results, problems) = BenchResults::collect(&lines);
+        assert_eq!(
+            results.get("vmexit_bare_median_ticks"),
+            Some(Figure::Count(20000))
+        );
+        assert_eq!(
+            results.get("new_figure"),
+            Some(Figure::Count(7)),
+            "any figure is collected"
+        );
+        assert_eq!(results.get("fake"), None);
+        assert_eq!(results.get("warned"), None);
+        assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn missing_required_figures_fail_by_name() {
+        let (results, _) = BenchResults::collect(&[info("bench vmexit_bare_median_ticks 1")]);
+        let error = results.check_required().unwrap_err().to_string();
+        assert!(error.contains("cpuid_exit_median_ticks"), "{error}");
+        assert!(!error.contains("vmexit_bare_median_ticks,"), "{error}");
+    }
+
+    #[test]
+    fn the_ratio_is_cpuid_over_bare() {
+        let mut results = BenchResults::default();
+        results.set("vmexit_bare_median_ticks", Figure::Count(20000));
+        assert_eq!(results.derive_ratio(), None);
+        results.set("cpuid_exit_median_ticks", Figure::Count(21000));
+        assert_eq!(results.derive_ratio(), Some(1.05));
+        assert_eq!(results.get(RATIO_NAME), Some(Figure::Real(1.05)));
+    }
+
+    #[test]
+    fn json_is_a_flat_name_to_number_object() {
+        let mut results = BenchResults::default();
+        results.set("vmexit_bare_median_ticks", Figure::Count(23456));
+        results.set(SPAWN_TO_FIRST_LINE_NAME, Figure::Real(31.25));
+        results.set("weird \"name\"", Figure::Count(1));
+        let parsed: serde_json::Value = serde_json::from_str(&results.to_json()).unwrap();
+        let object = parsed.as_object().unwrap();
+        assert_eq!(object.len(), 3);
+        assert_eq!(object["vmexit_bare_median_ticks"], serde_json::json!(23456));
+        assert_eq!(object[SPAWN_TO_FIRST_LINE_NAME], serde_json::json!(31.25));
+        assert!(object.values().all(serde_json::Value::is_number));
+
+        let path =
+            std::env::temp_dir().join(format!("xtask-bench-{}/bench.json", std::process::id()));
+        results.write_json(&path).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(written, parsed);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn the_table_lists_every_figure() {
+        let mut results = BenchResults::default();
+        results.set("a", Figure::Count(1));
+        results.set("a_longer_name", Figure::Real(2.5));
+        let table = results.table();
+        assert!(table.contains("a_longer_name           2.500"), "{table}");
+        assert_eq!(table.lines().count(), 4);
+    }
+
+    #[test]
+    fn median_handles_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+}

@@ -1,0 +1,416 @@
+//! The commands: each builds what it needs, boots, prints, and returns
+//! whether it succeeded. The pieces they use live in the other modules.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use defmt_decoder::Table;
+use ipc::boot::RunMode;
+
+use crate::bench::{self, BenchResults, Figure};
+use crate::config::{self, Appliance};
+use crate::decode::{self, Line};
+use crate::qemu::{self, Ending, MachineType, QemuConfig, StopRule};
+use crate::scenario::{self, Check, Failure, Scenario};
+use crate::workspace::{display, Workspace};
+use crate::{bundle, interrupt, setup};
+
+/// Iterations per measured series in `bench`.
+const BENCH_ITERATIONS: u32 = 20_000;
+/// Wall-clock limit of the bench boot.
+const BENCH_TIMEOUT: Duration = Duration::from_secs(300);
+/// Boots of `appliances/hello.toml` whose spawn-to-first-line times are
+/// reduced to a median.
+const SPAWN_SAMPLES: usize = 5;
+/// Wall-clock limit of one of those boots.
+const SPAWN_SAMPLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The built core and its defmt table.
+struct Images {
+    table: Option<Table>,
+}
+
+impl Images {
+    /// Builds the core and guests, then reads the core's defmt table.
+    fn build(workspace: &Workspace) -> Result<Self> {
+        say!("xtask: building the core and the test guests");
+        workspace.build_images()?;
+        let elf_path = workspace.core_elf();
+        let elf = std::fs::read(&elf_path)
+            .with_context(|| format!("cannot read {}", display(&elf_path)))?;
+        let table = match decode::load_table(&elf) {
+            Ok(table) => Some(table),
+            Err(problem) => {
+                say!("xtask: {problem}; the serial output will be shown as hex");
+                None
+            }
+        };
+        Ok(Self { table })
+    }
+}
+
+/// An appliance loaded and turned into a bundle file.
+struct Prepared {
+    appliance: Appliance,
+    bundle: PathBuf,
+}
+
+/// Loads an appliance file and writes its bundle.
+fn prepare(workspace: &Workspace, config_path: &Path, mode: RunMode) -> Result<Prepared> {
+    let file = display(config_path);
+    let appliance = config::load(config_path, &file)?;
+    let bundle = bundle::write_bundle(
+        &appliance,
+        config_path,
+        mode,
+        &workspace.kernel_images_directory(),
+        &workspace.bundle_directory(),
+    )?;
+    Ok(Prepared { appliance, bundle })
+}
+
+/// Boots a prepared appliance.
+fn boot(
+    workspace: &Workspace,
+    images: &Images,
+    prepared: &Prepared,
+    machine: MachineType,
+    stop: StopRule,
+    echo: bool,
+) -> Result<qemu::RunReport> {
+    let kernel = workspace.core_elf();
+    let arguments = qemu::arguments(&QemuConfig {
+        machine,
+        cpus: prepared.appliance.machine.cpus,
+        memory_mib: prepared.appliance.machine.memory_mib,
+        kernel: &kernel,
+        bundle: &prepared.bundle,
+    });
+    qemu::run(&arguments, images.table.as_ref(), stop, echo)
+}
+
+fn print_first_line_time(report: &qemu::RunReport) {
+    match report.first_guest_line {
+        Some(time) => say!(
+            "xtask: first guest console line {} ms after QEMU spawn",
+            time.as_millis()
+        ),
+        None => say!("xtask: no guest console line"),
+    }
+}
+
+/// `cargo xtask run`.
+pub fn run(
+    workspace: &Workspace,
+    config: Option<PathBuf>,
+    duration: Option<Duration>,
+    machine: MachineType,
+) -> Result<bool> {
+    setup::ensure(workspace, false)?;
+    let config_path = config.unwrap_or_else(|| workspace.default_appliance());
+    // Refuse a bad file before spending time on the build.
+    config::load(&config_path, &display(&config_path))?;
+    let images = Images::build(workspace)?;
+    let prepared = prepare(workspace, &config_path, RunMode::Normal)?;
+    let machine_config = prepared.appliance.machine;
+    say!(
+        "xtask: booting {} on -M {}: {} domain(s), {} pCPU(s), {} MiB; Ctrl-C stops",
+        prepared.appliance.file,
+        machine.name(),
+        prepared.appliance.domains.len(),
+        machine_config.cpus,
+        machine_config.memory_mib
+    );
+    let stop = duration.map_or(StopRule::Never, StopRule::After);
+    let report = boot(workspace, &images, &prepared, machine, stop, true)?;
+    print_first_line_time(&report);
+    let success = match report.ending {
+        Ending::Exited(exit) => exit.is_success(),
+        Ending::StoppedAfter(_) | Ending::Interrupted(_) => true,
+        Ending::TimedOut(_) => false,
+    };
+    match report.ending {
+        Ending::StoppedAfter(_) | Ending::Interrupted(_) => say!("xtask: {}", report.ending),
+        _ => say!(
+            "xtask: verdict: {}: {}",
+            if success { "PASS" } else { "FAIL" },
+            report.ending
+        ),
+    }
+    Ok(success)
+}
+
+/// What running one scenario gave.
+struct ScenarioOutcome {
+    failures: Vec<Failure>,
+    lines: Vec<Line>,
+    elapsed: Duration,
+}
+
+fn run_scenario(
+    workspace: &Workspace,
+    images: Result<&Images, &str>,
+    scenario: &Scenario,
+    echo: bool,
+) -> ScenarioOutcome {
+    let started = Instant::now();
+    let outcome = |failures: Vec<Failure>, lines: Vec<Line>| ScenarioOutcome {
+        failures,
+        lines,
+        elapsed: started.elapsed(),
+    };
+    match &scenario.check {
+        Check::ConfigError(expected) => {
+            let result = prepare(workspace, &scenario.config, RunMode::Normal)
+                .map(|_| ())
+                .map_err(|error| format!("{error:#}"));
+            if echo {
+                if let Err(error) = &result {
+                    say!("xtask: the runner refused the config: {error}");
+                }
+            }
+            outcome(
+                scenario::judge_config_error(result, expected, &display(&scenario.config)),
+                Vec::new(),
+            )
+        }
+        Check::Boot {
+            machine, timeout, ..
+        } => {
+            let images = match images {
+                Ok(images) => images,
+                Err(problem) => {
+                    return outcome(vec![Failure::Setup(problem.to_owned())], Vec::new())
+                }
+            };
+            let report =
+                prepare(workspace, &scenario.config, RunMode::Normal).and_then(|prepared| {
+                    boot(
+                        workspace,
+                        images,
+                        &prepared,
+                        *machine,
+                        StopRule::Timeout(*timeout),
+                        echo,
+                    )
+                });
+            match report {
+                Ok(report) => {
+                    let failures =
+                        scenario::judge_boot(&report.lines, &report.ending, &scenario.check);
+                    outcome(failures, report.lines)
+                }
+                Err(error) => outcome(vec![Failure::Setup(format!("{error:#}"))], Vec::new()),
+            }
+        }
+    }
+}
+
+fn report_scenario(scenario: &Scenario, outcome: &ScenarioOutcome, show_tail: bool) {
+    let time = format!("{:.1}", outcome.elapsed.as_secs_f64());
+    if outcome.failures.is_empty() {
+        say!("scenario {}: PASS ({time} s)", scenario.name);
+        return;
+    }
+    say!("scenario {}: FAIL ({time} s)", scenario.name);
+    for failure in &outcome.failures {
+        say!("  - {failure}");
+    }
+    if show_tail && !outcome.lines.is_empty() {
+        let start = outcome.lines.len().saturating_sub(scenario::TAIL_LINES);
+        say!(
+            "  --- last {} output lines ---",
+            outcome.lines.len() - start
+        );
+        for line in &outcome.lines[start..] {
+            say!("  | {line}");
+        }
+    }
+}
+
+fn load_scenarios(workspace: &Workspace) -> Result<Vec<Scenario>> {
+    let path = workspace.scenario_file();
+    Ok(scenario::load(&path, &display(&path), &workspace.root)?)
+}
+
+/// `cargo xtask scenario [NAME]`.
+pub fn scenario(workspace: &Workspace, name: Option<&str>) -> Result<bool> {
+    let scenarios = load_scenarios(workspace)?;
+    let Some(name) = name else {
+        let width = scenarios
+            .iter()
+            .map(|scenario| scenario.name.len())
+            .max()
+            .unwrap_or(0);
+        for scenario in &scenarios {
+            say!("{:<width$}  {}", scenario.name, scenario.description);
+        }
+        return Ok(true);
+    };
+    let Some(scenario) = scenarios.iter().find(|scenario| scenario.name == name) else {
+        let names: Vec<&str> = scenarios
+            .iter()
+            .map(|scenario| scenario.name.as_str())
+            .collect();
+        bail!(
+            "no scenario named `{name}`; the scenarios are: {}",
+            names.join(", ")
+        );
+    };
+    setup::ensure(workspace, false)?;
+    let images = Images::build(workspace).map_err(|error| format!("{error:#}"));
+    say!(
+        "xtask: scenario {}: {}",
+        scenario.name,
+        scenario.description
+    );
+    let outcome = run_scenario(
+        workspace,
+        images.as_ref().map_err(String::as_str),
+        scenario,
+        true,
+    );
+    // The output was streamed live, so the tail is not repeated.
+    report_scenario(scenario, &outcome, false);
+    Ok(outcome.failures.is_empty())
+}
+
+/// `cargo xtask test`.
+pub fn test(workspace: &Workspace) -> Result<bool> {
+    setup::ensure(workspace, false)?;
+    let scenarios = load_scenarios(workspace)?;
+    say!("xtask: host unit tests");
+    let host_tests_passed = workspace.run_host_tests()?;
+    let images = Images::build(workspace).map_err(|error| format!("{error:#}"));
+    if let Err(problem) = &images {
+        say!("xtask: build failed, boot scenarios cannot run: {problem}");
+    }
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for scenario in &scenarios {
+        if interrupt::requested() {
+            say!("xtask: interrupted; the remaining scenarios did not run");
+            failed += 1;
+            break;
+        }
+        let outcome = run_scenario(
+            workspace,
+            images.as_ref().map_err(String::as_str),
+            scenario,
+            false,
+        );
+        report_scenario(scenario, &outcome, true);
+        if outcome.failures.is_empty() {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    say!(
+        "xtask: host unit tests {}",
+        if host_tests_passed {
+            "passed"
+        } else {
+            "FAILED"
+        }
+    );
+    say!("{passed} passed, {failed} failed");
+    Ok(host_tests_passed && failed == 0)
+}
+
+/// `cargo xtask bench`.
+pub fn bench(workspace: &Workspace) -> Result<bool> {
+    setup::ensure(workspace, false)?;
+    let images = Images::build(workspace)?;
+    let bench_config = workspace.root.join("appliances").join("bench.toml");
+    let prepared = prepare(
+        workspace,
+        &bench_config,
+        RunMode::Bench {
+            iterations: BENCH_ITERATIONS,
+        },
+    )?;
+    say!(
+        "xtask: bench: booting {} ({BENCH_ITERATIONS} iterations per series)",
+        prepared.appliance.file
+    );
+    let report = boot(
+        workspace,
+        &images,
+        &prepared,
+        MachineType::Microvm,
+        StopRule::Timeout(BENCH_TIMEOUT),
+        true,
+    )?;
+    if report.ending
+        != Ending::Exited(qemu::QemuExit::Core(
+            ipc::exit_status::ExitStatus::AllPoweredOff,
+        ))
+    {
+        bail!(
+            "the bench boot did not end with every domain powered off: {}",
+            report.ending
+        );
+    }
+    let (mut results, problems) = BenchResults::collect(&report.lines);
+    for problem in &problems {
+        say!("xtask: bench: {problem}");
+    }
+    results.check_required()?;
+
+    let hello_config = workspace.root.join("appliances").join("hello.toml");
+    let hello = prepare(workspace, &hello_config, RunMode::Normal)?;
+    let mut samples = Vec::with_capacity(SPAWN_SAMPLES);
+    for _ in 0..SPAWN_SAMPLES {
+        let sample = boot(
+            workspace,
+            &images,
+            &hello,
+            MachineType::Microvm,
+            StopRule::Timeout(SPAWN_SAMPLE_TIMEOUT),
+            false,
+        )?;
+        let Some(time) = sample.first_guest_line else {
+            bail!(
+                "booting {} printed no guest line ({})",
+                hello.appliance.file,
+                sample.ending
+            );
+        };
+        samples.push(time.as_secs_f64() * 1000.0);
+    }
+    if let Some(median) = bench::median(&samples) {
+        results.set(bench::SPAWN_TO_FIRST_LINE_NAME, Figure::Real(median));
+    }
+    let ratio = results.derive_ratio();
+
+    say!();
+    say!("{}", results.table().trim_end());
+    match ratio {
+        Some(ratio) => say!(
+            "{}: {ratio:.3}, goal <= {:.2}: {}",
+            bench::RATIO_NAME,
+            bench::RATIO_GOAL,
+            if ratio <= bench::RATIO_GOAL {
+                "met"
+            } else {
+                "NOT met"
+            }
+        ),
+        None => say!(
+            "{}: not computable (a bare median of 0 ticks)",
+            bench::RATIO_NAME
+        ),
+    }
+    let json_path = workspace.target_directory().join("bench.json");
+    results.write_json(&json_path)?;
+    say!("xtask: wrote {}", display(&json_path));
+    Ok(true)
+}
+
+/// `cargo xtask setup`.
+pub fn setup(workspace: &Workspace) -> Result<bool> {
+    setup::ensure(workspace, true)?;
+    say!("xtask: setup: everything is in place");
+    Ok(true)
+}

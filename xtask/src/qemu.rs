@@ -1,0 +1,601 @@
+//! Starting QEMU, streaming and decoding its output live, stopping it, and
+//! judging how it ended.
+//!
+//! QEMU runs with the core's COM1 on its stdout (`-serial stdio`) and its own
+//! diagnostics on stderr. Two reader threads forward both streams to the
+//! calling thread, which decodes, prints and records the lines while it
+//! watches the timeout and Ctrl-C.
+//!
+//! No QEMU outlives the runner: QEMU runs in its own process group (so the
+//! terminal's Ctrl-C reaches only the runner, which then kills QEMU and still
+//! reports), a guard kills it on every return path, and where util-linux
+//! `setpriv` exists QEMU is started through `setpriv --pdeathsig KILL`, so
+//! the kernel kills it even if the runner itself dies abruptly.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use defmt_decoder::Table;
+use ipc::exit_status::{ExitStatus as CoreExit, DEBUG_EXIT_PORT};
+
+use crate::decode::{Line, SerialDecoder};
+use crate::interrupt;
+use crate::setup::find_program;
+
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+/// How often the loop looks at the clock and Ctrl-C while output is quiet.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// QEMU's warning for each CPU feature of `-cpu EPYC` that TCG lacks: shown
+/// once, the repeats are hidden.
+const TCG_FEATURE_WARNING: &str = "TCG doesn't support requested feature";
+/// How long to wait for QEMU's last output after it exited.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// QEMU's machine model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MachineType {
+    /// `-M microvm`: no PCI, no firmware beyond qboot; boots fastest.
+    #[default]
+    Microvm,
+    /// `-M pc`: i440FX with SeaBIOS, the classic PC.
+    Pc,
+}
+
+impl MachineType {
+    /// The name used on the command line and in scenario files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Microvm => "microvm",
+            Self::Pc => "pc",
+        }
+    }
+}
+
+impl FromStr for MachineType {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "microvm" => Ok(Self::Microvm),
+            "pc" => Ok(Self::Pc),
+            other => Err(format!("`{other}` is not a machine type (microvm or pc)")),
+        }
+    }
+}
+
+/// What QEMU is asked to boot.
+#[derive(Debug, Clone)]
+pub struct QemuConfig<'a> {
+    /// Machine model.
+    pub machine: MachineType,
+    /// `-smp`.
+    pub cpus: u8,
+    /// `-m`, MiB.
+    pub memory_mib: u32,
+    /// The core ELF (`-kernel`, booted through its PVH note).
+    pub kernel: &'a Path,
+    /// The boot bundle (`-initrd`, the one boot module).
+    pub bundle: &'a Path,
+}
+
+/// QEMU's arguments for a configuration.
+///
+/// `microvm` needs no extra options: it has an ISA bus, so `isa-debug-exit`
+/// works as on `pc`, and its ISA serial port (`isa-serial=on` by default)
+/// is COM1 at 0x3F8, which `-serial stdio` connects.
+pub fn arguments(config: &QemuConfig<'_>) -> Vec<OsString> {
+    let mut arguments: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&str]| arguments.extend(items.iter().map(OsString::from));
+    push(&["-M", config.machine.name(), "-accel", "tcg", "-cpu", "EPYC"]);
+    push(&[
+        "-m",
+        &config.memory_mib.to_string(),
+        "-smp",
+        &config.cpus.to_string(),
+    ]);
+    push(&[
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+    ]);
+    let debug_exit = format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04");
+    push(&["-device", &debug_exit]);
+    arguments.push("-kernel".into());
+    arguments.push(config.kernel.into());
+    arguments.push("-initrd".into());
+    arguments.push(config.bundle.into());
+    arguments
+}
+
+/// When the runner stops QEMU by itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StopRule {
+    /// Only when QEMU exits or Ctrl-C is pressed.
+    Never,
+    /// After this long, as a failure (`timeout after N s`).
+    Timeout(Duration),
+    /// After this long, as planned (`run --duration`).
+    After(Duration),
+}
+
+/// How QEMU's exit status is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QemuExit {
+    /// The core wrote this code to the isa-debug-exit port.
+    Core(CoreExit),
+    /// Status 0: with `-no-reboot`, a triple fault or reset. Never success.
+    Zero,
+    /// Any other status: not written by the core (QEMU's own error, usually 1).
+    Other(i32),
+    /// QEMU died from a signal.
+    Signal(i32),
+}
+
+impl QemuExit {
+    /// Judges a process exit: a code, or else the signal that ended it.
+    pub fn judge(code: Option<i32>, signal: Option<i32>) -> Self {
+        match (code, signal) {
+            (Some(0), _) => Self::Zero,
+            (Some(code), _) => {
+                CoreExit::from_qemu_status(code).map_or(Self::Other(code), Self::Core)
+            }
+            (None, signal) => Self::Signal(signal.unwrap_or(-1)),
+        }
+    }
+
+    /// The only success: every domain powered itself off.
+    pub fn is_success(self) -> bool {
+        self == Self::Core(CoreExit::AllPoweredOff)
+    }
+}
+
+impl fmt::Display for QemuExit {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Core(code) => {
+                let meaning = match code {
+                    CoreExit::AllPoweredOff => "every domain powered itself off",
+                    CoreExit::DomainFailed => {
+                        "every domain ended, at least one was stopped or crashed"
+                    }
+                    CoreExit::CorePanic => "the core panicked",
+                    CoreExit::BootError => "the core refused the boot bundle or the machine",
+                };
+                write!(
+                    formatter,
+                    "{code:?} (QEMU status {}): {meaning}",
+                    code.qemu_status()
+                )
+            }
+            Self::Zero => formatter.write_str(
+                "QEMU status 0: a triple fault or machine reset (-no-reboot); never success",
+            ),
+            Self::Other(code) => {
+                write!(
+                    formatter,
+                    "QEMU status {code}: not a cairn exit code (QEMU itself failed?)"
+                )
+            }
+            Self::Signal(signal) => write!(formatter, "QEMU was killed by signal {signal}"),
+        }
+    }
+}
+
+/// How a boot ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Ending {
+    /// QEMU exited by itself.
+    Exited(QemuExit),
+    /// The timeout ran out; QEMU was killed.
+    TimedOut(Duration),
+    /// `--duration` ran out; QEMU was stopped as planned.
+    StoppedAfter(Duration),
+    /// Ctrl-C; QEMU was killed.
+    Interrupted(Duration),
+}
+
+impl fmt::Display for Ending {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exited(exit) => write!(formatter, "{exit}"),
+            Self::TimedOut(limit) => write!(formatter, "timeout after {} s", seconds(*limit)),
+            Self::StoppedAfter(limit) => write!(formatter, "stopped after {} s", seconds(*limit)),
+            Self::Interrupted(elapsed) => {
+                write!(formatter, "stopped by Ctrl-C after {} s", seconds(*elapsed))
+            }
+        }
+    }
+}
+
+/// Seconds for messages: whole when whole, else one decimal.
+fn seconds(duration: Duration) -> String {
+    let value = duration.as_secs_f64();
+    if value.fract() == 0.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
+    }
+}
+
+/// Everything one boot produced.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// How it ended.
+    pub ending: Ending,
+    /// Every line, in order, as printed.
+    pub lines: Vec<Line>,
+    /// Time from spawning QEMU to the first guest console line.
+    pub first_guest_line: Option<Duration>,
+}
+
+enum Event {
+    Serial(Vec<u8>),
+    Stderr(String),
+}
+
+/// Kills and reaps QEMU when dropped, whatever path the runner leaves by.
+struct QemuProcess {
+    child: Child,
+}
+
+impl Drop for QemuProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // Best effort: the process may exit between the check and the kill.
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(program: &OsStr, arguments: &[OsString]) -> Result<QemuProcess> {
+    let mut command = match find_program("setpriv") {
+        Some(setpriv) => {
+            let mut command = Command::new(setpriv);
+            command.args(["--pdeathsig", "KILL", "--"]).arg(program);
+            command
+        }
+        None => Command::new(program),
+    };
+    command
+        .args(arguments)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
+    Ok(QemuProcess { child })
+}
+
+fn forward_serial(mut stdout: impl Read, sender: Sender<Event>) {
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stdout.read(&mut buffer) {
+            Ok(0) | Err(_) => return,
+            Ok(count) => {
+                if sender
+                    .send(Event::Serial(buffer[..count].to_vec()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn forward_stderr(stderr: impl Read, sender: Sender<Event>) {
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+                if sender.send(Event::Stderr(text)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Collects lines, prints them when echoing, and timestamps the first guest line.
+struct Transcript {
+    lines: Vec<Line>,
+    echo: bool,
+    started: Instant,
+    first_guest_line: Option<Duration>,
+    feature_warnings: usize,
+}
+
+impl Transcript {
+    fn record(&mut self, line: Line) {
+        if matches!(line, Line::Guest(_)) && self.first_guest_line.is_none() {
+            self.first_guest_line = Some(self.started.elapsed());
+        }
+        if self.echo {
+            say!("{line}");
+        }
+        self.lines.push(line);
+    }
+
+    fn handle(&mut self, event: Event, decoder: &mut SerialDecoder<'_>) {
+        match event {
+            Event::Serial(bytes) => {
+                for line in decoder.push(&bytes) {
+                    self.record(line);
+                }
+            }
+            Event::Stderr(text) if text.contains(TCG_FEATURE_WARNING) => {
+                self.feature_warnings += 1;
+                if self.feature_warnings == 1 {
+                    self.record(Line::Qemu(format!(
+                        "{text} (repeats for other features hidden)"
+                    )));
+                }
+            }
+            Event::Stderr(text) => self.record(Line::Qemu(text)),
+        }
+    }
+}
+
+/// Boots QEMU with `arguments`, decoding the serial stream with `table`
+/// (hex dump when `None`), until it exits, `stop` says so, or Ctrl-C.
+/// With `echo`, every line is printed as it arrives.
+pub fn run(
+    arguments: &[OsString],
+    table: Option<&Table>,
+    stop: StopRule,
+    echo: bool,
+) -> Result<RunReport> {
+    run_program(OsStr::new(QEMU), arguments, table, stop, echo)
+}
+
+/// [`run`] with another program in QEMU's place (the tests use a shell).
+fn run_program(
+    program: &OsStr,
+    arguments: &[OsString],
+    table: Option<&Table>,
+    stop: StopRule,
+    echo: bool,
+) -> Result<RunReport> {
+    let mut decoder = SerialDecoder::new(table);
+    let started = Instant::now();
+    let mut transcript = Transcript {
+        lines: Vec::new(),
+        echo,
+        started,
+        first_guest_line: None,
+        feature_warnings: 0,
+    };
+    let mut process = spawn(program, arguments)?;
+    let (sender, receiver): (Sender<Event>, Receiver<Event>) = mpsc::channel();
+    if let Some(stdout) = process.child.stdout.take() {
+        let sender = sender.clone();
+        std::thread::spawn(move || forward_serial(stdout, sender));
+    }
+    if let Some(stderr) = process.child.stderr.take() {
+        let sender = sender.clone();
+        std::thread::spawn(move || forward_stderr(stderr, sender));
+    }
+    drop(sender);
+
+    let limit = match stop {
+        StopRule::Never => None,
+        StopRule::Timeout(limit) | StopRule::After(limit) => Some(limit),
+    };
+    let mut exited: Option<(QemuExit, Instant)> = None;
+    let mut streams_open = true;
+    let ending = loop {
+        if let Some((exit, at)) = exited {
+            if !streams_open || at.elapsed() >= DRAIN_AFTER_EXIT {
+                break Ending::Exited(exit);
+            }
+        } else if let Some(status) = process.child.try_wait().context("cannot wait for QEMU")? {
+            exited = Some((
+                QemuExit::judge(status.code(), status.signal()),
+                Instant::now(),
+            ));
+            continue;
+        }
+        let elapsed = started.elapsed();
+        if exited.is_none() {
+            if interrupt::requested() {
+                break Ending::Interrupted(elapsed);
+            }
+            if let Some(limit) = limit.filter(|&limit| elapsed >= limit) {
+                break match stop {
+                    StopRule::After(_) => Ending::StoppedAfter(limit),
+                    _ => Ending::TimedOut(limit),
+                };
+            }
+        }
+        let wait = limit.map_or(POLL_INTERVAL, |limit| {
+            limit.saturating_sub(elapsed).min(POLL_INTERVAL)
+        });
+        if !streams_open {
+            std::thread::sleep(wait.max(Duration::from_millis(1)));
+            continue;
+        }
+        match receiver.recv_timeout(wait) {
+            Ok(event) => transcript.handle(event, &mut decoder),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => streams_open = false,
+        }
+    };
+    // Stop QEMU now (the guard would too) and keep whatever it still wrote.
+    drop(process);
+    while let Ok(event) = receiver.recv_timeout(DRAIN_AFTER_EXIT) {
+        transcript.handle(event, &mut decoder);
+    }
+    for line in decoder.finish() {
+        transcript.record(line);
+    }
+    Ok(RunReport {
+        ending,
+        lines: transcript.lines,
+        first_guest_line: transcript.first_guest_line,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_and_unknown_statuses_are_never_success() {
+        assert_eq!(QemuExit::judge(Some(0), None), QemuExit::Zero);
+        assert!(!QemuExit::judge(Some(0), None).is_success());
+        assert_eq!(QemuExit::judge(Some(1), None), QemuExit::Other(1));
+        assert!(!QemuExit::judge(Some(1), None).is_success());
+        assert_eq!(QemuExit::judge(None, Some(9)), QemuExit::Signal(9));
+        assert!(!QemuExit::judge(None, Some(9)).is_success());
+    }
+
+    #[test]
+    fn core_codes_are_recognised() {
+        assert_eq!(
+            QemuExit::judge(Some(33), None),
+            QemuExit::Core(CoreExit::AllPoweredOff)
+        );
+        assert!(QemuExit::judge(Some(33), None).is_success());
+        assert_eq!(
+            QemuExit::judge(Some(35), None),
+            QemuExit::Core(CoreExit::DomainFailed)
+        );
+        assert!(!QemuExit::judge(Some(35), None).is_success());
+        assert_eq!(
+            QemuExit::judge(Some(37), None),
+            QemuExit::Core(CoreExit::CorePanic)
+        );
+        assert_eq!(
+            QemuExit::judge(Some(39), None),
+            QemuExit::Core(CoreExit::BootError)
+        );
+        assert!(QemuExit::Zero.to_string().contains("never success"));
+    }
+
+    #[test]
+    fn arguments_follow_the_platform_notes() {
+        let config = QemuConfig {
+            machine: MachineType::Pc,
+            cpus: 2,
+            memory_mib: 256,
+            kernel: Path::new("/k"),
+            bundle: Path::new("/b.bundle"),
+        };
+        let text: Vec<String> = arguments(&config)
+            .iter()
+            .map(|argument| argument.to_string_lossy().into_owned())
+            .collect();
+        let joined = text.join(" ");
+        assert!(
+            joined.starts_with("-M pc -accel tcg -cpu EPYC -m 256 -smp 2 "),
+            "{joined}"
+        );
+        assert!(joined.contains("-serial stdio -no-reboot"), "{joined}");
+        assert!(
+            joined.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x04"),
+            "{joined}"
+        );
+        assert!(joined.ends_with("-kernel /k -initrd /b.bundle"), "{joined}");
+    }
+
+    #[test]
+    fn machine_types_parse() {
+        assert_eq!("microvm".parse::<MachineType>(), Ok(MachineType::Microvm));
+        assert_eq!("pc".parse::<MachineType>(), Ok(MachineType::Pc));
+        assert!("q35".parse::<MachineType>().is_err());
+    }
+
+    fn shell(script: &str, stop: StopRule) -> RunReport {
+        let arguments = [OsString::from("-c"), OsString::from(script)];
+        run_program(OsStr::new("sh"), &arguments, None, stop, false).unwrap()
+    }
+
+    #[test]
+    fn the_exit_status_and_all_output_are_collected() {
+        let report = shell(
+            "printf 'ABC'; echo oops >&2; exit 35",
+            StopRule::Timeout(Duration::from_secs(20)),
+        );
+        assert_eq!(
+            report.ending,
+            Ending::Exited(QemuExit::Core(CoreExit::DomainFailed))
+        );
+        let text: Vec<String> = report.lines.iter().map(ToString::to_string).collect();
+        assert!(text.contains(&"qemu: oops".to_owned()), "{text:?}");
+        assert!(
+            text.iter()
+                .any(|line| line.starts_with("serial| 41 42 43 ")),
+            "{text:?}"
+        );
+        assert_eq!(report.first_guest_line, None);
+    }
+
+    #[test]
+    fn a_hung_program_is_killed_at_the_timeout() {
+        let started = Instant::now();
+        let report = shell(
+            "echo started >&2; exec sleep 30",
+            StopRule::Timeout(Duration::from_millis(500)),
+        );
+        assert_eq!(report.ending, Ending::TimedOut(Duration::from_millis(500)));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(report.lines, vec![Line::Qemu("started".into())]);
+        let report = shell("exec sleep 30", StopRule::After(Duration::from_millis(200)));
+        assert_eq!(
+            report.ending,
+            Ending::StoppedAfter(Duration::from_millis(200))
+        );
+    }
+
+    #[test]
+    fn repeated_tcg_feature_warnings_are_shown_once() {
+        let script = "for bit in 1 2 3; do echo \"warning: TCG doesn't support requested feature: bit $bit\" >&2; done; exit 33";
+        let report = shell(script, StopRule::Timeout(Duration::from_secs(20)));
+        assert_eq!(report.lines.len(), 1, "{:?}", report.lines);
+        assert!(report.lines[0]
+            .to_string()
+            .contains("bit 1 (repeats for other features hidden)"));
+    }
+
+    #[test]
+    fn a_triple_fault_exit_is_a_failure() {
+        let report = shell("exit 0", StopRule::Timeout(Duration::from_secs(20)));
+        assert_eq!(report.ending, Ending::Exited(QemuExit::Zero));
+    }
+
+    #[test]
+    fn endings_read_as_sentences() {
+        assert_eq!(
+            Ending::TimedOut(Duration::from_secs(30)).to_string(),
+            "timeout after 30 s"
+        );
+        assert_eq!(
+            Ending::StoppedAfter(Duration::from_millis(2500)).to_string(),
+            "stopped after 2.5 s"
+        );
+    }
+}

@@ -1,0 +1,551 @@
+//! QEMU scenarios: `tests/scenarios.toml`, and judging a run against one.
+//!
+//! ```toml
+//! [[scenario]]
+//! name = "hello"                       # required, unique
+//! description = "hello boots and powers off"   # required, one line
+//! config = "appliances/hello.toml"     # required, relative to the workspace root
+//! machine = "microvm"                  # "microvm" (default) or "pc"
+//! expect = ["hello: Hello from cairn"] # substrings, each in a later line than the last
+//! forbid = ["panicked"]                # substrings no line may contain
+//! exit = "AllPoweredOff"               # AllPoweredOff | DomainFailed | CorePanic | BootError
+//! timeout = 30                         # seconds (default 60)
+//!
+//! [[scenario]]                         # a config that must be refused
+//! name = "bad-config"
+//! description = "a bad appliance file is refused, naming the key"
+//! config = "appliances/bad-memory.toml"
+//! config_error = "domain[0].memory"    # text the runner's error must contain
+//! ```
+//!
+//! A boot scenario passes when every expected substring is found in order
+//! (each in a line after the line that matched the previous one), no line
+//! contains a forbidden substring, QEMU exits with the expected code, and
+//! all of it within the timeout. A `config_error` scenario boots nothing: it
+//! passes when loading the appliance fails and the error contains the text.
+//! Lines are matched as printed (`NAME: text`, `cairn  WARN ...`, `qemu: ...`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipc::exit_status::ExitStatus as CoreExit;
+
+use crate::decode::Line;
+use crate::qemu::{Ending, MachineType, QemuExit};
+use crate::table::{parse_document, KeyError, TableReader};
+
+/// Timeout of a boot scenario that gives none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Output lines shown when a scenario fails.
+pub const TAIL_LINES: usize = 40;
+
+/// The core exit codes by the names scenario files use.
+const EXIT_NAMES: [(&str, CoreExit); 4] = [
+    ("AllPoweredOff", CoreExit::AllPoweredOff),
+    ("DomainFailed", CoreExit::DomainFailed),
+    ("CorePanic", CoreExit::CorePanic),
+    ("BootError", CoreExit::BootError),
+];
+
+/// What a scenario checks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check {
+    /// Boot the appliance and judge the run.
+    Boot {
+        /// QEMU machine model.
+        machine: MachineType,
+        /// Substrings expected in order.
+        expect: Vec<String>,
+        /// Substrings that must not appear.
+        forbid: Vec<String>,
+        /// The expected core exit code.
+        exit: CoreExit,
+        /// Wall-clock limit for the boot.
+        timeout: Duration,
+    },
+    /// Loading the appliance must fail with an error containing this text.
+    ConfigError(String),
+}
+
+/// One `[[scenario]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// Unique name (`cargo xtask scenario NAME`).
+    pub name: String,
+    /// One-line description.
+    pub description: String,
+    /// The appliance file, resolved against the workspace root.
+    pub config: PathBuf,
+    /// What to check.
+    pub check: Check,
+}
+
+/// Reads and parses the scenario file; `file` is how messages name it.
+pub fn load(path: &Path, file: &str, workspace_root: &Path) -> Result<Vec<Scenario>, KeyError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| KeyError::whole_file(file, format!("cannot read the file: {error}")))?;
+    parse(&text, file, workspace_root)
+}
+
+/// Parses scenario text; `config` paths are resolved against `workspace_root`.
+pub fn parse(text: &str, file: &str, workspace_root: &Path) -> Result<Vec<Scenario>, KeyError> {
+    let document = parse_document(text, file)?;
+    let mut root = TableReader::new(&document, file, "");
+    let tables = root.table_array("scenario")?;
+    root.finish()?;
+    let mut scenarios: Vec<Scenario> = Vec::with_capacity(tables.len());
+    for table in tables {
+        let scenario = parse_scenario(table, workspace_root)?;
+        if scenarios.iter().any(|other| other.name == scenario.name) {
+            return Err(KeyError::new(
+                file,
+                format!("scenario[{}].name", scenarios.len()),
+                format!("`{}` is used by an earlier scenario", scenario.name),
+            ));
+        }
+        scenarios.push(scenario);
+    }
+    Ok(scenarios)
+}
+
+fn parse_scenario(mut table: TableReader<'_>, workspace_root: &Path) -> Result<Scenario, KeyError> {
+    let name = table.required_string("name")?.to_owned();
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(table.error("name", "must be non-empty, without spaces"));
+    }
+    let description = table.required_string("description")?.to_owned();
+    let config = workspace_root.join(table.required_string("config")?);
+    let config_error = table.string("config_error")?;
+    let machine = table.string("machine")?;
+    let expect = table.string_list("expect")?;
+    let forbid = table.string_list("forbid")?;
+    let exit = table.string("exit")?;
+    let timeout = table.seconds("timeout")?;
+    let check = match config_error {
+        Some(text) => {
+            let boot_keys = [
+                ("machine", machine.is_some()),
+                ("expect", expect.is_some()),
+                ("forbid", forbid.is_some()),
+                ("exit", exit.is_some()),
+                ("timeout", timeout.is_some()),
+            ];
+            if let Some((key, _)) = boot_keys.iter().find(|(_, present)| *present) {
+                return Err(table.error(
+                    key,
+                    "does not apply to a config_error scenario (nothing boots)",
+                ));
+            }
+            if text.is_empty() {
+                return Err(table.error("config_error", "must not be empty"));
+            }
+            Check::ConfigError(text.to_owned())
+        }
+        None => {
+            let machine = match machine {
+                None => MachineType::default(),
+                Some(text) => text
+                    .parse()
+                    .map_err(|message: String| table.error("machine", message))?,
+            };
+            let exit_name = exit.ok_or_else(|| {
+                table.error("exit", "missing (required unless config_error is given)")
+            })?;
+            let exit = EXIT_NAMES
+                .iter()
+                .find(|(known, _)| *known == exit_name)
+                .map(|(_, code)| *code)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = EXIT_NAMES.iter().map(|(known, _)| *known).collect();
+                    table.error(
+                        "exit",
+                        format!("`{exit_name}` is not one of {}", names.join(", ")),
+                    )
+                })?;
+            Check::Boot {
+                machine,
+                expect: expect.unwrap_or_default(),
+                forbid: forbid.unwrap_or_default(),
+                exit,
+                timeout: timeout.map_or(DEFAULT_TIMEOUT, Duration::from_secs_f64),
+            }
+        }
+    };
+    table.finish()?;
+    Ok(Scenario {
+        name,
+        description,
+        config,
+        check,
+    })
+}
+
+/// One reason a scenario failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// An expected substring was not found after the previous match.
+    Missing {
+        /// Position in `expect` (0-based).
+        index: usize,
+        /// The substring.
+        text: String,
+        /// The search started at this output line (1-based).
+        from_line: usize,
+    },
+    /// A forbidden substring appeared.
+    Forbidden {
+        /// The substring.
+        text: String,
+        /// The output line (1-based).
+        line_number: usize,
+        /// The whole line.
+        line: String,
+    },
+    /// QEMU ended otherwise than expected.
+    Exit {
+        /// The expected code.
+        expected: CoreExit,
+        /// What happened.
+        actual: String,
+    },
+    /// The runner could not boot at all (build, bundle or QEMU start failed).
+    Setup(String),
+    /// A config_error scenario's config loaded fine.
+    ConfigAccepted(String),
+    /// A config_error scenario failed with another error.
+    WrongConfigError {
+        /// The text expected in the error.
+        expected: String,
+        /// The error that occurred.
+        actual: String,
+    },
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing {
+                index,
+                text,
+                from_line,
+            } => write!(
+                formatter,
+                "expected line #{} `{text}` not found at or after output line {from_line}",
+                index + 1
+            ),
+            Self::Forbidden {
+                text,
+                line_number,
+                line,
+            } => {
+                write!(
+                    formatter,
+                    "forbidden `{text}` appeared on output line {line_number}: {line}"
+                )
+            }
+            Self::Exit { expected, actual } => write!(
+                formatter,
+                "exit: expected {expected:?} (QEMU status {}), got {actual}",
+                expected.qemu_status()
+            ),
+            Self::Setup(message) => write!(formatter, "could not boot: {message}"),
+            Self::ConfigAccepted(file) => {
+                write!(
+                    formatter,
+                    "{file} was accepted, but it should have been refused"
+                )
+            }
+            Self::WrongConfigError { expected, actual } => {
+                write!(
+                    formatter,
+                    "the config error does not mention `{expected}`: {actual}"
+                )
+            }
+        }
+    }
+}
+
+/// Checks the expected substrings in order and the forbidden ones anywhere.
+pub fn match_lines(lines: &[String], expect: &[String], forbid: &[String]) -> Vec<Failure> {
+    let mut failures = Vec::new();
+    let mut next_line = 0;
+    for (index, text) in expect.iter().enumerate() {
+        let found = lines[next_line..]
+            .iter()
+            .position(|line| line.contains(text.as_str()));
+        match found {
+            Some(offset) => next_line += offset + 1,
+            None => {
+                failures.push(Failure::Missing {
+                    index,
+                    text: text.clone(),
+                    from_line: next_line + 1,
+                });
+                break;
+            }
+        }
+    }
+    for text in forbid {
+        if let Some(number) = lines.iter().position(|line| line.contains(text.as_str())) {
+            failures.push(Failure::Forbidden {
+                text: text.clone(),
+                line_number: number + 1,
+                line: lines[number].clone(),
+            });
+        }
+    }
+    failures
+}
+
+/// Checks how the run ended against the expected exit code.
+pub fn judge_ending(ending: &Ending, expected: CoreExit) -> Option<Failure> {
+    match ending {
+        Ending::Exited(QemuExit::Core(code)) if *code == expected => None,
+        other => Some(Failure::Exit {
+            expected,
+            actual: other.to_string(),
+        }),
+    }
+}
+
+/// Judges a boot scenario's run: every failure, in order of checking.
+pub fn judge_boot(lines: &[Line], ending: &Ending, check: &Check) -> Vec<Failure> {
+    let Check::Boot {
+        expect,
+        forbid,
+        exit,
+        ..
+    } = check
+    else {
+        return Vec::new();
+    };
+    let text: Vec<String> = lines.iter().map(ToString::to_string).collect();
+    let mut failures = match_lines(&text, expect, forbid);
+    failures.extend(judge_ending(ending, *exit));
+    failures
+}
+
+/// Judges a config_error scenario from the result of loading its config.
+pub fn judge_config_error(result: Result<(), String>, expected: &str, file: &str) -> Vec<Failure> {
+    match result {
+        Ok(()) => vec![Failure::ConfigAccepted(file.to_owned())],
+        Err(actual) if actual.contains(expected) => Vec::new(),
+        Err(actual) => vec![Failure::WrongConfigError {
+            expected: expected.to_owned(),
+            actual,
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|item| (*item).to_owned()).collect()
+    }
+
+    const FILE: &str = r#"
+[[scenario]]
+name = "hello"
+description = "hello boots"
+config = "appliances/hello.toml"
+expect = ["hello: Hello from cairn"]
+exit = "AllPoweredOff"
+timeout = 30
+
+[[scenario]]
+name = "hello-pc"
+description = "on pc"
+config = "appliances/hello.toml"
+machine = "pc"
+forbid = ["panicked"]
+exit = "DomainFailed"
+
+[[scenario]]
+name = "bad-config"
+description = "refused"
+config = "appliances/bad-memory.toml"
+config_error = "domain[0].memory"
+"#;
+
+    #[test]
+    fn the_scenario_file_parses() {
+        let scenarios = parse(FILE, "s.toml", Path::new("/root")).unwrap();
+        assert_eq!(scenarios.len(), 3);
+        assert_eq!(
+            scenarios[0].config,
+            PathBuf::from("/root/appliances/hello.toml")
+        );
+        assert_eq!(
+            scenarios[0].check,
+            Check::Boot {
+                machine: MachineType::Microvm,
+                expect: strings(&["hello: Hello from cairn"]),
+                forbid: Vec::new(),
+                exit: CoreExit::AllPoweredOff,
+                timeout: Duration::from_secs(30),
+            }
+        );
+        let Check::Boot {
+            machine,
+            timeout,
+            exit,
+            ..
+        } = &scenarios[1].check
+        else {
+            panic!("hello-pc should be a boot scenario");
+        };
+        assert_eq!(
+            (*machine, *timeout, *exit),
+            (MachineType::Pc, DEFAULT_TIMEOUT, CoreExit::DomainFailed)
+        );
+        assert_eq!(
+            scenarios[2].check,
+            Check::ConfigError("domain[0].memory".into())
+        );
+    }
+
+    fn parse_error(text: &str) -> KeyError {
+        parse(text, "s.toml", Path::new("/root")).expect_err("should be refused")
+    }
+
+    #[test]
+    fn the_repository_scenarios_parse_and_their_configs_exist() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let scenarios = load(&root.join("tests/scenarios.toml"), "scenarios.toml", &root)
+            .unwrap_or_else(|error| panic!("{error}"));
+        for name in ["hello", "hello-pc", "fault", "bad-config"] {
+            assert!(
+                scenarios.iter().any(|scenario| scenario.name == name),
+                "{name} is missing"
+            );
+        }
+        for scenario in &scenarios {
+            assert!(
+                scenario.config.is_file(),
+                "{}: {} is missing",
+                scenario.name,
+                scenario.config.display()
+            );
+        }
+    }
+
+    #[test]
+    fn scenario_file_errors_name_the_key() {
+        let base = "[[scenario]]\nname='a'\ndescription='d'\nconfig='c.toml'\n";
+        assert_eq!(parse_error(base).key.as_deref(), Some("scenario[0].exit"));
+        let error = parse_error(&format!("{base}exit='Fine'\n"));
+        assert_eq!(error.key.as_deref(), Some("scenario[0].exit"));
+        assert!(error.message.contains("AllPoweredOff"), "{error}");
+        let error = parse_error(&format!("{base}exit='AllPoweredOff'\nmachine='q35'\n"));
+        assert_eq!(error.key.as_deref(), Some("scenario[0].machine"));
+        let error = parse_error(&format!("{base}exit='AllPoweredOff'\nexpected=['x']\n"));
+        assert_eq!(error.key.as_deref(), Some("scenario[0].expected"));
+        let error = parse_error(&format!("{base}config_error='x'\nexit='AllPoweredOff'\n"));
+        assert_eq!(error.key.as_deref(), Some("scenario[0].exit"));
+        let error = parse_error(&format!(
+            "{base}exit='AllPoweredOff'\n{base}exit='AllPoweredOff'\n"
+        ));
+        assert_eq!(error.key.as_deref(), Some("scenario[1].name"));
+        let error =
+            parse_error("[[scenario]]\ndescription='d'\nconfig='c'\nexit='AllPoweredOff'\n");
+        assert_eq!(error.key.as_deref(), Some("scenario[0].name"));
+    }
+
+    #[test]
+    fn expectations_match_in_order_on_later_lines() {
+        let lines = strings(&[
+            "fault: touching",
+            "cairn  WARN domain fault stopped",
+            "spinner: progress 1",
+            "spinner: progress 2",
+        ]);
+        let in_order = strings(&[
+            "fault: touching",
+            "domain fault stopped",
+            "spinner: progress",
+            "spinner: progress",
+        ]);
+        assert_eq!(match_lines(&lines, &in_order, &[]), Vec::new());
+
+        let out_of_order = strings(&["domain fault stopped", "fault: touching"]);
+        assert_eq!(
+            match_lines(&lines, &out_of_order, &[]),
+            vec![Failure::Missing {
+                index: 1,
+                text: "fault: touching".into(),
+                from_line: 3
+            }]
+        );
+        // The same line cannot satisfy two expectations.
+        let three_progress = strings(&[
+            "spinner: progress",
+            "spinner: progress",
+            "spinner: progress",
+        ]);
+        assert_eq!(match_lines(&lines, &three_progress, &[]).len(), 1);
+    }
+
+    #[test]
+    fn forbidden_substrings_are_reported_with_their_line() {
+        let lines = strings(&["ok", "core panicked at x"]);
+        let failures = match_lines(&lines, &[], &strings(&["panicked", "absent"]));
+        assert_eq!(
+            failures,
+            vec![Failure::Forbidden {
+                text: "panicked".into(),
+                line_number: 2,
+                line: "core panicked at x".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn the_exit_code_must_match_and_zero_never_passes() {
+        let powered_off = Ending::Exited(QemuExit::Core(CoreExit::AllPoweredOff));
+        assert_eq!(judge_ending(&powered_off, CoreExit::AllPoweredOff), None);
+        assert!(judge_ending(&powered_off, CoreExit::DomainFailed).is_some());
+        assert!(judge_ending(&Ending::Exited(QemuExit::Zero), CoreExit::AllPoweredOff).is_some());
+        let timeout = Ending::TimedOut(Duration::from_secs(5));
+        let failure = judge_ending(&timeout, CoreExit::AllPoweredOff).unwrap();
+        assert!(
+            failure.to_string().contains("timeout after 5 s"),
+            "{failure}"
+        );
+    }
+
+    #[test]
+    fn a_boot_is_judged_on_lines_and_exit() {
+        let check = Check::Boot {
+            machine: MachineType::Microvm,
+            expect: strings(&["hello: Hello from cairn"]),
+            forbid: strings(&["panicked"]),
+            exit: CoreExit::AllPoweredOff,
+            timeout: DEFAULT_TIMEOUT,
+        };
+        let lines = vec![Line::Guest("hello: Hello from cairn!".into())];
+        let powered_off = Ending::Exited(QemuExit::Core(CoreExit::AllPoweredOff));
+        assert!(judge_boot(&lines, &powered_off, &check).is_empty());
+        assert_eq!(judge_boot(&[], &powered_off, &check).len(), 1);
+        assert_eq!(
+            judge_boot(&[], &Ending::Exited(QemuExit::Zero), &check).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn config_error_scenarios_need_the_right_error() {
+        assert!(judge_config_error(
+            Err("f: domain[0].memory: 0 is out".into()),
+            "domain[0].memory",
+            "f"
+        )
+        .is_empty());
+        assert_eq!(
+            judge_config_error(Ok(()), "x", "f"),
+            vec![Failure::ConfigAccepted("f".into())]
+        );
+        assert_eq!(judge_config_error(Err("other".into()), "x", "f").len(), 1);
+    }
+}
