@@ -40,8 +40,15 @@ pub enum ElfError {
     NoPvhEntry,
     /// A segment or the entry lies outside the memory it must load into.
     OutsideMemory,
-    /// A segment overlaps a range the loader reserves (e.g. the boot page).
+    /// A segment overlaps a range the loader reserves (e.g. the boot page)
+    /// or another segment.
     OverlapsReserved,
+    /// A server segment is not page-aligned.
+    Misaligned,
+    /// A server segment is both writable and executable.
+    WritableAndExecutable,
+    /// The entry point is not inside an executable segment.
+    EntryNotExecutable,
 }
 
 impl ElfError {
@@ -59,7 +66,10 @@ impl ElfError {
             Self::BadNote => "malformed ELF note",
             Self::NoPvhEntry => "no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)",
             Self::OutsideMemory => "image does not fit in the domain's memory",
-            Self::OverlapsReserved => "image overlaps the boot information page",
+            Self::OverlapsReserved => "segments overlap each other or a reserved range",
+            Self::Misaligned => "segment not page-aligned",
+            Self::WritableAndExecutable => "segment both writable and executable",
+            Self::EntryNotExecutable => "entry point outside any executable segment",
         }
     }
 }
@@ -75,6 +85,22 @@ pub struct Segment {
     pub memory_size: u64,
     /// Physical load address.
     pub physical_address: u64,
+    /// Virtual load address.
+    pub virtual_address: u64,
+    /// `p_flags`: `PF_X` = 1, `PF_W` = 2, `PF_R` = 4.
+    pub flags: u32,
+}
+
+impl Segment {
+    /// Whether `PF_W` is set.
+    pub const fn writable(&self) -> bool {
+        self.flags & 2 != 0
+    }
+
+    /// Whether `PF_X` is set.
+    pub const fn executable(&self) -> bool {
+        self.flags & 1 != 0
+    }
 }
 
 /// A validated PVH kernel.
@@ -136,8 +162,14 @@ fn find_pvh_entry(image: &[u8], start: u64, end: u64) -> Result<Option<u32>, Elf
     Ok(None)
 }
 
-/// Validates a PVH ELF64 kernel image and returns its entry and segments.
-pub fn parse_pvh(image: &[u8]) -> Result<PvhImage, ElfError> {
+/// What every image kind shares: the header checks and the program headers.
+struct Parsed {
+    entry: u64,
+    pvh_entry: Option<u32>,
+    segments: Vec<Segment, MAX_SEGMENTS>,
+}
+
+fn parse_common(image: &[u8]) -> Result<Parsed, ElfError> {
     if image.len() < 64 {
         return Err(ElfError::Truncated);
     }
@@ -151,6 +183,7 @@ pub fn parse_pvh(image: &[u8]) -> Result<PvhImage, ElfError> {
     if u16_at(image, 18)? != EM_X86_64 {
         return Err(ElfError::WrongMachine);
     }
+    let entry = u64_at(image, 24)?;
     let program_header_offset = u64_at(image, 32)?;
     let program_header_size = u16_at(image, 54)?;
     let program_header_count = u16_at(image, 56)?;
@@ -164,11 +197,13 @@ pub fn parse_pvh(image: &[u8]) -> Result<PvhImage, ElfError> {
         return Err(ElfError::BadProgramHeaders);
     }
     let mut segments = Vec::new();
-    let mut entry = None;
+    let mut pvh_entry = None;
     for number in 0..u64::from(program_header_count) {
         let header = program_header_offset + number * 56;
         let kind = u32_at(image, header)?;
+        let flags = u32_at(image, header + 4)?;
         let file_offset = u64_at(image, header + 8)?;
+        let virtual_address = u64_at(image, header + 16)?;
         let physical_address = u64_at(image, header + 24)?;
         let file_size = u64_at(image, header + 32)?;
         let memory_size = u64_at(image, header + 40)?;
@@ -180,6 +215,7 @@ pub fn parse_pvh(image: &[u8]) -> Result<PvhImage, ElfError> {
             PT_LOAD => {
                 if file_size > memory_size
                     || physical_address.checked_add(memory_size).is_none()
+                    || virtual_address.checked_add(memory_size).is_none()
                 {
                     return Err(ElfError::BadSegment);
                 }
@@ -187,18 +223,68 @@ pub fn parse_pvh(image: &[u8]) -> Result<PvhImage, ElfError> {
                     continue;
                 }
                 segments
-                    .push(Segment { file_offset, file_size, memory_size, physical_address })
+                    .push(Segment { file_offset, file_size, memory_size, physical_address, virtual_address, flags })
                     .map_err(|_| ElfError::TooManySegments)?;
             }
-            PT_NOTE if entry.is_none() => entry = find_pvh_entry(image, file_offset, file_end)?,
+            PT_NOTE if pvh_entry.is_none() => pvh_entry = find_pvh_entry(image, file_offset, file_end)?,
             _ => {}
         }
     }
     if segments.is_empty() {
         return Err(ElfError::NoSegments);
     }
-    let entry = entry.ok_or(ElfError::NoPvhEntry)?;
-    Ok(PvhImage { entry, segments })
+    Ok(Parsed { entry, pvh_entry, segments })
+}
+
+/// Validates a PVH ELF64 kernel image and returns its entry and segments.
+pub fn parse_pvh(image: &[u8]) -> Result<PvhImage, ElfError> {
+    let parsed = parse_common(image)?;
+    let entry = parsed.pvh_entry.ok_or(ElfError::NoPvhEntry)?;
+    Ok(PvhImage { entry, segments: parsed.segments })
+}
+
+/// A validated server executable, to be mapped at its virtual addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executable {
+    /// The entry point (virtual).
+    pub entry: u64,
+    /// Its loadable segments.
+    pub segments: Vec<Segment, MAX_SEGMENTS>,
+}
+
+/// Validates a server executable: every segment inside `allowed` (virtual
+/// addresses), page-aligned, none both writable and executable, none
+/// overlapping another, and the entry inside an executable segment.
+pub fn parse_executable(image: &[u8], allowed: core::ops::Range<u64>) -> Result<Executable, ElfError> {
+    let parsed = parse_common(image)?;
+    for (index, segment) in parsed.segments.iter().enumerate() {
+        let start = segment.virtual_address;
+        let end = start + segment.memory_size;
+        if start < allowed.start || end > allowed.end {
+            return Err(ElfError::OutsideMemory);
+        }
+        if start % 4096 != segment.file_offset % 4096 || !start.is_multiple_of(4096) {
+            return Err(ElfError::Misaligned);
+        }
+        if segment.writable() && segment.executable() {
+            return Err(ElfError::WritableAndExecutable);
+        }
+        let page_end = |segment: &Segment| (segment.virtual_address + segment.memory_size).div_ceil(4096) * 4096;
+        let overlaps = parsed.segments[..index].iter().any(|other| {
+            other.virtual_address < page_end(segment) && segment.virtual_address < page_end(other)
+        });
+        if overlaps {
+            return Err(ElfError::OverlapsReserved);
+        }
+    }
+    let entry_executable = parsed.segments.iter().any(|segment| {
+        segment.executable()
+            && (segment.virtual_address..segment.virtual_address + segment.memory_size).contains(&parsed.entry)
+    });
+    if !entry_executable {
+        return Err(ElfError::EntryNotExecutable);
+    }
+    Ok(Executable { entry: parsed.entry, segments: parsed.segments })
 }
 
 impl PvhImage {
@@ -231,6 +317,12 @@ pub(crate) mod build {
     /// A minimal PVH image: one PT_LOAD of `code` at `load`, a PT_NOTE with
     /// the PVH entry note (`entry`, as `desc_size` bytes).
     pub fn pvh_image(load: u64, code: &[u8], entry: u64, desc_size: u32) -> Vec<u8> {
+        image_with(load, 5, code, entry, desc_size, 0x1000)
+    }
+
+    /// An image with one PT_LOAD of `code` at `load` with `flags`, whose file
+    /// offset is `code_offset`, entry `entry`, and the PVH note.
+    pub fn image_with(load: u64, flags: u32, code: &[u8], entry: u64, desc_size: u32, code_offset: u64) -> Vec<u8> {
         let mut note = Vec::new();
         note.extend_from_slice(&4u32.to_le_bytes());
         note.extend_from_slice(&desc_size.to_le_bytes());
@@ -238,7 +330,7 @@ pub(crate) mod build {
         note.extend_from_slice(b"Xen\0");
         note.extend_from_slice(&entry.to_le_bytes()[..desc_size as usize]);
         let phoff = 64u64;
-        let code_at = phoff + 2 * 56;
+        let code_at = code_offset;
         let note_at = code_at + code.len() as u64;
         let mut image = vec![0u8; 64];
         image[..4].copy_from_slice(b"\x7fELF");
@@ -247,12 +339,16 @@ pub(crate) mod build {
         image[6] = 1;
         image[16..18].copy_from_slice(&2u16.to_le_bytes());
         image[18..20].copy_from_slice(&62u16.to_le_bytes());
+        image[24..32].copy_from_slice(&entry.to_le_bytes());
         image[32..40].copy_from_slice(&phoff.to_le_bytes());
         image[54..56].copy_from_slice(&56u16.to_le_bytes());
         image[56..58].copy_from_slice(&2u16.to_le_bytes());
         let header = |kind: u32, offset: u64, addr: u64, size: u64| {
             let mut h = vec![0u8; 56];
             h[0..4].copy_from_slice(&kind.to_le_bytes());
+            if kind == 1 {
+                h[4..8].copy_from_slice(&flags.to_le_bytes());
+            }
             h[8..16].copy_from_slice(&offset.to_le_bytes());
             h[16..24].copy_from_slice(&addr.to_le_bytes());
             h[24..32].copy_from_slice(&addr.to_le_bytes());
@@ -262,6 +358,7 @@ pub(crate) mod build {
         };
         image.extend(header(1, code_at, load, code.len() as u64));
         image.extend(header(4, note_at, 0, note.len() as u64));
+        image.resize(code_at as usize, 0);
         image.extend_from_slice(code);
         image.extend(note);
         image
@@ -327,6 +424,24 @@ mod tests {
         assert_eq!(outside_entry.check_placement(4 << 20, 0..0), Err(ElfError::OutsideMemory));
     }
 
+    #[test]
+    fn server_executables_are_checked() {
+        use super::build::image_with;
+        let allowed = 0x4000_0000..0x5000_0000;
+        let good = image_with(0x4000_0000, 5, &[0x90; 64], 0x4000_0010, 8, 0x1000);
+        let executable = parse_executable(&good, allowed.clone()).unwrap();
+        assert_eq!(executable.entry, 0x4000_0010);
+        assert_eq!(executable.segments[0].virtual_address, 0x4000_0000);
+        let outside = image_with(0x1000, 5, &[0x90; 64], 0x1010, 8, 0x1000);
+        assert_eq!(parse_executable(&outside, allowed.clone()), Err(ElfError::OutsideMemory));
+        let wx = image_with(0x4000_0000, 7, &[0x90; 64], 0x4000_0010, 8, 0x1000);
+        assert_eq!(parse_executable(&wx, allowed.clone()), Err(ElfError::WritableAndExecutable));
+        let data_entry = image_with(0x4000_0000, 6, &[0x90; 64], 0x4000_0010, 8, 0x1000);
+        assert_eq!(parse_executable(&data_entry, allowed.clone()), Err(ElfError::EntryNotExecutable));
+        let misaligned = image_with(0x4000_0100, 5, &[0x90; 64], 0x4000_0110, 8, 0x1100);
+        assert_eq!(parse_executable(&misaligned, allowed), Err(ElfError::Misaligned));
+    }
+
     proptest! {
         /// Whatever the bytes, the parser returns and never panics; flipping
         /// any byte of a valid image is either accepted or named.
@@ -341,6 +456,7 @@ mod tests {
         #[test]
         fn never_panics_on_noise(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = parse_pvh(&bytes);
+            let _ = parse_executable(&bytes, 0..u64::MAX);
         }
     }
 }

@@ -36,5 +36,6 @@ pub mod guest_memory;
 pub mod msr;
 pub mod paging;
 pub mod round_robin;
+pub mod server;
 pub mod uart;
 pub mod vcpu;

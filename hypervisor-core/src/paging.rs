@@ -132,6 +132,20 @@ pub struct Translation {
     pub size: PageSize,
 }
 
+/// What [`PageTable::teardown`] hands back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Teardown {
+    /// A leaf mapping: its address and raw entry.
+    Leaf {
+        /// The mapped (virtual or guest-physical) address.
+        address: u64,
+        /// The raw entry (frame address and flags).
+        entry: u64,
+    },
+    /// A table frame, free to reuse once the walk is over.
+    Table(HostPhysAddr),
+}
+
 /// A 4-level table hierarchy identified by its root (the CR3 or nCR3 value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageTable {
@@ -202,6 +216,28 @@ impl PageTable {
         let huge = if size == PageSize::Size4KiB { 0 } else { EntryFlags::HUGE.0 };
         memory.write_entry(table, slot, frame.as_u64() | leaf_flags.0 | huge);
         Ok(())
+    }
+
+    /// Takes the hierarchy apart: calls `visit` with every present leaf
+    /// mapping and every table frame, the root last. The caller decides which
+    /// leaf frames are its to free; the tables must not be used afterwards.
+    pub fn teardown(self, memory: &impl TableMemory, visit: &mut impl FnMut(Teardown)) {
+        fn walk(memory: &impl TableMemory, frame: HostPhysAddr, level: usize, base: u64, visit: &mut impl FnMut(Teardown)) {
+            for slot in 0..ENTRIES {
+                let entry = memory.read_entry(frame, slot);
+                if entry & EntryFlags::PRESENT.0 == 0 {
+                    continue;
+                }
+                let address = base | ((slot as u64) << (12 + 9 * (level - 1)));
+                if level == 1 || entry & EntryFlags::HUGE.0 != 0 {
+                    visit(Teardown::Leaf { address, entry });
+                } else {
+                    walk(memory, HostPhysAddr::new_truncate(entry & ADDRESS_MASK), level - 1, address, visit);
+                }
+            }
+            visit(Teardown::Table(frame));
+        }
+        walk(memory, self.root, 4, 0, visit);
     }
 
     /// Walks the tables for `address`.
@@ -304,6 +340,29 @@ pub(crate) mod tests {
         // Every intermediate entry on the 4 KiB path carries the user bit (NPT needs it).
         let l4 = memory.read_entry(table.root(), 0);
         assert!(l4 & EntryFlags::USER.0 != 0);
+    }
+
+    #[test]
+    fn teardown_reports_every_leaf_and_table_once() {
+        let mut memory = FakeTables::default();
+        let mut frames = CountingFrames { next: 0x100_0000, limit: 0x200_0000 };
+        let table = PageTable::new(&mut memory, &mut frames).unwrap();
+        let flags = EntryFlags::WRITABLE;
+        table.map(&mut memory, &mut frames, 0, frame(0), PageSize::Size2MiB, flags).unwrap();
+        for page in 0..3u64 {
+            let address = 0x4000_0000 + page * PAGE_SIZE;
+            table.map(&mut memory, &mut frames, address, frame(0x9000 + page * PAGE_SIZE), PageSize::Size4KiB, flags).unwrap();
+        }
+        let tables_allocated = (frames.next - 0x100_0000) / PAGE_SIZE;
+        let mut leaves = Vec::new();
+        let mut tables = Vec::new();
+        table.teardown(&memory, &mut |item| match item {
+            Teardown::Leaf { address, entry } => leaves.push((address, entry & ADDRESS_MASK)),
+            Teardown::Table(frame) => tables.push(frame),
+        });
+        assert_eq!(leaves, [(0, 0), (0x4000_0000, 0x9000), (0x4000_1000, 0xa000), (0x4000_2000, 0xb000)]);
+        assert_eq!(tables.len() as u64, tables_allocated);
+        assert_eq!(tables.last(), Some(&table.root()), "the root goes last");
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub enum RunState {
     Runnable,
     /// Executed HLT; parked until the next timer tick.
     Halted,
+    /// Blocked until the core wakes it explicitly (a server in `wait`).
+    Waiting,
     /// Will never run again (its domain ended).
     Stopped,
 }
@@ -109,6 +111,9 @@ mod tests {
         assert_eq!(scheduler.pick(), Some(2));
         scheduler.set_state(0, RunState::Runnable);
         assert_eq!(scheduler.state(0), Some(RunState::Stopped), "stopped is final");
+        scheduler.set_state(1, RunState::Waiting);
+        scheduler.tick();
+        assert_eq!(scheduler.state(1), Some(RunState::Waiting), "a tick does not wake a waiter");
         assert!(!scheduler.all_stopped());
         scheduler.set_state(1, RunState::Stopped);
         scheduler.set_state(2, RunState::Stopped);

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 /// First eight bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"CAIRNBDL";
 /// Version of the bundle layout and manifest encoding; bumped on any change.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Size of the fixed header in front of the manifest.
 pub const HEADER_SIZE: usize = 16;
 /// Images start on this boundary.
@@ -34,6 +34,8 @@ pub const MAX_DOMAINS: usize = 16;
 pub const MAX_NAME_LEN: usize = 32;
 /// Longest guest command line, in bytes (without the terminating NUL).
 pub const MAX_CMDLINE_LEN: usize = 255;
+/// Most servers one appliance may define.
+pub const MAX_SERVERS: usize = 4;
 /// Most vCPUs one domain may have.
 pub const MAX_VCPUS: u8 = 8;
 /// Most pCPUs the core drives.
@@ -77,6 +79,19 @@ pub struct DomainSpec {
     pub cmdline: String<MAX_CMDLINE_LEN>,
 }
 
+/// One `[[server]]` table of the appliance file: a ring-3 server image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerSpec {
+    /// Unique name (same rules as a domain name).
+    pub name: String<MAX_NAME_LEN>,
+    /// Which protocol it speaks.
+    pub kind: crate::server::ServerKind,
+    /// Its ELF image.
+    pub image: ImageRef,
+    /// Argument string handed to it at every start.
+    pub args: String<{ crate::server::MAX_ARGUMENTS_LEN }>,
+}
+
 /// What the core does after boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RunMode {
@@ -96,12 +111,16 @@ pub struct Manifest {
     pub machine: Machine,
     /// The domains, in boot order; a domain's id is its index here.
     pub domains: Vec<DomainSpec, MAX_DOMAINS>,
+    /// The ring-3 servers, in start order.
+    pub servers: Vec<ServerSpec, MAX_SERVERS>,
     /// Normal run or benchmark.
     pub mode: RunMode,
 }
 
 /// Upper bound of an encoded manifest, used to size decode buffers.
-pub const MAX_MANIFEST_SIZE: usize = 64 + MAX_DOMAINS * (MAX_NAME_LEN + MAX_CMDLINE_LEN + 48);
+pub const MAX_MANIFEST_SIZE: usize = 64
+    + MAX_DOMAINS * (MAX_NAME_LEN + MAX_CMDLINE_LEN + 48)
+    + MAX_SERVERS * (MAX_NAME_LEN + crate::server::MAX_ARGUMENTS_LEN + 48);
 
 /// Why a bundle or manifest was refused. Each variant names what was wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +151,12 @@ pub enum BundleError {
     DomainKernel { domain: usize },
     /// The domains' memory adds up to more than the machine has.
     MachineMemory { needed_mib: u64, machine_mib: u32 },
+    /// A server name is empty, too long, badly formed or used twice.
+    ServerName { server: usize },
+    /// A server image range is misaligned, empty or outside the bundle.
+    ServerImage { server: usize },
+    /// Two servers of the same kind.
+    DuplicateServerKind { server: usize },
 }
 
 impl BundleError {
@@ -151,6 +176,9 @@ impl BundleError {
             Self::DomainVcpus { .. } => "domain.vcpus out of range",
             Self::DomainKernel { .. } => "domain.kernel image outside the bundle",
             Self::MachineMemory { .. } => "domains need more memory than machine.memory",
+            Self::ServerName { .. } => "server.name empty, too long, not [A-Za-z0-9_-] or used twice",
+            Self::ServerImage { .. } => "server.image outside the bundle",
+            Self::DuplicateServerKind { .. } => "two servers of the same kind",
         }
     }
 }
@@ -190,12 +218,7 @@ impl Manifest {
             if domain.vcpus == 0 || domain.vcpus > MAX_VCPUS {
                 return Err(BundleError::DomainVcpus { domain: index, vcpus: domain.vcpus });
             }
-            let kernel = domain.kernel;
-            let in_bounds = kernel
-                .offset
-                .checked_add(kernel.length)
-                .is_some_and(|end| end <= bundle_len);
-            if kernel.length == 0 || kernel.offset % IMAGE_ALIGN != 0 || !in_bounds {
+            if !domain.kernel.fits(bundle_len) {
                 return Err(BundleError::DomainKernel { domain: index });
             }
             needed_mib += u64::from(domain.memory_mib);
@@ -206,7 +229,28 @@ impl Manifest {
                 machine_mib: self.machine.memory_mib,
             });
         }
+        for (index, server) in self.servers.iter().enumerate() {
+            let earlier = &self.servers[..index];
+            if !valid_name(&server.name) || earlier.iter().any(|other| other.name == server.name) {
+                return Err(BundleError::ServerName { server: index });
+            }
+            if earlier.iter().any(|other| other.kind == server.kind) {
+                return Err(BundleError::DuplicateServerKind { server: index });
+            }
+            if !server.image.fits(bundle_len) {
+                return Err(BundleError::ServerImage { server: index });
+            }
+        }
         Ok(())
+    }
+}
+
+impl ImageRef {
+    /// Whether the range is nonempty, aligned and inside a bundle of
+    /// `bundle_len` bytes.
+    pub fn fits(&self, bundle_len: u64) -> bool {
+        let in_bounds = self.offset.checked_add(self.length).is_some_and(|end| end <= bundle_len);
+        self.length != 0 && self.offset.is_multiple_of(IMAGE_ALIGN) && in_bounds
     }
 }
 
@@ -253,17 +297,21 @@ impl<'a> Bundle<'a> {
     }
 }
 
-/// Builds a bundle from a manifest whose `kernel` references are indices into
-/// `images` (`offset` = index, `length` ignored); the references are rewritten
-/// to real offsets. Used by the host runner.
+/// Builds a bundle from a manifest whose `kernel` and `image` references are
+/// indices into `images` (`offset` = index, `length` ignored); the references
+/// are rewritten to real offsets. Used by the host runner.
 #[cfg(any(test, feature = "std"))]
 pub fn build(mut manifest: Manifest, images: &[&[u8]]) -> Result<std::vec::Vec<u8>, BundleError> {
     let align = |value: u64| value.div_ceil(IMAGE_ALIGN) * IMAGE_ALIGN;
     let indices: std::vec::Vec<usize> =
         manifest.domains.iter().map(|domain| domain.kernel.offset as usize).collect();
-    if indices.iter().any(|&index| index >= images.len()) {
-        let domain = indices.iter().position(|&index| index >= images.len()).unwrap_or(0);
+    if let Some(domain) = indices.iter().position(|&index| index >= images.len()) {
         return Err(BundleError::DomainKernel { domain });
+    }
+    let server_indices: std::vec::Vec<usize> =
+        manifest.servers.iter().map(|server| server.image.offset as usize).collect();
+    if let Some(server) = server_indices.iter().position(|&index| index >= images.len()) {
+        return Err(BundleError::ServerImage { server });
     }
     // The offsets depend on the manifest's encoded length, which depends on the
     // offsets (varints): iterate until the layout is stable (two rounds at most
@@ -276,8 +324,12 @@ pub fn build(mut manifest: Manifest, images: &[&[u8]]) -> Result<std::vec::Vec<u
             offsets.push(next);
             next = align(next + image.len() as u64);
         }
+        let reference = |index: usize| ImageRef { offset: offsets[index], length: images[index].len() as u64 };
         for (domain, &index) in manifest.domains.iter_mut().zip(&indices) {
-            domain.kernel = ImageRef { offset: offsets[index], length: images[index].len() as u64 };
+            domain.kernel = reference(index);
+        }
+        for (server, &index) in manifest.servers.iter_mut().zip(&server_indices) {
+            server.image = reference(index);
         }
         let encoded =
             postcard::to_stdvec(&manifest).map_err(|_| BundleError::ManifestEncoding)?;
@@ -322,6 +374,7 @@ mod tests {
         Manifest {
             machine: Machine { cpus: 1, memory_mib: 256 },
             domains: domains.iter().cloned().collect(),
+            servers: Vec::new(),
             mode: RunMode::Normal,
         }
     }
@@ -349,7 +402,7 @@ mod tests {
         let mut bytes = build(manifest(&[domain("a", 0, 16)]), &[&[1, 2, 3]]).unwrap();
         bytes[8] = 9;
         assert_eq!(Bundle::parse(&bytes).unwrap_err(), BundleError::UnsupportedVersion(9));
-        bytes[8] = 1;
+        bytes[8] = FORMAT_VERSION as u8;
         bytes[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(Bundle::parse(&bytes).unwrap_err(), BundleError::ManifestLength(u32::MAX));
     }
@@ -388,6 +441,38 @@ mod tests {
         let mut cpus = m.clone();
         cpus.machine.cpus = 0;
         assert_eq!(bad(cpus), BundleError::MachineCpus(0));
+    }
+
+    fn server(name: &str, kind: crate::server::ServerKind, image: u64) -> ServerSpec {
+        ServerSpec {
+            name: String::try_from(name).unwrap(),
+            kind,
+            image: ImageRef { offset: image, length: 0 },
+            args: String::try_from("hostile").unwrap(),
+        }
+    }
+
+    #[test]
+    fn servers_round_trip_and_are_validated() {
+        use crate::server::ServerKind;
+        let mut m = manifest(&[domain("a", 0, 16)]);
+        m.servers.push(server("sched", ServerKind::Scheduler, 1)).unwrap();
+        m.servers.push(server("test", ServerKind::Test, 2)).unwrap();
+        let bytes = build(m.clone(), &[&[1; 10], &[2; 20], &[3; 30]]).unwrap();
+        let bundle = Bundle::parse(&bytes).unwrap();
+        assert_eq!(bundle.image(bundle.manifest.servers[1].image), &[3; 30][..]);
+        assert_eq!(bundle.manifest.servers[1].args.as_str(), "hostile");
+
+        let mut dup_kind = bundle.manifest.clone();
+        dup_kind.servers[1].kind = ServerKind::Scheduler;
+        assert_eq!(dup_kind.validate(bytes.len() as u64), Err(BundleError::DuplicateServerKind { server: 1 }));
+        let mut dup_name = bundle.manifest.clone();
+        dup_name.servers[1].name = String::try_from("sched").unwrap();
+        assert_eq!(dup_name.validate(bytes.len() as u64), Err(BundleError::ServerName { server: 1 }));
+        let mut outside = bundle.manifest.clone();
+        outside.servers[0].image.length = 1 << 30;
+        assert_eq!(outside.validate(bytes.len() as u64), Err(BundleError::ServerImage { server: 0 }));
+        assert_eq!(build(m, &[&[1; 10]]).unwrap_err(), BundleError::ServerImage { server: 0 });
     }
 
     proptest! {

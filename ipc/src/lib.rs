@@ -9,6 +9,11 @@
 //!   guests work.
 //! * [`pvh`]: the PVH boot ABI (start info, memory map, ELF note) the core
 //!   is booted with and boots its guests with.
+//! * [`server`]: the server ABI (address space, entry, syscall numbers).
+//! * [`ring`]: the SPSC message ring in the pages a server shares with the core.
+//! * [`messages`]: the envelope and per-server message enums carried in the
+//!   rings, and the one validating decode path for server input.
+//! * [`fuzzing`]: the bodies of the fuzz targets for those decoders.
 //! * [`exit_status`]: what the core writes to QEMU's isa-debug-exit port.
 //!
 //! Principles: every type has a fixed maximum encoded size, decoding never
@@ -23,5 +28,9 @@ extern crate std;
 
 pub mod boot;
 pub mod exit_status;
+pub mod fuzzing;
 pub mod hypercall;
+pub mod messages;
 pub mod pvh;
+pub mod ring;
+pub mod server;

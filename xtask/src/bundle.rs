@@ -1,54 +1,101 @@
 //! From a parsed appliance to the boot bundle file the core receives as its
 //! one boot module (`-initrd`).
 //!
-//! This module reads the kernel images (checking each exists and is an ELF),
-//! builds an [`ipc::boot::Manifest`], checks it a second time with
+//! This module reads the kernel and server images (checking each exists and
+//! is an ELF), builds an [`ipc::boot::Manifest`], checks it a second time with
 //! [`ipc::boot::Manifest::validate`] (mapping each [`BundleError`] back to the
 //! key it is about) and writes the bundle with [`ipc::boot::build`].
 
 use std::path::{Path, PathBuf};
 
-use ipc::boot::{BundleError, DomainSpec, ImageRef, Machine, Manifest, RunMode};
+use ipc::boot::{BundleError, DomainSpec, ImageRef, Machine, Manifest, RunMode, ServerSpec};
 
-use crate::config::{Appliance, KernelSource};
+use crate::config::{Appliance, ImageSource};
 use crate::table::KeyError;
 use crate::workspace::display;
 
 /// The first four bytes of every ELF file.
 const ELF_MAGIC: [u8; 4] = [0x7f, b'E', b'L', b'F'];
 
-/// The path of a domain's kernel image, given where the guests are built.
-pub fn kernel_path(source: &KernelSource, guest_images_directory: &Path) -> PathBuf {
+/// The path of an image (a domain's kernel, a server's image), given where
+/// the workspace's bare-metal binaries are built.
+pub fn image_path(source: &ImageSource, workspace_images_directory: &Path) -> PathBuf {
     match source {
-        KernelSource::WorkspaceGuest(name) => guest_images_directory.join(name),
-        KernelSource::File(path) => path.clone(),
+        ImageSource::Workspace(name) => workspace_images_directory.join(name),
+        ImageSource::File(path) => path.clone(),
     }
 }
 
-/// Reads one kernel image and checks it is an ELF file.
-fn read_kernel(
-    appliance: &Appliance,
-    index: usize,
-    guest_images_directory: &Path,
-) -> Result<(PathBuf, Vec<u8>), KeyError> {
-    let source = &appliance.domains[index].kernel;
-    let path = kernel_path(source, guest_images_directory);
-    let key = Appliance::domain_key(index, "kernel");
-    let error = |message: String| KeyError::new(&appliance.file, key.clone(), message);
-    let bytes = std::fs::read(&path).map_err(|io_error| match source {
-        KernelSource::WorkspaceGuest(name) => error(format!(
-            "test guest `{name}` not found at {} ({io_error}); is `{name}` a binary of the guests crate?",
-            display(&path)
-        )),
-        KernelSource::File(_) => error(format!("cannot read {}: {io_error}", display(&path))),
-    })?;
-    if bytes.get(..4) != Some(&ELF_MAGIC[..]) {
-        return Err(error(format!(
-            "{} is not an ELF file (no \\x7fELF magic)",
-            display(&path)
-        )));
+/// What an image is for: decides how a missing `cairn:NAME` is explained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A domain's kernel: a binary of the `guests` crate.
+    Kernel,
+    /// A server image: a binary of a server crate.
+    Server,
+}
+
+impl Role {
+    /// What a `cairn:NAME` image of this role is.
+    fn noun(self) -> &'static str {
+        match self {
+            Self::Kernel => "test guest",
+            Self::Server => "server binary",
+        }
     }
-    Ok((path, bytes))
+
+    /// Where a `cairn:NAME` image of this role comes from.
+    fn home(self) -> &'static str {
+        match self {
+            Self::Kernel => "the guests crate",
+            Self::Server => "a server crate listed in xtask's SERVER_PACKAGES",
+        }
+    }
+}
+
+/// The distinct image files of a bundle, in the order they are packed.
+/// Domains and servers naming the same file share one copy.
+#[derive(Debug, Default)]
+struct Images {
+    paths: Vec<PathBuf>,
+    contents: Vec<Vec<u8>>,
+}
+
+impl Images {
+    /// The index of `source`'s image, reading it on first use. `key` is the
+    /// config key that named it (`domain[0].kernel`, `server[1].image`).
+    fn index_of(
+        &mut self,
+        file: &str,
+        key: &str,
+        source: &ImageSource,
+        workspace_images_directory: &Path,
+        role: Role,
+    ) -> Result<usize, KeyError> {
+        let path = image_path(source, workspace_images_directory);
+        if let Some(existing) = self.paths.iter().position(|known| *known == path) {
+            return Ok(existing);
+        }
+        let error = |message: String| KeyError::new(file, key, message);
+        let bytes = std::fs::read(&path).map_err(|io_error| match source {
+            ImageSource::Workspace(name) => error(format!(
+                "{} `{name}` not found at {} ({io_error}); is `{name}` a binary of {}?",
+                role.noun(),
+                display(&path),
+                role.home(),
+            )),
+            ImageSource::File(_) => error(format!("cannot read {}: {io_error}", display(&path))),
+        })?;
+        if bytes.get(..4) != Some(&ELF_MAGIC[..]) {
+            return Err(error(format!(
+                "{} is not an ELF file (no \\x7fELF magic)",
+                display(&path)
+            )));
+        }
+        self.paths.push(path);
+        self.contents.push(bytes);
+        Ok(self.contents.len() - 1)
+    }
 }
 
 /// The key an [`ipc::boot::Manifest::validate`] error is about, and its text.
@@ -78,6 +125,15 @@ pub fn bundle_error_key(error: &BundleError) -> (String, String) {
             "machine.memory".into(),
             format!("{reason} ({needed_mib} MiB needed, {machine_mib} MiB present)"),
         ),
+        BundleError::ServerName { server } => {
+            (Appliance::server_key(server, "name"), reason.into())
+        }
+        BundleError::ServerImage { server } => {
+            (Appliance::server_key(server, "image"), reason.into())
+        }
+        BundleError::DuplicateServerKind { server } => {
+            (Appliance::server_key(server, "kind"), reason.into())
+        }
         BundleError::Truncated
         | BundleError::BadMagic
         | BundleError::UnsupportedVersion(_)
@@ -91,34 +147,26 @@ fn manifest_error(appliance: &Appliance, error: &BundleError) -> KeyError {
     KeyError::new(&appliance.file, key, message)
 }
 
-/// Builds the bundle bytes for an appliance.
+/// Builds the bundle bytes for an appliance; `cairn:NAME` images are read
+/// from `workspace_images_directory`.
 pub fn build_bundle(
     appliance: &Appliance,
     mode: RunMode,
-    guest_images_directory: &Path,
+    workspace_images_directory: &Path,
 ) -> Result<Vec<u8>, KeyError> {
-    // One image per distinct kernel file; domains sharing a kernel share it.
-    let mut image_paths: Vec<PathBuf> = Vec::new();
-    let mut images: Vec<Vec<u8>> = Vec::new();
+    let file = appliance.file.as_str();
+    let mut images = Images::default();
     let mut domains = heapless::Vec::<DomainSpec, { ipc::boot::MAX_DOMAINS }>::new();
     for (index, domain) in appliance.domains.iter().enumerate() {
-        let path = kernel_path(&domain.kernel, guest_images_directory);
-        let image_index = match image_paths.iter().position(|known| *known == path) {
-            Some(existing) => existing,
-            None => {
-                let (path, bytes) = read_kernel(appliance, index, guest_images_directory)?;
-                image_paths.push(path);
-                images.push(bytes);
-                images.len() - 1
-            }
-        };
-        let too_long = |key: &str| {
-            KeyError::new(
-                &appliance.file,
-                Appliance::domain_key(index, key),
-                "too long",
-            )
-        };
+        let key = |key: &str| Appliance::domain_key(index, key);
+        let image_index = images.index_of(
+            file,
+            &key("kernel"),
+            &domain.kernel,
+            workspace_images_directory,
+            Role::Kernel,
+        )?;
+        let too_long = |name: &str| KeyError::new(file, key(name), "too long");
         let spec = DomainSpec {
             name: heapless::String::try_from(domain.name.as_str()).map_err(|_| too_long("name"))?,
             kernel: ImageRef {
@@ -130,13 +178,33 @@ pub fn build_bundle(
             cmdline: heapless::String::try_from(domain.cmdline.as_str())
                 .map_err(|_| too_long("cmdline"))?,
         };
-        domains.push(spec).map_err(|_| {
-            KeyError::new(
-                &appliance.file,
-                "domain",
-                "more domains than the core supports",
-            )
-        })?;
+        domains
+            .push(spec)
+            .map_err(|_| KeyError::new(file, "domain", "more domains than the core supports"))?;
+    }
+    let mut servers = heapless::Vec::<ServerSpec, { ipc::boot::MAX_SERVERS }>::new();
+    for (index, server) in appliance.servers.iter().enumerate() {
+        let key = |key: &str| Appliance::server_key(index, key);
+        let image_index = images.index_of(
+            file,
+            &key("image"),
+            &server.image,
+            workspace_images_directory,
+            Role::Server,
+        )?;
+        let too_long = |name: &str| KeyError::new(file, key(name), "too long");
+        let spec = ServerSpec {
+            name: heapless::String::try_from(server.name.as_str()).map_err(|_| too_long("name"))?,
+            kind: server.kind,
+            image: ImageRef {
+                offset: image_index as u64,
+                length: 0,
+            },
+            args: heapless::String::try_from(server.args.as_str()).map_err(|_| too_long("args"))?,
+        };
+        servers
+            .push(spec)
+            .map_err(|_| KeyError::new(file, "server", "more servers than the core supports"))?;
     }
     let manifest = Manifest {
         machine: Machine {
@@ -144,9 +212,10 @@ pub fn build_bundle(
             memory_mib: appliance.machine.memory_mib,
         },
         domains,
+        servers,
         mode,
     };
-    let image_slices: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
+    let image_slices: Vec<&[u8]> = images.contents.iter().map(Vec::as_slice).collect();
     ipc::boot::build(manifest, &image_slices).map_err(|error| manifest_error(appliance, &error))
 }
 
@@ -156,10 +225,10 @@ pub fn write_bundle(
     appliance: &Appliance,
     config_path: &Path,
     mode: RunMode,
-    guest_images_directory: &Path,
+    workspace_images_directory: &Path,
     output_directory: &Path,
 ) -> anyhow::Result<PathBuf> {
-    let bytes = build_bundle(appliance, mode, guest_images_directory)?;
+    let bytes = build_bundle(appliance, mode, workspace_images_directory)?;
     let stem = config_path.file_stem().map_or_else(
         || "appliance".to_owned(),
         |stem| stem.to_string_lossy().into_owned(),
@@ -220,6 +289,54 @@ mod tests {
         .unwrap();
         assert_eq!(written, directory.join("demo.bundle"));
         assert!(Bundle::parse(&std::fs::read(written).unwrap()).is_ok());
+        std::fs::remove_dir_all(directory).unwrap();
+    }
+
+    #[test]
+    fn servers_are_packed_and_share_images_with_domains() {
+        let directory = scratch_directory("servers");
+        fake_elf(&directory, "hello", 3000);
+        fake_elf(&directory, "test-server", 7000);
+        let text = "[[domain]]\nname='a'\nkernel='cairn:hello'\n\
+                    [[server]]\nname='echo'\nkind='test'\nimage='cairn:test-server'\nargs='hostile'\n\
+                    [[server]]\nname='odd'\nkind='pager'\nimage='cairn:hello'\n";
+        let appliance = config::parse(text, "t.toml", &directory).unwrap();
+        let bytes = build_bundle(&appliance, RunMode::Normal, &directory).unwrap();
+        let bundle = Bundle::parse(&bytes).unwrap();
+        let servers = &bundle.manifest.servers;
+        assert_eq!(servers.len(), 2);
+        assert_eq!(servers[0].name.as_str(), "echo");
+        assert_eq!(servers[0].kind, ipc::server::ServerKind::Test);
+        assert_eq!(servers[0].args.as_str(), "hostile");
+        assert_eq!(bundle.image(servers[0].image).len(), 7000);
+        assert_eq!(servers[1].args.as_str(), "");
+        assert_eq!(
+            servers[1].image, bundle.manifest.domains[0].kernel,
+            "an image named twice is stored once"
+        );
+        std::fs::remove_dir_all(directory).unwrap();
+    }
+
+    #[test]
+    fn a_missing_or_bad_server_image_is_named() {
+        let directory = scratch_directory("missing-server");
+        fake_elf(&directory, "hello", 10);
+        let text = "[[domain]]\nname='a'\nkernel='cairn:hello'\n\
+                    [[server]]\nname='t'\nkind='test'\nimage='cairn:test-server'\n";
+        let appliance = config::parse(text, "t.toml", &directory).unwrap();
+        let error = build_bundle(&appliance, RunMode::Normal, &directory).unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("server[0].image"));
+        assert!(
+            error
+                .to_string()
+                .contains("server binary `test-server` not found")
+                && error.message.contains("SERVER_PACKAGES"),
+            "{error}"
+        );
+        std::fs::write(directory.join("test-server"), b"not an elf").unwrap();
+        let error = build_bundle(&appliance, RunMode::Normal, &directory).unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("server[0].image"));
+        assert!(error.message.contains("not an ELF file"), "{error}");
         std::fs::remove_dir_all(directory).unwrap();
     }
 
@@ -291,6 +408,12 @@ mod tests {
                     machine_mib: 8,
                 },
                 "machine.memory",
+            ),
+            (BundleError::ServerName { server: 1 }, "server[1].name"),
+            (BundleError::ServerImage { server: 0 }, "server[0].image"),
+            (
+                BundleError::DuplicateServerKind { server: 2 },
+                "server[2].kind",
             ),
         ];
         for (error, key) in cases {

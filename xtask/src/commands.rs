@@ -32,9 +32,9 @@ struct Images {
 }
 
 impl Images {
-    /// Builds the core and guests, then reads the core's defmt table.
+    /// Builds the core, guests and servers, then reads the core's defmt table.
     fn build(workspace: &Workspace) -> Result<Self> {
-        say!("xtask: building the core and the test guests");
+        say!("xtask: building the core, the test guests and the servers");
         workspace.build_images()?;
         let elf_path = workspace.core_elf();
         let elf = std::fs::read(&elf_path)

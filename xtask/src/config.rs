@@ -1,4 +1,5 @@
-//! The appliance file: a TOML description of the machine and its domains.
+//! The appliance file: a TOML description of the machine, its domains and
+//! its ring-3 servers.
 //!
 //! ```toml
 //! [machine]            # optional
@@ -12,21 +13,30 @@
 //! memory = 16          # MiB, default 16
 //! vcpus = 1            # default 1
 //! cmdline = ""         # default empty
+//!
+//! [[server]]           # optional, at most ipc::boot::MAX_SERVERS
+//! name = "test"        # required, same rules as a domain name, unique
+//! kind = "test"        # required: "scheduler" | "pager" | "test", one server per kind
+//! image = "cairn:test-server"  # required: cairn:NAME = server binary NAME of the
+//!                              # workspace, else a path relative to this file
+//! args = ""            # argument string, at most 255 bytes, default empty
 //! ```
 //!
 //! Parsing is pure ([`parse`]); it checks every key's type and range and
-//! refuses unknown keys, naming each key as `domain[1].memory`. Whether the
-//! kernel files exist is checked later by [`crate::bundle`], after the runner
-//! has built the test guests. To add a key: add a field and one read call in
-//! [`parse_domain`] or [`parse_machine`].
+//! refuses unknown keys, naming each key as `domain[1].memory` or
+//! `server[0].kind`. Whether the image files exist is checked later by
+//! [`crate::bundle`], after the runner has built the test guests and the
+//! servers. To add a key: add a field and one read call in [`parse_domain`],
+//! [`parse_server`] or [`parse_machine`].
 
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use ipc::boot::{
-    MAX_CMDLINE_LEN, MAX_CPUS, MAX_DOMAINS, MAX_DOMAIN_MEMORY_MIB, MAX_NAME_LEN, MAX_VCPUS,
-    MIN_DOMAIN_MEMORY_MIB,
+    MAX_CMDLINE_LEN, MAX_CPUS, MAX_DOMAINS, MAX_DOMAIN_MEMORY_MIB, MAX_NAME_LEN, MAX_SERVERS,
+    MAX_VCPUS, MIN_DOMAIN_MEMORY_MIB,
 };
+use ipc::server::{ServerKind, MAX_ARGUMENTS_LEN};
 
 use crate::table::{parse_document, KeyError, TableReader};
 
@@ -40,14 +50,23 @@ pub const MACHINE_MEMORY_RANGE_MIB: RangeInclusive<u32> = 16..=65536;
 pub const DEFAULT_DOMAIN_MEMORY_MIB: u32 = 16;
 /// vCPUs when the domain gives none.
 pub const DEFAULT_DOMAIN_VCPUS: u8 = 1;
-/// Prefix of a `kernel` value naming a test guest of the `guests` crate.
-pub const WORKSPACE_GUEST_PREFIX: &str = "cairn:";
+/// Prefix of a `kernel` or `image` value naming a binary built from the
+/// workspace (a test guest of the `guests` crate, or a server).
+pub const WORKSPACE_IMAGE_PREFIX: &str = "cairn:";
+/// The `kind` values of a `[[server]]` table, with the kind each names.
+pub const SERVER_KINDS: [(&str, ServerKind); 3] = [
+    ("scheduler", ServerKind::Scheduler),
+    ("pager", ServerKind::Pager),
+    ("test", ServerKind::Test),
+];
 
-/// Where a domain's kernel image comes from.
+/// Where an ELF image (a domain's kernel, a server's image) comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KernelSource {
-    /// `cairn:NAME`: the binary NAME of the workspace's `guests` crate.
-    WorkspaceGuest(String),
+pub enum ImageSource {
+    /// `cairn:NAME`: the binary NAME built for the bare-metal target from the
+    /// workspace (a test guest of the `guests` crate, or a server crate's
+    /// binary).
+    Workspace(String),
     /// Any other value: a file, already resolved against the config's directory.
     File(PathBuf),
 }
@@ -67,13 +86,26 @@ pub struct DomainConfig {
     /// Unique domain name.
     pub name: String,
     /// The kernel image.
-    pub kernel: KernelSource,
+    pub kernel: ImageSource,
     /// Guest RAM, MiB.
     pub memory_mib: u32,
     /// Number of vCPUs.
     pub vcpus: u8,
     /// Guest command line.
     pub cmdline: String,
+}
+
+/// One `[[server]]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Unique server name.
+    pub name: String,
+    /// Which server it is (decides its protocol).
+    pub kind: ServerKind,
+    /// The server's ELF image.
+    pub image: ImageSource,
+    /// Argument string handed to the server at every start.
+    pub args: String,
 }
 
 /// A parsed appliance file.
@@ -85,12 +117,19 @@ pub struct Appliance {
     pub machine: MachineConfig,
     /// The domains, in file order.
     pub domains: Vec<DomainConfig>,
+    /// The servers, in file order (empty when the file has none).
+    pub servers: Vec<ServerConfig>,
 }
 
 impl Appliance {
     /// The key path of domain `index`'s `key`, e.g. `domain[1].memory`.
     pub fn domain_key(index: usize, key: &str) -> String {
         format!("domain[{index}].{key}")
+    }
+
+    /// The key path of server `index`'s `key`, e.g. `server[0].kind`.
+    pub fn server_key(index: usize, key: &str) -> String {
+        format!("server[{index}].{key}")
     }
 }
 
@@ -115,6 +154,7 @@ pub fn parse(text: &str, file: &str, base_directory: &Path) -> Result<Appliance,
         },
     };
     let domain_tables = root.table_array("domain")?;
+    let server_tables = root.table_array("server")?;
     root.finish()?;
 
     if domain_tables.is_empty() {
@@ -147,6 +187,8 @@ pub fn parse(text: &str, file: &str, base_directory: &Path) -> Result<Appliance,
         domains.push(domain);
     }
 
+    let servers = parse_servers(server_tables, file, base_directory)?;
+
     let needed_mib: u64 = domains
         .iter()
         .map(|domain| u64::from(domain.memory_mib))
@@ -165,6 +207,7 @@ pub fn parse(text: &str, file: &str, base_directory: &Path) -> Result<Appliance,
         file: file.to_owned(),
         machine,
         domains,
+        servers,
     })
 }
 
@@ -193,7 +236,7 @@ fn parse_domain(
         ));
     }
     let kernel_text = table.required_string("kernel")?;
-    let kernel = parse_kernel(kernel_text, base_directory)
+    let kernel = parse_image(kernel_text, base_directory, "a PVH ELF kernel")
         .map_err(|message| table.error("kernel", message))?;
     let memory_mib = table
         .integer_in(
@@ -228,23 +271,126 @@ fn parse_domain(
     })
 }
 
-/// Interprets a `kernel` value.
-fn parse_kernel(text: &str, base_directory: &Path) -> Result<KernelSource, String> {
-    if let Some(guest) = text.strip_prefix(WORKSPACE_GUEST_PREFIX) {
-        let valid = !guest.is_empty()
-            && guest
+/// Reads the `[[server]]` tables: each one, then the limits across them
+/// (count, unique names, one server per kind).
+fn parse_servers(
+    tables: Vec<TableReader<'_>>,
+    file: &str,
+    base_directory: &Path,
+) -> Result<Vec<ServerConfig>, KeyError> {
+    if tables.len() > MAX_SERVERS {
+        return Err(KeyError::new(
+            file,
+            "server",
+            format!(
+                "{} servers, more than the {MAX_SERVERS} the core supports",
+                tables.len()
+            ),
+        ));
+    }
+    let mut servers: Vec<ServerConfig> = Vec::with_capacity(tables.len());
+    for (index, table) in tables.into_iter().enumerate() {
+        let server = parse_server(table, base_directory)?;
+        if let Some(first) = servers.iter().position(|other| other.name == server.name) {
+            return Err(KeyError::new(
+                file,
+                Appliance::server_key(index, "name"),
+                format!("`{}` is already the name of server[{first}]", server.name),
+            ));
+        }
+        if let Some(first) = servers.iter().position(|other| other.kind == server.kind) {
+            return Err(KeyError::new(
+                file,
+                Appliance::server_key(index, "kind"),
+                format!(
+                    "server[{first}] is already of kind `{}`: one server per kind",
+                    kind_name(server.kind)
+                ),
+            ));
+        }
+        servers.push(server);
+    }
+    Ok(servers)
+}
+
+/// The `kind` value that names `kind`.
+pub fn kind_name(kind: ServerKind) -> &'static str {
+    SERVER_KINDS
+        .iter()
+        .find(|(_, known)| *known == kind)
+        .map_or("?", |(name, _)| name)
+}
+
+/// Reads one `[[server]]` table.
+fn parse_server(
+    mut table: TableReader<'_>,
+    base_directory: &Path,
+) -> Result<ServerConfig, KeyError> {
+    let name = table.required_string("name")?;
+    if !ipc::boot::valid_name(name) {
+        return Err(table.error(
+            "name",
+            format!("`{name}` must be 1..={MAX_NAME_LEN} characters of A-Z, a-z, 0-9, `-` and `_`"),
+        ));
+    }
+    let kind_text = table.required_string("kind")?;
+    let kind = SERVER_KINDS
+        .iter()
+        .find(|(known, _)| *known == kind_text)
+        .map(|(_, kind)| *kind)
+        .ok_or_else(|| {
+            let known: Vec<&str> = SERVER_KINDS.iter().map(|(known, _)| *known).collect();
+            table.error(
+                "kind",
+                format!(
+                    "`{kind_text}` is not a server kind (known kinds: {})",
+                    known.join(", ")
+                ),
+            )
+        })?;
+    let image_text = table.required_string("image")?;
+    let image = parse_image(image_text, base_directory, "a server ELF image")
+        .map_err(|message| table.error("image", message))?;
+    let args = table.string("args")?.unwrap_or("");
+    if args.len() > MAX_ARGUMENTS_LEN {
+        return Err(table.error(
+            "args",
+            format!(
+                "{} bytes, longer than the limit of {MAX_ARGUMENTS_LEN}",
+                args.len()
+            ),
+        ));
+    }
+    if args.contains('\0') {
+        return Err(table.error("args", "contains a NUL character"));
+    }
+    table.finish()?;
+    Ok(ServerConfig {
+        name: name.to_owned(),
+        kind,
+        image,
+        args: args.to_owned(),
+    })
+}
+
+/// Interprets a `kernel` or `image` value; `what` names the file expected
+/// when the value is empty.
+fn parse_image(text: &str, base_directory: &Path, what: &str) -> Result<ImageSource, String> {
+    if let Some(binary) = text.strip_prefix(WORKSPACE_IMAGE_PREFIX) {
+        let valid = !binary.is_empty()
+            && binary
                 .bytes()
                 .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
         return if valid {
-            Ok(KernelSource::WorkspaceGuest(guest.to_owned()))
+            Ok(ImageSource::Workspace(binary.to_owned()))
         } else {
-            Err(format!("`{text}`: after `{WORKSPACE_GUEST_PREFIX}` comes a guest binary name (A-Z, a-z, 0-9, `-`, `_`)"))
+            Err(format!("`{text}`: after `{WORKSPACE_IMAGE_PREFIX}` comes a workspace binary name (A-Z, a-z, 0-9, `-`, `_`)"))
         };
     }
     if text.is_empty() {
-        return Err("empty: give `cairn:NAME` or a path to a PVH ELF kernel".to_owned());
+        return Err(format!("empty: give `cairn:NAME` or a path to {what}"));
     }
-    Ok(KernelSource::File(base_directory.join(text)))
+    Ok(ImageSource::File(base_directory.join(text)))
 }
 
 #[cfg(test)]
@@ -297,7 +443,7 @@ cmdline = "iterations=5"
         );
         assert_eq!(appliance.domains.len(), 2);
         let hello = &appliance.domains[0];
-        assert_eq!(hello.kernel, KernelSource::WorkspaceGuest("hello".into()));
+        assert_eq!(hello.kernel, ImageSource::Workspace("hello".into()));
         assert_eq!(
             (hello.memory_mib, hello.vcpus, hello.cmdline.as_str()),
             (16, 1, "")
@@ -305,7 +451,7 @@ cmdline = "iterations=5"
         let own = &appliance.domains[1];
         assert_eq!(
             own.kernel,
-            KernelSource::File(PathBuf::from("/base/images/own.elf"))
+            ImageSource::File(PathBuf::from("/base/images/own.elf"))
         );
         assert_eq!(
             (own.memory_mib, own.vcpus, own.cmdline.as_str()),
@@ -431,13 +577,132 @@ cmdline = "iterations=5"
     #[test]
     fn the_repository_appliances_parse_and_the_bad_one_is_refused() {
         let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("../appliances");
-        for name in ["default", "hello", "fault", "bench"] {
+        for name in ["default", "hello", "fault", "bench", "servers", "hostile"] {
             let path = directory.join(format!("{name}.toml"));
             let appliance = load(&path, name).unwrap_or_else(|error| panic!("{error}"));
             assert!(!appliance.domains.is_empty());
         }
+        let hostile = load(&directory.join("hostile.toml"), "hostile").unwrap();
+        assert_eq!(hostile.servers.len(), 1);
+        assert_eq!(hostile.servers[0].kind, ServerKind::Test);
+        assert!(hostile.servers[0].args.contains("hostile"));
         let error = load(&directory.join("bad-memory.toml"), "bad-memory.toml").unwrap_err();
         assert_eq!(error.key.as_deref(), Some("domain[0].memory"));
+    }
+
+    const DOMAIN: &str = "[[domain]]\nname='a'\nkernel='cairn:hello'\n";
+
+    #[test]
+    fn servers_parse_with_defaults() {
+        let text = format!(
+            "{DOMAIN}[[server]]\nname='test'\nkind='test'\nimage='cairn:test-server'\nargs='hostile'\n\
+             [[server]]\nname='sched'\nkind='scheduler'\nimage='bin/scheduler.elf'\n"
+        );
+        let appliance = parse_text(&text).unwrap();
+        assert_eq!(
+            appliance.servers,
+            vec![
+                ServerConfig {
+                    name: "test".into(),
+                    kind: ServerKind::Test,
+                    image: ImageSource::Workspace("test-server".into()),
+                    args: "hostile".into(),
+                },
+                ServerConfig {
+                    name: "sched".into(),
+                    kind: ServerKind::Scheduler,
+                    image: ImageSource::File(PathBuf::from("/base/bin/scheduler.elf")),
+                    args: String::new(),
+                },
+            ]
+        );
+        assert!(parse_text(DOMAIN).unwrap().servers.is_empty());
+    }
+
+    #[test]
+    fn server_errors_name_the_key() {
+        let server = |body: &str| format!("{DOMAIN}[[server]]\n{body}");
+        let error = assert_error_on(
+            &server("name='t'\nkind='tester'\nimage='cairn:test-server'\n"),
+            "server[0].kind",
+        );
+        assert!(error.message.contains("scheduler, pager, test"), "{error}");
+        assert_error_on(
+            &server("name='t'\nimage='cairn:test-server'\n"),
+            "server[0].kind",
+        );
+        assert_error_on(
+            &server("kind='test'\nimage='cairn:test-server'\n"),
+            "server[0].name",
+        );
+        assert_error_on(
+            &server("name='bad name'\nkind='test'\nimage='cairn:test-server'\n"),
+            "server[0].name",
+        );
+        assert_error_on(&server("name='t'\nkind='test'\n"), "server[0].image");
+        assert_error_on(
+            &server("name='t'\nkind='test'\nimage=''\n"),
+            "server[0].image",
+        );
+        assert_error_on(
+            &server("name='t'\nkind='test'\nimage='cairn:'\n"),
+            "server[0].image",
+        );
+        assert_error_on(
+            &server("name='t'\nkind='test'\nimage='cairn:test-server'\nargs=1\n"),
+            "server[0].args",
+        );
+        let long = "x".repeat(MAX_ARGUMENTS_LEN + 1);
+        let error = assert_error_on(
+            &server(&format!(
+                "name='t'\nkind='test'\nimage='cairn:test-server'\nargs='{long}'\n"
+            )),
+            "server[0].args",
+        );
+        assert!(error.message.contains("256 bytes"), "{error}");
+        let exact = "x".repeat(MAX_ARGUMENTS_LEN);
+        assert!(parse_text(&server(&format!(
+            "name='t'\nkind='test'\nimage='cairn:test-server'\nargs='{exact}'\n"
+        )))
+        .is_ok());
+        assert_error_on(
+            &server("name='t'\nkind='test'\nimage='cairn:test-server'\nargs=\"a\\u0000b\"\n"),
+            "server[0].args",
+        );
+        let error = assert_error_on(
+            &server("name='t'\nkind='test'\nimage='cairn:test-server'\nmemory=4\n"),
+            "server[0].memory",
+        );
+        assert!(error.message.contains("unknown key"), "{error}");
+        assert_error_on(&format!("server = 'x'\n{DOMAIN}"), "server");
+    }
+
+    #[test]
+    fn duplicate_server_names_kinds_and_too_many_servers_are_named() {
+        let one = |name: &str, kind: &str| {
+            format!("[[server]]\nname='{name}'\nkind='{kind}'\nimage='cairn:test-server'\n")
+        };
+        let error = assert_error_on(
+            &format!("{DOMAIN}{}{}", one("a", "test"), one("a", "pager")),
+            "server[1].name",
+        );
+        assert!(error.message.contains("server[0]"), "{error}");
+        let error = assert_error_on(
+            &format!("{DOMAIN}{}{}", one("a", "test"), one("b", "test")),
+            "server[1].kind",
+        );
+        assert!(error.message.contains("one server per kind"), "{error}");
+        let many: String = (0..=MAX_SERVERS)
+            .map(|index| one(&format!("s{index}"), "test"))
+            .collect();
+        assert_error_on(&format!("{DOMAIN}{many}"), "server");
+    }
+
+    #[test]
+    fn every_server_kind_has_a_name() {
+        for (name, kind) in SERVER_KINDS {
+            assert_eq!(kind_name(kind), name);
+        }
     }
 
     #[test]

@@ -13,9 +13,17 @@ pub const HOST_TEST_PACKAGES: &[&str] = &[
     "components",
     "scheduler-server",
     "pager-server",
+    "test-server",
     "hypervisor-core",
     "xtask",
 ];
+/// Crates built for [`KERNEL_TARGET`] with every boot: the core and the test
+/// guests.
+pub const IMAGE_PACKAGES: &[&str] = &["hypervisor-core", "guests"];
+/// Server crates whose binaries are built for [`KERNEL_TARGET`] with every
+/// boot, so an appliance can name them as `image = "cairn:NAME"`. The one
+/// place to list a server crate once it has a binary.
+pub const SERVER_PACKAGES: &[&str] = &["test-server"];
 
 /// Paths of one workspace checkout.
 #[derive(Debug, Clone)]
@@ -73,19 +81,21 @@ impl Workspace {
         command
     }
 
-    /// Builds the core and the test guests (release, bare-metal target) into
-    /// the workspace's own target directory.
+    /// Builds the core, the test guests and the servers (release,
+    /// bare-metal target) into the workspace's own target directory.
     pub fn build_images(&self) -> Result<()> {
         let mut command = self.cargo();
         command
             .args(["build", "--release", "--target", KERNEL_TARGET])
-            .args(["-p", "hypervisor-core", "-p", "guests"])
             .env_remove("CARGO_TARGET_DIR");
+        for package in IMAGE_PACKAGES.iter().chain(SERVER_PACKAGES) {
+            command.args(["-p", package]);
+        }
         let status = command
             .status()
-            .context("cannot start cargo to build the core and guests")?;
+            .context("cannot start cargo to build the core, guests and servers")?;
         if !status.success() {
-            bail!("building the core and the guests failed ({status})");
+            bail!("building the core, the guests and the servers failed ({status})");
         }
         if !self.core_elf().is_file() {
             bail!(

@@ -130,15 +130,6 @@ boot_stack_top:
     stack_size = const BOOT_STACK_SIZE,
 );
 
-unsafe extern "C" {
-    static boot_stack_top: u8;
-}
-
-/// The top of the boot stack (the bootstrap CPU's kernel stack).
-pub fn stack_top() -> u64 {
-    (&raw const boot_stack_top) as u64
-}
-
 /// Called by the boot code above, on the boot stack, in long mode.
 #[unsafe(no_mangle)]
 extern "C" fn kernel_entry(start_info_address: u64) -> ! {

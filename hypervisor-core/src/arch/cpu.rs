@@ -109,6 +109,9 @@ const DOUBLE_FAULT_STACK_SIZE: usize = 16 * 1024;
 struct Stack(#[allow(dead_code)] [u8; DOUBLE_FAULT_STACK_SIZE]);
 
 static mut DOUBLE_FAULT_STACK: Stack = Stack([0; DOUBLE_FAULT_STACK_SIZE]);
+/// The stack the CPU switches to on an interrupt from ring 3 (TSS.RSP0). Its
+/// contents are copied into the server's context at once, so one per CPU.
+static mut USER_ENTRY_STACK: Stack = Stack([0; DOUBLE_FAULT_STACK_SIZE]);
 static mut TSS: TaskStateSegment = TaskStateSegment::new();
 static mut GDT: GlobalDescriptorTable = GlobalDescriptorTable::new();
 
@@ -121,7 +124,7 @@ pub struct Selectors {
 
 /// Loads the core's own GDT (kernel code/data, user data/code for ring-3
 /// servers, and the TSS) on the bootstrap processor. Call once, at boot.
-pub fn load_descriptor_tables(kernel_stack_top: u64) -> Selectors {
+pub fn load_descriptor_tables() -> Selectors {
     // SAFETY: called once on the single boot CPU before interrupts are
     // enabled, so nothing else aliases these statics; afterwards they are only
     // read by the CPU.
@@ -130,7 +133,8 @@ pub fn load_descriptor_tables(kernel_stack_top: u64) -> Selectors {
         let stack_start = (&raw const DOUBLE_FAULT_STACK) as u64;
         tss.interrupt_stack_table[DOUBLE_FAULT_IST as usize] =
             VirtAddr::new(stack_start + DOUBLE_FAULT_STACK_SIZE as u64);
-        tss.privilege_stack_table[0] = VirtAddr::new(kernel_stack_top);
+        let user_entry = (&raw const USER_ENTRY_STACK) as u64;
+        tss.privilege_stack_table[0] = VirtAddr::new(user_entry + DOUBLE_FAULT_STACK_SIZE as u64);
         let gdt = &mut *(&raw mut GDT);
         let kernel_code = gdt.append(Descriptor::kernel_code_segment());
         let kernel_data = gdt.append(Descriptor::kernel_data_segment());

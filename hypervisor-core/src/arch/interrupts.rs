@@ -77,6 +77,9 @@ interrupt_stub_\vector:
     STUB_NOERR 255
 
 interrupt_common:
+    /* CS of the interrupted code is at rsp+24 (vector, error code, rip, cs). */
+    test qword ptr [rsp + 24], 3
+    jnz user_interrupt_entry
     push rax
     push rcx
     push rdx
@@ -138,13 +141,19 @@ struct InterruptFrame {
     ss: u64,
 }
 
+/// Acknowledges a device interrupt that arrived while a server ran (the
+/// ring-3 path returns to the core without running the handler).
+pub fn acknowledge(vector: u8) {
+    if vector == TIMER_VECTOR {
+        TICKS.fetch_add(1, Ordering::Relaxed);
+        lapic::end_of_interrupt();
+    }
+}
+
 #[unsafe(no_mangle)]
 extern "C" fn interrupt_dispatch(frame: &InterruptFrame) {
     match frame.vector as u8 {
-        TIMER_VECTOR => {
-            TICKS.fetch_add(1, Ordering::Relaxed);
-            lapic::end_of_interrupt();
-        }
+        TIMER_VECTOR => acknowledge(TIMER_VECTOR),
         SPURIOUS_VECTOR => {}
         vector => {
             defmt::error!(

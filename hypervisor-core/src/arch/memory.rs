@@ -130,3 +130,15 @@ pub fn install_core_page_tables(frames: &mut FrameAllocator<'_>, ram_end: u64) -
     }
     Ok(table)
 }
+
+/// The ring at `frame` (the start of `ipc::ring::RING_BYTES` of frames the
+/// core allocated for a server's ring region and never frees).
+pub fn shared_ring(frame: HostPhysAddr) -> &'static ipc::ring::RingMemory {
+    let end = frame.as_u64() + ipc::ring::RING_BYTES as u64;
+    assert!(frame.is_page_aligned() && end <= IDENTITY_LIMIT, "ring outside the identity map");
+    // SAFETY: the frames are identity-mapped, page-aligned (RingMemory needs
+    // 64), owned by the core for the ring's whole life, and `RingMemory` is
+    // made only of atomics, so any bit pattern is valid and concurrent writes
+    // by the server are not undefined behaviour.
+    unsafe { &*(frame.as_u64() as *const ipc::ring::RingMemory) }
+}

@@ -8,6 +8,7 @@ pub mod lapic;
 pub mod memory;
 pub mod serial;
 pub mod svm;
+pub mod user;
 
 use ipc::exit_status::{ExitStatus, DEBUG_EXIT_PORT};
 

@@ -12,7 +12,6 @@
 
 use hypervisor_core::addr::GuestPhysAddr;
 use hypervisor_core::exit;
-use hypervisor_core::frame::FrameAllocator;
 use hypervisor_core::guest_memory::GuestMemory;
 use hypervisor_core::vcpu::{self as exits, DomainDevices};
 
@@ -69,7 +68,13 @@ fn report(name_median: &str, name_p99: &str, histogram: &Histogram) {
 }
 
 /// Measures both series and logs them as `bench NAME VALUE` lines.
-pub fn run(frames: &mut FrameAllocator<'_>, machine: &Machine<'_>, iterations: u32) {
+pub fn run(machine: &mut Machine<'_>, iterations: u32) {
+    exits(machine, iterations);
+    servers(machine, iterations);
+}
+
+fn exits(machine: &mut Machine<'_>, iterations: u32) {
+    let frames = &mut machine.frames;
     let Ok(mut memory) = domain::build_memory(frames, 4096) else {
         defmt::error!("bench: no memory for the probe VM");
         return;
@@ -126,4 +131,73 @@ pub fn run(frames: &mut FrameAllocator<'_>, machine: &Machine<'_>, iterations: u
     defmt::info!("bench iterations {=u32}", iterations);
     report("vmexit_bare_median_ticks", "vmexit_bare_p99_ticks", &bare);
     report("cpuid_exit_median_ticks", "cpuid_exit_p99_ticks", &handled);
+}
+
+/// Server figures, with the first test server: the IPC round trip
+/// core → server → core (an echo request until its verified reply), and the
+/// restart time from a stop to the new instance's first message.
+fn servers(machine: &mut Machine<'_>, iterations: u32) {
+    let Some(index) = machine.servers.iter().position(|server| server.spec.kind == ipc::server::ServerKind::Test) else {
+        return;
+    };
+    // Let the first instance start and announce itself.
+    if !run_until(machine, index, |server| server.stopped_at.is_none() && server.health.generation == 1, 1000) {
+        defmt::error!("bench: the test server did not start");
+        return;
+    }
+    let rounds = (iterations / 10).max(100);
+    let mut round_trip = Histogram::new();
+    for round in 0..WARMUP + rounds {
+        let Some(server) = machine.servers.get_mut(index) else { return };
+        let verified = server.echo.verified;
+        let start = cpu::rdtsc();
+        if !server.send_next_echo() {
+            defmt::error!("bench: could not send an echo request");
+            return;
+        }
+        server.wake(ipc::server::syscall::WAKE_MESSAGES);
+        if !run_until(machine, index, |server| server.echo.verified > verified, 1000) {
+            defmt::error!("bench: the test server did not answer");
+            return;
+        }
+        if round >= WARMUP {
+            round_trip.add(cpu::rdtsc() - start);
+        }
+    }
+    report("ipc_round_trip_median_ticks", "ipc_round_trip_p99_ticks", &round_trip);
+
+    let mut restart = Histogram::new();
+    for _ in 0..20 {
+        let start = cpu::rdtsc();
+        machine.restart_server(index, hypervisor_core::server::ServerFault::Killed);
+        if !run_until(machine, index, |server| server.stopped_at.is_none(), 1000) {
+            defmt::error!("bench: the restarted test server did not announce itself");
+            return;
+        }
+        restart.add(cpu::rdtsc() - start);
+    }
+    report("server_restart_median_ticks", "server_restart_p99_ticks", &restart);
+}
+
+/// Steps server `index` until `done` holds (or `limit` steps pass).
+fn run_until(machine: &mut Machine<'_>, index: usize, done: impl Fn(&super::server::Server<'_>) -> bool, limit: u32) -> bool {
+    for _ in 0..limit {
+        if machine.servers.get(index).is_some_and(&done) {
+            return true;
+        }
+        let waiting = machine.servers.get(index).is_some_and(|server| matches!(server.run, super::server::ServerRun::Waiting { .. }));
+        if waiting {
+            // Nothing for it to do: it waits for the core (a heartbeat timeout
+            // would wake it later; the bench does not wait for that).
+            if let Some(server) = machine.servers.get_mut(index) {
+                let bits = server.wake_bits(cpu::rdtsc());
+                if bits == 0 {
+                    return machine.servers.get(index).is_some_and(&done);
+                }
+                server.wake(bits);
+            }
+        }
+        let _ = machine.step_server(index);
+    }
+    machine.servers.get(index).is_some_and(done)
 }

@@ -3,7 +3,16 @@
 mod bench;
 mod domain;
 mod run;
+mod server;
 mod vcpu;
+
+fn server_kind_name(kind: ipc::server::ServerKind) -> &'static str {
+    match kind {
+        ipc::server::ServerKind::Scheduler => "scheduler",
+        ipc::server::ServerKind::Pager => "pager",
+        ipc::server::ServerKind::Test => "test",
+    }
+}
 
 use hypervisor_core::addr::PAGE_SIZE;
 use hypervisor_core::frame::FrameAllocator;
@@ -70,7 +79,7 @@ pub fn start(start_info_address: u64) -> ! {
     let Some(info) = memory::reserved_bytes(start_info_address, START_INFO_SIZE as u64).and_then(StartInfo::decode) else {
         fail_boot("no PVH start info (bad magic in ebx)")
     };
-    let selectors = cpu::load_descriptor_tables(arch::boot::stack_top());
+    let selectors = cpu::load_descriptor_tables();
     interrupts::load_idt(selectors.kernel_code);
 
     let (mut frames, ram_end) = build_frame_allocator(&info);
@@ -84,6 +93,12 @@ pub fn start(start_info_address: u64) -> ! {
         fail_boot("could not build the core's page tables");
     }
     defmt::info!("memory: {=u64} MiB RAM, {=usize} frames free", ram_end >> 20, frames.free_frames());
+
+    let (_, kernel_end) = memory::kernel_image();
+    if kernel_end > arch::user::CORE_WINDOW {
+        fail_boot("core image larger than the 2 MiB server page tables map");
+    }
+    arch::user::init();
 
     let calibration = lapic::init_and_calibrate();
     if !calibration.measured {
@@ -102,9 +117,15 @@ pub fn start(start_info_address: u64) -> ! {
     defmt::info!("SVM enabled with nested paging, {=u32} ASIDs", host.asid_count);
     let Some(maps) = PermissionMaps::new(&mut frames) else { fail_boot("no memory for permission maps") };
 
-    let mut machine = Machine::new(host, maps);
+    let mut machine = Machine::new(host, maps, frames);
+    for spec in &bundle.manifest.servers {
+        match machine.start_server(spec, bundle.image(spec.image)) {
+            Ok(()) => defmt::info!("server {=str} loaded ({=str})", spec.name.as_str(), server_kind_name(spec.kind)),
+            Err(error) => defmt::error!("server {=str} not started: {=str}", spec.name.as_str(), error.reason()),
+        }
+    }
     for (index, spec) in bundle.manifest.domains.iter().enumerate().take(MAX_DOMAINS) {
-        let state = match machine.build_domain(&mut frames, index, spec, bundle.image(spec.kernel)) {
+        let state = match machine.build_domain(index, spec, bundle.image(spec.kernel)) {
             Ok(()) => {
                 defmt::info!("domain {=str}: {=u32} MiB, {=u8} vCPU(s), started", spec.name.as_str(), spec.memory_mib, spec.vcpus);
                 if spec.vcpus > 1 {
@@ -120,7 +141,7 @@ pub fn start(start_info_address: u64) -> ! {
         machine.set_domain(index, spec.name.as_str(), state);
     }
     if let RunMode::Bench { iterations } = bundle.manifest.mode {
-        bench::run(&mut frames, &machine, iterations);
+        bench::run(&mut machine, iterations);
     }
     lapic::start_periodic_timer(&calibration, TICK_HZ);
     machine.run()

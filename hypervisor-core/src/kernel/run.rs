@@ -11,12 +11,37 @@ use ipc::boot::{DomainSpec, MAX_DOMAINS};
 use ipc::exit_status::ExitStatus;
 use ipc::hypercall::ShutdownReason;
 
-use crate::arch::{self, cpu, interrupts, svm};
+use hypervisor_core::server::{self as supervision, ServerEvent, ServerFault, Syscall};
+use ipc::boot::{ServerSpec, MAX_SERVERS};
+use ipc::server::{syscall, MAX_LOG_LEN};
+
+use crate::arch::{self, cpu, interrupts, lapic, svm, user};
 use super::domain::{self, BuildError, PermissionMaps};
+use super::server::{Server, ServerBuildError, ServerRun};
 use super::vcpu::{DomainMemory, KernelPlatform, Vcpu, VcpuView};
 
 /// Most vCPUs the machine holds.
 pub const MAX_VCPUS_TOTAL: usize = 64;
+/// Most schedulable entities: vCPUs and servers.
+pub const MAX_ENTITIES: usize = MAX_VCPUS_TOTAL + MAX_SERVERS;
+
+/// What the built-in scheduler rotates over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entity {
+    /// Index into the vCPUs.
+    Vcpu(usize),
+    /// Index into the servers.
+    Server(usize),
+}
+
+/// What one server step ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The server made a syscall the core completed; it may run on.
+    Continue,
+    /// It yielded, waits, was preempted or was restarted: its turn is over.
+    TurnOver,
+}
 
 /// Where a domain is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,19 +60,45 @@ struct DomainSlot<'a> {
     memory: Option<DomainMemory>,
 }
 
-/// Every domain and vCPU, and the built-in scheduler.
+/// Every domain, vCPU and server, the free memory, and the built-in scheduler.
 pub struct Machine<'a> {
     pub(super) host: svm::HostState,
     pub(super) maps: PermissionMaps,
+    pub(super) frames: FrameAllocator<'static>,
     domains: Vec<DomainSlot<'a>, MAX_DOMAINS>,
     vcpus: Vec<Vcpu, MAX_VCPUS_TOTAL>,
-    scheduler: RoundRobin<MAX_VCPUS_TOTAL>,
+    pub(super) servers: Vec<Server<'a>, MAX_SERVERS>,
+    entities: Vec<Entity, MAX_ENTITIES>,
+    scheduler: RoundRobin<MAX_ENTITIES>,
 }
 
 impl<'a> Machine<'a> {
     /// No domains yet.
-    pub fn new(host: svm::HostState, maps: PermissionMaps) -> Self {
-        Self { host, maps, domains: Vec::new(), vcpus: Vec::new(), scheduler: RoundRobin::new() }
+    pub fn new(host: svm::HostState, maps: PermissionMaps, frames: FrameAllocator<'static>) -> Self {
+        Self {
+            host,
+            maps,
+            frames,
+            domains: Vec::new(),
+            vcpus: Vec::new(),
+            servers: Vec::new(),
+            entities: Vec::new(),
+            scheduler: RoundRobin::new(),
+        }
+    }
+
+    fn add_entity(&mut self, entity: Entity) -> bool {
+        self.entities.push(entity).is_ok() && self.scheduler.add().is_some()
+    }
+
+    /// Loads a server from its image and makes it runnable.
+    pub fn start_server(&mut self, spec: &'a ServerSpec, image: &'a [u8]) -> Result<(), ServerBuildError> {
+        let server = Server::new(&mut self.frames, spec, image)?;
+        let index = self.servers.len();
+        if self.servers.push(server).is_err() || !self.add_entity(Entity::Server(index)) {
+            return Err(ServerBuildError::OutOfMemory);
+        }
+        Ok(())
     }
 
     /// ASIDs used by domain vCPUs are `1..=MAX_VCPUS_TOTAL`; this one is free.
@@ -57,7 +108,8 @@ impl<'a> Machine<'a> {
 
     /// Builds domain `index` and its boot vCPU. On error the domain is
     /// recorded as failed and the others are unaffected.
-    pub fn build_domain(&mut self, frames: &mut FrameAllocator<'_>, index: usize, spec: &'a DomainSpec, image: &[u8]) -> Result<(), BuildError> {
+    pub fn build_domain(&mut self, index: usize, spec: &'a DomainSpec, image: &[u8]) -> Result<(), BuildError> {
+        let frames = &mut self.frames;
         let bytes = u64::from(spec.memory_mib) << 20;
         let mut slot = DomainSlot {
             state: DomainState::Failed,
@@ -74,7 +126,8 @@ impl<'a> Machine<'a> {
         })();
         let outcome = match result {
             Ok(vcpu) => {
-                if self.vcpus.push(vcpu).is_ok() && self.scheduler.add().is_some() {
+                let vcpu_index = self.vcpus.len();
+                if self.vcpus.push(vcpu).is_ok() && self.add_entity(Entity::Vcpu(vcpu_index)) {
                     slot.state = DomainState::Running;
                     Ok(())
                 } else {
@@ -105,9 +158,11 @@ impl<'a> Machine<'a> {
                 hypervisor_core::vcpu::Platform::console_line(&mut platform, name, line)
             });
         }
-        for (vcpu_index, vcpu) in self.vcpus.iter().enumerate() {
-            if vcpu.domain == index {
-                self.scheduler.set_state(vcpu_index, RunState::Stopped);
+        for (entity_index, entity) in self.entities.iter().enumerate() {
+            if let Entity::Vcpu(vcpu) = *entity {
+                if self.vcpus.get(vcpu).is_some_and(|vcpu| vcpu.domain == index) {
+                    self.scheduler.set_state(entity_index, RunState::Stopped);
+                }
             }
         }
     }
@@ -141,9 +196,9 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// Runs vCPU `index` until its slice ends (a timer tick), it yields,
-    /// halts, or its domain ends.
-    fn run_slice(&mut self, index: usize) {
+    /// Runs vCPU `index` (scheduler entity `entity`) until its slice ends (a
+    /// timer tick), it yields, halts, or its domain ends.
+    fn run_vcpu_slice(&mut self, entity: usize, index: usize) {
         let slice_start = interrupts::ticks();
         loop {
             let Some(vcpu) = self.vcpus.get_mut(index) else { return };
@@ -162,7 +217,7 @@ impl<'a> Machine<'a> {
                 Outcome::HostInterrupt => cpu::take_pending_interrupts(),
                 Outcome::Yield => return,
                 Outcome::Halt => {
-                    self.scheduler.set_state(index, RunState::Halted);
+                    self.scheduler.set_state(entity, RunState::Halted);
                     return;
                 }
                 Outcome::Shutdown(reason) => {
@@ -196,6 +251,180 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// Stops server `index` for `fault` and starts its next generation.
+    pub(super) fn restart_server(&mut self, index: usize, fault: ServerFault) {
+        let Some(server) = self.servers.get_mut(index) else { return };
+        let name = server.spec.name.as_str();
+        let next = server.health.generation.wrapping_add(1);
+        match fault {
+            ServerFault::Exception { vector, error_code, address, rip } => defmt::warn!(
+                "server {=str} stopped: {=str} (vector {=u8}, error {=u64:#x}) at {=u64:#x}, rip {=u64:#x}; restarting as generation {=u32}",
+                name, fault.describe(), vector, error_code, address, rip, next
+            ),
+            ServerFault::InvalidSyscall { number } | ServerFault::BadSyscallArgument { number } => defmt::warn!(
+                "server {=str} stopped: {=str} (syscall {=u64}); restarting as generation {=u32}",
+                name, fault.describe(), number, next
+            ),
+            ServerFault::Exited { code } => defmt::warn!(
+                "server {=str} stopped: {=str} with code {=u64}; restarting as generation {=u32}",
+                name, fault.describe(), code, next
+            ),
+            ServerFault::TooManyMalformed { count: slices } | ServerFault::Hung { slices } => defmt::warn!(
+                "server {=str} stopped: {=str} ({=u32} in a row); restarting as generation {=u32}",
+                name, fault.describe(), slices, next
+            ),
+            ServerFault::Killed => defmt::warn!("server {=str} stopped: {=str}; restarting as generation {=u32}", name, fault.describe(), next),
+        }
+        server.stopped_at = Some(cpu::rdtsc());
+        if let Err(error) = server.restart(&mut self.frames) {
+            defmt::error!("server {=str} could not be restarted: {=str}; it stays down", name, error.reason());
+            if let Some(entity) = self.entities.iter().position(|entity| *entity == Entity::Server(index)) {
+                self.scheduler.set_state(entity, RunState::Stopped);
+            }
+        }
+    }
+
+    fn ns_since_boot() -> u64 {
+        let hz = u128::from(lapic::tsc_hz().max(1));
+        (u128::from(cpu::rdtsc()) * 1_000_000_000 / hz) as u64
+    }
+
+    /// Handles what the server's `to_core` ring holds; restarts it if it sent
+    /// too much garbage. Returns whether it is still the same instance.
+    fn drain_server(&mut self, index: usize) -> bool {
+        let Some(server) = self.servers.get_mut(index) else { return false };
+        match server.drain() {
+            Ok(drained) => {
+                if drained.ready {
+                    let name = server.spec.name.as_str();
+                    let generation = server.health.generation;
+                    match server.stopped_at.take() {
+                        Some(stopped) => {
+                            let micros = (cpu::rdtsc() - stopped) * 1_000_000 / lapic::tsc_hz().max(1);
+                            defmt::info!("server {=str} generation {=u32} ready, {=u64} us after the stop", name, generation, micros);
+                        }
+                        None => defmt::info!("server {=str} generation {=u32} ready", name, generation),
+                    }
+                }
+                if drained.echoes > 0 && server.echo.verified % 100 < u64::from(drained.echoes) {
+                    defmt::info!("server {=str}: {=u64} echoes verified", server.spec.name.as_str(), server.echo.verified - server.echo.verified % 100);
+                }
+                true
+            }
+            Err(fault) => {
+                self.restart_server(index, fault);
+                false
+            }
+        }
+    }
+
+    /// Runs server `index` until its next syscall, exception or interrupt,
+    /// and carries out what it asked.
+    pub(super) fn step_server(&mut self, index: usize) -> Step {
+        let Some(server) = self.servers.get_mut(index) else { return Step::TurnOver };
+        user::enter(&mut server.context);
+        let event = supervision::decode(&server.context.exit());
+        let call = match event {
+            ServerEvent::Preempted { vector } => {
+                interrupts::acknowledge(vector);
+                if let Some(fault) = server.health.preempted() {
+                    self.restart_server(index, fault);
+                }
+                return Step::TurnOver;
+            }
+            ServerEvent::Fault(fault) => {
+                self.restart_server(index, fault);
+                return Step::TurnOver;
+            }
+            ServerEvent::Syscall(call) => call,
+        };
+        match call {
+            Syscall::Exit { code } => {
+                self.restart_server(index, ServerFault::Exited { code });
+                Step::TurnOver
+            }
+            Syscall::Yield => {
+                server.health.cooperated();
+                server.context.rax = 0;
+                self.drain_server(index);
+                Step::TurnOver
+            }
+            Syscall::Wait { timeout_ns } => {
+                server.health.cooperated();
+                let deadline = timeout_ns.map(|ns| {
+                    let ticks = u128::from(ns) * u128::from(lapic::tsc_hz()) / 1_000_000_000;
+                    cpu::rdtsc().saturating_add(ticks.min(u128::from(u64::MAX)) as u64)
+                });
+                server.run = ServerRun::Waiting { deadline };
+                if !self.drain_server(index) {
+                    return Step::TurnOver;
+                }
+                let Some(server) = self.servers.get_mut(index) else { return Step::TurnOver };
+                let bits = server.wake_bits(cpu::rdtsc());
+                if bits != 0 {
+                    server.wake(bits);
+                    return Step::Continue;
+                }
+                if let Some(entity) = self.entities.iter().position(|entity| *entity == Entity::Server(index)) {
+                    self.scheduler.set_state(entity, RunState::Waiting);
+                }
+                Step::TurnOver
+            }
+            Syscall::Notify => {
+                server.context.rax = 0;
+                if self.drain_server(index) { Step::Continue } else { Step::TurnOver }
+            }
+            Syscall::Time => {
+                server.context.rax = Self::ns_since_boot();
+                Step::Continue
+            }
+            Syscall::Log { pointer, length } => {
+                let mut bytes = [0u8; MAX_LOG_LEN];
+                if !server.copy_from_user(pointer, &mut bytes[..length]) {
+                    self.restart_server(index, ServerFault::BadSyscallArgument { number: syscall::LOG });
+                    return Step::TurnOver;
+                }
+                let mut line = hypervisor_core::console::LineBuffer::new();
+                let name = server.spec.name.as_str();
+                let mut emit = |text: &str| defmt::println!("server {=str}: {=str}", name, text);
+                for &byte in &bytes[..length] {
+                    line.push(byte, &mut emit);
+                }
+                if !line.is_empty() {
+                    line.flush(&mut emit);
+                }
+                server.context.rax = 0;
+                Step::Continue
+            }
+        }
+    }
+
+    /// Runs server `index` (entity `entity`) until its turn is over or the
+    /// slice ends.
+    fn run_server_slice(&mut self, index: usize) {
+        let slice_start = interrupts::ticks();
+        while self.step_server(index) == Step::Continue && interrupts::ticks() == slice_start {}
+    }
+
+    /// Work done once per timer tick: park/unpark, server wake-ups, and the
+    /// echo check of test servers.
+    fn on_tick(&mut self) {
+        self.scheduler.tick();
+        let now = cpu::rdtsc();
+        for (entity_index, entity) in self.entities.iter().enumerate() {
+            let Entity::Server(index) = *entity else { continue };
+            let Some(server) = self.servers.get_mut(index) else { continue };
+            if server.spec.kind == ipc::server::ServerKind::Test && server.stopped_at.is_none() {
+                let _ = server.send_next_echo();
+            }
+            let bits = server.wake_bits(now);
+            if bits != 0 && matches!(server.run, ServerRun::Waiting { .. }) {
+                server.wake(bits);
+                self.scheduler.set_state(entity_index, RunState::Runnable);
+            }
+        }
+    }
+
     /// Runs until every domain has ended, then exits the machine.
     pub fn run(mut self) -> ! {
         let mut last_tick = interrupts::ticks();
@@ -204,14 +433,23 @@ impl<'a> Machine<'a> {
             let now = interrupts::ticks();
             if now != last_tick {
                 last_tick = now;
-                self.scheduler.tick();
+                self.on_tick();
             }
-            match self.scheduler.pick() {
-                Some(index) => self.run_slice(index),
-                None if self.scheduler.all_stopped() => self.finish(),
+            if self.domains_ended() {
+                self.finish();
+            }
+            match self.scheduler.pick().and_then(|entity| Some((entity, *self.entities.get(entity)?))) {
+                Some((entity, Entity::Vcpu(index))) => self.run_vcpu_slice(entity, index),
+                Some((_, Entity::Server(index))) => self.run_server_slice(index),
                 None => cpu::wait_for_interrupt(),
             }
         }
+    }
+
+    /// Whether every domain has ended (servers serve domains: once none is
+    /// left, the machine is done).
+    fn domains_ended(&self) -> bool {
+        self.domains.iter().all(|slot| slot.state != DomainState::Running)
     }
 
     fn finish(&self) -> ! {

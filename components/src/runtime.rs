@@ -1,0 +1,290 @@
+//! The run loop ([`Runtime`]): from ring slots to handler calls and back.
+
+use core::fmt::Write;
+use core::ops::ControlFlow;
+
+use ipc::messages::{self, DecodeError};
+use ipc::ring::{Consumer, Producer, RingError, RingMemory, SLOT_COUNT};
+use ipc::server::syscall::{NO_TIMEOUT, WAKE_MESSAGES, WAKE_TIMEOUT};
+use ipc::server::ServerKind;
+
+use crate::context::{self, Context, State, Statistics};
+use crate::handler::{FromCore, Handler};
+use crate::log::LogLine;
+use crate::platform::{Platform, Wake};
+
+/// Most messages handled per wake (a quarter of the ring). What is left
+/// stays in the ring; the loop yields once (so a core that keeps refilling
+/// the ring cannot keep this server from giving the pCPU back) and takes the
+/// next batch.
+pub const BATCH_LIMIT: usize = SLOT_COUNT / 4;
+/// Tries of a send into a full `to_core` ring (see [`Context::send`]).
+pub const SEND_ATTEMPTS: usize = 4;
+
+/// Who this server instance is: what the core passed in the entry registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instance {
+    /// The generation (1 for the first start, +1 per restart); every message
+    /// is stamped with it, and messages from the core must carry it.
+    pub generation: u32,
+    /// The kind the core started the image as (`None` for a value this build
+    /// does not know).
+    pub kind: Option<ServerKind>,
+    /// The `args` string of the `[[server]]` table.
+    pub arguments: &'static str,
+}
+
+impl Instance {
+    /// The [`ServerKind`] the entry register `rdx` holds, if it is one.
+    pub fn kind_from_register(value: u64) -> Option<ServerKind> {
+        [ServerKind::Scheduler, ServerKind::Pager, ServerKind::Test]
+            .into_iter()
+            .find(|kind| *kind as u64 == value)
+    }
+}
+
+/// Why the run loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// A handler called [`Context::stop`].
+    Requested {
+        /// The exit code it asked for.
+        code: u64,
+    },
+    /// A ring's indices are out of range: nothing can be read or sent.
+    CorruptRing(RingError),
+}
+
+impl Stop {
+    /// The code the server exits with.
+    pub fn exit_code(&self) -> u64 {
+        match self {
+            Self::Requested { code } => *code,
+            Self::CorruptRing(_) => crate::exit_code::CORRUPT_RING,
+        }
+    }
+}
+
+/// The run loop of one server instance: a handler, the machine it runs on,
+/// and the two rings.
+///
+/// Each [`turn`](Self::turn): if messages are queued, take them at once
+/// (yielding first if the last batch was a full one); else `wait` until the
+/// handler's deadline (or forever; an expired deadline skips the wait).
+/// Then drain up to [`BATCH_LIMIT`] messages: each is decoded with
+/// [`messages::decode_from_core`] for this generation; a refusal from the
+/// core goes to [`Handler::fault`], any other message to
+/// [`Handler::request`], and a slot that does not decode is logged,
+/// counted ([`Statistics::malformed`]) and skipped. If the deadline has
+/// passed (or the wake carried neither messages nor a timeout),
+/// [`Handler::notified`] is called. Last, one `notify` if anything was sent.
+#[derive(Debug)]
+pub struct Runtime<'rings, H, P> {
+    handler: H,
+    platform: P,
+    to_server: Consumer<'rings>,
+    to_core: Producer<'rings>,
+    instance: Instance,
+    state: State,
+    /// The last batch hit [`BATCH_LIMIT`]: yield before the next.
+    batch_was_full: bool,
+}
+
+impl<'rings, H: Handler, P: Platform> Runtime<'rings, H, P> {
+    /// A run loop over the two rings of `docs/server-abi.md`, not yet started.
+    pub fn new(
+        handler: H,
+        platform: P,
+        to_server: &'rings RingMemory,
+        to_core: &'rings RingMemory,
+        instance: Instance,
+    ) -> Self {
+        Self {
+            handler,
+            platform,
+            to_server: Consumer::attach(to_server),
+            to_core: Producer::attach(to_core),
+            instance,
+            state: State::default(),
+            batch_was_full: false,
+        }
+    }
+
+    /// Runs until the handler stops the loop or a ring breaks.
+    pub fn run(&mut self) -> Stop {
+        if let Err(stop) = self.start() {
+            return stop;
+        }
+        loop {
+            if let Err(stop) = self.turn() {
+                return stop;
+            }
+        }
+    }
+
+    /// Calls [`Handler::init`] and notifies the core of what it sent.
+    pub fn start(&mut self) -> Result<(), Stop> {
+        self.call(|handler, context| handler.init(context));
+        self.finish_round()
+    }
+
+    /// One wake: wait (unless messages are queued), drain a batch, maybe call
+    /// [`Handler::notified`], notify the core.
+    pub fn turn(&mut self) -> Result<(), Stop> {
+        let queued = self.to_server.pending().map_err(Stop::CorruptRing)?;
+        let wake = if queued > 0 {
+            if self.batch_was_full {
+                self.platform.yield_now();
+            }
+            Wake(WAKE_MESSAGES)
+        } else {
+            let now = self.platform.time();
+            match self.state.deadline {
+                Some(deadline) if deadline <= now => Wake(WAKE_TIMEOUT),
+                Some(deadline) => self.platform.wait(deadline - now),
+                None => self.platform.wait(NO_TIMEOUT),
+            }
+        };
+        self.state.statistics.wakes += 1;
+        let drained = self.drain()?;
+        self.batch_was_full = drained == BATCH_LIMIT;
+        if self.state.stop.is_none() {
+            let expired = match self.state.deadline {
+                Some(deadline) => self.platform.time() >= deadline,
+                None => false,
+            };
+            if expired {
+                self.state.deadline = None;
+            }
+            if expired || (drained == 0 && !wake.timed_out()) {
+                self.call(|handler, context| handler.notified(context));
+            }
+        }
+        self.finish_round()
+    }
+
+    /// Handles up to [`BATCH_LIMIT`] messages; returns how many slots were
+    /// consumed.
+    fn drain(&mut self) -> Result<usize, Stop> {
+        let Self {
+            handler,
+            platform,
+            to_server,
+            to_core,
+            instance,
+            state,
+            ..
+        } = self;
+        let generation = instance.generation;
+        let result = to_server.drain(BATCH_LIMIT, |slot| {
+            let decoded = slot.map_err(Skipped::Ring).and_then(|bytes| {
+                messages::decode_from_core::<H::Inbound>(bytes, generation).map_err(Skipped::Decode)
+            });
+            match decoded {
+                Ok(message) => {
+                    let refusal = message.refusal();
+                    let statistics = &mut state.statistics;
+                    match refusal {
+                        Some(_) => statistics.refusals += 1,
+                        None => statistics.requests += 1,
+                    }
+                    let mut context = Context::new(instance, state, platform, to_core);
+                    match refusal {
+                        Some(code) => handler.fault(code, &mut context),
+                        None => handler.request(message, &mut context),
+                    }
+                }
+                Err(skipped) => {
+                    state.statistics.malformed += 1;
+                    let mut line = LogLine::new();
+                    let _ = write!(line, "components: skipped a message from the core: ");
+                    skipped.describe(&mut line);
+                    platform.log(line.as_bytes());
+                }
+            }
+            if state.stop.is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        result.map_err(Stop::CorruptRing)
+    }
+
+    /// Runs one entry point of the handler with a fresh [`Context`].
+    fn call(&mut self, entry: impl FnOnce(&mut H, &mut Context<'_, H::Outbound>)) {
+        let mut context = Context::new(
+            &self.instance,
+            &mut self.state,
+            &mut self.platform,
+            &mut self.to_core,
+        );
+        entry(&mut self.handler, &mut context);
+    }
+
+    /// Notifies the core of what was sent; ends the loop if asked to.
+    fn finish_round(&mut self) -> Result<(), Stop> {
+        context::flush(&mut self.platform, &mut self.state);
+        match self.state.stop {
+            Some(stop) => Err(stop),
+            None => Ok(()),
+        }
+    }
+
+    /// The handler.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// The platform (the mock, in host tests).
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// The platform, mutably (tests use it to play the core).
+    pub fn platform_mut(&mut self) -> &mut P {
+        &mut self.platform
+    }
+
+    /// This instance.
+    pub fn instance(&self) -> &Instance {
+        &self.instance
+    }
+
+    /// The counters so far.
+    pub fn statistics(&self) -> Statistics {
+        self.state.statistics
+    }
+
+    /// The handler's deadline, in ns since boot.
+    pub fn deadline(&self) -> Option<u64> {
+        self.state.deadline
+    }
+}
+
+/// A slot the run loop skipped.
+#[derive(Debug, Clone, Copy)]
+enum Skipped {
+    Ring(RingError),
+    Decode(DecodeError),
+}
+
+impl Skipped {
+    fn describe(self, line: &mut LogLine) {
+        let reason = match self {
+            Self::Ring(error) => error.reason(),
+            Self::Decode(error) => error.reason(),
+        };
+        line.push_str(reason);
+        if let Self::Decode(DecodeError::StaleGeneration { found, expected }) = self {
+            line.push_str(" (generation ")
+                .push_decimal(u64::from(found))
+                .push_str(", expected ")
+                .push_decimal(u64::from(expected))
+                .push_str(")");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,318 @@
+//! An in-memory stand-in for the core, so that the run loop and the servers'
+//! handlers are tested on the host (feature `testing`; needs std).
+//!
+//! [`MockPlatform`] plays the core's side of the syscalls and of the two
+//! rings (real [`RingMemory`]s, so the tests exercise the real ring code):
+//! `wait` reports messages if the `to_server` ring has any, otherwise lets
+//! the clock run to the timeout; `notify` drains the `to_core` ring into
+//! [`MockPlatform::delivered`], as the core does; `log` and the raw hatches
+//! are recorded. [`Harness`] wraps a [`Runtime`] over it with helpers to
+//! send messages as the core and decode what the server sent.
+
+use std::string::String;
+use std::vec::Vec;
+
+use ipc::messages::{self, DecodeError, Envelope, Message};
+use ipc::ring::{Consumer, Producer, RingError, RingMemory, SLOT_COUNT, SLOT_PAYLOAD};
+use ipc::server::syscall::{NO_TIMEOUT, WAKE_MESSAGES, WAKE_TIMEOUT};
+use ipc::server::ServerKind;
+
+use crate::handler::Handler;
+use crate::platform::{Platform, Wake};
+use crate::runtime::{Instance, Runtime, Stop};
+
+/// A raw operation ([`crate::raw`]) the server performed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawCall {
+    /// [`crate::raw::Raw::syscall`].
+    Syscall {
+        /// The syscall number.
+        number: u64,
+        /// Its arguments.
+        arguments: [u64; 5],
+    },
+    /// [`crate::raw::Raw::read_probe`].
+    Read(u64),
+    /// [`crate::raw::Raw::write_probe`].
+    Write(u64),
+    /// [`crate::raw::Raw::spin`].
+    Spin,
+}
+
+/// One syscall of the run loop, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `yield`.
+    Yield,
+    /// `wait(timeout_ns)`.
+    Wait(u64),
+    /// `notify`.
+    Notify,
+}
+
+/// The core, played on the host. Fields are public so tests can inspect and
+/// steer it.
+#[derive(Debug)]
+pub struct MockPlatform {
+    /// The clock `time` returns, in ns; `wait` advances it to the timeout.
+    pub clock: u64,
+    /// `yield`, `wait` and `notify`, in order.
+    pub calls: Vec<Call>,
+    /// Every `log` line.
+    pub logs: Vec<String>,
+    /// Every raw operation.
+    pub raw: Vec<RawCall>,
+    /// What a raw syscall returns.
+    pub syscall_result: i64,
+    /// What a read probe returns.
+    pub probe_value: u64,
+    /// Whether `notify` drains the `to_core` ring (as the core does); off,
+    /// the ring fills up.
+    pub drain_on_notify: bool,
+    /// Raw messages the core sends at the next `wait` (then that `wait`
+    /// reports messages).
+    pub on_next_wait: Vec<Vec<u8>>,
+    /// The raw messages drained from `to_core` at each `notify`, in order.
+    pub delivered: Vec<Vec<u8>>,
+    to_server: Producer<'static>,
+    to_core: Consumer<'static>,
+}
+
+impl MockPlatform {
+    /// A mock core on the other end of `to_server` and `to_core`.
+    pub fn new(to_server: &'static RingMemory, to_core: &'static RingMemory) -> Self {
+        Self {
+            clock: 1_000_000,
+            calls: Vec::new(),
+            logs: Vec::new(),
+            raw: Vec::new(),
+            syscall_result: 0,
+            probe_value: 0,
+            drain_on_notify: true,
+            on_next_wait: Vec::new(),
+            delivered: Vec::new(),
+            to_server: Producer::attach(to_server),
+            to_core: Consumer::attach(to_core),
+        }
+    }
+
+    /// Puts `bytes` into the `to_server` ring, as the core would.
+    pub fn push_bytes(&mut self, bytes: &[u8]) -> Result<(), RingError> {
+        self.to_server.try_send(bytes)
+    }
+
+    /// Drains the `to_core` ring into [`Self::delivered`] now.
+    pub fn drain_to_core(&mut self) {
+        let delivered = &mut self.delivered;
+        let _ = self.to_core.drain(SLOT_COUNT, |slot| {
+            if let Ok(bytes) = slot {
+                delivered.push(bytes.to_vec());
+            }
+            core::ops::ControlFlow::Continue(())
+        });
+    }
+
+    /// The number of `wait` calls so far.
+    pub fn waits(&self) -> usize {
+        self.calls
+            .iter()
+            .filter(|call| matches!(call, Call::Wait(_)))
+            .count()
+    }
+
+    /// The number of `notify` calls so far.
+    pub fn notifications(&self) -> usize {
+        self.calls
+            .iter()
+            .filter(|call| matches!(call, Call::Notify))
+            .count()
+    }
+
+    fn to_server_has_messages(&self) -> bool {
+        self.to_server
+            .free_slots()
+            .map_or(true, |free| free < SLOT_COUNT)
+    }
+}
+
+impl Platform for MockPlatform {
+    fn yield_now(&mut self) {
+        self.calls.push(Call::Yield);
+    }
+
+    fn wait(&mut self, timeout_ns: u64) -> Wake {
+        self.calls.push(Call::Wait(timeout_ns));
+        for bytes in std::mem::take(&mut self.on_next_wait) {
+            let _ = self.to_server.try_send(&bytes);
+        }
+        if self.to_server_has_messages() {
+            Wake(WAKE_MESSAGES)
+        } else if timeout_ns != NO_TIMEOUT {
+            self.clock = self.clock.saturating_add(timeout_ns);
+            Wake(WAKE_TIMEOUT)
+        } else {
+            Wake(0)
+        }
+    }
+
+    fn notify(&mut self) {
+        self.calls.push(Call::Notify);
+        if self.drain_on_notify {
+            self.drain_to_core();
+        }
+    }
+
+    fn time(&mut self) -> u64 {
+        self.clock
+    }
+
+    fn log(&mut self, bytes: &[u8]) {
+        self.logs.push(String::from_utf8_lossy(bytes).into_owned());
+    }
+
+    fn raw_syscall(&mut self, number: u64, arguments: [u64; 5]) -> i64 {
+        self.raw.push(RawCall::Syscall { number, arguments });
+        self.syscall_result
+    }
+
+    fn read_probe(&mut self, address: u64) -> u64 {
+        self.raw.push(RawCall::Read(address));
+        self.probe_value
+    }
+
+    fn write_probe(&mut self, address: u64) {
+        self.raw.push(RawCall::Write(address));
+    }
+
+    fn spin(&mut self) {
+        self.raw.push(RawCall::Spin);
+    }
+}
+
+/// A [`Runtime`] over a [`MockPlatform`], with the core's side at hand.
+#[derive(Debug)]
+pub struct Harness<H> {
+    runtime: Runtime<'static, H, MockPlatform>,
+    to_server: &'static RingMemory,
+    to_core: &'static RingMemory,
+}
+
+impl<H: Handler> Harness<H> {
+    /// A test-server instance of `generation` with `arguments`, not started.
+    /// (The two rings are leaked: a few pages per test.)
+    pub fn new(handler: H, generation: u32, arguments: &'static str) -> Self {
+        let to_server: &'static RingMemory = std::boxed::Box::leak(std::boxed::Box::default());
+        let to_core: &'static RingMemory = std::boxed::Box::leak(std::boxed::Box::default());
+        let instance = Instance {
+            generation,
+            kind: Some(ServerKind::Test),
+            arguments,
+        };
+        let platform = MockPlatform::new(to_server, to_core);
+        Self {
+            runtime: Runtime::new(handler, platform, to_server, to_core, instance),
+            to_server,
+            to_core,
+        }
+    }
+
+    /// The `to_server` ring's memory (to scribble on it as a broken core).
+    pub fn to_server_ring(&self) -> &'static RingMemory {
+        self.to_server
+    }
+
+    /// The `to_core` ring's memory.
+    pub fn to_core_ring(&self) -> &'static RingMemory {
+        self.to_core
+    }
+
+    /// [`Runtime::start`].
+    pub fn start(&mut self) -> Result<(), Stop> {
+        self.runtime.start()
+    }
+
+    /// [`Runtime::turn`].
+    pub fn turn(&mut self) -> Result<(), Stop> {
+        self.runtime.turn()
+    }
+
+    /// Sends `message` as the core, in an envelope of the instance's
+    /// generation.
+    pub fn push(&mut self, message: H::Inbound) {
+        let generation = self.runtime.instance().generation;
+        self.push_with_generation(generation, message);
+    }
+
+    /// Sends `message` as the core, in an envelope of `generation`.
+    pub fn push_with_generation(&mut self, generation: u32, message: H::Inbound) {
+        self.push_bytes(&encode(generation, message));
+    }
+
+    /// Sends `message` as the core when the server next calls `wait`.
+    pub fn push_after_wait(&mut self, message: H::Inbound) {
+        let generation = self.runtime.instance().generation;
+        let bytes = encode(generation, message);
+        self.runtime.platform_mut().on_next_wait.push(bytes);
+    }
+
+    /// Sends raw bytes as the core.
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        self.runtime
+            .platform_mut()
+            .push_bytes(bytes)
+            .unwrap_or_else(|error| panic!("the to_server ring refused a test message: {error:?}"));
+    }
+
+    /// Takes what the core has received so far, decoded as the core would
+    /// (version, generation of this instance, encoding).
+    pub fn take_sent(&mut self) -> Vec<Result<H::Outbound, DecodeError>> {
+        let generation = self.runtime.instance().generation;
+        std::mem::take(&mut self.runtime.platform_mut().delivered)
+            .iter()
+            .map(|bytes| messages::decode_from_core::<H::Outbound>(bytes, generation))
+            .collect()
+    }
+
+    /// Takes the log lines so far.
+    pub fn take_logs(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.runtime.platform_mut().logs)
+    }
+
+    /// The run loop.
+    pub fn runtime(&self) -> &Runtime<'static, H, MockPlatform> {
+        &self.runtime
+    }
+
+    /// The run loop, mutably.
+    pub fn runtime_mut(&mut self) -> &mut Runtime<'static, H, MockPlatform> {
+        &mut self.runtime
+    }
+
+    /// The mock core.
+    pub fn platform(&self) -> &MockPlatform {
+        self.runtime.platform()
+    }
+
+    /// The mock core, mutably.
+    pub fn platform_mut(&mut self) -> &mut MockPlatform {
+        self.runtime.platform_mut()
+    }
+
+    /// The handler.
+    pub fn handler(&self) -> &H {
+        self.runtime.handler()
+    }
+}
+
+/// Encodes `message` in an envelope of `generation`.
+pub fn encode<M: Message>(generation: u32, message: M) -> Vec<u8> {
+    let mut buffer = [0u8; SLOT_PAYLOAD];
+    let length = messages::encode(&Envelope::new(generation, message), &mut buffer)
+        .unwrap_or_else(|error| panic!("a test message must encode: {error:?}"));
+    buffer[..length].to_vec()
+}
+
+/// Decodes `bytes` as an envelope of `generation` carrying an `M`.
+pub fn decode<M: Message>(bytes: &[u8], generation: u32) -> Result<M, DecodeError> {
+    messages::decode_from_core(bytes, generation)
+}

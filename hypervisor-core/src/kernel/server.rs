@@ -1,0 +1,359 @@
+//! Ring-3 servers: their address spaces, built from the image the core keeps,
+//! and their lifecycle (start, stop, restart with a new generation).
+
+use hypervisor_core::addr::{HostPhysAddr, PAGE_SIZE};
+use hypervisor_core::elf::{self, ElfError, Executable};
+use hypervisor_core::frame::FrameAllocator;
+use hypervisor_core::paging::{EntryFlags, MapError, PageSize, PageTable, Teardown, ADDRESS_MASK};
+use hypervisor_core::server::{EchoCheck, Health};
+use ipc::boot::ServerSpec;
+use ipc::server::{IMAGE_BASE, IMAGE_LIMIT, RING_REGION_BASE, STACK_SIZE, STACK_TOP};
+
+use core::ops::ControlFlow;
+use hypervisor_core::server::{ServerFault, ECHO_PAYLOAD_LEN};
+use ipc::messages::{self, test_server, Envelope};
+use ipc::ring::{Consumer, Producer, SLOT_COUNT, SLOT_PAYLOAD};
+use ipc::server::{syscall, ServerKind};
+
+use crate::arch::memory::{self, OwnedFrames};
+use crate::arch::user::UserContext;
+
+/// Pages of the ring region: both rings, then the argument page.
+pub const RING_PAGES: u64 = 2 * (ipc::ring::RING_BYTES as u64 / PAGE_SIZE);
+/// Guest-virtual address of the argument page.
+pub const ARGUMENTS_ADDRESS: u64 = RING_REGION_BASE + RING_PAGES * PAGE_SIZE;
+
+/// Why a server could not be (re)built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerBuildError {
+    /// The image was refused.
+    Image(ElfError),
+    /// Not enough memory.
+    OutOfMemory,
+    /// A mapping failed.
+    Mapping(MapError),
+}
+
+impl ServerBuildError {
+    /// A fixed description.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Image(error) => error.reason(),
+            Self::OutOfMemory => "not enough free memory for the server",
+            Self::Mapping(_) => "server page table mapping failed",
+        }
+    }
+}
+
+impl From<MapError> for ServerBuildError {
+    fn from(error: MapError) -> Self {
+        match error {
+            MapError::OutOfFrames => Self::OutOfMemory,
+            other => Self::Mapping(other),
+        }
+    }
+}
+
+/// Whether the server is running, waiting, or gone for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerRun {
+    /// Ready to run.
+    Runnable,
+    /// In `wait`; woken by a message or at this TSC value.
+    Waiting {
+        /// TSC deadline, or none.
+        deadline: Option<u64>,
+    },
+}
+
+/// One server slot: the kept image and the current instance.
+pub struct Server<'a> {
+    /// Its manifest entry.
+    pub spec: &'a ServerSpec,
+    image: &'a [u8],
+    executable: Executable,
+    ring_region: HostPhysAddr,
+    space: Option<PageTable>,
+    /// The instance's registers.
+    pub context: UserContext,
+    /// Restart counters and the generation.
+    pub health: Health,
+    /// Echo exchange state (test servers).
+    pub echo: EchoCheck,
+    /// Run state.
+    pub run: ServerRun,
+    /// TSC when the last instance was stopped, until the new one speaks.
+    pub stopped_at: Option<u64>,
+    to_server: Producer<'static>,
+    to_core: Consumer<'static>,
+}
+
+fn in_ring_region(frame: u64, region: HostPhysAddr) -> bool {
+    (region.as_u64()..region.as_u64() + (RING_PAGES + 1) * PAGE_SIZE).contains(&frame)
+}
+
+impl<'a> Server<'a> {
+    /// Validates the image, allocates the ring region and starts generation 1.
+    pub fn new(frames: &mut FrameAllocator<'_>, spec: &'a ServerSpec, image: &'a [u8]) -> Result<Self, ServerBuildError> {
+        let executable = elf::parse_executable(image, IMAGE_BASE..IMAGE_LIMIT).map_err(ServerBuildError::Image)?;
+        let ring_region = frames.allocate_contiguous(RING_PAGES as usize + 1, 1).ok_or(ServerBuildError::OutOfMemory)?;
+        let ring = |index: u64| memory::shared_ring(HostPhysAddr::new_truncate(ring_region.as_u64() + index * ipc::ring::RING_BYTES as u64));
+        let mut server = Self {
+            spec,
+            image,
+            executable,
+            ring_region,
+            space: None,
+            context: UserContext::default(),
+            health: Health::new(),
+            echo: EchoCheck::default(),
+            run: ServerRun::Runnable,
+            stopped_at: None,
+            to_server: Producer::attach(ring(0)),
+            to_core: Consumer::attach(ring(1)),
+        };
+        server.start(frames)?;
+        Ok(server)
+    }
+
+    /// Physical address of the ring at `index` (0 = to_server, 1 = to_core).
+    fn ring_frame(&self, index: u64) -> HostPhysAddr {
+        HostPhysAddr::new_truncate(self.ring_region.as_u64() + index * ipc::ring::RING_BYTES as u64)
+    }
+
+    /// Builds a fresh instance: zeroed rings, the image mapped from the kept
+    /// copy, a fresh stack, and the entry registers.
+    fn start(&mut self, frames: &mut FrameAllocator<'_>) -> Result<(), ServerBuildError> {
+        let mut memory = OwnedFrames;
+        // Fresh, empty rings; the core's ends start over from index 0.
+        let (to_server, to_core) = (memory::shared_ring(self.ring_frame(0)), memory::shared_ring(self.ring_frame(1)));
+        to_server.reset();
+        to_core.reset();
+        self.to_server = Producer::attach(to_server);
+        self.to_core = Consumer::attach(to_core);
+        let arguments = HostPhysAddr::new_truncate(self.ring_region.as_u64() + RING_PAGES * PAGE_SIZE);
+        memory.fill(arguments, 0);
+        memory.write(arguments, 0, self.spec.args.as_bytes());
+
+        let space = PageTable::new(&mut memory, frames)?;
+        self.space = Some(space);
+        // The core's first 2 MiB, supervisor-only: entry code, per-CPU data, stacks.
+        space.map(&mut memory, frames, 0, HostPhysAddr::new_truncate(0), PageSize::Size2MiB, EntryFlags::WRITABLE)?;
+        let user = EntryFlags::USER;
+        for segment in &self.executable.segments {
+            let mut flags = user;
+            if segment.writable() {
+                flags = flags.with(EntryFlags::WRITABLE);
+            }
+            if !segment.executable() {
+                flags = flags.with(EntryFlags::NO_EXECUTE);
+            }
+            let end = segment.virtual_address + segment.memory_size;
+            let mut page = segment.virtual_address;
+            while page < end {
+                let frame = frames.allocate().ok_or(ServerBuildError::OutOfMemory)?;
+                memory.fill(frame, 0);
+                // Copy the part of the file that lands in this page.
+                let page_offset = page - segment.virtual_address;
+                if page_offset < segment.file_size {
+                    let length = (segment.file_size - page_offset).min(PAGE_SIZE) as usize;
+                    let start = (segment.file_offset + page_offset) as usize;
+                    memory.write(frame, 0, self.image.get(start..start + length).unwrap_or(&[]));
+                }
+                space.map(&mut memory, frames, page, frame, PageSize::Size4KiB, flags)?;
+                page += PAGE_SIZE;
+            }
+        }
+        let data = user.with(EntryFlags::WRITABLE).with(EntryFlags::NO_EXECUTE);
+        let mut page = STACK_TOP - STACK_SIZE;
+        while page < STACK_TOP {
+            let frame = frames.allocate().ok_or(ServerBuildError::OutOfMemory)?;
+            memory.fill(frame, 0);
+            space.map(&mut memory, frames, page, frame, PageSize::Size4KiB, data)?;
+            page += PAGE_SIZE;
+        }
+        for page in 0..RING_PAGES {
+            let frame = HostPhysAddr::new_truncate(self.ring_region.as_u64() + page * PAGE_SIZE);
+            space.map(&mut memory, frames, RING_REGION_BASE + page * PAGE_SIZE, frame, PageSize::Size4KiB, data)?;
+        }
+        space.map(&mut memory, frames, ARGUMENTS_ADDRESS, arguments, PageSize::Size4KiB, user.with(EntryFlags::NO_EXECUTE))?;
+
+        self.context = UserContext {
+            rip: self.executable.entry,
+            rsp: STACK_TOP,
+            rflags: 0x202,
+            rdi: u64::from(self.health.generation),
+            rsi: RING_REGION_BASE,
+            rdx: self.spec.kind as u64,
+            rcx: ARGUMENTS_ADDRESS,
+            cr3: space.root().as_u64(),
+            ..UserContext::default()
+        };
+        self.run = ServerRun::Runnable;
+        self.echo.reset();
+        Ok(())
+    }
+
+    /// Frees the instance's memory: its pages and page tables, but not the
+    /// ring region (kept across restarts) nor the core's window.
+    fn tear_down(&mut self, frames: &mut FrameAllocator<'_>) {
+        let Some(space) = self.space.take() else { return };
+        let region = self.ring_region;
+        // Every frame handed back here came from `frames` in `start`; a failed
+        // free would mean a core bug, and it is not worth stopping for.
+        space.teardown(&OwnedFrames, &mut |item| match item {
+            Teardown::Leaf { entry, .. } => {
+                let frame = entry & ADDRESS_MASK;
+                if entry & EntryFlags::USER.0 != 0 && !in_ring_region(frame, region) {
+                    let _ = frames.free(HostPhysAddr::new_truncate(frame));
+                }
+            }
+            Teardown::Table(table) => {
+                let _ = frames.free(table);
+            }
+        });
+    }
+
+    /// Stops the current instance and starts the next generation.
+    pub fn restart(&mut self, frames: &mut FrameAllocator<'_>) -> Result<u32, ServerBuildError> {
+        self.tear_down(frames);
+        let generation = self.health.restarted();
+        self.start(frames)?;
+        Ok(generation)
+    }
+}
+
+/// What the core learned from a server's `to_core` ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Drained {
+    /// The server announced itself (first message of an instance).
+    pub ready: bool,
+    /// Echo replies that matched.
+    pub echoes: u32,
+}
+
+impl Server<'_> {
+    /// Whether messages the core sent are still unread by the server.
+    pub fn has_inbound(&self) -> bool {
+        self.to_server.free_slots().map_or(true, |free| free < SLOT_COUNT)
+    }
+
+    /// Encodes and sends a test-protocol message with the current generation.
+    pub fn send_test(&mut self, message: test_server::ToServer) -> bool {
+        let mut buffer = [0u8; SLOT_PAYLOAD];
+        let envelope = Envelope::new(self.health.generation, message);
+        match messages::encode(&envelope, &mut buffer) {
+            Ok(length) => self.to_server.try_send(&buffer[..length]).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Sends the next echo request of the core's check, if none is outstanding.
+    pub fn send_next_echo(&mut self) -> bool {
+        let Some((sequence, payload)) = self.echo.next() else { return false };
+        let mut bytes = test_server::EchoPayload::new();
+        // ECHO_PAYLOAD_LEN is below the protocol's maximum payload.
+        let _ = bytes.extend_from_slice(&payload[..ECHO_PAYLOAD_LEN]);
+        self.send_test(test_server::ToServer::Echo { sequence, payload: bytes })
+    }
+
+    /// Reads and validates everything in the `to_core` ring. A malformed
+    /// message is answered with an error and counted; past the limit the
+    /// server's fault is returned.
+    pub fn drain(&mut self) -> Result<Drained, ServerFault> {
+        let mut drained = Drained::default();
+        let mut fault = None;
+        let mut errors: heapless::Vec<messages::ErrorCode, SLOT_COUNT> = heapless::Vec::new();
+        let generation = self.health.generation;
+        let kind = self.spec.kind;
+        let health = &mut self.health;
+        let echo = &mut self.echo;
+        let result = self.to_core.drain(SLOT_COUNT, |slot| {
+            let verdict = match (kind, slot) {
+                (ServerKind::Test, Ok(bytes)) => {
+                    match messages::decode_from_server::<test_server::ToCore>(bytes, generation, &()) {
+                        Ok(test_server::ToCore::Ready) => {
+                            drained.ready = true;
+                            Ok(())
+                        }
+                        Ok(test_server::ToCore::EchoReply { sequence, payload }) => {
+                            if echo.reply(sequence, &payload) {
+                                drained.echoes += 1;
+                                Ok(())
+                            } else {
+                                Err(messages::ErrorCode::OutOfRange)
+                            }
+                        }
+                        Ok(test_server::ToCore::Heartbeat { .. }) => Ok(()),
+                        Err(error) => Err(error.code()),
+                    }
+                }
+                (ServerKind::Test, Err(_)) => Err(messages::ErrorCode::BadLength),
+                // Scheduler and pager protocols arrive with issues #4 and #5.
+                _ => Err(messages::ErrorCode::Unexpected),
+            };
+            match verdict {
+                Ok(()) => health.well_formed(),
+                Err(code) => {
+                    let _ = errors.push(code);
+                    if let Some(limit) = health.malformed() {
+                        fault = Some(limit);
+                        return ControlFlow::Break(());
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        });
+        if result.is_err() {
+            // The server corrupted its ring's indices: that is malformed input too.
+            fault = fault.or(self.health.malformed());
+        }
+        for code in errors {
+            let _ = self.send_test(test_server::ToServer::Error { code });
+        }
+        fault.map_or(Ok(drained), Err)
+    }
+
+    /// Copies `length` bytes at `pointer` out of the server's own user
+    /// mappings into `buffer`; `false` if any byte is not mapped
+    /// user-accessible.
+    pub fn copy_from_user(&self, pointer: u64, buffer: &mut [u8]) -> bool {
+        let Some(space) = self.space.as_ref() else { return false };
+        let frames = OwnedFrames;
+        let mut done = 0;
+        while done < buffer.len() {
+            let address = pointer + done as u64;
+            let Some(translation) = space.translate(&frames, address) else { return false };
+            if !translation.flags.contains(EntryFlags::USER) {
+                return false;
+            }
+            let offset = (address % PAGE_SIZE) as usize;
+            let piece = (PAGE_SIZE as usize - offset).min(buffer.len() - done);
+            frames.read(translation.phys.page_base(), offset, &mut buffer[done..done + piece]);
+            done += piece;
+        }
+        true
+    }
+
+    /// Wakes the server out of `wait` with `bits` as the syscall's result.
+    pub fn wake(&mut self, bits: u64) {
+        if matches!(self.run, ServerRun::Waiting { .. }) {
+            self.context.rax = bits;
+            self.run = ServerRun::Runnable;
+        }
+    }
+
+    /// The `wait` result bits the server would see now.
+    pub fn wake_bits(&self, now: u64) -> u64 {
+        let mut bits = 0;
+        if self.has_inbound() {
+            bits |= syscall::WAKE_MESSAGES;
+        }
+        if let ServerRun::Waiting { deadline: Some(deadline) } = self.run {
+            if now >= deadline {
+                bits |= syscall::WAKE_TIMEOUT;
+            }
+        }
+        bits
+    }
+}

@@ -1,0 +1,117 @@
+//! Fuzz entry points: the bodies of the `fuzz/` targets, one per decoder the
+//! core runs on server input. They live here, as plain functions, so that a
+//! host test can run them over random inputs in every `cargo test` and the
+//! fuzzers (which need a nightly toolchain) only add the coverage guidance.
+//!
+//! Each function takes arbitrary bytes and panics only if an invariant of the
+//! code under test breaks; errors from bad input are the expected outcome.
+
+use core::ops::ControlFlow;
+
+use crate::messages::{self, test_server, DecodeError, Envelope};
+use crate::ring::{Consumer, Producer, RingError, RingMemory, RING_LAYOUT_BYTES, SLOT_COUNT, SLOT_PAYLOAD};
+
+/// The generation the fuzzed decoders expect.
+pub const GENERATION: u32 = 7;
+
+/// Decodes `data` as a test-protocol message from a server. A message that
+/// decodes must re-encode within its size bound and decode back to itself.
+pub fn decode_test_protocol(data: &[u8]) {
+    let Ok(body) = check_decode(data) else { return };
+    let mut buffer = [0; SLOT_PAYLOAD];
+    let length = messages::encode(&Envelope::new(GENERATION, body.clone()), &mut buffer)
+        .unwrap_or_else(|error| panic!("a decoded message must encode: {error:?}"));
+    assert!(length <= messages::envelope_max_size::<test_server::ToCore>());
+    assert!(length <= data.len(), "postcard's encoding is the shortest");
+    assert_eq!(check_decode(&buffer[..length]), Ok(body));
+}
+
+fn check_decode(data: &[u8]) -> Result<test_server::ToCore, DecodeError> {
+    messages::decode_from_server::<test_server::ToCore>(data, GENERATION, &())
+}
+
+/// Runs the core's ends of a ring against a peer that writes arbitrary bytes
+/// into the shared memory between operations. `data` is a script:
+///
+/// * bytes 0..4: the starting index (both indices), little-endian;
+/// * then commands, each a tag byte and its operands:
+///   * `0`, offset (2 bytes, LE), count (1), bytes: the peer scribbles;
+///   * `1`: the core receives once and decodes what it got;
+///   * `2`, limit (1): the core drains up to `limit` messages, decoding each;
+///   * `3`, length (1), bytes: the core sends `length` bytes;
+///   * `4`, length (1), bytes: the peer produces an honest message.
+pub fn ring_consumer(data: &[u8]) {
+    let Some((start, mut script)) = data.split_first_chunk::<4>() else { return };
+    let start = u32::from_le_bytes(*start);
+    // The core's receiving ring (`to_core`) and sending ring (`to_server`).
+    let to_core = RingMemory::new();
+    let to_server = RingMemory::new();
+    to_core.reset_at(start);
+    to_server.reset_at(start);
+    let mut consumer = Consumer::attach(&to_core);
+    let mut producer = Producer::attach(&to_server);
+    // The peer's honest producer shares the ring with the scribbles.
+    let mut peer = Producer::attach(&to_core);
+    let mut buffer = [0; SLOT_PAYLOAD];
+
+    while let Some((&command, rest)) = script.split_first() {
+        script = rest;
+        match command % 5 {
+            0 => {
+                let Some((header, rest)) = script.split_first_chunk::<3>() else { return };
+                let offset = usize::from(u16::from_le_bytes([header[0], header[1]]));
+                let (bytes, rest) = rest.split_at(usize::from(header[2]).min(rest.len()));
+                script = rest;
+                // Either ring: the peer owns both mappings.
+                let (ring, offset) = if offset < RING_LAYOUT_BYTES {
+                    (&to_core, offset)
+                } else {
+                    (&to_server, offset % RING_LAYOUT_BYTES)
+                };
+                ring.scribble(offset, bytes);
+            }
+            1 => match consumer.try_recv(&mut buffer) {
+                Ok(Some(length)) => {
+                    assert!(length <= SLOT_PAYLOAD);
+                    decode_test_protocol(&buffer[..length]);
+                }
+                Ok(None) => assert_eq!(consumer.pending(), Ok(0)),
+                Err(RingError::BadLength { length }) => assert!(length > SLOT_PAYLOAD as u64),
+                Err(RingError::CorruptIndex { .. }) => assert!(consumer.pending().is_err()),
+                Err(error) => panic!("a consumer cannot fail with {error:?}"),
+            },
+            2 => {
+                let Some((&limit, rest)) = script.split_first() else { return };
+                script = rest;
+                let limit = usize::from(limit);
+                let mut handled = 0;
+                let drained = consumer.drain(limit, |message| {
+                    handled += 1;
+                    if let Ok(message) = message {
+                        assert!(message.len() <= SLOT_PAYLOAD);
+                        decode_test_protocol(message);
+                    }
+                    ControlFlow::Continue(())
+                });
+                if let Ok(drained) = drained {
+                    assert_eq!(drained, handled);
+                    assert!(drained <= limit);
+                }
+            }
+            command => {
+                let Some((&length, rest)) = script.split_first() else { return };
+                let (bytes, rest) = rest.split_at(usize::from(length).min(rest.len()));
+                script = rest;
+                let sender = if command == 3 { &mut producer } else { &mut peer };
+                match sender.try_send(bytes) {
+                    Ok(()) | Err(RingError::Full | RingError::CorruptIndex { .. }) => {}
+                    Err(RingError::TooBig { length }) => assert!(length > SLOT_PAYLOAD),
+                    Err(error) => panic!("a send of {} bytes cannot fail with {error:?}", bytes.len()),
+                }
+                if let Ok(free) = sender.free_slots() {
+                    assert!(free <= SLOT_COUNT);
+                }
+            }
+        }
+    }
+}
