@@ -30,6 +30,54 @@ pub const REQUIRED_CORE_FIGURES: [&str; 4] = [
 pub const RATIO_NAME: &str = "cpuid_over_bare_ratio";
 /// The ratio's goal (at most).
 pub const RATIO_GOAL: f64 = 1.10;
+
+/// A figure computed from two others: `numerator / denominator * scale`,
+/// with an optional goal (at most).
+#[derive(Debug, Clone, Copy)]
+pub struct Derived {
+    /// The derived figure's name.
+    pub name: &'static str,
+    /// Figure divided.
+    pub numerator: &'static str,
+    /// Figure divided by.
+    pub denominator: &'static str,
+    /// Multiplier applied to the quotient.
+    pub scale: f64,
+    /// The goal, if there is one: the value must be at most this.
+    pub goal: Option<f64>,
+}
+
+/// Every derived figure, in table order.
+pub const DERIVED: [Derived; 4] = [
+    Derived {
+        name: RATIO_NAME,
+        numerator: "cpuid_exit_median_ticks",
+        denominator: "vmexit_bare_median_ticks",
+        scale: 1.0,
+        goal: Some(RATIO_GOAL),
+    },
+    Derived {
+        name: "ipc_over_vmexit_ratio",
+        numerator: "ipc_round_trip_median_ticks",
+        denominator: "vmexit_bare_median_ticks",
+        scale: 1.0,
+        goal: None,
+    },
+    Derived {
+        name: "ipc_round_trip_median_us",
+        numerator: "ipc_round_trip_median_ticks",
+        denominator: "tsc_mhz",
+        scale: 1.0,
+        goal: None,
+    },
+    Derived {
+        name: "server_restart_median_ms",
+        numerator: "server_restart_median_ticks",
+        denominator: "tsc_mhz",
+        scale: 0.001,
+        goal: None,
+    },
+];
 /// Name of the runner's own boot-time figure.
 pub const SPAWN_TO_FIRST_LINE_NAME: &str = "qemu_spawn_to_first_guest_line_ms";
 
@@ -137,17 +185,19 @@ impl BenchResults {
         Ok(())
     }
 
-    /// Adds [`RATIO_NAME`]; returns it (None when an operand is missing or zero).
-    pub fn derive_ratio(&mut self) -> Option<f64> {
-        let cpuid = self.get("cpuid_exit_median_ticks")?.as_f64();
-        let bare = self.get("vmexit_bare_median_ticks")?.as_f64();
-        if bare == 0.0 {
+    /// Adds one [`Derived`] figure; returns it (None when an operand is
+    /// missing or the denominator is zero).
+    pub fn derive(&mut self, derived: &Derived) -> Option<f64> {
+        let numerator = self.get(derived.numerator)?.as_f64();
+        let denominator = self.get(derived.denominator)?.as_f64();
+        if denominator == 0.0 {
             return None;
         }
-        let ratio = cpuid / bare;
-        self.set(RATIO_NAME, Figure::Real(ratio));
-        Some(ratio)
+        let value = numerator / denominator * derived.scale;
+        self.set(derived.name, Figure::Real(value));
+        Some(value)
     }
+
 
     /// The figures as an aligned two-column table.
     pub fn table(&self) -> String {
@@ -194,6 +244,43 @@ impl BenchResults {
         std::fs::write(path, self.to_json())
             .with_context(|| format!("cannot write {}", path.display()))
     }
+}
+
+/// Sizes of an ELF image's loadable segments, by kind: `text` (executable),
+/// `rodata` (read-only), `data` (writable, file-backed part) and `bss` (the
+/// writable rest), in bytes. Malformed headers give no sizes.
+pub fn image_sizes(elf: &[u8]) -> Vec<(&'static str, u64)> {
+    let read = |at: usize, width: usize| -> Option<u64> {
+        let bytes = elf.get(at..at + width)?;
+        let mut word = [0u8; 8];
+        word[..width].copy_from_slice(bytes);
+        Some(u64::from_le_bytes(word))
+    };
+    let (mut text, mut rodata, mut data, mut bss) = (0, 0, 0, 0);
+    let headers = (|| {
+        if elf.get(..4)? != b"\x7fELF" {
+            return None;
+        }
+        Some((read(32, 8)? as usize, read(54, 2)? as usize, read(56, 2)? as usize))
+    })();
+    let Some((offset, size, count)) = headers else { return Vec::new() };
+    for index in 0..count {
+        let header = offset + index * size;
+        let (Some(1), Some(flags), Some(file), Some(memory)) =
+            (read(header, 4), read(header + 4, 4), read(header + 32, 8), read(header + 40, 8))
+        else {
+            continue;
+        };
+        if flags & 1 != 0 {
+            text += memory;
+        } else if flags & 2 != 0 {
+            data += file;
+            bss += memory - file.min(memory);
+        } else {
+            rodata += memory;
+        }
+    }
+    vec![("text", text), ("rodata", rodata), ("data", data), ("bss", bss)]
 }
 
 /// The median of some measurements (mean of the middle two for an even count).
@@ -260,6 +347,26 @@ mod tests {
     }
 
     #[test]
+    fn image_sizes_split_segments_by_flags() {
+        // A minimal ELF64 header with two program headers: RX 0x300 bytes,
+        // RW 0x10 in the file and 0x1000 in memory.
+        let mut elf = vec![0u8; 64 + 2 * 56];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[32..40].copy_from_slice(&64u64.to_le_bytes());
+        elf[54..56].copy_from_slice(&56u16.to_le_bytes());
+        elf[56..58].copy_from_slice(&2u16.to_le_bytes());
+        for (index, (flags, file, memory)) in [(5u32, 0x300u64, 0x300u64), (6, 0x10, 0x1000)].into_iter().enumerate() {
+            let header = 64 + index * 56;
+            elf[header..header + 4].copy_from_slice(&1u32.to_le_bytes());
+            elf[header + 4..header + 8].copy_from_slice(&flags.to_le_bytes());
+            elf[header + 32..header + 40].copy_from_slice(&file.to_le_bytes());
+            elf[header + 40..header + 48].copy_from_slice(&memory.to_le_bytes());
+        }
+        assert_eq!(image_sizes(&elf), vec![("text", 0x300), ("rodata", 0), ("data", 0x10), ("bss", 0xff0)]);
+        assert!(image_sizes(b"not an elf").is_empty());
+    }
+
+    #[test]
     fn missing_required_figures_fail_by_name() {
         let (results, _) = BenchResults::collect(&[info("bench vmexit_bare_median_ticks 1")]);
         let error = results.check_required().unwrap_err().to_string();
@@ -271,9 +378,9 @@ mod tests {
     fn the_ratio_is_cpuid_over_bare() {
         let mut results = BenchResults::default();
         results.set("vmexit_bare_median_ticks", Figure::Count(20000));
-        assert_eq!(results.derive_ratio(), None);
+        assert_eq!(results.derive(&DERIVED[0]), None);
         results.set("cpuid_exit_median_ticks", Figure::Count(21000));
-        assert_eq!(results.derive_ratio(), Some(1.05));
+        assert_eq!(results.derive(&DERIVED[0]), Some(1.05));
         assert_eq!(results.get(RATIO_NAME), Some(Figure::Real(1.05)));
     }
 

@@ -382,25 +382,28 @@ pub fn bench(workspace: &Workspace) -> Result<bool> {
     if let Some(median) = bench::median(&samples) {
         results.set(bench::SPAWN_TO_FIRST_LINE_NAME, Figure::Real(median));
     }
-    let ratio = results.derive_ratio();
+    let derived: Vec<_> = bench::DERIVED
+        .iter()
+        .map(|derived| (derived, results.derive(derived)))
+        .collect();
+    let core_path = workspace.core_elf();
+    let core_elf = std::fs::read(&core_path).with_context(|| format!("cannot read {}", display(&core_path)))?;
+    for (name, value) in bench::image_sizes(&core_elf) {
+        results.set(&format!("core_{name}_bytes"), Figure::Count(value));
+    }
 
     say!();
     say!("{}", results.table().trim_end());
-    match ratio {
-        Some(ratio) => say!(
-            "{}: {ratio:.3}, goal <= {:.2}: {}",
-            bench::RATIO_NAME,
-            bench::RATIO_GOAL,
-            if ratio <= bench::RATIO_GOAL {
-                "met"
-            } else {
-                "NOT met"
-            }
-        ),
-        None => say!(
-            "{}: not computable (a bare median of 0 ticks)",
-            bench::RATIO_NAME
-        ),
+    for (derived, value) in derived {
+        match (value, derived.goal) {
+            (Some(value), Some(goal)) => say!(
+                "{}: {value:.3}, goal <= {goal:.2}: {}",
+                derived.name,
+                if value <= goal { "met" } else { "NOT met" }
+            ),
+            (None, _) => say!("{}: not computable (a figure is missing or zero)", derived.name),
+            (Some(_), None) => {}
+        }
     }
     let json_path = workspace.target_directory().join("bench.json");
     results.write_json(&json_path)?;
