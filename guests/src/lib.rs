@@ -767,6 +767,16 @@ mod boot {
                 .filter_map(MemmapEntry::decode)
         }
 
+        /// The modules (`hvm_modlist_entry`), at most 16, as byte slices.
+        pub fn modules(&self) -> impl Iterator<Item = &'static [u8]> {
+            let count = (self.start_info.nr_modules as usize).min(16);
+            let list = physical_bytes(self.start_info.modlist_paddr, count * ipc::pvh::MODLIST_ENTRY_SIZE)
+                .unwrap_or(&[]);
+            list.chunks_exact(ipc::pvh::MODLIST_ENTRY_SIZE)
+                .filter_map(ipc::pvh::ModlistEntry::decode)
+                .map(|module| physical_bytes(module.paddr, module.size as usize).unwrap_or(&[]))
+        }
+
         /// Total RAM and where it ends, from the memory map.
         pub fn ram(&self) -> RamSummary {
             memory::summarize(self.memmap())

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 /// First eight bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"CAIRNBDL";
 /// Version of the bundle layout and manifest encoding; bumped on any change.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Size of the fixed header in front of the manifest.
 pub const HEADER_SIZE: usize = 16;
 /// Images start on this boundary.
@@ -77,6 +77,8 @@ pub struct DomainSpec {
     pub vcpus: u8,
     /// Command line handed to the guest in `hvm_start_info`.
     pub cmdline: String<MAX_CMDLINE_LEN>,
+    /// A module (initial ramdisk) handed to the guest as PVH module 0.
+    pub ramdisk: Option<ImageRef>,
 }
 
 /// One `[[server]]` table of the appliance file: a ring-3 server image.
@@ -149,6 +151,9 @@ pub enum BundleError {
     DomainVcpus { domain: usize, vcpus: u8 },
     /// The kernel image range is misaligned, empty or outside the bundle.
     DomainKernel { domain: usize },
+    /// The ramdisk range is outside the bundle or larger than half the
+    /// domain's memory.
+    DomainRamdisk { domain: usize },
     /// The domains' memory adds up to more than the machine has.
     MachineMemory { needed_mib: u64, machine_mib: u32 },
     /// A server name is empty, too long, badly formed or used twice.
@@ -175,6 +180,7 @@ impl BundleError {
             Self::DomainMemory { .. } => "domain.memory out of range",
             Self::DomainVcpus { .. } => "domain.vcpus out of range",
             Self::DomainKernel { .. } => "domain.kernel image outside the bundle",
+            Self::DomainRamdisk { .. } => "domain.ramdisk outside the bundle or over half the domain's memory",
             Self::MachineMemory { .. } => "domains need more memory than machine.memory",
             Self::ServerName { .. } => "server.name empty, too long, not [A-Za-z0-9_-] or used twice",
             Self::ServerImage { .. } => "server.image outside the bundle",
@@ -220,6 +226,12 @@ impl Manifest {
             }
             if !domain.kernel.fits(bundle_len) {
                 return Err(BundleError::DomainKernel { domain: index });
+            }
+            if let Some(ramdisk) = domain.ramdisk {
+                let half_memory = (u64::from(domain.memory_mib) << 20) / 2;
+                if !ramdisk.fits(bundle_len) || ramdisk.length > half_memory {
+                    return Err(BundleError::DomainRamdisk { domain: index });
+                }
             }
             needed_mib += u64::from(domain.memory_mib);
         }
@@ -308,6 +320,14 @@ pub fn build(mut manifest: Manifest, images: &[&[u8]]) -> Result<std::vec::Vec<u
     if let Some(domain) = indices.iter().position(|&index| index >= images.len()) {
         return Err(BundleError::DomainKernel { domain });
     }
+    let ramdisk_indices: std::vec::Vec<Option<usize>> = manifest
+        .domains
+        .iter()
+        .map(|domain| domain.ramdisk.map(|ramdisk| ramdisk.offset as usize))
+        .collect();
+    if let Some(domain) = ramdisk_indices.iter().position(|index| index.is_some_and(|index| index >= images.len())) {
+        return Err(BundleError::DomainRamdisk { domain });
+    }
     let server_indices: std::vec::Vec<usize> =
         manifest.servers.iter().map(|server| server.image.offset as usize).collect();
     if let Some(server) = server_indices.iter().position(|&index| index >= images.len()) {
@@ -325,8 +345,9 @@ pub fn build(mut manifest: Manifest, images: &[&[u8]]) -> Result<std::vec::Vec<u
             next = align(next + image.len() as u64);
         }
         let reference = |index: usize| ImageRef { offset: offsets[index], length: images[index].len() as u64 };
-        for (domain, &index) in manifest.domains.iter_mut().zip(&indices) {
+        for ((domain, &index), ramdisk) in manifest.domains.iter_mut().zip(&indices).zip(&ramdisk_indices) {
             domain.kernel = reference(index);
+            domain.ramdisk = ramdisk.map(reference);
         }
         for (server, &index) in manifest.servers.iter_mut().zip(&server_indices) {
             server.image = reference(index);
@@ -367,6 +388,7 @@ mod tests {
             memory_mib,
             vcpus: 1,
             cmdline: String::try_from("console=hvc0").unwrap(),
+            ramdisk: None,
         }
     }
 
@@ -441,6 +463,21 @@ mod tests {
         let mut cpus = m.clone();
         cpus.machine.cpus = 0;
         assert_eq!(bad(cpus), BundleError::MachineCpus(0));
+    }
+
+    #[test]
+    fn ramdisks_are_packed_and_checked() {
+        let mut with_ramdisk = domain("a", 0, 2);
+        with_ramdisk.ramdisk = Some(ImageRef { offset: 1, length: 0 });
+        let bytes = build(manifest(&[with_ramdisk.clone()]), &[&[1; 10], b"payload"]).unwrap();
+        let bundle = Bundle::parse(&bytes).unwrap();
+        let ramdisk = bundle.manifest.domains[0].ramdisk.unwrap();
+        assert_eq!(bundle.image(ramdisk), b"payload");
+        let mut too_big = bundle.manifest.clone();
+        too_big.domains[0].ramdisk = Some(ImageRef { offset: ramdisk.offset, length: (1 << 20) + 1 });
+        assert_eq!(too_big.validate(u64::MAX), Err(BundleError::DomainRamdisk { domain: 0 }));
+        with_ramdisk.ramdisk = Some(ImageRef { offset: 5, length: 0 });
+        assert_eq!(build(manifest(&[with_ramdisk]), &[&[1; 10]]).unwrap_err(), BundleError::DomainRamdisk { domain: 0 });
     }
 
     fn server(name: &str, kind: crate::server::ServerKind, image: u64) -> ServerSpec {

@@ -125,6 +125,14 @@ impl MemmapEntry {
 }
 
 impl ModlistEntry {
+    /// Encodes into `out`.
+    pub fn encode(&self, out: &mut [u8; MODLIST_ENTRY_SIZE]) {
+        out.fill(0);
+        out[0..8].copy_from_slice(&self.paddr.to_le_bytes());
+        out[8..16].copy_from_slice(&self.size.to_le_bytes());
+        out[16..24].copy_from_slice(&self.cmdline_paddr.to_le_bytes());
+    }
+
     /// Decodes one entry.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         Some(Self {
@@ -155,6 +163,14 @@ mod tests {
         bytes[0] ^= 1;
         assert_eq!(StartInfo::decode(&bytes), None);
         assert_eq!(StartInfo::decode(&bytes[..10]), None);
+    }
+
+    #[test]
+    fn modlist_entry_round_trips() {
+        let entry = ModlistEntry { paddr: 0xf0_0000, size: 21, cmdline_paddr: 0 };
+        let mut bytes = [0u8; MODLIST_ENTRY_SIZE];
+        entry.encode(&mut bytes);
+        assert_eq!(ModlistEntry::decode(&bytes), Some(entry));
     }
 
     #[test]

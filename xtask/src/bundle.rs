@@ -33,6 +33,8 @@ enum Role {
     Kernel,
     /// A server image: a binary of a server crate.
     Server,
+    /// A guest module: any nonempty file.
+    Ramdisk,
 }
 
 impl Role {
@@ -41,6 +43,7 @@ impl Role {
         match self {
             Self::Kernel => "test guest",
             Self::Server => "server binary",
+            Self::Ramdisk => "ramdisk",
         }
     }
 
@@ -49,6 +52,7 @@ impl Role {
         match self {
             Self::Kernel => "the guests crate",
             Self::Server => "a server crate listed in xtask's SERVER_PACKAGES",
+            Self::Ramdisk => "the appliance's directory",
         }
     }
 }
@@ -86,7 +90,11 @@ impl Images {
             )),
             ImageSource::File(_) => error(format!("cannot read {}: {io_error}", display(&path))),
         })?;
-        if bytes.get(..4) != Some(&ELF_MAGIC[..]) {
+        if role == Role::Ramdisk {
+            if bytes.is_empty() {
+                return Err(error(format!("{} is empty", display(&path))));
+            }
+        } else if bytes.get(..4) != Some(&ELF_MAGIC[..]) {
             return Err(error(format!(
                 "{} is not an ELF file (no \\x7fELF magic)",
                 display(&path)
@@ -117,6 +125,9 @@ pub fn bundle_error_key(error: &BundleError) -> (String, String) {
         ),
         BundleError::DomainKernel { domain } => {
             (Appliance::domain_key(domain, "kernel"), reason.into())
+        }
+        BundleError::DomainRamdisk { domain } => {
+            (Appliance::domain_key(domain, "ramdisk"), reason.into())
         }
         BundleError::MachineMemory {
             needed_mib,
@@ -177,6 +188,14 @@ pub fn build_bundle(
             vcpus: domain.vcpus,
             cmdline: heapless::String::try_from(domain.cmdline.as_str())
                 .map_err(|_| too_long("cmdline"))?,
+            ramdisk: match &domain.ramdisk {
+                Some(path) => {
+                    let source = ImageSource::File(path.clone());
+                    let index = images.index_of(file, &key("ramdisk"), &source, workspace_images_directory, Role::Ramdisk)?;
+                    Some(ImageRef { offset: index as u64, length: 0 })
+                }
+                None => None,
+            },
         };
         domains
             .push(spec)

@@ -13,6 +13,8 @@
 //! memory = 16          # MiB, default 16
 //! vcpus = 1            # default 1
 //! cmdline = ""         # default empty
+//! ramdisk = "initrd.img"   # optional: a file (relative to this file) handed
+//!                          # to the guest as PVH module 0
 //!
 //! [[server]]           # optional, at most ipc::boot::MAX_SERVERS
 //! name = "test"        # required, same rules as a domain name, unique
@@ -93,6 +95,8 @@ pub struct DomainConfig {
     pub vcpus: u8,
     /// Guest command line.
     pub cmdline: String,
+    /// The initial ramdisk (PVH module 0), if any.
+    pub ramdisk: Option<PathBuf>,
 }
 
 /// One `[[server]]` table.
@@ -261,6 +265,11 @@ fn parse_domain(
     if cmdline.contains('\0') {
         return Err(table.error("cmdline", "contains a NUL character"));
     }
+    let ramdisk = match table.string("ramdisk")? {
+        Some("") => return Err(table.error("ramdisk", "empty: give a path to the module file")),
+        Some(path) => Some(base_directory.join(path)),
+        None => None,
+    };
     table.finish()?;
     Ok(DomainConfig {
         name: name.to_owned(),
@@ -268,6 +277,7 @@ fn parse_domain(
         memory_mib,
         vcpus,
         cmdline: cmdline.to_owned(),
+        ramdisk,
     })
 }
 
@@ -457,6 +467,14 @@ cmdline = "iterations=5"
             (own.memory_mib, own.vcpus, own.cmdline.as_str()),
             (32, 2, "iterations=5")
         );
+    }
+
+    #[test]
+    fn ramdisk_is_a_path_relative_to_the_file() {
+        let appliance = parse_text("[[domain]]\nname='a'\nkernel='cairn:hello'\nramdisk='initrd.img'\n").unwrap();
+        assert_eq!(appliance.domains[0].ramdisk, Some(PathBuf::from("/base/initrd.img")));
+        assert_error_on("[[domain]]\nname='a'\nkernel='cairn:hello'\nramdisk=''\n", "domain[0].ramdisk");
+        assert_error_on("[[domain]]\nname='a'\nkernel='cairn:hello'\nramdisk=3\n", "domain[0].ramdisk");
     }
 
     #[test]

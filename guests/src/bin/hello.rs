@@ -9,7 +9,8 @@
 //! UART), then on the default console (`guests::console::print`):
 //! `cmdline: TEXT`, `hypervisor: XenVMMXenVMM (CairnCairnHV)` (the leaf
 //! 0x40000000 signature, `none` if unprintable; the parenthesis only when
-//! leaf 0x40000100 is cairn's), `memory: N KiB` (RAM in the memory map).
+//! leaf 0x40000100 is cairn's), `memory: N KiB` (RAM in the memory map),
+//! and `module I: N bytes: FIRST LINE` for each PVH module.
 //! Then `SCHEDOP_shutdown(poweroff)`.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
@@ -67,6 +68,19 @@ mod guest {
                 .push_decimal(ram.total_bytes / 1024)
                 .push_str(" KiB"),
         );
+
+        for (index, module) in boot.modules().enumerate() {
+            // The first line of the module, if it is text.
+            let first_line = module.split(|&byte| byte == b'\n').next().unwrap_or(&[]);
+            let mut line = Line::new();
+            line.push_str("module ")
+                .push_decimal(index as u64)
+                .push_str(": ")
+                .push_decimal(module.len() as u64)
+                .push_str(" bytes: ")
+                .push_bytes(&first_line[..first_line.len().min(64)]);
+            console::print(&mut line);
+        }
 
         hypercall::poweroff()
     }

@@ -17,6 +17,7 @@ use super::vcpu::{DomainMemory, Vcpu};
 /// Guest-physical page that holds the start info, memory map and command line.
 pub const BOOT_INFO_PAGE: u64 = 0x1000;
 const MEMMAP_OFFSET: u64 = 0x40;
+const MODLIST_OFFSET: u64 = 0x80;
 const CMDLINE_OFFSET: u64 = 0x100;
 
 /// Why a domain could not be built.
@@ -28,6 +29,8 @@ pub enum BuildError {
     OutOfMemory,
     /// A nested page table mapping failed.
     Mapping(MapError),
+    /// The ramdisk does not fit above the kernel.
+    RamdiskOverlap,
 }
 
 impl BuildError {
@@ -37,6 +40,7 @@ impl BuildError {
             Self::Image(error) => error.reason(),
             Self::OutOfMemory => "not enough free memory for the domain",
             Self::Mapping(_) => "nested page table mapping failed",
+            Self::RamdiskOverlap => "ramdisk does not fit between the kernel and the end of memory",
         }
     }
 }
@@ -72,9 +76,15 @@ fn write_guest(memory: &mut DomainMemory, address: u64, data: &[u8]) -> Result<(
         .map_err(|_| BuildError::Image(ElfError::OutsideMemory))
 }
 
-/// Loads a validated PVH image and writes the start info. Returns the entry
-/// point.
-pub fn load_kernel(memory: &mut DomainMemory, spec: &DomainSpec, image: &[u8], memory_bytes: u64) -> Result<u32, BuildError> {
+/// Loads a validated PVH image (and its ramdisk, at the top of memory, as
+/// module 0) and writes the start info. Returns the entry point.
+pub fn load_kernel(
+    memory: &mut DomainMemory,
+    spec: &DomainSpec,
+    image: &[u8],
+    ramdisk: Option<&[u8]>,
+    memory_bytes: u64,
+) -> Result<u32, BuildError> {
     let pvh = elf::parse_pvh(image).map_err(BuildError::Image)?;
     pvh.check_placement(memory_bytes, BOOT_INFO_PAGE..BOOT_INFO_PAGE + PAGE_SIZE)
         .map_err(BuildError::Image)?;
@@ -89,10 +99,25 @@ pub fn load_kernel(memory: &mut DomainMemory, spec: &DomainSpec, image: &[u8], m
     write_guest(memory, BOOT_INFO_PAGE + MEMMAP_OFFSET, &memmap)?;
     write_guest(memory, BOOT_INFO_PAGE + CMDLINE_OFFSET, spec.cmdline.as_bytes())?;
     write_guest(memory, BOOT_INFO_PAGE + CMDLINE_OFFSET + spec.cmdline.len() as u64, &[0])?;
+    let mut nr_modules = 0;
+    if let Some(bytes) = ramdisk {
+        let kernel_end = pvh.segments.iter().map(|segment| segment.physical_address + segment.memory_size).max().unwrap_or(0);
+        let start = memory_bytes.saturating_sub(bytes.len() as u64) & !(PAGE_SIZE - 1);
+        if start < kernel_end.max(BOOT_INFO_PAGE + PAGE_SIZE) {
+            return Err(BuildError::RamdiskOverlap);
+        }
+        write_guest(memory, start, bytes)?;
+        let mut entry = [0u8; ipc::pvh::MODLIST_ENTRY_SIZE];
+        ipc::pvh::ModlistEntry { paddr: start, size: bytes.len() as u64, cmdline_paddr: 0 }.encode(&mut entry);
+        write_guest(memory, BOOT_INFO_PAGE + MODLIST_OFFSET, &entry)?;
+        nr_modules = 1;
+    }
     let mut start_info = [0u8; START_INFO_SIZE];
     StartInfo {
         magic: START_MAGIC,
         version: 1,
+        nr_modules,
+        modlist_paddr: if nr_modules > 0 { BOOT_INFO_PAGE + MODLIST_OFFSET } else { 0 },
         cmdline_paddr: BOOT_INFO_PAGE + CMDLINE_OFFSET,
         memmap_paddr: BOOT_INFO_PAGE + MEMMAP_OFFSET,
         memmap_entries: 1,

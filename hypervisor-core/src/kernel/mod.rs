@@ -125,7 +125,8 @@ pub fn start(start_info_address: u64) -> ! {
         }
     }
     for (index, spec) in bundle.manifest.domains.iter().enumerate().take(MAX_DOMAINS) {
-        let state = match machine.build_domain(index, spec, bundle.image(spec.kernel)) {
+        let ramdisk = spec.ramdisk.map(|ramdisk| bundle.image(ramdisk));
+        let state = match machine.build_domain(index, spec, bundle.image(spec.kernel), ramdisk) {
             Ok(()) => {
                 defmt::info!("domain {=str}: {=u32} MiB, {=u8} vCPU(s), started", spec.name.as_str(), spec.memory_mib, spec.vcpus);
                 if spec.vcpus > 1 {

@@ -70,6 +70,8 @@ pub struct Machine<'a> {
     pub(super) servers: Vec<Server<'a>, MAX_SERVERS>,
     entities: Vec<Entity, MAX_ENTITIES>,
     scheduler: RoundRobin<MAX_ENTITIES>,
+    /// Which vCPU last ran with each ASID (`usize::MAX`: none).
+    asid_owner: [usize; MAX_VCPUS_TOTAL + 1],
 }
 
 impl<'a> Machine<'a> {
@@ -84,6 +86,7 @@ impl<'a> Machine<'a> {
             servers: Vec::new(),
             entities: Vec::new(),
             scheduler: RoundRobin::new(),
+            asid_owner: [usize::MAX; MAX_VCPUS_TOTAL + 1],
         }
     }
 
@@ -101,14 +104,35 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
-    /// ASIDs used by domain vCPUs are `1..=MAX_VCPUS_TOTAL`; this one is free.
+    /// The ASID of vCPU `index`. ASID 0 is the host's; when the CPU has
+    /// fewer ASIDs than vCPUs (TCG reports 16) they are shared, and
+    /// [`Self::claim_asid`] flushes the TLB when the owner changes.
+    fn asid_for(&self, index: usize) -> u32 {
+        let usable = self.host.asid_count.saturating_sub(1).max(1) as usize;
+        (index % usable) as u32 + 1
+    }
+
+    /// An ASID for the benchmark probe (shared, flushed like any other).
     pub fn spare_asid(&self) -> u32 {
-        MAX_VCPUS_TOTAL as u32 + 1
+        self.asid_for(MAX_VCPUS_TOTAL)
+    }
+
+    /// Before running vCPU `index`: if another vCPU used its ASID since it
+    /// last ran, have VMRUN flush that ASID's TLB entries.
+    fn claim_asid(&mut self, index: usize) {
+        let asid = self.asid_for(index);
+        let Some(owner) = self.asid_owner.get_mut(asid as usize) else { return };
+        let flush = *owner != index;
+        *owner = index;
+        if let Some(vcpu) = self.vcpus.get_mut(index) {
+            vcpu.vmcb.write_u8(svm::offset::TLB_CONTROL, u8::from(flush));
+        }
     }
 
     /// Builds domain `index` and its boot vCPU. On error the domain is
     /// recorded as failed and the others are unaffected.
-    pub fn build_domain(&mut self, index: usize, spec: &'a DomainSpec, image: &[u8]) -> Result<(), BuildError> {
+    pub fn build_domain(&mut self, index: usize, spec: &'a DomainSpec, image: &[u8], ramdisk: Option<&[u8]>) -> Result<(), BuildError> {
+        let asid = self.asid_for(self.vcpus.len());
         let frames = &mut self.frames;
         let bytes = u64::from(spec.memory_mib) << 20;
         let mut slot = DomainSlot {
@@ -118,8 +142,7 @@ impl<'a> Machine<'a> {
         };
         let result = (|| {
             let mut memory = domain::build_memory(frames, bytes)?;
-            let entry = domain::load_kernel(&mut memory, spec, image, bytes)?;
-            let asid = self.vcpus.len() as u32 + 1;
+            let entry = domain::load_kernel(&mut memory, spec, image, ramdisk, bytes)?;
             let vcpu = domain::build_boot_vcpu(frames, &self.maps, &memory, index, asid, entry)?;
             slot.memory = Some(memory);
             Ok(vcpu)
@@ -200,11 +223,13 @@ impl<'a> Machine<'a> {
     /// timer tick), it yields, halts, or its domain ends.
     fn run_vcpu_slice(&mut self, entity: usize, index: usize) {
         let slice_start = interrupts::ticks();
+        self.claim_asid(index);
         loop {
             let Some(vcpu) = self.vcpus.get_mut(index) else { return };
             svm::run(&self.host, &mut vcpu.vmcb, &mut vcpu.registers);
             let exit = exit::decode(&vcpu.vmcb.raw_exit());
             vcpu.vmcb.write_u64(svm::offset::EVENT_INJECTION, 0);
+            vcpu.vmcb.write_u8(svm::offset::TLB_CONTROL, 0);
             let domain_index = vcpu.domain;
             let vcpu_number = vcpu.index;
             let Some(slot) = self.domains.get_mut(domain_index) else { return };
