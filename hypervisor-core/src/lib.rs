@@ -14,6 +14,7 @@
 //!   I/O, hypercalls) against a vCPU described by a trait.
 //! * [`cpuid`], [`msr`], [`uart`], [`console`], [`guest_memory`]: the pieces
 //!   `vcpu` is built from.
+//! * [`halt_poll`]: KVM-style adaptive halt polling (window and statistics).
 //! * [`round_robin`]: the built-in scheduler the core uses when no scheduler
 //!   server has published decisions.
 //!
@@ -33,6 +34,7 @@ pub mod elf;
 pub mod exit;
 pub mod frame;
 pub mod guest_memory;
+pub mod halt_poll;
 pub mod msr;
 pub mod paging;
 pub mod round_robin;
