@@ -9,7 +9,9 @@
 use core::ops::ControlFlow;
 
 use crate::messages::{self, test_server, DecodeError, Envelope};
-use crate::ring::{Consumer, Producer, RingError, RingMemory, RING_LAYOUT_BYTES, SLOT_COUNT, SLOT_PAYLOAD};
+use crate::ring::{
+    Consumer, Producer, RingError, RingMemory, RING_LAYOUT_BYTES, SLOT_COUNT, SLOT_PAYLOAD,
+};
 
 /// The generation the fuzzed decoders expect.
 pub const GENERATION: u32 = 7;
@@ -41,7 +43,9 @@ fn check_decode(data: &[u8]) -> Result<test_server::ToCore, DecodeError> {
 ///   * `3`, length (1), bytes: the core sends `length` bytes;
 ///   * `4`, length (1), bytes: the peer produces an honest message.
 pub fn ring_consumer(data: &[u8]) {
-    let Some((start, mut script)) = data.split_first_chunk::<4>() else { return };
+    let Some((start, mut script)) = data.split_first_chunk::<4>() else {
+        return;
+    };
     let start = u32::from_le_bytes(*start);
     // The core's receiving ring (`to_core`) and sending ring (`to_server`).
     let to_core = RingMemory::new();
@@ -58,7 +62,9 @@ pub fn ring_consumer(data: &[u8]) {
         script = rest;
         match command % 5 {
             0 => {
-                let Some((header, rest)) = script.split_first_chunk::<3>() else { return };
+                let Some((header, rest)) = script.split_first_chunk::<3>() else {
+                    return;
+                };
                 let offset = usize::from(u16::from_le_bytes([header[0], header[1]]));
                 let (bytes, rest) = rest.split_at(usize::from(header[2]).min(rest.len()));
                 script = rest;
@@ -81,7 +87,9 @@ pub fn ring_consumer(data: &[u8]) {
                 Err(error) => panic!("a consumer cannot fail with {error:?}"),
             },
             2 => {
-                let Some((&limit, rest)) = script.split_first() else { return };
+                let Some((&limit, rest)) = script.split_first() else {
+                    return;
+                };
                 script = rest;
                 let limit = usize::from(limit);
                 let mut handled = 0;
@@ -99,14 +107,22 @@ pub fn ring_consumer(data: &[u8]) {
                 }
             }
             command => {
-                let Some((&length, rest)) = script.split_first() else { return };
+                let Some((&length, rest)) = script.split_first() else {
+                    return;
+                };
                 let (bytes, rest) = rest.split_at(usize::from(length).min(rest.len()));
                 script = rest;
-                let sender = if command == 3 { &mut producer } else { &mut peer };
+                let sender = if command == 3 {
+                    &mut producer
+                } else {
+                    &mut peer
+                };
                 match sender.try_send(bytes) {
                     Ok(()) | Err(RingError::Full | RingError::CorruptIndex { .. }) => {}
                     Err(RingError::TooBig { length }) => assert!(length > SLOT_PAYLOAD),
-                    Err(error) => panic!("a send of {} bytes cannot fail with {error:?}", bytes.len()),
+                    Err(error) => {
+                        panic!("a send of {} bytes cannot fail with {error:?}", bytes.len())
+                    }
                 }
                 if let Ok(free) = sender.free_slots() {
                     assert!(free <= SLOT_COUNT);

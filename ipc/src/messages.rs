@@ -85,7 +85,11 @@ pub struct Envelope<M> {
 impl<M> Envelope<M> {
     /// An envelope of the current protocol version.
     pub const fn new(generation: u32, body: M) -> Self {
-        Self { version: PROTOCOL_VERSION, generation, body }
+        Self {
+            version: PROTOCOL_VERSION,
+            generation,
+            body,
+        }
     }
 }
 
@@ -215,7 +219,10 @@ pub fn decode_from_server<M: FromServer>(
 
 /// A server's decode path for what the core sends: version, generation and
 /// encoding (the core is trusted for ranges).
-pub fn decode_from_core<M: Message>(bytes: &[u8], expected_generation: u32) -> Result<M, DecodeError> {
+pub fn decode_from_core<M: Message>(
+    bytes: &[u8],
+    expected_generation: u32,
+) -> Result<M, DecodeError> {
     decode_envelope(bytes, expected_generation)
 }
 
@@ -229,7 +236,10 @@ fn decode_envelope<M: Message>(bytes: &[u8], expected_generation: u32) -> Result
     let (generation, rest) =
         postcard::take_from_bytes::<u32>(rest).map_err(|_| DecodeError::Malformed)?;
     if generation != expected_generation {
-        return Err(DecodeError::StaleGeneration { found: generation, expected: expected_generation });
+        return Err(DecodeError::StaleGeneration {
+            found: generation,
+            expected: expected_generation,
+        });
     }
     let (body, rest) = postcard::take_from_bytes::<M>(rest).map_err(|_| DecodeError::Malformed)?;
     if !rest.is_empty() {
@@ -260,7 +270,11 @@ pub mod size {
     /// Length of `value` as a LEB128 varint.
     pub const fn varint(value: u64) -> usize {
         let bits = 64 - value.leading_zeros() as usize;
-        if bits == 0 { 1 } else { bits.div_ceil(7) }
+        if bits == 0 {
+            1
+        } else {
+            bits.div_ceil(7)
+        }
     }
 
     /// A collection of at most `capacity` elements of at most `element` bytes
@@ -277,7 +291,11 @@ pub mod size {
 
     /// The larger of two sizes (for the variants of an enum).
     pub const fn max(a: usize, b: usize) -> usize {
-        if a > b { a } else { b }
+        if a > b {
+            a
+        } else {
+            b
+        }
     }
 }
 
@@ -292,7 +310,10 @@ mod tests {
             let encoded = postcard::to_slice(&value, &mut buffer).unwrap().len();
             assert_eq!(size::varint(value), encoded, "value {value}");
         }
-        assert_eq!((size::U16, size::U32, size::U64, size::VARIANT), (3, 5, 10, 1));
+        assert_eq!(
+            (size::U16, size::U32, size::U64, size::VARIANT),
+            (3, 5, 10, 1)
+        );
         assert_eq!(size::collection(32, 1), 33);
         assert_eq!(size::collection(200, 1), 202);
     }
@@ -309,7 +330,10 @@ mod tests {
             ErrorCode::Unexpected,
         ];
         for code in codes {
-            assert!(postcard::to_slice(&code, &mut buffer).unwrap().len() <= ErrorCode::MAX_ENCODED_SIZE);
+            assert!(
+                postcard::to_slice(&code, &mut buffer).unwrap().len()
+                    <= ErrorCode::MAX_ENCODED_SIZE
+            );
         }
     }
 }

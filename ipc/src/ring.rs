@@ -49,7 +49,7 @@
 //! `Release`; the producer loads it with `Acquire` before it reuses a slot, so
 //! the consumer's copy happens-before the overwrite and never sees a half-new
 //! message. On x86-64 all of these are plain moves. `tests/loom_ring.rs`
-//! checks the argument under loom's model of the memory model.
+//! checks the argument under loom, and `tests/ring_stress.rs` under Miri.
 //!
 //! # Notification and batches
 //!
@@ -61,10 +61,6 @@
 //!
 //! Not here: what the bytes mean (see [`crate::messages`]), the syscalls
 //! (see [`crate::server`]), and mapping the pages (the core's arch layer).
-
-// `loom` is set only by the loom test run (`RUSTFLAGS="--cfg loom"`); the
-// workspace does not declare it, so rustc would warn about an unknown cfg.
-#![allow(unexpected_cfgs)]
 
 use core::fmt;
 use core::ops::ControlFlow;
@@ -182,12 +178,18 @@ pub struct RingMemory {
 impl IndexLine {
     #[cfg(not(loom))]
     const fn new() -> Self {
-        Self { index: AtomicU32::new(0), padding: [const { AtomicU32::new(0) }; 15] }
+        Self {
+            index: AtomicU32::new(0),
+            padding: [const { AtomicU32::new(0) }; 15],
+        }
     }
 
     #[cfg(loom)]
     fn new() -> Self {
-        Self { index: AtomicU32::new(0), padding: core::array::from_fn(|_| AtomicU32::new(0)) }
+        Self {
+            index: AtomicU32::new(0),
+            padding: core::array::from_fn(|_| AtomicU32::new(0)),
+        }
     }
 }
 
@@ -245,7 +247,10 @@ impl RingMemory {
         while position < end {
             let (cell, start) = self.cell(position);
             let cell_end = (start + cell.width()).min(end);
-            cell.merge(position - start, &bytes[position - offset..cell_end - offset]);
+            cell.merge(
+                position - start,
+                &bytes[position - offset..cell_end - offset],
+            );
             position = cell_end;
         }
     }
@@ -253,15 +258,26 @@ impl RingMemory {
     /// The atomic holding byte `offset` of the layout, and its first byte.
     fn cell(&self, offset: usize) -> (Cell<'_>, usize) {
         if offset < SLOTS_OFFSET {
-            let line = if offset < CONSUMER_INDEX_OFFSET { &self.producer } else { &self.consumer };
+            let line = if offset < CONSUMER_INDEX_OFFSET {
+                &self.producer
+            } else {
+                &self.consumer
+            };
             let start = offset & !3;
             let word = (start % 64) / 4;
-            let cell = if word == 0 { &line.index } else { &line.padding[word - 1] };
+            let cell = if word == 0 {
+                &line.index
+            } else {
+                &line.padding[word - 1]
+            };
             (Cell::Narrow(cell), start)
         } else {
             let start = offset & !7;
             let relative = start - SLOTS_OFFSET;
-            (Cell::Wide(&self.slots[relative / SLOT_BYTES][(relative % SLOT_BYTES) / 8]), start)
+            (
+                Cell::Wide(&self.slots[relative / SLOT_BYTES][(relative % SLOT_BYTES) / 8]),
+                start,
+            )
         }
     }
 
@@ -339,19 +355,26 @@ impl<'ring> Producer<'ring> {
     /// ring. The core attaches right after [`RingMemory::reset`], before the
     /// server runs, so the index it reads is the one it wrote.
     pub fn attach(ring: &'ring RingMemory) -> Self {
-        Self { ring, next: ring.producer.index.load(Ordering::Relaxed) }
+        Self {
+            ring,
+            next: ring.producer.index.load(Ordering::Relaxed),
+        }
     }
 
     /// Number of free slots, from the consumer index the peer published.
     pub fn free_slots(&self) -> Result<usize, RingError> {
         let consumer = self.ring.consumer.index.load(Ordering::Acquire);
-        self.in_flight(consumer).map(|in_flight| SLOT_COUNT - in_flight)
+        self.in_flight(consumer)
+            .map(|in_flight| SLOT_COUNT - in_flight)
     }
 
     fn in_flight(&self, consumer: u32) -> Result<usize, RingError> {
         let in_flight = self.next.wrapping_sub(consumer) as usize;
         if in_flight > SLOT_COUNT {
-            return Err(RingError::CorruptIndex { producer: self.next, consumer });
+            return Err(RingError::CorruptIndex {
+                producer: self.next,
+                consumer,
+            });
         }
         Ok(in_flight)
     }
@@ -359,7 +382,9 @@ impl<'ring> Producer<'ring> {
     /// Copies `message` into the next slot and publishes it.
     pub fn try_send(&mut self, message: &[u8]) -> Result<(), RingError> {
         if message.len() > SLOT_PAYLOAD {
-            return Err(RingError::TooBig { length: message.len() });
+            return Err(RingError::TooBig {
+                length: message.len(),
+            });
         }
         // Acquire: the consumer's copy of the slot we may reuse happens-before
         // our stores into it.
@@ -376,7 +401,7 @@ impl<'ring> Producer<'ring> {
         slot[0].store(message.len() as u64, Ordering::Relaxed);
         self.next = self.next.wrapping_add(1);
         // Release: the slot stores above happen-before the consumer's copy.
-        self.ring.producer.index.store(self.next, Ordering::Relaxed);
+        self.ring.producer.index.store(self.next, Ordering::Release);
         Ok(())
     }
 }
@@ -393,7 +418,10 @@ impl<'ring> Consumer<'ring> {
     /// Takes the consuming end, starting at the consumer index now in the
     /// ring (see [`Producer::attach`] for when that value is trustworthy).
     pub fn attach(ring: &'ring RingMemory) -> Self {
-        Self { ring, next: ring.consumer.index.load(Ordering::Relaxed) }
+        Self {
+            ring,
+            next: ring.consumer.index.load(Ordering::Relaxed),
+        }
     }
 
     /// Number of messages waiting, from the producer index the peer published.
@@ -405,7 +433,10 @@ impl<'ring> Consumer<'ring> {
     fn available(&self, producer: u32) -> Result<usize, RingError> {
         let available = producer.wrapping_sub(self.next) as usize;
         if available > SLOT_COUNT {
-            return Err(RingError::CorruptIndex { producer, consumer: self.next });
+            return Err(RingError::CorruptIndex {
+                producer,
+                consumer: self.next,
+            });
         }
         Ok(available)
     }
@@ -413,7 +444,10 @@ impl<'ring> Consumer<'ring> {
     /// Copies the next message into `buffer` and consumes its slot. Returns
     /// its length, `None` if the ring is empty, or the error (a
     /// [`RingError::BadLength`] slot is consumed too).
-    pub fn try_recv(&mut self, buffer: &mut [u8; SLOT_PAYLOAD]) -> Result<Option<usize>, RingError> {
+    pub fn try_recv(
+        &mut self,
+        buffer: &mut [u8; SLOT_PAYLOAD],
+    ) -> Result<Option<usize>, RingError> {
         // Acquire: an honest producer's slot stores happen-before our copy.
         let producer = self.ring.producer.index.load(Ordering::Acquire);
         if self.available(producer)? == 0 {
@@ -478,7 +512,9 @@ mod tests {
     }
 
     fn message(sequence: u32, length: usize) -> Vec<u8> {
-        (0..length).map(|byte| (sequence as usize).wrapping_mul(31).wrapping_add(byte) as u8).collect()
+        (0..length)
+            .map(|byte| (sequence as usize).wrapping_mul(31).wrapping_add(byte) as u8)
+            .collect()
     }
 
     #[test]
@@ -520,7 +556,12 @@ mod tests {
         let ring = ring_at(0);
         let mut producer = Producer::attach(&ring);
         let too_big = [0; SLOT_PAYLOAD + 1];
-        assert_eq!(producer.try_send(&too_big), Err(RingError::TooBig { length: SLOT_PAYLOAD + 1 }));
+        assert_eq!(
+            producer.try_send(&too_big),
+            Err(RingError::TooBig {
+                length: SLOT_PAYLOAD + 1
+            })
+        );
         assert_eq!(producer.free_slots(), Ok(SLOT_COUNT));
     }
 
@@ -533,7 +574,9 @@ mod tests {
             let mut buffer = [0; SLOT_PAYLOAD];
             let mut received = 0u32;
             for sequence in 0..3 * SLOT_COUNT as u32 {
-                producer.try_send(&message(sequence, (sequence as usize * 7) % SLOT_PAYLOAD)).unwrap();
+                producer
+                    .try_send(&message(sequence, (sequence as usize * 7) % SLOT_PAYLOAD))
+                    .unwrap();
                 if sequence % 3 == 2 {
                     // Let the ring fill up partly before catching up.
                     while let Some(length) = consumer.try_recv(&mut buffer).unwrap() {
@@ -553,13 +596,22 @@ mod tests {
         let mut buffer = [0; SLOT_PAYLOAD];
         for alleged in [10 + SLOT_COUNT as u32 + 1, 9, u32::MAX, 0] {
             ring.scribble(PRODUCER_INDEX_OFFSET, &alleged.to_le_bytes());
-            let expected = RingError::CorruptIndex { producer: alleged, consumer: 10 };
+            let expected = RingError::CorruptIndex {
+                producer: alleged,
+                consumer: 10,
+            };
             assert_eq!(consumer.try_recv(&mut buffer), Err(expected));
             assert_eq!(consumer.pending(), Err(expected));
-            assert_eq!(consumer.drain(8, |_| ControlFlow::Continue(())), Err(expected));
+            assert_eq!(
+                consumer.drain(8, |_| ControlFlow::Continue(())),
+                Err(expected)
+            );
         }
         // Exactly full is not corruption.
-        ring.scribble(PRODUCER_INDEX_OFFSET, &(10 + SLOT_COUNT as u32).to_le_bytes());
+        ring.scribble(
+            PRODUCER_INDEX_OFFSET,
+            &(10 + SLOT_COUNT as u32).to_le_bytes(),
+        );
         assert_eq!(consumer.pending(), Ok(SLOT_COUNT));
     }
 
@@ -568,7 +620,10 @@ mod tests {
         let ring = ring_at(100);
         let mut producer = Producer::attach(&ring);
         ring.scribble(CONSUMER_INDEX_OFFSET, &101u32.to_le_bytes());
-        let expected = RingError::CorruptIndex { producer: 100, consumer: 101 };
+        let expected = RingError::CorruptIndex {
+            producer: 100,
+            consumer: 101,
+        };
         assert_eq!(producer.try_send(b"hello"), Err(expected));
         assert_eq!(producer.free_slots(), Err(expected));
     }
@@ -582,13 +637,18 @@ mod tests {
         producer.try_send(b"second").unwrap();
         ring.scribble(SLOTS_OFFSET, &(SLOT_PAYLOAD as u64 + 1).to_le_bytes());
         let mut buffer = [0; SLOT_PAYLOAD];
-        let bad = RingError::BadLength { length: SLOT_PAYLOAD as u64 + 1 };
+        let bad = RingError::BadLength {
+            length: SLOT_PAYLOAD as u64 + 1,
+        };
         assert_eq!(consumer.try_recv(&mut buffer), Err(bad));
         assert_eq!(consumer.try_recv(&mut buffer), Ok(Some(6)));
         assert_eq!(&buffer[..6], b"second");
         ring.scribble(SLOTS_OFFSET + 2 * SLOT_BYTES, &u64::MAX.to_le_bytes());
         ring.scribble(PRODUCER_INDEX_OFFSET, &3u32.to_le_bytes());
-        assert_eq!(consumer.try_recv(&mut buffer), Err(RingError::BadLength { length: u64::MAX }));
+        assert_eq!(
+            consumer.try_recv(&mut buffer),
+            Err(RingError::BadLength { length: u64::MAX })
+        );
         assert_eq!(consumer.pending(), Ok(0));
     }
 
@@ -616,7 +676,11 @@ mod tests {
         let consumed = consumer
             .drain(100, |_| {
                 count += 1;
-                if count == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                if count == 2 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
             })
             .unwrap();
         assert_eq!(consumed, 2);
@@ -633,8 +697,16 @@ mod tests {
         ring.reset();
         let consumer = Consumer::attach(&ring);
         assert_eq!(consumer.pending(), Ok(0));
-        assert!(ring.slots.iter().flatten().all(|word| word.load(Ordering::Relaxed) == 0));
-        assert!(ring.producer.padding.iter().all(|word| word.load(Ordering::Relaxed) == 0));
+        assert!(ring
+            .slots
+            .iter()
+            .flatten()
+            .all(|word| word.load(Ordering::Relaxed) == 0));
+        assert!(ring
+            .producer
+            .padding
+            .iter()
+            .all(|word| word.load(Ordering::Relaxed) == 0));
     }
 
     #[test]
@@ -646,8 +718,14 @@ mod tests {
         ring.scribble(RING_LAYOUT_BYTES - 1, &[0xee, 0xdd]);
         assert_eq!(ring.producer.index.load(Ordering::Relaxed), 0x0403_0201);
         assert_eq!(ring.consumer.index.load(Ordering::Relaxed), 0x7f00);
-        assert_eq!(ring.slots[1][1].load(Ordering::Relaxed), 0x0807_0605_0403_0201);
+        assert_eq!(
+            ring.slots[1][1].load(Ordering::Relaxed),
+            0x0807_0605_0403_0201
+        );
         assert_eq!(ring.slots[1][2].load(Ordering::Relaxed), 9);
-        assert_eq!(ring.slots[SLOT_COUNT - 1][SLOT_WORDS - 1].load(Ordering::Relaxed), 0xee << 56);
+        assert_eq!(
+            ring.slots[SLOT_COUNT - 1][SLOT_WORDS - 1].load(Ordering::Relaxed),
+            0xee << 56
+        );
     }
 }

@@ -2,7 +2,6 @@
 //! over random and near-valid inputs, so `cargo test` exercises them; the
 //! coverage-guided runs are `fuzz/run-smoke.sh`.
 // `loom` is set only by the loom run; the workspace does not declare it.
-#![allow(unexpected_cfgs)]
 #![cfg(not(loom))]
 
 use std::time::Instant;
@@ -33,23 +32,27 @@ impl Random {
 }
 
 fn valid_messages() -> Vec<Vec<u8>> {
-    let payload = EchoPayload::from_slice(&[0x5a; 32]).unwrap();
+    let payload = EchoPayload::from_slice(&[0x5a; 32]).expect("32 bytes fit");
     let bodies = [
         ToCore::Ready,
         ToCore::Heartbeat { count: 1 << 40 },
-        ToCore::EchoReply { sequence: 300, payload },
+        ToCore::EchoReply {
+            sequence: 300,
+            payload,
+        },
     ];
     bodies
         .into_iter()
         .map(|body| {
             let mut buffer = [0; SLOT_PAYLOAD];
-            let length = encode(&Envelope::new(GENERATION, body), &mut buffer).unwrap();
+            let length = encode(&Envelope::new(GENERATION, body), &mut buffer)
+                .expect("a slot holds any message");
             buffer[..length].to_vec()
         })
         .collect()
 }
 
-const INPUTS: usize = 5_000;
+const INPUTS: usize = 20_000;
 
 #[test]
 fn decode_test_protocol_survives_random_and_mutated_input() {
@@ -74,7 +77,10 @@ fn decode_test_protocol_survives_random_and_mutated_input() {
         };
         fuzzing::decode_test_protocol(&input);
     }
-    eprintln!("decode_test_protocol: {INPUTS} inputs in {:?}", started.elapsed());
+    eprintln!(
+        "decode_test_protocol: {INPUTS} inputs in {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -84,13 +90,21 @@ fn ring_consumer_survives_random_scripts() {
     let seeds = valid_messages();
     for _ in 0..INPUTS / 5 {
         // A starting index, often near the u32 wrap.
-        let start = if random.below(2) == 0 { u32::MAX - random.below(200) as u32 } else { random.next() as u32 };
+        let start = if random.below(2) == 0 {
+            u32::MAX - random.below(200) as u32
+        } else {
+            random.next() as u32
+        };
         let mut script = start.to_le_bytes().to_vec();
         for _ in 0..random.below(40) {
             match random.below(6) {
                 0 => {
                     // Aim most scribbles at the indices and the first slots.
-                    let offset = if random.below(2) == 0 { random.below(200) } else { random.below(40_000) };
+                    let offset = if random.below(2) == 0 {
+                        random.below(200)
+                    } else {
+                        random.below(40_000)
+                    };
                     let count = random.below(12);
                     script.push(0);
                     script.extend_from_slice(&(offset as u16).to_le_bytes());
@@ -116,5 +130,9 @@ fn ring_consumer_survives_random_scripts() {
         // The same script, truncated: the parser must stop cleanly anywhere.
         fuzzing::ring_consumer(&script[..random.below(script.len() + 1)]);
     }
-    eprintln!("ring_consumer: {} scripts in {:?}", 2 * INPUTS / 5, started.elapsed());
+    eprintln!(
+        "ring_consumer: {} scripts in {:?}",
+        2 * INPUTS / 5,
+        started.elapsed()
+    );
 }

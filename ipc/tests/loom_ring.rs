@@ -1,9 +1,17 @@
 //! The ring under loom: every interleaving (and every stale read) the C++11
 //! memory model allows, with a two-slot ring so that three messages already
 //! reuse a slot. Run with
-//! `RUSTFLAGS="--cfg loom" cargo test -p ipc --release --test loom_ring`.
+//! `RUSTFLAGS="--cfg loom" cargo test -p ipc --release --test loom_ring`
+//! (`LOOM_MAX_PREEMPTIONS=N` to search deeper).
+//!
+//! Weakening the producer's `Release` publish (or the consumer's `Acquire`)
+//! makes these tests fail, and so does Miri on `tests/ring_stress.rs`.
+//! Neither loom nor Miri models load buffering (a load reading a store that
+//! comes later in the other thread), so neither can see the other pair (the
+//! consumer's `Release` of its index, the producer's `Acquire` of it) go
+//! missing; that half rests on the argument in `ring.rs` (x86-64 never
+//! reorders a load with a later store, so it holds on the hardware anyway).
 // `loom` is set only by the loom run; the workspace does not declare it.
-#![allow(unexpected_cfgs)]
 #![cfg(loom)]
 
 use std::ops::ControlFlow;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 fn payload() -> impl Strategy<Value = EchoPayload> {
     proptest::collection::vec(any::<u8>(), 0..=ECHO_PAYLOAD_MAX)
-        .prop_map(|bytes| Vec::from_slice(&bytes).unwrap())
+        .prop_map(|bytes| Vec::from_slice(&bytes).expect("at most the capacity"))
 }
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {
@@ -29,7 +29,8 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 
 fn to_server() -> impl Strategy<Value = ToServer> {
     prop_oneof![
-        (any::<u32>(), payload()).prop_map(|(sequence, payload)| ToServer::Echo { sequence, payload }),
+        (any::<u32>(), payload())
+            .prop_map(|(sequence, payload)| ToServer::Echo { sequence, payload }),
         error_code().prop_map(|code| ToServer::Error { code }),
     ]
 }
@@ -37,27 +38,41 @@ fn to_server() -> impl Strategy<Value = ToServer> {
 fn to_core() -> impl Strategy<Value = ToCore> {
     prop_oneof![
         Just(ToCore::Ready),
-        (any::<u32>(), payload()).prop_map(|(sequence, payload)| ToCore::EchoReply { sequence, payload }),
+        (any::<u32>(), payload())
+            .prop_map(|(sequence, payload)| ToCore::EchoReply { sequence, payload }),
         any::<u64>().prop_map(|count| ToCore::Heartbeat { count }),
     ]
 }
 
 fn encoded<M: Message>(generation: u32, body: M) -> std::vec::Vec<u8> {
     let mut buffer = [0; SLOT_PAYLOAD];
-    let length = encode(&Envelope::new(generation, body), &mut buffer).unwrap();
+    let length =
+        encode(&Envelope::new(generation, body), &mut buffer).expect("a slot holds any message");
     buffer[..length].to_vec()
 }
 
 fn full_payload() -> EchoPayload {
-    Vec::from_slice(&[0xff; ECHO_PAYLOAD_MAX]).unwrap()
+    Vec::from_slice(&[0xff; ECHO_PAYLOAD_MAX]).expect("exactly the capacity")
 }
 
 #[test]
 fn worst_cases_meet_the_size_bounds_exactly() {
-    let echo = ToServer::Echo { sequence: u32::MAX, payload: full_payload() };
-    assert_eq!(encoded(u32::MAX, echo).len(), envelope_max_size::<ToServer>());
-    let reply = ToCore::EchoReply { sequence: u32::MAX, payload: full_payload() };
-    assert_eq!(encoded(u32::MAX, reply).len(), envelope_max_size::<ToCore>());
+    let echo = ToServer::Echo {
+        sequence: u32::MAX,
+        payload: full_payload(),
+    };
+    assert_eq!(
+        encoded(u32::MAX, echo).len(),
+        envelope_max_size::<ToServer>()
+    );
+    let reply = ToCore::EchoReply {
+        sequence: u32::MAX,
+        payload: full_payload(),
+    };
+    assert_eq!(
+        encoded(u32::MAX, reply).len(),
+        envelope_max_size::<ToCore>()
+    );
     assert_eq!(envelope_max_size::<ToServer>(), 45);
     assert_eq!(envelope_max_size::<ToCore>(), 45);
     assert_eq!(MAX_MESSAGE_SIZE, 45);
@@ -74,24 +89,44 @@ fn envelope_is_version_then_generation_then_body() {
 #[test]
 fn each_check_has_its_error() {
     let good = encoded(3, ToCore::Ready);
-    assert_eq!(decode_from_server::<ToCore>(&good, 3, &()), Ok(ToCore::Ready));
+    assert_eq!(
+        decode_from_server::<ToCore>(&good, 3, &()),
+        Ok(ToCore::Ready)
+    );
 
     let mut bad_version = good.clone();
     bad_version[0] = PROTOCOL_VERSION.wrapping_add(1);
     let error = decode_from_server::<ToCore>(&bad_version, 3, &()).unwrap_err();
-    assert_eq!(error, DecodeError::BadVersion { found: PROTOCOL_VERSION.wrapping_add(1) });
+    assert_eq!(
+        error,
+        DecodeError::BadVersion {
+            found: PROTOCOL_VERSION.wrapping_add(1)
+        }
+    );
     assert_eq!(error.code(), ErrorCode::BadVersion);
 
     let error = decode_from_server::<ToCore>(&good, 4, &()).unwrap_err();
-    assert_eq!(error, DecodeError::StaleGeneration { found: 3, expected: 4 });
+    assert_eq!(
+        error,
+        DecodeError::StaleGeneration {
+            found: 3,
+            expected: 4
+        }
+    );
     assert_eq!(error.code(), ErrorCode::StaleGeneration);
 
     for truncated in [&good[..0], &good[..1], &good[..2]] {
-        assert_eq!(decode_from_server::<ToCore>(truncated, 3, &()), Err(DecodeError::Malformed));
+        assert_eq!(
+            decode_from_server::<ToCore>(truncated, 3, &()),
+            Err(DecodeError::Malformed)
+        );
     }
     let mut unknown_variant = good.clone();
     unknown_variant[2] = 3;
-    assert_eq!(decode_from_server::<ToCore>(&unknown_variant, 3, &()), Err(DecodeError::Malformed));
+    assert_eq!(
+        decode_from_server::<ToCore>(&unknown_variant, 3, &()),
+        Err(DecodeError::Malformed)
+    );
 
     let mut trailing = good.clone();
     trailing.extend_from_slice(&[0, 0]);
@@ -102,17 +137,26 @@ fn each_check_has_its_error() {
     // A payload longer than its capacity: variant 1, sequence 0, length 33.
     let mut too_long = vec![PROTOCOL_VERSION, 3, 1, 0, 33];
     too_long.extend_from_slice(&[0; 33]);
-    assert_eq!(decode_from_server::<ToCore>(&too_long, 3, &()), Err(DecodeError::Malformed));
+    assert_eq!(
+        decode_from_server::<ToCore>(&too_long, 3, &()),
+        Err(DecodeError::Malformed)
+    );
     // A generation varint longer than a u32.
     let overlong = [PROTOCOL_VERSION, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f, 0];
-    assert_eq!(decode_from_server::<ToCore>(&overlong, 3, &()), Err(DecodeError::Malformed));
+    assert_eq!(
+        decode_from_server::<ToCore>(&overlong, 3, &()),
+        Err(DecodeError::Malformed)
+    );
 }
 
 #[test]
 fn encode_reports_a_short_buffer() {
     let mut buffer = [0; 4];
     let envelope = Envelope::new(1, ToCore::Heartbeat { count: u64::MAX });
-    assert_eq!(encode(&envelope, &mut buffer), Err(EncodeError::BufferTooSmall));
+    assert_eq!(
+        encode(&envelope, &mut buffer),
+        Err(EncodeError::BufferTooSmall)
+    );
 }
 
 /// A stand-in protocol with a range check, to show the validate hook runs.
@@ -139,7 +183,10 @@ impl FromServer for Ranged {
 #[test]
 fn validate_hook_rejects_out_of_range_ids() {
     let bytes = encoded(1, Ranged::Vcpu { id: 4 });
-    assert_eq!(decode_from_server::<Ranged>(&bytes, 1, &5), Ok(Ranged::Vcpu { id: 4 }));
+    assert_eq!(
+        decode_from_server::<Ranged>(&bytes, 1, &5),
+        Ok(Ranged::Vcpu { id: 4 })
+    );
     let error = decode_from_server::<Ranged>(&bytes, 1, &4).unwrap_err();
     assert_eq!(error, DecodeError::OutOfRange { field: "vcpu" });
     assert_eq!(error.code(), ErrorCode::OutOfRange);

@@ -1,8 +1,8 @@
 //! The ring between two real threads: everything arrives, in order, intact.
 // `loom` is set only by the loom run; the workspace does not declare it.
-#![allow(unexpected_cfgs)]
 #![cfg(not(loom))]
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use ipc::messages::test_server::{EchoPayload, ToCore, ToServer};
@@ -21,9 +21,37 @@ fn message(sequence: u32, buffer: &mut [u8; SLOT_PAYLOAD]) -> usize {
     length
 }
 
-fn backoff(spins: &mut u32) {
+/// Set when a thread of the test panics, so its peer stops waiting for it
+/// instead of spinning forever.
+struct Abandoned(AtomicBool);
+
+impl Abandoned {
+    fn new() -> Self {
+        Self(AtomicBool::new(false))
+    }
+
+    /// Marks the test abandoned if the calling thread unwinds before `guard`
+    /// is dropped.
+    fn guard(&self) -> impl Drop + '_ {
+        struct Guard<'a>(&'a AtomicBool);
+        impl Drop for Guard<'_> {
+            fn drop(&mut self) {
+                if thread::panicking() {
+                    self.0.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        Guard(&self.0)
+    }
+}
+
+fn backoff(spins: &mut u32, abandoned: &Abandoned) {
+    assert!(
+        !abandoned.0.load(Ordering::Relaxed),
+        "the other thread failed"
+    );
     *spins += 1;
-    if *spins % 64 == 0 {
+    if spins.is_multiple_of(64) {
         thread::yield_now();
     } else {
         std::hint::spin_loop();
@@ -33,8 +61,10 @@ fn backoff(spins: &mut u32) {
 fn stress(start: u32) {
     let ring = Box::new(RingMemory::new());
     ring.reset_at(start);
+    let abandoned = Abandoned::new();
     thread::scope(|scope| {
         scope.spawn(|| {
+            let _guard = abandoned.guard();
             let mut producer = Producer::attach(&ring);
             let mut buffer = [0; SLOT_PAYLOAD];
             let mut spins = 0;
@@ -43,12 +73,13 @@ fn stress(start: u32) {
                 loop {
                     match producer.try_send(&buffer[..length]) {
                         Ok(()) => break,
-                        Err(RingError::Full) => backoff(&mut spins),
+                        Err(RingError::Full) => backoff(&mut spins, &abandoned),
                         Err(error) => panic!("send {sequence}: {error:?}"),
                     }
                 }
             }
         });
+        let _guard = abandoned.guard();
         let mut consumer = Consumer::attach(&ring);
         let mut expected = [0; SLOT_PAYLOAD];
         let mut received = 0;
@@ -56,15 +87,16 @@ fn stress(start: u32) {
         while received < MESSAGES {
             let drained = consumer
                 .drain(16, |received_message| {
-                    let received_message = received_message.expect("an honest producer writes valid lengths");
+                    let received_message =
+                        received_message.expect("an honest producer writes valid lengths");
                     let length = message(received, &mut expected);
                     assert_eq!(received_message, &expected[..length], "message {received}");
                     received += 1;
                     std::ops::ControlFlow::Continue(())
                 })
-                .unwrap();
+                .expect("an honest producer keeps its index in range");
             if drained == 0 {
-                backoff(&mut spins);
+                backoff(&mut spins, &abandoned);
             }
         }
         assert_eq!(consumer.pending(), Ok(0));
@@ -89,8 +121,10 @@ fn echo_round_trips_between_threads() {
     const ROUNDS: u32 = if cfg!(miri) { 100 } else { 20_000 };
     let to_server = Box::new(RingMemory::new());
     let to_core = Box::new(RingMemory::new());
+    let abandoned = Abandoned::new();
     thread::scope(|scope| {
         scope.spawn(|| {
+            let _guard = abandoned.guard();
             let mut requests = Consumer::attach(&to_server);
             let mut replies = Producer::attach(&to_core);
             let mut buffer = [0; SLOT_PAYLOAD];
@@ -99,7 +133,7 @@ fn echo_round_trips_between_threads() {
             let mut spins = 0;
             while answered < ROUNDS {
                 let Some(length) = requests.try_recv(&mut buffer).unwrap() else {
-                    backoff(&mut spins);
+                    backoff(&mut spins, &abandoned);
                     continue;
                 };
                 let ToServer::Echo { sequence, payload } =
@@ -110,22 +144,30 @@ fn echo_round_trips_between_threads() {
                 let reply = Envelope::new(GENERATION, ToCore::EchoReply { sequence, payload });
                 let length = encode(&reply, &mut out).unwrap();
                 while replies.try_send(&out[..length]) == Err(RingError::Full) {
-                    backoff(&mut spins);
+                    backoff(&mut spins, &abandoned);
                 }
                 answered += 1;
             }
         });
+        let _guard = abandoned.guard();
         let mut requests = Producer::attach(&to_server);
         let mut replies = Consumer::attach(&to_core);
         let mut out = [0; SLOT_PAYLOAD];
         let mut buffer = [0; SLOT_PAYLOAD];
         let payload = |sequence: u32| {
-            EchoPayload::from_slice(&sequence.to_be_bytes().repeat((sequence % 9) as usize)).unwrap()
+            EchoPayload::from_slice(&sequence.to_be_bytes().repeat((sequence % 9) as usize))
+                .unwrap()
         };
         let (mut sent, mut checked, mut spins) = (0, 0, 0);
         while checked < ROUNDS {
             if sent < ROUNDS {
-                let request = Envelope::new(GENERATION, ToServer::Echo { sequence: sent, payload: payload(sent) });
+                let request = Envelope::new(
+                    GENERATION,
+                    ToServer::Echo {
+                        sequence: sent,
+                        payload: payload(sent),
+                    },
+                );
                 let length = encode(&request, &mut out).unwrap();
                 match requests.try_send(&out[..length]) {
                     Ok(()) => sent += 1,
@@ -135,11 +177,18 @@ fn echo_round_trips_between_threads() {
             }
             match replies.try_recv(&mut buffer).unwrap() {
                 Some(length) => {
-                    let reply = decode_from_server::<ToCore>(&buffer[..length], GENERATION, &()).unwrap();
-                    assert_eq!(reply, ToCore::EchoReply { sequence: checked, payload: payload(checked) });
+                    let reply =
+                        decode_from_server::<ToCore>(&buffer[..length], GENERATION, &()).unwrap();
+                    assert_eq!(
+                        reply,
+                        ToCore::EchoReply {
+                            sequence: checked,
+                            payload: payload(checked)
+                        }
+                    );
                     checked += 1;
                 }
-                None => backoff(&mut spins),
+                None => backoff(&mut spins, &abandoned),
             }
         }
     });

@@ -54,7 +54,8 @@ pub enum ToCore {
 const ECHO_SIZE: usize = size::U32 + size::collection(ECHO_PAYLOAD_MAX, size::U8);
 
 impl Message for ToServer {
-    const MAX_ENCODED_SIZE: usize = size::VARIANT + size::max(ECHO_SIZE, ErrorCode::MAX_ENCODED_SIZE);
+    const MAX_ENCODED_SIZE: usize =
+        size::VARIANT + size::max(ECHO_SIZE, ErrorCode::MAX_ENCODED_SIZE);
 }
 
 impl Message for ToCore {
