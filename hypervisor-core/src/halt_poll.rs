@@ -169,7 +169,7 @@ impl HaltPoller {
     }
 
     fn shrink(&mut self, parameters: &HaltPollParameters) {
-        let shrunk = if parameters.shrink == 0 { 0 } else { self.poll_ns / parameters.shrink };
+        let shrunk = self.poll_ns.checked_div(parameters.shrink).unwrap_or(0);
         self.poll_ns = if shrunk < parameters.grow_start_ns { 0 } else { shrunk };
     }
 }

@@ -10,6 +10,8 @@
 //!   space and for every guest's nested page table (NPT).
 //! * [`elf`]: the validating ELF/PVH image loader.
 //! * [`exit`]: decoding an SVM `#VMEXIT`, once, into [`exit::VmExit`].
+//! * [`instruction`]: the small x86 decoder for the `MOV`s a guest makes to
+//!   emulated MMIO (the xAPIC), since TCG's SVM has no decode assists.
 //! * [`vcpu`]: handling the decoded exits (CPUID filter, MSR allow-list, port
 //!   I/O, hypercalls) against a vCPU described by a trait.
 //! * [`cpuid`], [`msr`], [`uart`], [`console`], [`guest_memory`]: the pieces
@@ -35,6 +37,7 @@ pub mod exit;
 pub mod frame;
 pub mod guest_memory;
 pub mod halt_poll;
+pub mod instruction;
 pub mod msr;
 pub mod paging;
 pub mod round_robin;

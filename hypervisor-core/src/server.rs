@@ -259,7 +259,7 @@ pub fn echo_payload(sequence: u32) -> [u8; ECHO_PAYLOAD_LEN] {
 
 impl EchoCheck {
     /// The next echo to send, if none is outstanding.
-    pub fn next(&mut self) -> Option<(u32, [u8; ECHO_PAYLOAD_LEN])> {
+    pub fn next_request(&mut self) -> Option<(u32, [u8; ECHO_PAYLOAD_LEN])> {
         if self.outstanding.is_some() {
             return None;
         }
@@ -365,17 +365,17 @@ mod tests {
     #[test]
     fn echo_check_matches_sequence_and_payload() {
         let mut check = EchoCheck::default();
-        let (sequence, payload) = check.next().unwrap();
-        assert_eq!(check.next(), None, "one at a time");
+        let (sequence, payload) = check.next_request().unwrap();
+        assert_eq!(check.next_request(), None, "one at a time");
         assert!(!check.reply(sequence + 1, &payload));
         let mut wrong = payload;
         wrong[3] ^= 1;
         assert!(!check.reply(sequence, &wrong));
         assert!(check.reply(sequence, &payload));
         assert_eq!((check.verified, check.mismatched), (1, 2));
-        let (next, _) = check.next().unwrap();
+        let (next, _) = check.next_request().unwrap();
         assert_eq!(next, sequence + 1);
         check.reset();
-        assert!(check.next().is_some());
+        assert!(check.next_request().is_some());
     }
 }

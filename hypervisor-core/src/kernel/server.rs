@@ -250,7 +250,7 @@ impl Server<'_> {
 
     /// Sends the next echo request of the core's check, if none is outstanding.
     pub fn send_next_echo(&mut self) -> bool {
-        let Some((sequence, payload)) = self.echo.next() else { return false };
+        let Some((sequence, payload)) = self.echo.next_request() else { return false };
         let mut bytes = test_server::EchoPayload::new();
         // ECHO_PAYLOAD_LEN is below the protocol's maximum payload.
         let _ = bytes.extend_from_slice(&payload[..ECHO_PAYLOAD_LEN]);
