@@ -17,6 +17,8 @@
 //! * [`cpuid`], [`msr`], [`uart`], [`console`], [`guest_memory`]: the pieces
 //!   `vcpu` is built from.
 //! * [`halt_poll`]: KVM-style adaptive halt polling (window and statistics).
+//! * [`lapic`]: the virtual local APIC (xAPIC registers, one-shot, periodic
+//!   and TSC-deadline timer, interrupt priority, IPIs), one per vCPU.
 //! * [`round_robin`]: the built-in scheduler the core uses when no scheduler
 //!   server has published decisions.
 //!
@@ -38,6 +40,7 @@ pub mod frame;
 pub mod guest_memory;
 pub mod halt_poll;
 pub mod instruction;
+pub mod lapic;
 pub mod msr;
 pub mod paging;
 pub mod round_robin;
