@@ -3,7 +3,7 @@
 
 use core::fmt::Write;
 
-use ipc::messages::{test_server, ErrorCode, Message};
+use ipc::messages::{pager, test_server, ErrorCode, Message};
 
 use crate::context::Context;
 use crate::log::LogLine;
@@ -17,6 +17,15 @@ pub trait FromCore: Message {
     /// The error code if this message is the core's refusal of a message
     /// the server sent.
     fn refusal(&self) -> Option<ErrorCode>;
+}
+
+impl FromCore for pager::ToServer {
+    fn refusal(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Error { code } => Some(*code),
+            Self::Domain { .. } => None,
+        }
+    }
 }
 
 impl FromCore for test_server::ToServer {

@@ -50,6 +50,7 @@ pub mod disk;
 pub mod frame;
 pub mod policy;
 pub mod recovery;
+pub mod server;
 pub mod slots;
 pub mod stats;
 pub mod target;

@@ -141,6 +141,9 @@ pub fn start(start_info_address: u64) -> ! {
         };
         machine.set_domain(index, spec.name.as_str(), state);
     }
+    for index in 0..machine.servers.len() {
+        machine.introduce_server(index);
+    }
     if let RunMode::Bench { iterations } = bundle.manifest.mode {
         bench::run(&mut machine, iterations);
     }

@@ -104,6 +104,23 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
+    /// What a (re)started server must learn from the core before it serves:
+    /// the pager gets every domain's size and target. Mechanism state lives
+    /// in the core, so a new instance rebuilds its policy state from this.
+    pub(super) fn introduce_server(&mut self, index: usize) {
+        let Some(server) = self.servers.get_mut(index) else { return };
+        if server.spec.kind == ipc::server::ServerKind::Pager {
+            for (domain, slot) in self.domains.iter().enumerate() {
+                let memory_pages = slot.devices.memory_bytes / hypervisor_core::addr::PAGE_SIZE;
+                let _ = server.send(ipc::messages::pager::ToServer::Domain {
+                    domain: domain as u16,
+                    memory_pages,
+                    target_pages: memory_pages,
+                });
+            }
+        }
+    }
+
     /// The ASID of vCPU `index`. ASID 0 is the host's; when the CPU has
     /// fewer ASIDs than vCPUs (TCG reports 16) they are shared, and
     /// [`Self::claim_asid`] flushes the TLB when the owner changes.
@@ -306,7 +323,9 @@ impl<'a> Machine<'a> {
             if let Some(entity) = self.entities.iter().position(|entity| *entity == Entity::Server(index)) {
                 self.scheduler.set_state(entity, RunState::Stopped);
             }
+            return;
         }
+        self.introduce_server(index);
     }
 
     fn ns_since_boot() -> u64 {
@@ -317,9 +336,18 @@ impl<'a> Machine<'a> {
     /// Handles what the server's `to_core` ring holds; restarts it if it sent
     /// too much garbage. Returns whether it is still the same instance.
     fn drain_server(&mut self, index: usize) -> bool {
+        let domains = self.domains.len() as u16;
         let Some(server) = self.servers.get_mut(index) else { return false };
-        match server.drain() {
+        match server.drain(domains) {
             Ok(drained) => {
+                for &(domain, accepted, floor_pages) in &drained.targets {
+                    let name = self.domains.get(usize::from(domain)).map_or("?", |slot| slot.devices.name);
+                    if accepted {
+                        defmt::info!("pager accepted the target of domain {=str}", name);
+                    } else {
+                        defmt::warn!("pager refused the target of domain {=str} (floor {=u64} pages)", name, floor_pages);
+                    }
+                }
                 if drained.ready {
                     let name = server.spec.name.as_str();
                     let generation = server.health.generation;

@@ -11,7 +11,7 @@ use ipc::server::{IMAGE_BASE, IMAGE_LIMIT, RING_REGION_BASE, STACK_SIZE, STACK_T
 
 use core::ops::ControlFlow;
 use hypervisor_core::server::{ServerFault, ECHO_PAYLOAD_LEN};
-use ipc::messages::{self, test_server, Envelope};
+use ipc::messages::{self, pager, test_server, Envelope};
 use ipc::ring::{Consumer, Producer, SLOT_COUNT, SLOT_PAYLOAD};
 use ipc::server::{syscall, ServerKind};
 
@@ -224,12 +224,14 @@ impl<'a> Server<'a> {
 }
 
 /// What the core learned from a server's `to_core` ring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Drained {
     /// The server announced itself (first message of an instance).
     pub ready: bool,
     /// Echo replies that matched.
     pub echoes: u32,
+    /// Target verdicts from the pager: (domain, accepted, floor pages).
+    pub targets: heapless::Vec<(u16, bool, u64), 8>,
 }
 
 impl Server<'_> {
@@ -238,13 +240,27 @@ impl Server<'_> {
         self.to_server.free_slots().map_or(true, |free| free < SLOT_COUNT)
     }
 
-    /// Encodes and sends a test-protocol message with the current generation.
-    pub fn send_test(&mut self, message: test_server::ToServer) -> bool {
+    /// Encodes and sends a message with the current generation.
+    pub fn send<M: messages::Message>(&mut self, message: M) -> bool {
         let mut buffer = [0u8; SLOT_PAYLOAD];
         let envelope = Envelope::new(self.health.generation, message);
         match messages::encode(&envelope, &mut buffer) {
             Ok(length) => self.to_server.try_send(&buffer[..length]).is_ok(),
             Err(_) => false,
+        }
+    }
+
+    /// Sends a test-protocol message.
+    pub fn send_test(&mut self, message: test_server::ToServer) -> bool {
+        self.send(message)
+    }
+
+    /// Tells the server a refused message's error code, in its protocol.
+    fn send_error(&mut self, code: messages::ErrorCode) -> bool {
+        match self.spec.kind {
+            ServerKind::Test => self.send(test_server::ToServer::Error { code }),
+            ServerKind::Pager => self.send(pager::ToServer::Error { code }),
+            ServerKind::Scheduler => false,
         }
     }
 
@@ -260,7 +276,7 @@ impl Server<'_> {
     /// Reads and validates everything in the `to_core` ring. A malformed
     /// message is answered with an error and counted; past the limit the
     /// server's fault is returned.
-    pub fn drain(&mut self) -> Result<Drained, ServerFault> {
+    pub fn drain(&mut self, domains: u16) -> Result<Drained, ServerFault> {
         let mut drained = Drained::default();
         let mut fault = None;
         let mut errors: heapless::Vec<messages::ErrorCode, SLOT_COUNT> = heapless::Vec::new();
@@ -288,7 +304,22 @@ impl Server<'_> {
                         Err(error) => Err(error.code()),
                     }
                 }
-                (ServerKind::Test, Err(_)) => Err(messages::ErrorCode::BadLength),
+                (ServerKind::Pager, Ok(bytes)) => {
+                    let context = pager::PagerContext { domains };
+                    match messages::decode_from_server::<pager::ToCore>(bytes, generation, &context) {
+                        Ok(pager::ToCore::Ready) => {
+                            drained.ready = true;
+                            Ok(())
+                        }
+                        Ok(pager::ToCore::Heartbeat { .. }) => Ok(()),
+                        Ok(pager::ToCore::Target { domain, accepted, floor_pages }) => {
+                            let _ = drained.targets.push((domain, accepted, floor_pages));
+                            Ok(())
+                        }
+                        Err(error) => Err(error.code()),
+                    }
+                }
+                (_, Err(_)) => Err(messages::ErrorCode::BadLength),
                 // Scheduler and pager protocols arrive with issues #4 and #5.
                 _ => Err(messages::ErrorCode::Unexpected),
             };
@@ -309,7 +340,7 @@ impl Server<'_> {
             fault = fault.or(self.health.malformed());
         }
         for code in errors {
-            let _ = self.send_test(test_server::ToServer::Error { code });
+            let _ = self.send_error(code);
         }
         fault.map_or(Ok(drained), Err)
     }

@@ -1,0 +1,11 @@
+//! `pager-server`: the ring-3 binary. All behaviour is in the library
+//! ([`pager_server::server::PagerServer`]); this file only names the handler
+//! for the components runtime's entry point.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+components::server!(pager_server::server::PagerServer::new);
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    println!("pager-server is a cairn server: build it for x86_64-unknown-none");
+}
