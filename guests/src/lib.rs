@@ -643,6 +643,60 @@ pub mod hypercall {
     }
 }
 
+/// Xen's PV timer and scheduling calls: guest system time (ns, from the TSC
+/// at the rate CPUID leaf `0x4000_0003` reports), `set_timer_op`, and
+/// `sched_op` block, yield and poll.
+#[cfg(target_os = "none")]
+pub mod pv {
+    use crate::hypercall::call3;
+    use ipc::hypercall::{SCHEDOP_BLOCK, SCHEDOP_POLL, SCHEDOP_YIELD, SCHED_OP, SET_TIMER_OP};
+
+    /// The TSC rate the hypervisor reports, kHz (0 if none).
+    pub fn tsc_khz() -> u64 {
+        u64::from(core::arch::x86_64::__cpuid_count(ipc::hypercall::CPUID_XEN_TIME_LEAF, 0).ecx)
+    }
+
+    /// Guest system time, ns.
+    pub fn now_ns() -> u64 {
+        // SAFETY: RDTSC has no side effects.
+        let tsc = unsafe { core::arch::x86_64::_rdtsc() };
+        (u128::from(tsc) * 1_000_000 / u128::from(tsc_khz().max(1))) as u64
+    }
+
+    /// `set_timer_op(deadline)`: 0 cancels.
+    pub fn set_timer(deadline_ns: u64) -> i64 {
+        // SAFETY: no pointer arguments.
+        unsafe { call3(SET_TIMER_OP, deadline_ns, 0, 0) }
+    }
+
+    /// `sched_op(SCHEDOP_block)`.
+    pub fn block() -> i64 {
+        // SAFETY: no pointer arguments.
+        unsafe { call3(SCHED_OP, SCHEDOP_BLOCK, 0, 0) }
+    }
+
+    /// `sched_op(SCHEDOP_yield)`.
+    pub fn yield_now() -> i64 {
+        // SAFETY: no pointer arguments.
+        unsafe { call3(SCHED_OP, SCHEDOP_YIELD, 0, 0) }
+    }
+
+    /// `sched_op(SCHEDOP_poll, &sched_poll { ports, nr_ports, timeout })`
+    /// with the raw fields, so hostile values can be passed on purpose.
+    pub fn poll_raw(ports: u64, count: u64, timeout_ns: u64) -> i64 {
+        let request: [u64; 3] = [ports, count, timeout_ns];
+        // SAFETY: the argument points at a live 24-byte `sched_poll` on the
+        // stack; `ports` is only read by the hypervisor, through its own checks.
+        unsafe { call3(SCHED_OP, SCHEDOP_POLL, &raw const request as u64, 0) }
+    }
+
+    /// Sleeps about `ns` with a timer and `SCHEDOP_block`.
+    pub fn sleep_ns(ns: u64) -> i64 {
+        set_timer(now_ns().saturating_add(ns));
+        block()
+    }
+}
+
 /// Reads CPUID leaf `leaf`'s vendor signature (EBX, ECX, EDX) as 12 bytes.
 #[cfg(target_os = "none")]
 pub fn cpuid_signature(leaf: u32) -> [u8; 12] {

@@ -55,8 +55,9 @@ const EXT1_ECX_HIDDEN: u32 = (1 << 2) // SVM
 const EXT1_EDX_HIDDEN: u32 = 1 << 27; // RDTSCP (TSC_AUX is not virtualized)
 
 /// What a vCPU sees for `leaf`/`subleaf`, given what the host CPU returned.
-/// `vcpu` is the vCPU's index (its APIC ID) and `vcpus` the domain's count.
-pub fn filter(leaf: u32, subleaf: u32, host: CpuidResult, vcpu: u8, vcpus: u8) -> CpuidResult {
+/// `vcpu` is the vCPU's index (its APIC ID), `vcpus` the domain's count and
+/// `tsc_khz` the TSC rate reported in Xen's time leaf.
+pub fn filter(leaf: u32, subleaf: u32, host: CpuidResult, vcpu: u8, vcpus: u8, tsc_khz: u32) -> CpuidResult {
     let zero = CpuidResult::default();
     match leaf {
         0x0 => CpuidResult { eax: host.eax.min(0xd), ..host },
@@ -81,7 +82,7 @@ pub fn filter(leaf: u32, subleaf: u32, host: CpuidResult, vcpu: u8, vcpus: u8) -
         0x8000_0008 => CpuidResult { eax: host.eax, ..zero },
         base if base == CPUID_XEN_BASE => {
             let [ebx, ecx, edx] = signature_registers(CPUID_XEN_SIGNATURE);
-            CpuidResult { eax: CPUID_XEN_BASE + 2, ebx, ecx, edx }
+            CpuidResult { eax: CPUID_XEN_BASE + 3, ebx, ecx, edx }
         }
         version if version == CPUID_XEN_BASE + 1 => CpuidResult {
             eax: (u32::from(REPORTED_XEN_VERSION.0) << 16) | u32::from(REPORTED_XEN_VERSION.1),
@@ -90,6 +91,9 @@ pub fn filter(leaf: u32, subleaf: u32, host: CpuidResult, vcpu: u8, vcpus: u8) -
         pages if pages == CPUID_XEN_BASE + 2 => {
             CpuidResult { eax: 1, ebx: HYPERCALL_PAGE_MSR, ..zero }
         }
+        // Xen's time leaf, subleaf 0: ECX = TSC kHz (the guest's system time
+        // is `tsc * 1e6 / tsc_khz` ns; see `ipc::hypercall::CPUID_XEN_TIME_LEAF`).
+        time if time == CPUID_XEN_BASE + 3 && subleaf == 0 => CpuidResult { ecx: tsc_khz, ..zero },
         base if base == CPUID_CAIRN_BASE => {
             let [ebx, ecx, edx] = signature_registers(CPUID_CAIRN_SIGNATURE);
             CpuidResult { eax: CPUID_CAIRN_BASE + 1, ebx, ecx, edx }
@@ -107,31 +111,32 @@ mod tests {
 
     #[test]
     fn hides_virtualization_and_sets_the_hypervisor_bit() {
-        let leaf1 = filter(1, 0, ALL, 3, 4);
+        let leaf1 = filter(1, 0, ALL, 3, 4, 0);
         assert_eq!(leaf1.ecx & (1 << 5), 0, "VMX hidden");
         assert_ne!(leaf1.ecx & (1 << 31), 0, "hypervisor bit");
         assert_eq!(leaf1.ebx >> 24, 3, "APIC ID is the vCPU index");
         assert_eq!((leaf1.ebx >> 16) & 0xff, 4);
-        assert_eq!(filter(0x8000_0001, 0, ALL, 0, 1).ecx & (1 << 2), 0, "SVM hidden");
-        assert_eq!(filter(0x8000_000a, 0, ALL, 0, 1), CpuidResult::default(), "no SVM leaf");
-        assert_eq!(filter(0, 0, ALL, 0, 1).eax, 0xd, "max basic leaf clamped");
-        assert_eq!(filter(7, 0, ALL, 0, 1).ebx & (1 << 5), 0, "AVX2 hidden");
+        assert_eq!(filter(0x8000_0001, 0, ALL, 0, 1, 2_600_000).ecx & (1 << 2), 0, "SVM hidden");
+        assert_eq!(filter(0x8000_000a, 0, ALL, 0, 1, 2_600_000), CpuidResult::default(), "no SVM leaf");
+        assert_eq!(filter(0, 0, ALL, 0, 1, 2_600_000).eax, 0xd, "max basic leaf clamped");
+        assert_eq!(filter(7, 0, ALL, 0, 1, 2_600_000).ebx & (1 << 5), 0, "AVX2 hidden");
     }
 
     #[test]
     fn reports_xen_and_cairn_leaves() {
-        let xen = filter(0x4000_0000, 0, CpuidResult::default(), 0, 1);
+        let xen = filter(0x4000_0000, 0, CpuidResult::default(), 0, 1, 2_600_000);
         let mut signature = [0u8; 12];
         signature[..4].copy_from_slice(&xen.ebx.to_le_bytes());
         signature[4..8].copy_from_slice(&xen.ecx.to_le_bytes());
         signature[8..].copy_from_slice(&xen.edx.to_le_bytes());
         assert_eq!(&signature, b"XenVMMXenVMM");
-        assert_eq!(xen.eax, 0x4000_0002);
-        assert_eq!(filter(0x4000_0001, 0, ALL, 0, 1).eax, 0x0004_0011);
-        assert_eq!(filter(0x4000_0002, 0, ALL, 0, 1).ebx, 0x4000_0000);
-        let cairn = filter(0x4000_0100, 0, ALL, 0, 1);
+        assert_eq!(xen.eax, 0x4000_0003);
+        assert_eq!(filter(0x4000_0003, 0, ALL, 0, 1, 2_600_000).ecx, 2_600_000);
+        assert_eq!(filter(0x4000_0001, 0, ALL, 0, 1, 2_600_000).eax, 0x0004_0011);
+        assert_eq!(filter(0x4000_0002, 0, ALL, 0, 1, 2_600_000).ebx, 0x4000_0000);
+        let cairn = filter(0x4000_0100, 0, ALL, 0, 1, 2_600_000);
         assert_eq!(cairn.ebx.to_le_bytes(), *b"Cair");
-        assert_eq!(filter(0x4000_0101, 0, ALL, 0, 1).eax, CAIRN_ABI_VERSION);
-        assert_eq!(filter(0x4000_0050, 0, ALL, 0, 1), CpuidResult::default());
+        assert_eq!(filter(0x4000_0101, 0, ALL, 0, 1, 2_600_000).eax, CAIRN_ABI_VERSION);
+        assert_eq!(filter(0x4000_0050, 0, ALL, 0, 1, 2_600_000), CpuidResult::default());
     }
 }

@@ -66,6 +66,12 @@ pub trait VcpuState {
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
     /// Queues re-delivery of an event the exit interrupted.
     fn reinject(&mut self, event: crate::exit::PendingEvent);
+    /// Whether RFLAGS.IF is set.
+    fn interrupts_enabled(&self) -> bool;
+    /// The vCPU's single-shot timer (`set_timer_op`), guest system time ns.
+    fn timer_deadline(&self) -> Option<u64>;
+    /// Arms (`Some`) or stops (`None`) the single-shot timer.
+    fn set_timer_deadline(&mut self, deadline: Option<u64>);
 }
 
 /// What the core provides to exit handling.
@@ -76,6 +82,10 @@ pub trait Platform {
     fn guest_tsc(&self) -> u64;
     /// Emits one complete guest console line of domain `domain`.
     fn console_line(&mut self, domain: &str, line: &str);
+    /// Guest system time, ns (`tsc * 1e6 / tsc_khz`).
+    fn system_time_ns(&self) -> u64;
+    /// The TSC rate guests are told, kHz.
+    fn tsc_khz(&self) -> u32;
 }
 
 /// Per-domain emulated devices and identity that exit handling needs.
@@ -152,8 +162,17 @@ pub enum Outcome {
     Resume,
     /// The vCPU gave up the pCPU; stays runnable.
     Yield,
-    /// The vCPU halted or blocked; park it until an event.
+    /// The vCPU executed HLT with interrupts enabled: park it until the next
+    /// tick or its timer.
     Halt,
+    /// `SCHEDOP_block` / `SCHEDOP_poll`: wait until the deadline (guest system
+    /// time, ns) or, with none, until an event.
+    Block {
+        /// When to wake at the latest.
+        deadline_ns: Option<u64>,
+    },
+    /// HLT with interrupts disabled: nothing can wake the vCPU; it is down.
+    Down,
     /// A physical interrupt is pending for the host.
     HostInterrupt,
     /// The guest asked to shut down.
@@ -188,7 +207,7 @@ pub fn handle(
             let leaf = vcpu.gpr(Gpr::Rax) as u32;
             let subleaf = vcpu.gpr(Gpr::Rcx) as u32;
             let host = platform.cpuid(leaf, subleaf);
-            let result = cpuid::filter(leaf, subleaf, host, vcpu_index, devices.vcpu_count);
+            let result = cpuid::filter(leaf, subleaf, host, vcpu_index, devices.vcpu_count, platform.tsc_khz());
             vcpu.set_gpr(Gpr::Rax, u64::from(result.eax));
             vcpu.set_gpr(Gpr::Rbx, u64::from(result.ebx));
             vcpu.set_gpr(Gpr::Rcx, u64::from(result.ecx));
@@ -237,11 +256,11 @@ pub fn handle(
         VmExit::Io(access) => port_io(access, vcpu, devices, platform),
         VmExit::Hlt => {
             advance_rip(vcpu, &exit.reason);
-            Outcome::Halt
+            if vcpu.interrupts_enabled() { Outcome::Halt } else { Outcome::Down }
         }
         VmExit::Vmmcall => {
             advance_rip(vcpu, &exit.reason);
-            hypercall(vcpu, memory, devices, platform)
+            hypercall(vcpu, memory, devices, platform, vcpu_index)
         }
         VmExit::NestedPageFault(fault) => {
             Outcome::Stop(StopReason::OutsideMemory { address: fault.address, write: fault.write })
@@ -343,6 +362,7 @@ fn hypercall(
     memory: &mut impl GuestMemory,
     devices: &mut DomainDevices<'_>,
     platform: &mut impl Platform,
+    vcpu_index: u8,
 ) -> Outcome {
     let (number, [arg1, arg2, arg3]) = hypercall_arguments(vcpu);
     let mut outcome = Outcome::Resume;
@@ -355,8 +375,36 @@ fn hypercall(
                 0
             }
             (hc::SCHED_OP, hc::SCHEDOP_BLOCK) => {
-                outcome = Outcome::Halt;
+                // Xen's wakeup-waiting check: a timer already due means no block.
+                let now = platform.system_time_ns();
+                match vcpu.timer_deadline() {
+                    Some(deadline) if deadline <= now => vcpu.set_timer_deadline(None),
+                    deadline => outcome = Outcome::Block { deadline_ns: deadline },
+                }
                 0
+            }
+            (hc::SCHED_OP, hc::SCHEDOP_POLL) => match poll(vcpu, memory, arg2) {
+                Ok(deadline_ns) => {
+                    outcome = Outcome::Block { deadline_ns };
+                    0
+                }
+                Err(error) => error,
+            },
+            (hc::SET_TIMER_OP, timeout) => {
+                // 64-bit: the absolute deadline in arg1 (0 cancels).
+                vcpu.set_timer_deadline((timeout != 0).then_some(timeout));
+                0
+            }
+            (hc::VCPU_OP, hc::VCPUOP_SET_SINGLESHOT_TIMER) => {
+                single_shot(vcpu, memory, platform, arg2, arg3, vcpu_index)
+            }
+            (hc::VCPU_OP, hc::VCPUOP_STOP_SINGLESHOT_TIMER) => {
+                if arg2 != u64::from(vcpu_index) {
+                    -errno::EINVAL
+                } else {
+                    vcpu.set_timer_deadline(None);
+                    0
+                }
             }
             (hc::SCHED_OP, hc::SCHEDOP_SHUTDOWN) => {
                 match vcpu.paging().translate(memory, arg2).and_then(|address| memory.read_u32(address)) {
@@ -380,6 +428,61 @@ fn hypercall(
     };
     vcpu.set_gpr(Gpr::Rax, result as u64);
     outcome
+}
+
+/// `SCHEDOP_poll`: reads `struct sched_poll { ports pointer; u32 nr_ports;
+/// u64 timeout; }` (24 bytes in a 64-bit guest), checks every port, and
+/// returns the deadline (`None`: no timeout). No event channel is bound yet,
+/// so only the timeout can end the poll.
+fn poll(vcpu: &impl VcpuState, memory: &impl GuestMemory, pointer: u64) -> Result<Option<u64>, i64> {
+    let paging = vcpu.paging();
+    let mut request = [0u8; 24];
+    paging.read_virtual(memory, pointer, &mut request).map_err(|_| -errno::EFAULT)?;
+    let field = |at: usize| u64::from_le_bytes([
+        request[at], request[at + 1], request[at + 2], request[at + 3],
+        request[at + 4], request[at + 5], request[at + 6], request[at + 7],
+    ]);
+    let ports = field(0);
+    let count = field(8) as u32;
+    let timeout = field(16);
+    if count > hc::MAX_POLL_PORTS {
+        return Err(-errno::EINVAL);
+    }
+    let mut port = [0u8; 4];
+    for index in 0..u64::from(count) {
+        paging.read_virtual(memory, ports.wrapping_add(index * 4), &mut port).map_err(|_| -errno::EFAULT)?;
+        if u32::from_le_bytes(port) >= hc::EVENT_CHANNEL_PORTS {
+            return Err(-errno::EINVAL);
+        }
+    }
+    Ok((timeout != 0).then_some(timeout))
+}
+
+/// `VCPUOP_set_singleshot_timer` for the calling vCPU.
+fn single_shot(
+    vcpu: &mut impl VcpuState,
+    memory: &impl GuestMemory,
+    platform: &impl Platform,
+    target: u64,
+    pointer: u64,
+    vcpu_index: u8,
+) -> i64 {
+    if target != u64::from(vcpu_index) {
+        return -errno::EINVAL;
+    }
+    let mut request = [0u8; 12];
+    if vcpu.paging().read_virtual(memory, pointer, &mut request).is_err() {
+        return -errno::EFAULT;
+    }
+    let mut deadline = [0u8; 8];
+    deadline.copy_from_slice(&request[..8]);
+    let deadline = u64::from_le_bytes(deadline);
+    let flags = u32::from_le_bytes([request[8], request[9], request[10], request[11]]);
+    if flags & hc::VCPU_SSHOTTMR_FUTURE != 0 && deadline <= platform.system_time_ns() {
+        return -errno::ETIME;
+    }
+    vcpu.set_timer_deadline(Some(deadline));
+    0
 }
 
 fn console_write(
@@ -425,6 +528,8 @@ mod tests {
         cpl: u8,
         injected: Option<(u8, Option<u32>)>,
         reinjected: Option<PendingEvent>,
+        interrupts: bool,
+        timer: Option<u64>,
     }
 
     impl VcpuState for TestVcpu {
@@ -467,6 +572,15 @@ mod tests {
         fn reinject(&mut self, event: PendingEvent) {
             self.reinjected = Some(event);
         }
+        fn interrupts_enabled(&self) -> bool {
+            self.interrupts
+        }
+        fn timer_deadline(&self) -> Option<u64> {
+            self.timer
+        }
+        fn set_timer_deadline(&mut self, deadline: Option<u64>) {
+            self.timer = deadline;
+        }
     }
 
     #[derive(Default)]
@@ -483,6 +597,12 @@ mod tests {
         }
         fn console_line(&mut self, domain: &str, line: &str) {
             self.lines.push((domain.to_string(), line.to_string()));
+        }
+        fn system_time_ns(&self) -> u64 {
+            1_000_000
+        }
+        fn tsc_khz(&self) -> u32 {
+            2_600_000
         }
     }
 
@@ -593,10 +713,58 @@ mod tests {
 
         assert_eq!(rig.hypercall(hc::XEN_VERSION, [0, 0, 0]).1, 0x4_0011);
         assert_eq!(rig.hypercall(hc::SCHED_OP, [hc::SCHEDOP_YIELD, 0, 0]), (Outcome::Yield, 0));
-        assert_eq!(rig.hypercall(hc::SCHED_OP, [hc::SCHEDOP_BLOCK, 0, 0]), (Outcome::Halt, 0));
+        assert_eq!(rig.hypercall(hc::SCHED_OP, [hc::SCHEDOP_BLOCK, 0, 0]), (Outcome::Block { deadline_ns: None }, 0));
         assert_eq!(rig.hypercall(99, [0, 0, 0]).1, -errno::ENOSYS);
         rig.vcpu.cpl = 3;
         assert_eq!(rig.hypercall(hc::XEN_VERSION, [0, 0, 0]).1, -errno::EPERM, "user mode may not call");
+    }
+
+    #[test]
+    fn timers_block_and_poll() {
+        let mut rig = Rig::new();
+        // set_timer_op then block: wakes at the deadline.
+        assert_eq!(rig.hypercall(hc::SET_TIMER_OP, [5_000_000, 0, 0]), (Outcome::Resume, 0));
+        assert_eq!(rig.hypercall(hc::SCHED_OP, [hc::SCHEDOP_BLOCK, 0, 0]), (Outcome::Block { deadline_ns: Some(5_000_000) }, 0));
+        // A timer already due: the wakeup-waiting check returns at once and consumes it.
+        let _ = rig.hypercall(hc::SET_TIMER_OP, [500, 0, 0]);
+        assert_eq!(rig.hypercall(hc::SCHED_OP, [hc::SCHEDOP_BLOCK, 0, 0]), (Outcome::Resume, 0));
+        assert_eq!(rig.vcpu.timer, None);
+        // Single-shot timer: own vCPU only, future flag checked.
+        let request = |deadline: u64, flags: u32| {
+            let mut bytes = deadline.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&flags.to_le_bytes());
+            bytes
+        };
+        rig.memory.write(GuestPhysAddr::new_truncate(0xa000), &request(2_000_000, 1)).unwrap();
+        assert_eq!(rig.hypercall(hc::VCPU_OP, [hc::VCPUOP_SET_SINGLESHOT_TIMER, 1, 0xa000]).1, 0);
+        assert_eq!(rig.vcpu.timer, Some(2_000_000));
+        assert_eq!(rig.hypercall(hc::VCPU_OP, [hc::VCPUOP_SET_SINGLESHOT_TIMER, 0, 0xa000]).1, -errno::EINVAL, "another vCPU");
+        rig.memory.write(GuestPhysAddr::new_truncate(0xa000), &request(10, 1)).unwrap();
+        assert_eq!(rig.hypercall(hc::VCPU_OP, [hc::VCPUOP_SET_SINGLESHOT_TIMER, 1, 0xa000]).1, -errno::ETIME);
+        assert_eq!(rig.hypercall(hc::VCPU_OP, [hc::VCPUOP_STOP_SINGLESHOT_TIMER, 1, 0]).1, 0);
+        assert_eq!(rig.vcpu.timer, None);
+        // Poll: ports checked, count bounded, timeout becomes the deadline.
+        let poll = |ports: u64, count: u64, timeout: u64| {
+            let mut bytes = ports.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&count.to_le_bytes());
+            bytes.extend_from_slice(&timeout.to_le_bytes());
+            bytes
+        };
+        rig.memory.write(GuestPhysAddr::new_truncate(0xb000), &[1, 0, 0, 0, 7, 0, 0, 0]).unwrap();
+        rig.memory.write(GuestPhysAddr::new_truncate(0xb100), &poll(0xb000, 2, 9_000_000)).unwrap();
+        assert_eq!(rig.hypercall(hc::SCHED_OP, [hc::SCHEDOP_POLL, 0xb100, 0]), (Outcome::Block { deadline_ns: Some(9_000_000) }, 0));
+        rig.memory.write(GuestPhysAddr::new_truncate(0xb100), &poll(0xb000, 4096, 0)).unwrap();
+        assert_eq!(rig.hypercall(hc::SCHED_OP, [hc::SCHEDOP_POLL, 0xb100, 0]).1, -errno::EINVAL, "4096 ports");
+        rig.memory.write(GuestPhysAddr::new_truncate(0xb100), &poll(0xfff0_0000, 2, 0)).unwrap();
+        assert_eq!(rig.hypercall(hc::SCHED_OP, [hc::SCHEDOP_POLL, 0xb100, 0]).1, -errno::EFAULT, "bad port pointer");
+        rig.memory.write(GuestPhysAddr::new_truncate(0xb000), &[0, 0x20, 0, 0]).unwrap();
+        rig.memory.write(GuestPhysAddr::new_truncate(0xb100), &poll(0xb000, 1, 0)).unwrap();
+        assert_eq!(rig.hypercall(hc::SCHED_OP, [hc::SCHEDOP_POLL, 0xb100, 0]).1, -errno::EINVAL, "port 8192");
+        // HLT: IF decides between parking and down.
+        rig.vcpu.interrupts = true;
+        assert_eq!(rig.run(0x78, 0, 0), Outcome::Halt);
+        rig.vcpu.interrupts = false;
+        assert_eq!(rig.run(0x78, 0, 0), Outcome::Down);
     }
 
     #[test]

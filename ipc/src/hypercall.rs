@@ -38,6 +38,18 @@ pub const SCHEDOP_SHUTDOWN: u64 = 2;
 /// `SCHEDOP_poll`.
 pub const SCHEDOP_POLL: u64 = 3;
 
+/// `VCPUOP_set_singleshot_timer`: arg2 = vCPU id (must be the caller),
+/// arg3 points at `struct vcpu_set_singleshot_timer { u64 timeout_abs_ns; u32 flags; }`.
+pub const VCPUOP_SET_SINGLESHOT_TIMER: u64 = 8;
+/// `VCPUOP_stop_singleshot_timer`: arg2 = vCPU id.
+pub const VCPUOP_STOP_SINGLESHOT_TIMER: u64 = 9;
+/// `VCPU_SSHOTTMR_future`: fail with `-ETIME` if the deadline has passed.
+pub const VCPU_SSHOTTMR_FUTURE: u32 = 1;
+/// Most ports `SCHEDOP_poll` accepts (Xen's limit).
+pub const MAX_POLL_PORTS: u32 = 128;
+/// Event-channel ports a 64-bit guest can name (2-level ABI: 64 × 64).
+pub const EVENT_CHANNEL_PORTS: u32 = 4096;
+
 /// `XENVER_version`: returns `major << 16 | minor`.
 pub const XENVER_VERSION: u64 = 0;
 
@@ -81,6 +93,8 @@ pub mod errno {
     pub const EINVAL: i64 = 22;
     /// Function not implemented.
     pub const ENOSYS: i64 = 38;
+    /// Timer deadline already passed (`VCPU_SSHOTTMR_future`).
+    pub const ETIME: i64 = 62;
 }
 
 /// The Xen version cairn reports through `XENVER_version` and CPUID.
@@ -99,6 +113,12 @@ pub const CPUID_CAIRN_SIGNATURE: &[u8; 12] = b"CairnCairnHV";
 pub const HYPERCALL_PAGE_MSR: u32 = 0x4000_0000;
 /// Bytes per hypercall stub in the hypercall page; stub `n` is at `32 * n`.
 pub const HYPERCALL_STUB_SIZE: usize = 32;
+
+/// Guest system time, the clock of `set_timer_op` and the single-shot
+/// timer: nanoseconds derived from the TSC, `tsc * 1_000_000 / tsc_khz`,
+/// where `tsc_khz` is reported in ECX of CPUID leaf `CPUID_XEN_BASE + 3`
+/// (subleaf 0), as Xen reports it.
+pub const CPUID_XEN_TIME_LEAF: u32 = CPUID_XEN_BASE + 3;
 
 /// Splits a 12-byte CPUID signature into the (EBX, ECX, EDX) words.
 pub const fn signature_registers(signature: &[u8; 12]) -> [u32; 3] {

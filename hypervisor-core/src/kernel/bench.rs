@@ -115,6 +115,7 @@ fn exits(machine: &mut Machine<'_>, iterations: u32) {
         }
     }
     let mut handled = Histogram::new();
+    let mut timer = None;
     let mut unexpected = 0u32;
     for round in 0..WARMUP + iterations {
         vmcb.write_u64(offset::RIP, CPUID_AT);
@@ -123,7 +124,7 @@ fn exits(machine: &mut Machine<'_>, iterations: u32) {
         let start = cpu::rdtsc();
         svm::run(host, &mut vmcb, &mut registers);
         let decoded = exit::decode(&vmcb.raw_exit());
-        let mut view = VcpuView { vmcb: &mut vmcb, registers: &mut registers };
+        let mut view = VcpuView { vmcb: &mut vmcb, registers: &mut registers, timer: &mut timer };
         let outcome = exits::handle(&decoded, &mut view, &mut memory, &mut devices, &mut KernelPlatform, 0);
         let elapsed = cpu::rdtsc() - start;
         if outcome != exits::Outcome::Resume || decoded.reason != exit::VmExit::Cpuid {

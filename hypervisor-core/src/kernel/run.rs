@@ -188,7 +188,25 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// Logs the CPU time domain `index`'s vCPUs used since boot, and its
+    /// share of one pCPU in per mille.
+    fn log_cpu_time(&self, index: usize) {
+        let Some(slot) = self.domains.get(index) else { return };
+        let ticks: u64 = self.vcpus.iter().filter(|vcpu| vcpu.domain == index).map(|vcpu| vcpu.run_ticks).sum();
+        let elapsed = cpu::rdtsc().max(1);
+        let per_mille = (u128::from(ticks) * 1000 / u128::from(elapsed)) as u64;
+        let micros = |ticks: u64| (u128::from(ticks) * 1_000_000 / u128::from(lapic::tsc_hz().max(1))) as u64;
+        defmt::info!(
+            "domain {=str}: cpu time {=u64} us in {=u64} us, {=u64} per mille of a pCPU",
+            slot.devices.name,
+            micros(ticks),
+            micros(elapsed),
+            per_mille
+        );
+    }
+
     fn end_domain(&mut self, index: usize, state: DomainState) {
+        self.log_cpu_time(index);
         let Some(slot) = self.domains.get_mut(index) else { return };
         slot.state = state;
         if !slot.devices.console.is_empty() {
@@ -205,6 +223,11 @@ impl<'a> Machine<'a> {
                 }
             }
         }
+    }
+
+    fn log_stop_reason(&self, index: usize, reason: &str) {
+        let name = self.domains.get(index).map_or("?", |slot| slot.devices.name);
+        defmt::warn!("domain {=str} stopped: {=str}", name, reason);
     }
 
     fn log_stop(&self, index: usize, reason: StopReason, rip: u64) {
@@ -243,7 +266,9 @@ impl<'a> Machine<'a> {
         self.claim_asid(index);
         loop {
             let Some(vcpu) = self.vcpus.get_mut(index) else { return };
+            let entered = cpu::rdtsc();
             svm::run(&self.host, &mut vcpu.vmcb, &mut vcpu.registers);
+            vcpu.run_ticks += cpu::rdtsc().wrapping_sub(entered);
             let exit = exit::decode(&vcpu.vmcb.raw_exit());
             vcpu.vmcb.write_u64(svm::offset::EVENT_INJECTION, 0);
             vcpu.vmcb.write_u8(svm::offset::TLB_CONTROL, 0);
@@ -251,7 +276,7 @@ impl<'a> Machine<'a> {
             let vcpu_number = vcpu.index;
             let Some(slot) = self.domains.get_mut(domain_index) else { return };
             let Some(memory) = slot.memory.as_mut() else { return };
-            let mut view = VcpuView { vmcb: &mut vcpu.vmcb, registers: &mut vcpu.registers };
+            let mut view = VcpuView { vmcb: &mut vcpu.vmcb, registers: &mut vcpu.registers, timer: &mut vcpu.timer };
             let outcome = exits::handle(&exit, &mut view, memory, &mut slot.devices, &mut KernelPlatform, vcpu_number);
             let rip = view.vmcb.read_u64(svm::offset::RIP);
             match outcome {
@@ -260,6 +285,24 @@ impl<'a> Machine<'a> {
                 Outcome::Yield => return,
                 Outcome::Halt => {
                     self.scheduler.set_state(entity, RunState::Halted);
+                    return;
+                }
+                Outcome::Block { deadline_ns } => {
+                    vcpu.wake_at = deadline_ns;
+                    self.scheduler.set_state(entity, RunState::Waiting);
+                    return;
+                }
+                Outcome::Down => {
+                    defmt::warn!("domain {=str}: vCPU {=u8} is down (HLT with interrupts disabled)", slot.devices.name, vcpu_number);
+                    self.scheduler.set_state(entity, RunState::Stopped);
+                    let domain_vcpus_left = self.entities.iter().enumerate().any(|(entity_index, entity)| {
+                        matches!(*entity, Entity::Vcpu(other) if self.vcpus.get(other).is_some_and(|vcpu| vcpu.domain == domain_index))
+                            && self.scheduler.state(entity_index) != Some(RunState::Stopped)
+                    });
+                    if !domain_vcpus_left {
+                        self.log_stop_reason(domain_index, "every vCPU is down");
+                        self.end_domain(domain_index, DomainState::Failed);
+                    }
                     return;
                 }
                 Outcome::Shutdown(reason) => {
@@ -463,6 +506,23 @@ impl<'a> Machine<'a> {
     /// echo check of test servers.
     fn on_tick(&mut self) {
         self.scheduler.tick();
+        let system_time = super::vcpu::system_time_ns();
+        for (entity_index, entity) in self.entities.iter().enumerate() {
+            let Entity::Vcpu(index) = *entity else { continue };
+            let Some(vcpu) = self.vcpus.get_mut(index) else { continue };
+            if vcpu.timer.is_some_and(|deadline| deadline <= system_time) {
+                // The single-shot timer fired: it wakes a blocked vCPU and is consumed.
+                vcpu.timer = None;
+                if self.scheduler.state(entity_index) == Some(RunState::Waiting) {
+                    vcpu.wake_at = None;
+                    self.scheduler.set_state(entity_index, RunState::Runnable);
+                }
+            }
+            if vcpu.wake_at.is_some_and(|deadline| deadline <= system_time) {
+                vcpu.wake_at = None;
+                self.scheduler.set_state(entity_index, RunState::Runnable);
+            }
+        }
         let now = cpu::rdtsc();
         for (entity_index, entity) in self.entities.iter().enumerate() {
             let Entity::Server(index) = *entity else { continue };

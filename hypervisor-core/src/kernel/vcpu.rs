@@ -23,14 +23,22 @@ pub struct Vcpu {
     pub domain: usize,
     /// Its index inside the domain (its APIC ID).
     pub index: u8,
+    /// The PV single-shot timer (guest system time, ns).
+    pub timer: Option<u64>,
+    /// TSC ticks spent running the guest.
+    pub run_ticks: u64,
+    /// When a blocked vCPU must wake (guest system time, ns).
+    pub wake_at: Option<u64>,
 }
 
-/// [`VcpuState`] over a VMCB and the saved registers.
+/// [`VcpuState`] over a VMCB, the saved registers and the PV timer.
 pub struct VcpuView<'a> {
     /// The VMCB.
     pub vmcb: &'a mut Vmcb,
     /// The saved registers.
     pub registers: &'a mut GuestRegisters,
+    /// The single-shot timer.
+    pub timer: &'a mut Option<u64>,
 }
 
 const EFER_LMA: u64 = 1 << 10;
@@ -119,6 +127,18 @@ impl VcpuState for VcpuView<'_> {
     fn reinject(&mut self, event: PendingEvent) {
         self.vmcb.write_u64(offset::EVENT_INJECTION, event_injection(event.vector, event.kind, event.error_code));
     }
+
+    fn interrupts_enabled(&self) -> bool {
+        self.vmcb.read_u64(offset::RFLAGS) & (1 << 9) != 0
+    }
+
+    fn timer_deadline(&self) -> Option<u64> {
+        *self.timer
+    }
+
+    fn set_timer_deadline(&mut self, deadline: Option<u64>) {
+        *self.timer = deadline;
+    }
 }
 
 /// A domain's guest-physical memory, reached through its nested page table.
@@ -188,4 +208,18 @@ impl Platform for KernelPlatform {
     fn console_line(&mut self, domain: &str, line: &str) {
         defmt::println!("{=str}: {=str}", domain, line);
     }
+
+    fn system_time_ns(&self) -> u64 {
+        system_time_ns()
+    }
+
+    fn tsc_khz(&self) -> u32 {
+        (crate::arch::lapic::tsc_hz() / 1000) as u32
+    }
+}
+
+/// Guest system time: the TSC in ns at the rate guests are told.
+pub fn system_time_ns() -> u64 {
+    let khz = u128::from((crate::arch::lapic::tsc_hz() / 1000).max(1));
+    (u128::from(cpu::rdtsc()) * 1_000_000 / khz) as u64
 }
