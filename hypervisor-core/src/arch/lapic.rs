@@ -13,13 +13,13 @@ const REGISTER_LVT_TIMER: u64 = 0x320;
 const REGISTER_TIMER_INITIAL: u64 = 0x380;
 const REGISTER_TIMER_CURRENT: u64 = 0x390;
 const REGISTER_TIMER_DIVIDE: u64 = 0x3e0;
-const TIMER_PERIODIC: u32 = 1 << 17;
 const TIMER_MASKED: u32 = 1 << 16;
 const DIVIDE_BY_16: u32 = 0x3;
 /// The PIT's input clock, Hz.
 const PIT_HZ: u64 = 1_193_182;
 
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+static TIMER_HZ: AtomicU64 = AtomicU64::new(0);
 
 fn read(register: u64) -> u32 {
     // SAFETY: the xAPIC page is identity-mapped (uncached) by the core's
@@ -98,6 +98,7 @@ pub fn init_and_calibrate() -> Calibration {
         Calibration { tsc_hz: 2_000_000_000, timer_hz: 1_000_000_000 / 16, measured }
     };
     TSC_HZ.store(calibration.tsc_hz, Ordering::Relaxed);
+    TIMER_HZ.store(calibration.timer_hz, Ordering::Relaxed);
     calibration
 }
 
@@ -106,10 +107,16 @@ pub fn tsc_hz() -> u64 {
     TSC_HZ.load(Ordering::Relaxed)
 }
 
-/// Starts the periodic timer at `hz` interrupts per second.
-pub fn start_periodic_timer(calibration: &Calibration, hz: u64) {
-    let count = (calibration.timer_hz / hz).clamp(1, u64::from(u32::MAX)) as u32;
-    write(REGISTER_TIMER_DIVIDE, DIVIDE_BY_16);
-    write(REGISTER_LVT_TIMER, TIMER_PERIODIC | u32::from(TIMER_VECTOR));
+/// Arms the timer to interrupt once, at TSC value `deadline` (at once if it
+/// has passed). The core re-arms it at every switch point for the earliest
+/// event: the end of the running slice or a sleeping vCPU's timer.
+pub fn arm_oneshot(deadline: u64) {
+    let now = cpu::rdtsc();
+    let ticks = u128::from(deadline.saturating_sub(now));
+    let count = ticks * u128::from(TIMER_HZ.load(Ordering::Relaxed)) / u128::from(tsc_hz().max(1));
+    // One count more, so the truncations above never fire it early.
+    let count = (count + 1).clamp(1, u128::from(u32::MAX)) as u32;
+    write(REGISTER_LVT_TIMER, u32::from(TIMER_VECTOR));
     write(REGISTER_TIMER_INITIAL, count);
 }
+

@@ -538,6 +538,27 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// The earliest TSC value at which something must happen: the end of a
+    /// slice started now, a blocked vCPU's wake-up, or a waiting server's
+    /// timeout.
+    fn next_event(&self) -> u64 {
+        let now = cpu::rdtsc();
+        let khz = (lapic::tsc_hz() / 1000).max(1);
+        let to_tsc = |ns: u64| (u128::from(ns) * u128::from(khz)).div_ceil(1_000_000).min(u128::from(u64::MAX)) as u64;
+        let mut earliest = now.saturating_add(lapic::tsc_hz() / super::TICK_HZ);
+        for vcpu in &self.vcpus {
+            for deadline in [vcpu.wake_at, vcpu.timer].into_iter().flatten() {
+                earliest = earliest.min(to_tsc(deadline));
+            }
+        }
+        for server in &self.servers {
+            if let ServerRun::Waiting { deadline: Some(deadline) } = server.run {
+                earliest = earliest.min(deadline);
+            }
+        }
+        earliest
+    }
+
     /// Runs until every domain has ended, then exits the machine.
     pub fn run(mut self) -> ! {
         let mut last_tick = interrupts::ticks();
@@ -551,7 +572,11 @@ impl<'a> Machine<'a> {
             if self.domains_ended() {
                 self.finish();
             }
-            match self.scheduler.pick().and_then(|entity| Some((entity, *self.entities.get(entity)?))) {
+            let picked = self.scheduler.pick().and_then(|entity| Some((entity, *self.entities.get(entity)?)));
+            // Armed after the tick work and the pick, so an interrupt taken
+            // above cannot consume the timer this slice relies on.
+            lapic::arm_oneshot(self.next_event());
+            match picked {
                 Some((entity, Entity::Vcpu(index))) => self.run_vcpu_slice(entity, index),
                 Some((_, Entity::Server(index))) => self.run_server_slice(index),
                 None => cpu::wait_for_interrupt(),
