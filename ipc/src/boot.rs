@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 /// First eight bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"CAIRNBDL";
 /// Version of the bundle layout and manifest encoding; bumped on any change.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Size of the fixed header in front of the manifest.
 pub const HEADER_SIZE: usize = 16;
 /// Images start on this boundary.
@@ -40,6 +40,9 @@ pub const MAX_SERVERS: usize = 4;
 pub const MAX_VCPUS: u8 = 8;
 /// Most pCPUs the core drives.
 pub const MAX_CPUS: u8 = 8;
+/// Largest halt-polling window a domain may ask for, ns (1 ms: polling
+/// longer than a slice's tenth burns more CPU than a sleep and wake cost).
+pub const MAX_HALT_POLL_NS: u64 = 1_000_000;
 /// Smallest domain memory, MiB: room for a kernel, its boot page and a stack.
 pub const MIN_DOMAIN_MEMORY_MIB: u32 = 2;
 /// Largest domain memory, MiB. Guest-physical space above 3 GiB is kept free
@@ -79,6 +82,8 @@ pub struct DomainSpec {
     pub cmdline: String<MAX_CMDLINE_LEN>,
     /// A module (initial ramdisk) handed to the guest as PVH module 0.
     pub ramdisk: Option<ImageRef>,
+    /// This domain's halt-polling maximum, ns (`None`: the global one).
+    pub halt_poll_max_ns: Option<u64>,
 }
 
 /// One `[[server]]` table of the appliance file: a ring-3 server image.
@@ -154,6 +159,8 @@ pub enum BundleError {
     /// The ramdisk range is outside the bundle or larger than half the
     /// domain's memory.
     DomainRamdisk { domain: usize },
+    /// `halt_poll_max` above [`MAX_HALT_POLL_NS`].
+    DomainHaltPoll { domain: usize },
     /// The domains' memory adds up to more than the machine has.
     MachineMemory { needed_mib: u64, machine_mib: u32 },
     /// A server name is empty, too long, badly formed or used twice.
@@ -181,6 +188,7 @@ impl BundleError {
             Self::DomainVcpus { .. } => "domain.vcpus out of range",
             Self::DomainKernel { .. } => "domain.kernel image outside the bundle",
             Self::DomainRamdisk { .. } => "domain.ramdisk outside the bundle or over half the domain's memory",
+            Self::DomainHaltPoll { .. } => "domain.halt_poll_max above 1000000 ns",
             Self::MachineMemory { .. } => "domains need more memory than machine.memory",
             Self::ServerName { .. } => "server.name empty, too long, not [A-Za-z0-9_-] or used twice",
             Self::ServerImage { .. } => "server.image outside the bundle",
@@ -226,6 +234,9 @@ impl Manifest {
             }
             if !domain.kernel.fits(bundle_len) {
                 return Err(BundleError::DomainKernel { domain: index });
+            }
+            if domain.halt_poll_max_ns.is_some_and(|max| max > MAX_HALT_POLL_NS) {
+                return Err(BundleError::DomainHaltPoll { domain: index });
             }
             if let Some(ramdisk) = domain.ramdisk {
                 let half_memory = (u64::from(domain.memory_mib) << 20) / 2;
@@ -389,6 +400,7 @@ mod tests {
             vcpus: 1,
             cmdline: String::try_from("console=hvc0").unwrap(),
             ramdisk: None,
+            halt_poll_max_ns: None,
         }
     }
 

@@ -8,6 +8,7 @@
 
 use core::ops::ControlFlow;
 
+use crate::messages::scheduler::{self, Shape};
 use crate::messages::{self, test_server, DecodeError, Envelope};
 use crate::ring::{
     Consumer, Producer, RingError, RingMemory, RING_LAYOUT_BYTES, SLOT_COUNT, SLOT_PAYLOAD,
@@ -30,6 +31,38 @@ pub fn decode_test_protocol(data: &[u8]) {
 
 fn check_decode(data: &[u8]) -> Result<test_server::ToCore, DecodeError> {
     messages::decode_from_server::<test_server::ToCore>(data, GENERATION, &())
+}
+
+/// The machine the scheduler decoder is fuzzed against: 4 pCPUs; domain 0
+/// with 2 vCPUs, 1 with 1, 3 with 8 (domain 2 and those above 3 do not
+/// exist).
+pub const SCHEDULER_SHAPE: Shape = {
+    let mut shape = Shape::new(4);
+    shape.vcpus[0] = 2;
+    shape.vcpus[1] = 1;
+    shape.vcpus[3] = 8;
+    shape
+};
+
+/// Decodes `data` as a scheduler-protocol message from a server, as the
+/// core does (against [`SCHEDULER_SHAPE`]). A message that decodes must
+/// re-encode within its size bound and decode back to itself. The same
+/// bytes are also decoded as the server decodes what the core sends.
+pub fn decode_scheduler_protocol(data: &[u8]) {
+    let _ = messages::decode_from_core::<scheduler::ToServer>(data, GENERATION);
+    let Ok(body) = check_scheduler_decode(data) else {
+        return;
+    };
+    let mut buffer = [0; SLOT_PAYLOAD];
+    let length = messages::encode(&Envelope::new(GENERATION, body.clone()), &mut buffer)
+        .unwrap_or_else(|error| panic!("a decoded message must encode: {error:?}"));
+    assert!(length <= messages::envelope_max_size::<scheduler::ToCore>());
+    assert!(length <= data.len(), "postcard's encoding is the shortest");
+    assert_eq!(check_scheduler_decode(&buffer[..length]), Ok(body));
+}
+
+fn check_scheduler_decode(data: &[u8]) -> Result<scheduler::ToCore, DecodeError> {
+    messages::decode_from_server::<scheduler::ToCore>(data, GENERATION, &SCHEDULER_SHAPE)
 }
 
 /// Runs the core's ends of a ring against a peer that writes arbitrary bytes

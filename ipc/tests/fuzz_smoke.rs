@@ -7,8 +7,9 @@
 use std::time::Instant;
 
 use ipc::fuzzing::{self, GENERATION};
+use ipc::messages::scheduler;
 use ipc::messages::test_server::{EchoPayload, ToCore};
-use ipc::messages::{encode, Envelope};
+use ipc::messages::{decode_from_server, encode, Envelope};
 use ipc::ring::SLOT_PAYLOAD;
 
 /// xorshift64*: enough randomness for a smoke run, and reproducible.
@@ -54,17 +55,17 @@ fn valid_messages() -> Vec<Vec<u8>> {
 
 const INPUTS: usize = 20_000;
 
-#[test]
-fn decode_test_protocol_survives_random_and_mutated_input() {
+/// Runs `body` over the seeds, then over `INPUTS` inputs: half random bytes
+/// (up to `random_length`), half seeds with a few bytes changed and cut.
+fn decoder_smoke(name: &str, seed: u64, seeds: &[Vec<u8>], random_length: usize, body: fn(&[u8])) {
     let started = Instant::now();
-    let mut random = Random(0x9e37_79b9_7f4a_7c15);
-    let seeds = valid_messages();
-    for seed in &seeds {
-        fuzzing::decode_test_protocol(seed);
+    let mut random = Random(seed);
+    for seed in seeds {
+        body(seed);
     }
     for round in 0..INPUTS {
         let input = if round % 2 == 0 {
-            let length = random.below(64);
+            let length = random.below(random_length);
             random.bytes(length)
         } else {
             let mut input = seeds[random.below(seeds.len())].clone();
@@ -75,11 +76,102 @@ fn decode_test_protocol_survives_random_and_mutated_input() {
             input.truncate(1 + random.below(input.len()));
             input
         };
-        fuzzing::decode_test_protocol(&input);
+        body(&input);
     }
-    eprintln!(
-        "decode_test_protocol: {INPUTS} inputs in {:?}",
-        started.elapsed()
+    eprintln!("{name}: {INPUTS} inputs in {:?}", started.elapsed());
+}
+
+#[test]
+fn decode_test_protocol_survives_random_and_mutated_input() {
+    decoder_smoke(
+        "decode_test_protocol",
+        0x9e37_79b9_7f4a_7c15,
+        &valid_messages(),
+        64,
+        fuzzing::decode_test_protocol,
+    );
+}
+
+/// Valid scheduler messages (in range for [`fuzzing::SCHEDULER_SHAPE`]),
+/// each variant at least once, some at their largest.
+fn valid_scheduler_messages() -> Vec<Vec<u8>> {
+    let vcpu = |domain, index| scheduler::Vcpu::new(domain, index);
+    let run = heapless::Vec::from_slice(&[vcpu(3, 7), vcpu(0, 1), vcpu(1, 0), vcpu(3, 0)])
+        .expect("4 fit");
+    let entry = |index| scheduler::CreditEntry {
+        vcpu: vcpu(3, index),
+        credit_ns: -30_000_000,
+        run_time_ns: u64::MAX,
+        priority: scheduler::Priority::Over,
+        parked: index % 2 == 0,
+    };
+    let entries = (0..8).map(entry).collect();
+    let bodies = [
+        scheduler::ToCore::Ready,
+        scheduler::ToCore::Heartbeat { count: 1 << 40 },
+        scheduler::ToCore::Decision {
+            pcpu: 3,
+            run,
+            slice_ns: 30_000_000,
+        },
+        scheduler::ToCore::Tickle {
+            pcpu: 1,
+            expected: Some(vcpu(0, 1)),
+        },
+        scheduler::ToCore::Credits {
+            accounted_at: Some(u64::MAX / 3),
+            entries,
+        },
+        scheduler::ToCore::ControlResult {
+            request: 77,
+            result: Ok(scheduler::Applied::Domain {
+                domain: 3,
+                weight: 65_535,
+                cap: 800,
+            }),
+        },
+        scheduler::ToCore::ControlResult {
+            request: 78,
+            result: Err(scheduler::ControlError::Knob(
+                scheduler::KnobError::RatelimitAboveTimeslice {
+                    ratelimit_us: 5000,
+                    timeslice_ms: 1,
+                },
+            )),
+        },
+        scheduler::ToCore::RebuildFailed {
+            reason: scheduler::RebuildError::Incomplete {
+                domains: 2,
+                vcpus: 9,
+            },
+        },
+    ];
+    bodies
+        .into_iter()
+        .map(|body| {
+            let mut buffer = [0; SLOT_PAYLOAD];
+            let length = encode(&Envelope::new(GENERATION, body), &mut buffer)
+                .expect("a slot holds any message");
+            let bytes = &buffer[..length];
+            let decoded = decode_from_server::<scheduler::ToCore>(
+                bytes,
+                GENERATION,
+                &fuzzing::SCHEDULER_SHAPE,
+            );
+            assert!(decoded.is_ok(), "a seed must be valid: {decoded:?}");
+            bytes.to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn decode_scheduler_protocol_survives_random_and_mutated_input() {
+    decoder_smoke(
+        "decode_scheduler_protocol",
+        0x5851_f42d_4c95_7f2d,
+        &valid_scheduler_messages(),
+        256,
+        fuzzing::decode_scheduler_protocol,
     );
 }
 

@@ -77,12 +77,22 @@
 //! events by [`Scheduler::apply`], which refuses what it does not know and
 //! then changes nothing. The scheduler never panics on input.
 //!
+//! ## The server
+//!
+//! [`server`] is the ring-3 server around the policy: a
+//! [`components::Handler`] that speaks [`ipc::messages::scheduler`],
+//! rebuilds the policy from the core's stream at every start, applies the
+//! core's event batches and publishes decisions, tickles and credits.
+//! It reaches the machine only through [`components::Context`], so it is
+//! as pure as the policy and tested on the host against the runtime's mock
+//! core; `main.rs` only names it for the `components` runtime.
+//!
 //! ## Not in this crate
 //!
-//! The IPC wiring and the wire format (the `ipc` crate and this server's
-//! thin `main.rs`), the core's run queues and its fallback round-robin,
-//! halt polling, CPU affinity/pinning, SMT topology, cpupools, and the
-//! `vcpu_migration_delay` cache-hotness heuristic (default off in Xen).
+//! The wire format (the `ipc` crate), the core's run queues and its
+//! fallback round-robin, halt polling, CPU affinity/pinning, SMT topology,
+//! cpupools, and the `vcpu_migration_delay` cache-hotness heuristic
+//! (default off in Xen).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -91,6 +101,7 @@ mod ids;
 mod interface;
 mod knobs;
 mod scheduler;
+pub mod server;
 
 #[cfg(test)]
 mod tests;

@@ -329,7 +329,22 @@ impl Scheduler {
         ratelimit_us: Option<u32>,
     ) -> Result<Tunables, KnobError> {
         let tunables = self.tunables.with(timeslice_ms, ratelimit_us)?;
+        let shrunk = tunables.timeslice_ns() < self.tunables.timeslice_ns();
         self.tunables = tunables;
+        if shrunk {
+            // Credit and the balance were earned against the longer slice:
+            // bring them inside the new slice's bounds at once, so the next
+            // accounting starts from a state it could have produced itself.
+            let timeslice = tunables.timeslice_ns() as i64;
+            let mut present = 0i64;
+            for domain in self.domains.iter_mut().filter(|domain| domain.present) {
+                for vcpu in domain.vcpus.iter_mut().filter(|vcpu| vcpu.present) {
+                    present += 1;
+                    vcpu.credit = vcpu.credit.clamp(-timeslice, timeslice);
+                }
+            }
+            self.balance = self.balance.clamp(-present * timeslice, present * timeslice);
+        }
         self.next_tick = self
             .next_tick
             .min(aligned_after(self.now, tunables.tick_period_ns()));
@@ -408,6 +423,18 @@ impl Scheduler {
             parked: v.parked,
             run_time_ns: v.run_time,
         })
+    }
+
+    /// Every vCPU, by domain slot and index.
+    pub fn vcpu_ids(&self) -> impl Iterator<Item = VcpuId> + '_ {
+        self.domains
+            .iter()
+            .filter(|domain| domain.present)
+            .flat_map(|domain| {
+                (0..MAX_VCPUS_PER_DOMAIN as u8)
+                    .filter(|&index| domain.vcpus[usize::from(index)].present)
+                    .map(move |index| VcpuId::new(domain.id, index))
+            })
     }
 
     /// When accounting last ran, if it has.

@@ -129,6 +129,9 @@ pub fn bundle_error_key(error: &BundleError) -> (String, String) {
         BundleError::DomainRamdisk { domain } => {
             (Appliance::domain_key(domain, "ramdisk"), reason.into())
         }
+        BundleError::DomainHaltPoll { domain } => {
+            (Appliance::domain_key(domain, "halt_poll_max"), reason.into())
+        }
         BundleError::MachineMemory {
             needed_mib,
             machine_mib,
@@ -196,6 +199,7 @@ pub fn build_bundle(
                 }
                 None => None,
             },
+            halt_poll_max_ns: domain.halt_poll_max_ns,
         };
         domains
             .push(spec)

@@ -15,6 +15,8 @@
 //! cmdline = ""         # default empty
 //! ramdisk = "initrd.img"   # optional: a file (relative to this file) handed
 //!                          # to the guest as PVH module 0
+//! halt_poll_max = 200000   # optional: this domain's halt-polling max, ns
+//!                          # (0 = no polling; default: the core's, 200000)
 //!
 //! [[server]]           # optional, at most ipc::boot::MAX_SERVERS
 //! name = "test"        # required, same rules as a domain name, unique
@@ -97,6 +99,8 @@ pub struct DomainConfig {
     pub cmdline: String,
     /// The initial ramdisk (PVH module 0), if any.
     pub ramdisk: Option<PathBuf>,
+    /// The domain's halt-polling maximum, ns (None: the core's global one).
+    pub halt_poll_max_ns: Option<u64>,
 }
 
 /// One `[[server]]` table.
@@ -265,6 +269,9 @@ fn parse_domain(
     if cmdline.contains('\0') {
         return Err(table.error("cmdline", "contains a NUL character"));
     }
+    let halt_poll_max_ns = table
+        .integer_in("halt_poll_max", 0..=ipc::boot::MAX_HALT_POLL_NS as u32, " ns")?
+        .map(u64::from);
     let ramdisk = match table.string("ramdisk")? {
         Some("") => return Err(table.error("ramdisk", "empty: give a path to the module file")),
         Some(path) => Some(base_directory.join(path)),
@@ -278,6 +285,7 @@ fn parse_domain(
         vcpus,
         cmdline: cmdline.to_owned(),
         ramdisk,
+        halt_poll_max_ns,
     })
 }
 
@@ -475,6 +483,13 @@ cmdline = "iterations=5"
         assert_eq!(appliance.domains[0].ramdisk, Some(PathBuf::from("/base/initrd.img")));
         assert_error_on("[[domain]]\nname='a'\nkernel='cairn:hello'\nramdisk=''\n", "domain[0].ramdisk");
         assert_error_on("[[domain]]\nname='a'\nkernel='cairn:hello'\nramdisk=3\n", "domain[0].ramdisk");
+    }
+
+    #[test]
+    fn halt_poll_max_is_checked() {
+        let appliance = parse_text("[[domain]]\nname='a'\nkernel='cairn:hello'\nhalt_poll_max=0\n").unwrap();
+        assert_eq!(appliance.domains[0].halt_poll_max_ns, Some(0));
+        assert_error_on("[[domain]]\nname='a'\nkernel='cairn:hello'\nhalt_poll_max=5000000\n", "domain[0].halt_poll_max");
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub const IMAGE_PACKAGES: &[&str] = &["hypervisor-core", "guests"];
 /// Server crates whose binaries are built for [`KERNEL_TARGET`] with every
 /// boot, so an appliance can name them as `image = "cairn:NAME"`. The one
 /// place to list a server crate once it has a binary.
-pub const SERVER_PACKAGES: &[&str] = &["test-server", "pager-server"];
+pub const SERVER_PACKAGES: &[&str] = &["test-server", "pager-server", "scheduler-server"];
 
 /// Paths of one workspace checkout.
 #[derive(Debug, Clone)]

@@ -10,7 +10,8 @@
 use core::arch::global_asm;
 
 /// Size of the boot stack (the bootstrap processor's kernel stack).
-pub const BOOT_STACK_SIZE: usize = 64 * 1024;
+/// The machine's state lives in `kernel::start`'s frame, on this stack.
+pub const BOOT_STACK_SIZE: usize = 256 * 1024;
 
 global_asm!(
     r#"

@@ -210,5 +210,16 @@ pub fn build_boot_vcpu(frames: &mut FrameAllocator<'_>, maps: &PermissionMaps, m
     let mut vmcb = Vmcb::new(frames).ok_or(BuildError::OutOfMemory)?;
     let mut registers = GuestRegisters::default();
     init_vmcb(&mut vmcb, &mut registers, maps, &memory.npt, asid, u64::from(entry));
-    Ok(Vcpu { vmcb, registers, domain, index: 0, timer: None, run_ticks: 0, wake_at: None })
+    Ok(Vcpu {
+        vmcb,
+        registers,
+        domain,
+        index: 0,
+        timer: None,
+        run_ticks: 0,
+        wake_at: None,
+        poller: Default::default(),
+        halt: None,
+        wake_latency: Default::default(),
+    })
 }

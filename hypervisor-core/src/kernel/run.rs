@@ -11,6 +11,7 @@ use ipc::boot::{DomainSpec, MAX_DOMAINS};
 use ipc::exit_status::ExitStatus;
 use ipc::hypercall::ShutdownReason;
 
+use hypervisor_core::halt_poll::{Halt, HaltPollParameters};
 use hypervisor_core::server::{self as supervision, ServerEvent, ServerFault, Syscall};
 use ipc::boot::{ServerSpec, MAX_SERVERS};
 use ipc::server::{syscall, MAX_LOG_LEN};
@@ -18,7 +19,17 @@ use ipc::server::{syscall, MAX_LOG_LEN};
 use crate::arch::{self, cpu, interrupts, lapic, svm, user};
 use super::domain::{self, BuildError, PermissionMaps};
 use super::server::{Server, ServerBuildError, ServerRun};
-use super::vcpu::{DomainMemory, KernelPlatform, Vcpu, VcpuView};
+use super::vcpu::{DomainMemory, HaltRecord, KernelPlatform, Vcpu, VcpuView};
+
+fn ns_to_tsc(ns: u64) -> u64 {
+    let khz = u128::from((lapic::tsc_hz() / 1000).max(1));
+    (u128::from(ns) * khz).div_ceil(1_000_000).min(u128::from(u64::MAX)) as u64
+}
+
+fn tsc_to_ns(ticks: u64) -> u64 {
+    let khz = u128::from((lapic::tsc_hz() / 1000).max(1));
+    (u128::from(ticks) * 1_000_000 / khz) as u64
+}
 
 /// Most vCPUs the machine holds.
 pub const MAX_VCPUS_TOTAL: usize = 64;
@@ -58,6 +69,8 @@ struct DomainSlot<'a> {
     state: DomainState,
     devices: DomainDevices<'a>,
     memory: Option<DomainMemory>,
+    /// The domain's halt-polling maximum, ns (`None`: the global one).
+    halt_poll_max: Option<u64>,
 }
 
 /// Every domain, vCPU and server, the free memory, and the built-in scheduler.
@@ -72,6 +85,8 @@ pub struct Machine<'a> {
     scheduler: RoundRobin<MAX_ENTITIES>,
     /// Which vCPU last ran with each ASID (`usize::MAX`: none).
     asid_owner: [usize; MAX_VCPUS_TOTAL + 1],
+    /// Halt-polling tunables (KVM's defaults until `hvctl halt-poll`).
+    halt_poll: HaltPollParameters,
 }
 
 impl<'a> Machine<'a> {
@@ -87,6 +102,7 @@ impl<'a> Machine<'a> {
             entities: Vec::new(),
             scheduler: RoundRobin::new(),
             asid_owner: [usize::MAX; MAX_VCPUS_TOTAL + 1],
+            halt_poll: HaltPollParameters::default(),
         }
     }
 
@@ -156,6 +172,7 @@ impl<'a> Machine<'a> {
             state: DomainState::Failed,
             devices: DomainDevices::new(spec.name.as_str(), bytes, spec.vcpus),
             memory: None,
+            halt_poll_max: spec.halt_poll_max_ns,
         };
         let result = (|| {
             let mut memory = domain::build_memory(frames, bytes)?;
@@ -207,6 +224,7 @@ impl<'a> Machine<'a> {
 
     fn end_domain(&mut self, index: usize, state: DomainState) {
         self.log_cpu_time(index);
+        self.log_halt_stats(index);
         let Some(slot) = self.domains.get_mut(index) else { return };
         slot.state = state;
         if !slot.devices.console.is_empty() {
@@ -264,6 +282,7 @@ impl<'a> Machine<'a> {
     fn run_vcpu_slice(&mut self, entity: usize, index: usize) {
         let slice_start = interrupts::ticks();
         self.claim_asid(index);
+        self.end_halt(index);
         loop {
             let Some(vcpu) = self.vcpus.get_mut(index) else { return };
             let entered = cpu::rdtsc();
@@ -284,11 +303,15 @@ impl<'a> Machine<'a> {
                 Outcome::HostInterrupt => cpu::take_pending_interrupts(),
                 Outcome::Yield => return,
                 Outcome::Halt => {
+                    let deadline = vcpu.timer;
+                    self.begin_halt(index, deadline);
                     self.scheduler.set_state(entity, RunState::Halted);
                     return;
                 }
                 Outcome::Block { deadline_ns } => {
                     vcpu.wake_at = deadline_ns;
+                    let deadline = deadline_ns.or(vcpu.timer);
+                    self.begin_halt(index, deadline);
                     self.scheduler.set_state(entity, RunState::Waiting);
                     return;
                 }
@@ -495,6 +518,100 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// The halt-polling max for vCPU `index`'s domain, ns.
+    fn halt_poll_max(&self, index: usize) -> u64 {
+        let domain = self.vcpus.get(index).map_or(usize::MAX, |vcpu| vcpu.domain);
+        self.domains.get(domain).and_then(|slot| slot.halt_poll_max).unwrap_or(self.halt_poll.max_ns)
+    }
+
+    /// vCPU `index` halted or blocked; `deadline_ns` is its timer, if any.
+    fn begin_halt(&mut self, index: usize, deadline_ns: Option<u64>) {
+        let max = self.halt_poll_max(index);
+        let Some(vcpu) = self.vcpus.get_mut(index) else { return };
+        let window_ns = vcpu.poller.begin(max);
+        vcpu.halt = Some(HaltRecord {
+            started: cpu::rdtsc(),
+            deadline: deadline_ns.map(ns_to_tsc),
+            window: ns_to_tsc(window_ns),
+            polled: 0,
+            waited: false,
+        });
+    }
+
+    /// vCPU `index` runs again: account its halt (KVM's window adaptation
+    /// and statistics) and its wake-to-run latency.
+    fn end_halt(&mut self, index: usize) {
+        let parameters = self.halt_poll;
+        let max = self.halt_poll_max(index);
+        let Some(vcpu) = self.vcpus.get_mut(index) else { return };
+        let Some(halt) = vcpu.halt.take() else { return };
+        let now = cpu::rdtsc();
+        let total = tsc_to_ns(now.saturating_sub(halt.started));
+        let polled = tsc_to_ns(halt.polled);
+        let waited = if halt.waited { total.saturating_sub(polled).max(1) } else { 0 };
+        vcpu.poller.end(Halt { polled_ns: polled, waited_ns: waited, valid_wakeup: true }, &parameters, max);
+        if let Some(deadline) = halt.deadline {
+            vcpu.wake_latency.add(tsc_to_ns(now.saturating_sub(deadline)));
+        }
+    }
+
+    /// The pCPU has nothing to run. Polls for the most recently halted vCPU
+    /// while its window lasts (KVM's halt polling: a wake-up that comes soon
+    /// is caught without sleeping the pCPU), else sleeps until the timer.
+    fn idle(&mut self, event: u64) {
+        let candidate = self
+            .vcpus
+            .iter()
+            .enumerate()
+            .filter_map(|(index, vcpu)| Some((index, vcpu.halt?)))
+            .max_by_key(|(_, halt)| halt.started);
+        if let Some((index, halt)) = candidate {
+            let start = cpu::rdtsc();
+            let budget_end = start.saturating_add(halt.window.saturating_sub(halt.polled));
+            let mut now = start;
+            while now < event && now < budget_end {
+                core::hint::spin_loop();
+                now = cpu::rdtsc();
+            }
+            if let Some(record) = self.vcpus.get_mut(index).and_then(|vcpu| vcpu.halt.as_mut()) {
+                record.polled += now - start;
+            }
+            if now >= event {
+                // The wake-up came while polling: wake the vCPU now instead of
+                // waiting for the timer interrupt to be delivered (that delay
+                // is what polling saves).
+                self.wake_due_vcpus();
+                return;
+            }
+        }
+        for vcpu in self.vcpus.iter_mut() {
+            if let Some(halt) = vcpu.halt.as_mut() {
+                halt.waited = true;
+            }
+        }
+        cpu::wait_for_interrupt();
+    }
+
+    /// Logs a vCPU's halt-polling statistics and wake-to-run latency.
+    fn log_halt_stats(&self, domain: usize) {
+        let name = self.domains.get(domain).map_or("?", |slot| slot.devices.name);
+        for vcpu in self.vcpus.iter().filter(|vcpu| vcpu.domain == domain) {
+            let stats = vcpu.poller.stats;
+            defmt::info!(
+                "domain {=str} vCPU {=u8}: halt polls {=u64} successful of {=u64}, {=u64} invalid; poll ok {=u64} us, poll failed {=u64} us, waited {=u64} us; window {=u64} ns, max {=u64} ns",
+                name, vcpu.index, stats.successful, stats.attempted, stats.invalid,
+                stats.poll_success_ns / 1000, stats.poll_fail_ns / 1000, stats.wait_ns / 1000,
+                vcpu.poller.window_ns(), self.domains.get(domain).and_then(|slot| slot.halt_poll_max).unwrap_or(self.halt_poll.max_ns)
+            );
+            if let Some(median) = vcpu.wake_latency.median_ns() {
+                defmt::info!(
+                    "domain {=str} vCPU {=u8}: wake-to-run latency median {=u64} ns over {=u32} timed wake-ups",
+                    name, vcpu.index, median, vcpu.wake_latency.count()
+                );
+            }
+        }
+    }
+
     /// Runs server `index` (entity `entity`) until its turn is over or the
     /// slice ends.
     fn run_server_slice(&mut self, index: usize) {
@@ -506,6 +623,12 @@ impl<'a> Machine<'a> {
     /// echo check of test servers.
     fn on_tick(&mut self) {
         self.scheduler.tick();
+        self.wake_due_vcpus();
+        self.tick_servers();
+    }
+
+    /// Wakes every blocked vCPU whose timer or wake-up time has come.
+    fn wake_due_vcpus(&mut self) {
         let system_time = super::vcpu::system_time_ns();
         for (entity_index, entity) in self.entities.iter().enumerate() {
             let Entity::Vcpu(index) = *entity else { continue };
@@ -523,6 +646,10 @@ impl<'a> Machine<'a> {
                 self.scheduler.set_state(entity_index, RunState::Runnable);
             }
         }
+    }
+
+    /// Server wake-ups and the echo check of test servers.
+    fn tick_servers(&mut self) {
         let now = cpu::rdtsc();
         for (entity_index, entity) in self.entities.iter().enumerate() {
             let Entity::Server(index) = *entity else { continue };
@@ -543,8 +670,7 @@ impl<'a> Machine<'a> {
     /// timeout.
     fn next_event(&self) -> u64 {
         let now = cpu::rdtsc();
-        let khz = (lapic::tsc_hz() / 1000).max(1);
-        let to_tsc = |ns: u64| (u128::from(ns) * u128::from(khz)).div_ceil(1_000_000).min(u128::from(u64::MAX)) as u64;
+        let to_tsc = ns_to_tsc;
         let mut earliest = now.saturating_add(lapic::tsc_hz() / super::TICK_HZ);
         for vcpu in &self.vcpus {
             for deadline in [vcpu.wake_at, vcpu.timer].into_iter().flatten() {
@@ -575,11 +701,12 @@ impl<'a> Machine<'a> {
             let picked = self.scheduler.pick().and_then(|entity| Some((entity, *self.entities.get(entity)?)));
             // Armed after the tick work and the pick, so an interrupt taken
             // above cannot consume the timer this slice relies on.
-            lapic::arm_oneshot(self.next_event());
+            let event = self.next_event();
+            lapic::arm_oneshot(event);
             match picked {
                 Some((entity, Entity::Vcpu(index))) => self.run_vcpu_slice(entity, index),
                 Some((_, Entity::Server(index))) => self.run_server_slice(index),
-                None => cpu::wait_for_interrupt(),
+                None => self.idle(event),
             }
         }
     }

@@ -29,6 +29,76 @@ pub struct Vcpu {
     pub run_ticks: u64,
     /// When a blocked vCPU must wake (guest system time, ns).
     pub wake_at: Option<u64>,
+    /// Its adaptive halt-polling window and statistics.
+    pub poller: hypervisor_core::halt_poll::HaltPoller,
+    /// The halt in progress, if it is halted or blocked.
+    pub halt: Option<HaltRecord>,
+    /// Wake-to-run latency of timed wake-ups.
+    pub wake_latency: LatencyHistogram,
+}
+
+/// One halt in progress (TSC values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HaltRecord {
+    /// When the vCPU halted.
+    pub started: u64,
+    /// When its timer wakes it, if it has one.
+    pub deadline: Option<u64>,
+    /// The polling window granted for this halt, TSC ticks.
+    pub window: u64,
+    /// Ticks spent polling so far.
+    pub polled: u64,
+    /// Whether the pCPU really went to sleep during this halt.
+    pub waited: bool,
+}
+
+/// Width of a latency bin, ns.
+const LATENCY_BIN_NS: u64 = 2000;
+/// Latency bins (up to 256 µs; later wake-ups count as overflow).
+const LATENCY_BINS: usize = 128;
+
+/// Wake-to-run latencies in 2 µs bins up to 256 µs, for medians without a
+/// heap (small: one per vCPU, and the machine lives on the boot stack).
+#[derive(Debug, Clone, Copy)]
+pub struct LatencyHistogram {
+    bins: [u32; LATENCY_BINS],
+    overflow: u32,
+    count: u32,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self { bins: [0; LATENCY_BINS], overflow: 0, count: 0 }
+    }
+}
+
+impl LatencyHistogram {
+    /// Counts one latency.
+    pub fn add(&mut self, ns: u64) {
+        match self.bins.get_mut((ns / LATENCY_BIN_NS) as usize) {
+            Some(bin) => *bin += 1,
+            None => self.overflow += 1,
+        }
+        self.count += 1;
+    }
+
+    /// Samples counted.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The median, ns (middle of its bin); `None` without samples.
+    pub fn median_ns(&self) -> Option<u64> {
+        let rank = self.count.div_ceil(2).max(1);
+        let mut seen = 0;
+        for (index, &bin) in self.bins.iter().enumerate() {
+            seen += bin;
+            if seen >= rank {
+                return Some(index as u64 * LATENCY_BIN_NS + LATENCY_BIN_NS / 2);
+            }
+        }
+        (self.count > 0).then_some(LATENCY_BINS as u64 * LATENCY_BIN_NS)
+    }
 }
 
 /// [`VcpuState`] over a VMCB, the saved registers and the PV timer.
