@@ -9,7 +9,9 @@ NAME    ?=
 CARGO := $(shell command -v cargo 2>/dev/null)
 XTASK  = cargo xtask
 
-.PHONY: run test scenario bench setup clean check-cargo
+ARGS    ?=
+
+.PHONY: run test scenario bench setup clean check-cargo hvctl
 
 check-cargo:
 ifndef CARGO
@@ -30,6 +32,10 @@ scenario: check-cargo
 
 bench: check-cargo
 	$(XTASK) bench
+
+# Talk to a running appliance: make hvctl ARGS="sched-credit -d heavy -w 512"
+hvctl: check-cargo
+	cargo run --quiet -p hvctl -- $(ARGS)
 
 clean:
 	cargo clean

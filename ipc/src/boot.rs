@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 /// First eight bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"CAIRNBDL";
 /// Version of the bundle layout and manifest encoding; bumped on any change.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// Size of the fixed header in front of the manifest.
 pub const HEADER_SIZE: usize = 16;
 /// Images start on this boundary.
@@ -43,6 +43,10 @@ pub const MAX_CPUS: u8 = 8;
 /// Largest halt-polling window a domain may ask for, ns (1 ms: polling
 /// longer than a slice's tenth burns more CPU than a sleep and wake cost).
 pub const MAX_HALT_POLL_NS: u64 = 1_000_000;
+/// Default credit scheduler weight (Xen's).
+pub const DEFAULT_CPU_WEIGHT: u32 = 256;
+/// Largest cap, percent of one pCPU: every vCPU of a domain at full use.
+pub const MAX_CAP: u32 = 100 * MAX_VCPUS as u32;
 /// Smallest domain memory, MiB: room for a kernel, its boot page and a stack.
 pub const MIN_DOMAIN_MEMORY_MIB: u32 = 2;
 /// Largest domain memory, MiB. Guest-physical space above 3 GiB is kept free
@@ -84,6 +88,10 @@ pub struct DomainSpec {
     pub ramdisk: Option<ImageRef>,
     /// This domain's halt-polling maximum, ns (`None`: the global one).
     pub halt_poll_max_ns: Option<u64>,
+    /// Credit scheduler weight (xl.cfg `cpu_weight`), 1..=65535.
+    pub cpu_weight: u32,
+    /// Credit scheduler cap, percent of one pCPU (0 = none).
+    pub cap: u32,
 }
 
 /// One `[[server]]` table of the appliance file: a ring-3 server image.
@@ -161,6 +169,10 @@ pub enum BundleError {
     DomainRamdisk { domain: usize },
     /// `halt_poll_max` above [`MAX_HALT_POLL_NS`].
     DomainHaltPoll { domain: usize },
+    /// `cpu_weight` outside 1..=65535.
+    DomainWeight { domain: usize },
+    /// `cap` above [`MAX_CAP`].
+    DomainCap { domain: usize },
     /// The domains' memory adds up to more than the machine has.
     MachineMemory { needed_mib: u64, machine_mib: u32 },
     /// A server name is empty, too long, badly formed or used twice.
@@ -189,6 +201,8 @@ impl BundleError {
             Self::DomainKernel { .. } => "domain.kernel image outside the bundle",
             Self::DomainRamdisk { .. } => "domain.ramdisk outside the bundle or over half the domain's memory",
             Self::DomainHaltPoll { .. } => "domain.halt_poll_max above 1000000 ns",
+            Self::DomainWeight { .. } => "domain.cpu_weight outside 1..=65535",
+            Self::DomainCap { .. } => "domain.cap above 800 percent",
             Self::MachineMemory { .. } => "domains need more memory than machine.memory",
             Self::ServerName { .. } => "server.name empty, too long, not [A-Za-z0-9_-] or used twice",
             Self::ServerImage { .. } => "server.image outside the bundle",
@@ -234,6 +248,12 @@ impl Manifest {
             }
             if !domain.kernel.fits(bundle_len) {
                 return Err(BundleError::DomainKernel { domain: index });
+            }
+            if !(1..=65_535).contains(&domain.cpu_weight) {
+                return Err(BundleError::DomainWeight { domain: index });
+            }
+            if domain.cap > MAX_CAP {
+                return Err(BundleError::DomainCap { domain: index });
             }
             if domain.halt_poll_max_ns.is_some_and(|max| max > MAX_HALT_POLL_NS) {
                 return Err(BundleError::DomainHaltPoll { domain: index });
@@ -401,6 +421,8 @@ mod tests {
             cmdline: String::try_from("console=hvc0").unwrap(),
             ramdisk: None,
             halt_poll_max_ns: None,
+            cpu_weight: DEFAULT_CPU_WEIGHT,
+            cap: 0,
         }
     }
 

@@ -13,6 +13,8 @@
 //! * [`ring`]: the SPSC message ring in the pages a server shares with the core.
 //! * [`messages`]: the envelope and per-server message enums carried in the
 //!   rings, and the one validating decode path for server input.
+//! * [`control`]: the host ↔ core control protocol (`hvctl` on COM2):
+//!   requests, replies, errors, their COBS framing and their validation.
 //! * [`fuzzing`]: the bodies of the fuzz targets for those decoders.
 //! * [`exit_status`]: what the core writes to QEMU's isa-debug-exit port.
 //!
@@ -27,6 +29,7 @@
 extern crate std;
 
 pub mod boot;
+pub mod control;
 pub mod exit_status;
 pub mod fuzzing;
 pub mod hypercall;

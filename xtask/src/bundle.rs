@@ -132,6 +132,10 @@ pub fn bundle_error_key(error: &BundleError) -> (String, String) {
         BundleError::DomainHaltPoll { domain } => {
             (Appliance::domain_key(domain, "halt_poll_max"), reason.into())
         }
+        BundleError::DomainWeight { domain } => {
+            (Appliance::domain_key(domain, "cpu_weight"), reason.into())
+        }
+        BundleError::DomainCap { domain } => (Appliance::domain_key(domain, "cap"), reason.into()),
         BundleError::MachineMemory {
             needed_mib,
             machine_mib,
@@ -200,6 +204,8 @@ pub fn build_bundle(
                 None => None,
             },
             halt_poll_max_ns: domain.halt_poll_max_ns,
+            cpu_weight: domain.cpu_weight,
+            cap: domain.cap,
         };
         domains
             .push(spec)

@@ -12,9 +12,13 @@ usage: cargo xtask <command> [options]
 commands:
   run [--config PATH] [--duration SECS] [--machine microvm|pc]
             build, boot an appliance (default appliances/default.toml) and
-            stream its log; stops on Ctrl-C or after SECS seconds
+            stream its log; stops on Ctrl-C or after SECS seconds. The core's
+            control port (COM2) is the socket target/cairn/control.sock,
+            where `hvctl` (cargo run -p hvctl -- COMMAND) finds it
   scenario [NAME]
             without NAME: list the scenarios; with NAME: run and judge it
+            (each boot gets a control socket of its own, printed as
+            `xtask: control socket: PATH`)
   test      host unit tests, then every scenario; ends with `N passed, M failed`
   bench     boot appliances/bench.toml in bench mode, print the figures and
             write target/bench.json

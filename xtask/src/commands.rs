@@ -10,8 +10,9 @@ use ipc::boot::RunMode;
 
 use crate::bench::{self, BenchResults, Figure};
 use crate::config::{self, Appliance};
+use crate::control::{ControlSocket, ControlStep};
 use crate::decode::{self, Line};
-use crate::qemu::{self, Ending, MachineType, QemuConfig, StopRule};
+use crate::qemu::{self, ControlPlan, Ending, MachineType, QemuConfig, StopRule};
 use crate::scenario::{self, Check, Failure, Scenario};
 use crate::workspace::{display, Workspace};
 use crate::{bundle, interrupt, setup};
@@ -70,7 +71,10 @@ fn prepare(workspace: &Workspace, config_path: &Path, mode: RunMode) -> Result<P
     Ok(Prepared { appliance, bundle })
 }
 
-/// Boots a prepared appliance.
+/// Boots a prepared appliance with its control port on `control` (with
+/// `echo`, the socket is announced as `xtask: control socket: PATH`), and
+/// runs the control `steps` during the boot.
+#[allow(clippy::too_many_arguments)] // each is one independent choice of the caller
 fn boot(
     workspace: &Workspace,
     images: &Images,
@@ -78,6 +82,8 @@ fn boot(
     machine: MachineType,
     stop: StopRule,
     echo: bool,
+    control: &ControlSocket,
+    steps: &[ControlStep],
 ) -> Result<qemu::RunReport> {
     let kernel = workspace.core_elf();
     let arguments = qemu::arguments(&QemuConfig {
@@ -86,8 +92,24 @@ fn boot(
         memory_mib: prepared.appliance.machine.memory_mib,
         kernel: &kernel,
         bundle: &prepared.bundle,
+        control_socket: control.path(),
     });
-    qemu::run(&arguments, images.table.as_ref(), stop, echo)
+    if echo {
+        if let Some(note) = &control.note {
+            say!("xtask: {note}");
+        }
+        say!("xtask: control socket: {}", display(control.path()));
+    }
+    let plan = ControlPlan {
+        socket: control.path(),
+        steps,
+    };
+    qemu::run(&arguments, images.table.as_ref(), stop, echo, Some(plan))
+}
+
+/// A control socket of its own for one scenario, test or bench boot.
+fn per_run_socket(workspace: &Workspace) -> Result<ControlSocket> {
+    ControlSocket::per_run(&workspace.bundle_directory())
 }
 
 fn print_first_line_time(report: &qemu::RunReport) {
@@ -123,7 +145,17 @@ pub fn run(
         machine_config.memory_mib
     );
     let stop = duration.map_or(StopRule::Never, StopRule::After);
-    let report = boot(workspace, &images, &prepared, machine, stop, true)?;
+    let control = ControlSocket::interactive(&workspace.bundle_directory())?;
+    let report = boot(
+        workspace,
+        &images,
+        &prepared,
+        machine,
+        stop,
+        true,
+        &control,
+        &[],
+    )?;
     print_first_line_time(&report);
     let success = match report.ending {
         Ending::Exited(exit) => exit.is_success(),
@@ -176,7 +208,10 @@ fn run_scenario(
             )
         }
         Check::Boot {
-            machine, timeout, ..
+            machine,
+            timeout,
+            control,
+            ..
         } => {
             let images = match images {
                 Ok(images) => images,
@@ -186,6 +221,7 @@ fn run_scenario(
             };
             let report =
                 prepare(workspace, &scenario.config, RunMode::Normal).and_then(|prepared| {
+                    let socket = per_run_socket(workspace)?;
                     boot(
                         workspace,
                         images,
@@ -193,12 +229,18 @@ fn run_scenario(
                         *machine,
                         StopRule::Timeout(*timeout),
                         echo,
+                        &socket,
+                        control,
                     )
                 });
             match report {
                 Ok(report) => {
-                    let failures =
-                        scenario::judge_boot(&report.lines, &report.ending, &scenario.check);
+                    let failures = scenario::judge_boot(
+                        &report.lines,
+                        &report.ending,
+                        &scenario.check,
+                        &report.control,
+                    );
                     outcome(failures, report.lines)
                 }
                 Err(error) => outcome(vec![Failure::Setup(format!("{error:#}"))], Vec::new()),
@@ -341,6 +383,8 @@ pub fn bench(workspace: &Workspace) -> Result<bool> {
         MachineType::Microvm,
         StopRule::Timeout(BENCH_TIMEOUT),
         true,
+        &per_run_socket(workspace)?,
+        &[],
     )?;
     if report.ending
         != Ending::Exited(qemu::QemuExit::Core(
@@ -369,6 +413,8 @@ pub fn bench(workspace: &Workspace) -> Result<bool> {
             MachineType::Microvm,
             StopRule::Timeout(SPAWN_SAMPLE_TIMEOUT),
             false,
+            &per_run_socket(workspace)?,
+            &[],
         )?;
         let Some(time) = sample.first_guest_line else {
             bail!(
@@ -401,7 +447,10 @@ pub fn bench(workspace: &Workspace) -> Result<bool> {
                 derived.name,
                 if value <= goal { "met" } else { "NOT met" }
             ),
-            (None, _) => say!("{}: not computable (a figure is missing or zero)", derived.name),
+            (None, _) => say!(
+                "{}: not computable (a figure is missing or zero)",
+                derived.name
+            ),
             (Some(_), None) => {}
         }
     }

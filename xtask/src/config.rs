@@ -15,6 +15,8 @@
 //! cmdline = ""         # default empty
 //! ramdisk = "initrd.img"   # optional: a file (relative to this file) handed
 //!                          # to the guest as PVH module 0
+//! cpu_weight = 256         # credit scheduler weight, 1..=65535 (xl.cfg's key)
+//! cap = 0                  # credit scheduler cap, percent of one pCPU (0 = none)
 //! halt_poll_max = 200000   # optional: this domain's halt-polling max, ns
 //!                          # (0 = no polling; default: the core's, 200000)
 //!
@@ -101,6 +103,10 @@ pub struct DomainConfig {
     pub ramdisk: Option<PathBuf>,
     /// The domain's halt-polling maximum, ns (None: the core's global one).
     pub halt_poll_max_ns: Option<u64>,
+    /// Credit scheduler weight (xl.cfg `cpu_weight`).
+    pub cpu_weight: u32,
+    /// Credit scheduler cap, percent of one pCPU (0 = none).
+    pub cap: u32,
 }
 
 /// One `[[server]]` table.
@@ -269,6 +275,8 @@ fn parse_domain(
     if cmdline.contains('\0') {
         return Err(table.error("cmdline", "contains a NUL character"));
     }
+    let cpu_weight = table.integer_in("cpu_weight", 1..=65_535u32, "")?.unwrap_or(ipc::boot::DEFAULT_CPU_WEIGHT);
+    let cap = table.integer_in("cap", 0..=ipc::boot::MAX_CAP, " percent")?.unwrap_or(0);
     let halt_poll_max_ns = table
         .integer_in("halt_poll_max", 0..=ipc::boot::MAX_HALT_POLL_NS as u32, " ns")?
         .map(u64::from);
@@ -286,6 +294,8 @@ fn parse_domain(
         cmdline: cmdline.to_owned(),
         ramdisk,
         halt_poll_max_ns,
+        cpu_weight,
+        cap,
     })
 }
 
@@ -483,6 +493,17 @@ cmdline = "iterations=5"
         assert_eq!(appliance.domains[0].ramdisk, Some(PathBuf::from("/base/initrd.img")));
         assert_error_on("[[domain]]\nname='a'\nkernel='cairn:hello'\nramdisk=''\n", "domain[0].ramdisk");
         assert_error_on("[[domain]]\nname='a'\nkernel='cairn:hello'\nramdisk=3\n", "domain[0].ramdisk");
+    }
+
+    #[test]
+    fn weight_and_cap_use_xen_ranges() {
+        let appliance = parse_text("[[domain]]\nname='a'\nkernel='cairn:hello'\ncpu_weight=512\ncap=50\n").unwrap();
+        assert_eq!((appliance.domains[0].cpu_weight, appliance.domains[0].cap), (512, 50));
+        let defaults = parse_text("[[domain]]\nname='a'\nkernel='cairn:hello'\n").unwrap();
+        assert_eq!((defaults.domains[0].cpu_weight, defaults.domains[0].cap), (256, 0));
+        assert_error_on("[[domain]]\nname='a'\nkernel='cairn:hello'\ncpu_weight=0\n", "domain[0].cpu_weight");
+        assert_error_on("[[domain]]\nname='a'\nkernel='cairn:hello'\ncpu_weight=65536\n", "domain[0].cpu_weight");
+        assert_error_on("[[domain]]\nname='a'\nkernel='cairn:hello'\ncap=801\n", "domain[0].cap");
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub enum Line {
     Runner(String),
     /// Undecodable serial bytes, as hex and ASCII.
     Serial(String),
+    /// Output of a scenario's control step (an `hvctl` command).
+    Hvctl(String),
 }
 
 impl fmt::Display for Line {
@@ -93,6 +95,7 @@ impl fmt::Display for Line {
             Self::Qemu(text) => write!(formatter, "qemu: {text}"),
             Self::Runner(text) => write!(formatter, "xtask: {text}"),
             Self::Serial(text) => write!(formatter, "serial| {text}"),
+            Self::Hvctl(text) => write!(formatter, "hvctl: {text}"),
         }
     }
 }

@@ -30,6 +30,7 @@ mod bundle;
 mod cli;
 mod commands;
 mod config;
+mod control;
 mod decode;
 mod interrupt;
 mod qemu;

@@ -4,7 +4,9 @@
 //! QEMU runs with the core's COM1 on its stdout (`-serial stdio`) and its own
 //! diagnostics on stderr. Two reader threads forward both streams to the
 //! calling thread, which decodes, prints and records the lines while it
-//! watches the timeout and Ctrl-C.
+//! watches the timeout and Ctrl-C. COM2, the core's control port, is on a
+//! UNIX socket ([`crate::control`]); a scenario's control steps run on a
+//! third thread at their times and their output joins the transcript.
 //!
 //! No QEMU outlives the runner: QEMU runs in its own process group (so the
 //! terminal's Ctrl-C reaches only the runner, which then kills QEMU and still
@@ -19,13 +21,14 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use defmt_decoder::Table;
 use ipc::exit_status::{ExitStatus as CoreExit, DEBUG_EXIT_PORT};
 
+use crate::control::{self, ControlStep, StepOutcome};
 use crate::decode::{Line, SerialDecoder};
 use crate::interrupt;
 use crate::setup::find_program;
@@ -85,13 +88,16 @@ pub struct QemuConfig<'a> {
     pub kernel: &'a Path,
     /// The boot bundle (`-initrd`, the one boot module).
     pub bundle: &'a Path,
+    /// The UNIX socket COM2 (the control port) is connected to.
+    pub control_socket: &'a Path,
 }
 
 /// QEMU's arguments for a configuration.
 ///
 /// `microvm` needs no extra options: it has an ISA bus, so `isa-debug-exit`
 /// works as on `pc`, and its ISA serial port (`isa-serial=on` by default)
-/// is COM1 at 0x3F8, which `-serial stdio` connects.
+/// is COM1 at 0x3F8, which `-serial stdio` connects. COM2 is added as an
+/// explicit `isa-serial` device on both machines ([`control::qemu_arguments`]).
 pub fn arguments(config: &QemuConfig<'_>) -> Vec<OsString> {
     let mut arguments: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| arguments.extend(items.iter().map(OsString::from));
@@ -113,6 +119,7 @@ pub fn arguments(config: &QemuConfig<'_>) -> Vec<OsString> {
     ]);
     let debug_exit = format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04");
     push(&["-device", &debug_exit]);
+    arguments.extend(control::qemu_arguments(config.control_socket).map(OsString::from));
     arguments.push("-kernel".into());
     arguments.push(config.kernel.into());
     arguments.push("-initrd".into());
@@ -239,6 +246,18 @@ pub struct RunReport {
     pub lines: Vec<Line>,
     /// Time from spawning QEMU to the first guest console line.
     pub first_guest_line: Option<Duration>,
+    /// What the control steps did, in order (steps the boot did not live
+    /// to see are missing).
+    pub control: Vec<StepOutcome>,
+}
+
+/// Control steps to run during a boot, over its control socket.
+#[derive(Debug, Clone, Copy)]
+pub struct ControlPlan<'a> {
+    /// The socket QEMU listens on.
+    pub socket: &'a Path,
+    /// The steps, in order of time.
+    pub steps: &'a [ControlStep],
 }
 
 enum Event {
@@ -358,14 +377,75 @@ impl Transcript {
 
 /// Boots QEMU with `arguments`, decoding the serial stream with `table`
 /// (hex dump when `None`), until it exits, `stop` says so, or Ctrl-C.
-/// With `echo`, every line is printed as it arrives.
+/// With `echo`, every line is printed as it arrives. The `control` steps
+/// run at their times while QEMU runs.
 pub fn run(
     arguments: &[OsString],
     table: Option<&Table>,
     stop: StopRule,
     echo: bool,
+    control: Option<ControlPlan<'_>>,
 ) -> Result<RunReport> {
-    run_program(OsStr::new(QEMU), arguments, table, stop, echo)
+    run_program(OsStr::new(QEMU), arguments, table, stop, echo, control)
+}
+
+/// Runs the control steps on a thread of their own; [`finish`](Self::finish)
+/// stops the ones not yet due and waits for the one running.
+struct ControlThread<'a> {
+    steps: &'a [ControlStep],
+    stop: Option<Sender<()>>,
+    outcomes: Receiver<StepOutcome>,
+    handle: Option<std::thread::JoinHandle<()>>,
+    done: Vec<StepOutcome>,
+}
+
+impl<'a> ControlThread<'a> {
+    fn start(plan: ControlPlan<'a>, started: Instant) -> Self {
+        let (stop, stop_receiver) = mpsc::channel();
+        let (outcome_sender, outcomes) = mpsc::channel();
+        let socket = plan.socket.to_path_buf();
+        let steps = plan.steps.to_vec();
+        let handle = std::thread::spawn(move || {
+            control::run_steps(&socket, &steps, started, &stop_receiver, |outcome| {
+                // The receiver lives until after the join.
+                let _ = outcome_sender.send(outcome);
+            });
+        });
+        Self {
+            steps: plan.steps,
+            stop: Some(stop),
+            outcomes,
+            handle: Some(handle),
+            done: Vec::new(),
+        }
+    }
+
+    /// Records the outcomes that arrived.
+    fn collect(&mut self, transcript: &mut Transcript) {
+        loop {
+            match self.outcomes.try_recv() {
+                Ok(outcome) => {
+                    if let Some(step) = self.steps.get(outcome.index) {
+                        for line in outcome.lines(step) {
+                            transcript.record(line);
+                        }
+                    }
+                    self.done.push(outcome);
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn finish(mut self, transcript: &mut Transcript) -> Vec<StepOutcome> {
+        self.stop.take();
+        if let Some(handle) = self.handle.take() {
+            // A panic in a step is a bug of the runner; its outcome is missing.
+            let _ = handle.join();
+        }
+        self.collect(transcript);
+        self.done
+    }
 }
 
 /// [`run`] with another program in QEMU's place (the tests use a shell).
@@ -375,6 +455,7 @@ fn run_program(
     table: Option<&Table>,
     stop: StopRule,
     echo: bool,
+    control: Option<ControlPlan<'_>>,
 ) -> Result<RunReport> {
     let mut decoder = SerialDecoder::new(table);
     let started = Instant::now();
@@ -396,6 +477,9 @@ fn run_program(
         std::thread::spawn(move || forward_stderr(stderr, sender));
     }
     drop(sender);
+    let mut control_thread = control
+        .filter(|plan| !plan.steps.is_empty())
+        .map(|plan| ControlThread::start(plan, started));
 
     let limit = match stop {
         StopRule::Never => None,
@@ -439,9 +523,13 @@ fn run_program(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => streams_open = false,
         }
+        if let Some(thread) = control_thread.as_mut() {
+            thread.collect(&mut transcript);
+        }
     };
     // Stop QEMU now (the guard would too) and keep whatever it still wrote.
     drop(process);
+    let control = control_thread.map_or_else(Vec::new, |thread| thread.finish(&mut transcript));
     while let Ok(event) = receiver.recv_timeout(DRAIN_AFTER_EXIT) {
         transcript.handle(event, &mut decoder);
     }
@@ -452,6 +540,7 @@ fn run_program(
         ending,
         lines: transcript.lines,
         first_guest_line: transcript.first_guest_line,
+        control,
     })
 }
 
@@ -500,6 +589,7 @@ mod tests {
             memory_mib: 256,
             kernel: Path::new("/k"),
             bundle: Path::new("/b.bundle"),
+            control_socket: Path::new("/c.sock"),
         };
         let text: Vec<String> = arguments(&config)
             .iter()
@@ -515,6 +605,13 @@ mod tests {
             joined.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x04"),
             "{joined}"
         );
+        assert!(
+            joined.contains(
+                "-chardev socket,id=control,path=/c.sock,server=on,wait=off \
+                 -device isa-serial,chardev=control,iobase=0x2f8,irq=3 "
+            ),
+            "{joined}"
+        );
         assert!(joined.ends_with("-kernel /k -initrd /b.bundle"), "{joined}");
     }
 
@@ -527,7 +624,7 @@ mod tests {
 
     fn shell(script: &str, stop: StopRule) -> RunReport {
         let arguments = [OsString::from("-c"), OsString::from(script)];
-        run_program(OsStr::new("sh"), &arguments, None, stop, false).unwrap()
+        run_program(OsStr::new("sh"), &arguments, None, stop, false, None).unwrap()
     }
 
     #[test]
@@ -579,6 +676,49 @@ mod tests {
         assert!(report.lines[0]
             .to_string()
             .contains("bit 1 (repeats for other features hidden)"));
+    }
+
+    #[test]
+    fn control_steps_run_during_the_boot_and_join_the_transcript() {
+        let steps = [
+            ControlStep {
+                at: Duration::from_millis(100),
+                command: "help".into(),
+                expect: None,
+            },
+            ControlStep {
+                at: Duration::from_secs(60),
+                command: "list".into(),
+                expect: None,
+            },
+        ];
+        let plan = ControlPlan {
+            socket: Path::new("/nonexistent/control.sock"),
+            steps: &steps,
+        };
+        let arguments = [OsString::from("-c"), OsString::from("sleep 1; exit 33")];
+        let started = Instant::now();
+        let report = run_program(
+            OsStr::new("sh"),
+            &arguments,
+            None,
+            StopRule::Timeout(Duration::from_secs(20)),
+            false,
+            Some(plan),
+        )
+        .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(report.control.len(), 1, "the 60 s step never ran");
+        assert_eq!(report.control[0].index, 0);
+        let text: Vec<String> = report.lines.iter().map(ToString::to_string).collect();
+        assert!(
+            text[0].starts_with("xtask: control step 1 at 0."),
+            "{text:?}"
+        );
+        assert_eq!(
+            text[1],
+            "hvctl: usage: hvctl [--socket PATH] COMMAND [OPTIONS]"
+        );
     }
 
     #[test]

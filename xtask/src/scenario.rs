@@ -10,6 +10,9 @@
 //! forbid = ["panicked"]                # substrings no line may contain
 //! exit = "AllPoweredOff"               # AllPoweredOff | DomainFailed | CorePanic | BootError
 //! timeout = 30                         # seconds (default 60)
+//! control = [                          # hvctl commands run during the boot
+//!     { at = 2.0, command = "sched-credit -d spinner -c 50", expect = "spinner" },
+//! ]
 //!
 //! [[scenario]]                         # a config that must be refused
 //! name = "bad-config"
@@ -24,12 +27,22 @@
 //! all of it within the timeout. A `config_error` scenario boots nothing: it
 //! passes when loading the appliance fails and the error contains the text.
 //! Lines are matched as printed (`NAME: text`, `cairn  WARN ...`, `qemu: ...`).
+//!
+//! A `control` step runs its `hvctl` command (checked when the file is
+//! loaded) `at` seconds after QEMU was spawned, over the boot's control
+//! socket ([`crate::control`]); its output lines join the transcript as
+//! `hvctl: ...` (an error as `hvctl: error: ...`), so `expect` and `forbid`
+//! see them too. Steps are listed in order of time, before the timeout. A
+//! step passes when it ran and, with `expect`, one of its output lines
+//! contains that text (which may be an error's), or, without, the command
+//! succeeded.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipc::exit_status::ExitStatus as CoreExit;
 
+use crate::control::{ControlStep, StepOutcome};
 use crate::decode::Line;
 use crate::qemu::{Ending, MachineType, QemuExit};
 use crate::table::{parse_document, KeyError, TableReader};
@@ -62,6 +75,8 @@ pub enum Check {
         exit: CoreExit,
         /// Wall-clock limit for the boot.
         timeout: Duration,
+        /// `hvctl` commands to run during the boot.
+        control: Vec<ControlStep>,
     },
     /// Loading the appliance must fail with an error containing this text.
     ConfigError(String),
@@ -121,6 +136,7 @@ fn parse_scenario(mut table: TableReader<'_>, workspace_root: &Path) -> Result<S
     let forbid = table.string_list("forbid")?;
     let exit = table.string("exit")?;
     let timeout = table.seconds("timeout")?;
+    let control = parse_control(&mut table)?;
     let check = match config_error {
         Some(text) => {
             let boot_keys = [
@@ -129,6 +145,7 @@ fn parse_scenario(mut table: TableReader<'_>, workspace_root: &Path) -> Result<S
                 ("forbid", forbid.is_some()),
                 ("exit", exit.is_some()),
                 ("timeout", timeout.is_some()),
+                ("control", !control.is_empty()),
             ];
             if let Some((key, _)) = boot_keys.iter().find(|(_, present)| *present) {
                 return Err(table.error(
@@ -162,12 +179,28 @@ fn parse_scenario(mut table: TableReader<'_>, workspace_root: &Path) -> Result<S
                         format!("`{exit_name}` is not one of {}", names.join(", ")),
                     )
                 })?;
+            let timeout = timeout.map_or(DEFAULT_TIMEOUT, Duration::from_secs_f64);
+            if let Some((index, step)) = control
+                .iter()
+                .enumerate()
+                .find(|(_, step)| step.at >= timeout)
+            {
+                return Err(table.error(
+                    &format!("control[{index}].at"),
+                    format!(
+                        "{} s is not before the timeout ({} s)",
+                        step.at.as_secs_f64(),
+                        timeout.as_secs_f64()
+                    ),
+                ));
+            }
             Check::Boot {
                 machine,
                 expect: expect.unwrap_or_default(),
                 forbid: forbid.unwrap_or_default(),
                 exit,
-                timeout: timeout.map_or(DEFAULT_TIMEOUT, Duration::from_secs_f64),
+                timeout,
+                control,
             }
         }
     };
@@ -178,6 +211,43 @@ fn parse_scenario(mut table: TableReader<'_>, workspace_root: &Path) -> Result<S
         config,
         check,
     })
+}
+
+/// Reads the `control` steps: `at` (seconds, in order), `command` (a valid
+/// `hvctl` command line) and an optional `expect`.
+fn parse_control(table: &mut TableReader<'_>) -> Result<Vec<ControlStep>, KeyError> {
+    let mut steps: Vec<ControlStep> = Vec::new();
+    for mut entry in table.table_array("control")? {
+        let at = entry
+            .seconds("at")?
+            .ok_or_else(|| entry.error("at", "missing (seconds after QEMU starts)"))?;
+        let at = Duration::from_secs_f64(at);
+        let command = entry.required_string("command")?.trim().to_owned();
+        let step = ControlStep {
+            at,
+            command,
+            expect: entry.string("expect")?.map(str::to_owned),
+        };
+        if let Err(error) = hvctl::cli::parse(&step.words()) {
+            return Err(entry.error("command", format!("not a valid hvctl command: {error}")));
+        }
+        if step.expect.as_deref() == Some("") {
+            return Err(entry.error("expect", "must not be empty"));
+        }
+        if let Some(previous) = steps.last().filter(|previous| previous.at > at) {
+            return Err(entry.error(
+                "at",
+                format!(
+                    "{} s is before the previous step's {} s (list the steps in order)",
+                    at.as_secs_f64(),
+                    previous.at.as_secs_f64()
+                ),
+            ));
+        }
+        entry.finish()?;
+        steps.push(step);
+    }
+    Ok(steps)
 }
 
 /// One reason a scenario failed.
@@ -207,6 +277,15 @@ pub enum Failure {
         expected: CoreExit,
         /// What happened.
         actual: String,
+    },
+    /// A control step did not run, failed, or missed its expected text.
+    Control {
+        /// Position in `control` (0-based).
+        index: usize,
+        /// The command.
+        command: String,
+        /// What went wrong.
+        problem: String,
     },
     /// The runner could not boot at all (build, bundle or QEMU start failed).
     Setup(String),
@@ -247,6 +326,15 @@ impl std::fmt::Display for Failure {
                 formatter,
                 "exit: expected {expected:?} (QEMU status {}), got {actual}",
                 expected.qemu_status()
+            ),
+            Self::Control {
+                index,
+                command,
+                problem,
+            } => write!(
+                formatter,
+                "control step #{} `hvctl {command}`: {problem}",
+                index + 1
             ),
             Self::Setup(message) => write!(formatter, "could not boot: {message}"),
             Self::ConfigAccepted(file) => {
@@ -308,12 +396,51 @@ pub fn judge_ending(ending: &Ending, expected: CoreExit) -> Option<Failure> {
     }
 }
 
+/// Checks each control step against what it did.
+pub fn judge_control(steps: &[ControlStep], outcomes: &[StepOutcome]) -> Vec<Failure> {
+    let mut failures = Vec::new();
+    for (index, step) in steps.iter().enumerate() {
+        let failure = |problem: String| Failure::Control {
+            index,
+            command: step.command.clone(),
+            problem,
+        };
+        let Some(outcome) = outcomes.iter().find(|outcome| outcome.index == index) else {
+            failures.push(failure(format!(
+                "did not run: the boot ended before {} s",
+                step.at.as_secs_f64()
+            )));
+            continue;
+        };
+        match (&step.expect, &outcome.output) {
+            (Some(text), _) => {
+                let lines = outcome.output_lines();
+                if !lines.iter().any(|line| line.contains(text.as_str())) {
+                    failures.push(failure(format!(
+                        "no output line contains `{text}`; the output was: {}",
+                        lines.join(" | ")
+                    )));
+                }
+            }
+            (None, Err(message)) => failures.push(failure(format!("failed: {message}"))),
+            (None, Ok(_)) => {}
+        }
+    }
+    failures
+}
+
 /// Judges a boot scenario's run: every failure, in order of checking.
-pub fn judge_boot(lines: &[Line], ending: &Ending, check: &Check) -> Vec<Failure> {
+pub fn judge_boot(
+    lines: &[Line],
+    ending: &Ending,
+    check: &Check,
+    control: &[StepOutcome],
+) -> Vec<Failure> {
     let Check::Boot {
         expect,
         forbid,
         exit,
+        control: steps,
         ..
     } = check
     else {
@@ -321,6 +448,7 @@ pub fn judge_boot(lines: &[Line], ending: &Ending, check: &Check) -> Vec<Failure
     };
     let text: Vec<String> = lines.iter().map(ToString::to_string).collect();
     let mut failures = match_lines(&text, expect, forbid);
+    failures.extend(judge_control(steps, control));
     failures.extend(judge_ending(ending, *exit));
     failures
 }
@@ -385,6 +513,7 @@ config_error = "domain[0].memory"
                 forbid: Vec::new(),
                 exit: CoreExit::AllPoweredOff,
                 timeout: Duration::from_secs(30),
+                control: Vec::new(),
             }
         );
         let Check::Boot {
@@ -523,15 +652,134 @@ config_error = "domain[0].memory"
             forbid: strings(&["panicked"]),
             exit: CoreExit::AllPoweredOff,
             timeout: DEFAULT_TIMEOUT,
+            control: Vec::new(),
         };
         let lines = vec![Line::Guest("hello: Hello from cairn!".into())];
         let powered_off = Ending::Exited(QemuExit::Core(CoreExit::AllPoweredOff));
-        assert!(judge_boot(&lines, &powered_off, &check).is_empty());
-        assert_eq!(judge_boot(&[], &powered_off, &check).len(), 1);
+        assert!(judge_boot(&lines, &powered_off, &check, &[]).is_empty());
+        assert_eq!(judge_boot(&[], &powered_off, &check, &[]).len(), 1);
         assert_eq!(
-            judge_boot(&[], &Ending::Exited(QemuExit::Zero), &check).len(),
+            judge_boot(&[], &Ending::Exited(QemuExit::Zero), &check, &[]).len(),
             2
         );
+    }
+
+    #[test]
+    fn control_steps_parse() {
+        let text = r#"
+[[scenario]]
+name = "cap"
+description = "a cap set at run time holds"
+config = "appliances/hello.toml"
+exit = "AllPoweredOff"
+timeout = 10
+control = [
+    { at = 2, command = "sched-credit -d spinner -c 50", expect = "spinner" },
+    { at = 2.5, command = "  stats  " },
+]
+"#;
+        let scenarios = parse(text, "s.toml", Path::new("/root")).unwrap();
+        let Check::Boot { control, .. } = &scenarios[0].check else {
+            panic!("a boot scenario");
+        };
+        assert_eq!(
+            control,
+            &vec![
+                ControlStep {
+                    at: Duration::from_secs(2),
+                    command: "sched-credit -d spinner -c 50".into(),
+                    expect: Some("spinner".into()),
+                },
+                ControlStep {
+                    at: Duration::from_millis(2500),
+                    command: "stats".into(),
+                    expect: None,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn control_step_errors_name_the_key() {
+        let base = "[[scenario]]\nname='a'\ndescription='d'\nconfig='c.toml'\nexit='AllPoweredOff'\ntimeout=10\n";
+        let error = parse_error(&format!("{base}control=[{{ command='list' }}]\n"));
+        assert_eq!(error.key.as_deref(), Some("scenario[0].control[0].at"));
+        let error = parse_error(&format!("{base}control=[{{ at=1 }}]\n"));
+        assert_eq!(error.key.as_deref(), Some("scenario[0].control[0].command"));
+        let error = parse_error(&format!(
+            "{base}control=[{{ at=1, command='sched-credit -d x -w 0' }}]\n"
+        ));
+        assert_eq!(error.key.as_deref(), Some("scenario[0].control[0].command"));
+        assert!(
+            error.message.contains("weight 0 is out of range"),
+            "{error}"
+        );
+        let error = parse_error(&format!("{base}control=[{{ at=1, command='fly' }}]\n"));
+        assert!(error.message.contains("unknown command `fly`"), "{error}");
+        let error = parse_error(&format!(
+            "{base}control=[{{ at=2, command='list' }}, {{ at=1, command='list' }}]\n"
+        ));
+        assert_eq!(error.key.as_deref(), Some("scenario[0].control[1].at"));
+        let error = parse_error(&format!("{base}control=[{{ at=10, command='list' }}]\n"));
+        assert_eq!(error.key.as_deref(), Some("scenario[0].control[0].at"));
+        assert!(error.message.contains("timeout"), "{error}");
+        let error = parse_error(&format!(
+            "{base}control=[{{ at=1, command='list', expected='x' }}]\n"
+        ));
+        assert_eq!(
+            error.key.as_deref(),
+            Some("scenario[0].control[0].expected")
+        );
+        let error = parse_error(&format!(
+            "{base}control=[{{ at=1, command='list', expect='' }}]\n"
+        ));
+        assert_eq!(error.key.as_deref(), Some("scenario[0].control[0].expect"));
+        let error = parse_error(
+            "[[scenario]]\nname='a'\ndescription='d'\nconfig='c'\nconfig_error='x'\ncontrol=[{ at=1, command='list' }]\n",
+        );
+        assert_eq!(error.key.as_deref(), Some("scenario[0].control"));
+    }
+
+    #[test]
+    fn control_steps_are_judged_on_their_output() {
+        let step = |command: &str, expect: Option<&str>| ControlStep {
+            at: Duration::from_secs(1),
+            command: command.into(),
+            expect: expect.map(str::to_owned),
+        };
+        let steps = vec![
+            step("sched-credit -d spinner -c 50", Some("spinner")),
+            step("sched-credit -d spinner -c 5000", Some("out of range")),
+            step("list", None),
+            step("stats", None),
+        ];
+        let outcome = |index, output: Result<&str, &str>| StepOutcome {
+            index,
+            ran_at: Duration::from_secs(1),
+            output: output.map(str::to_owned).map_err(str::to_owned),
+        };
+        let outcomes = vec![
+            outcome(
+                0,
+                Ok("Name     ID  Weight  Cap\nspinner   1     256   50\n"),
+            ),
+            outcome(1, Err("cap 5000 is out of range 0..=800")),
+            outcome(2, Err("no answer from the core")),
+        ];
+        let failures = judge_control(&steps, &outcomes);
+        assert_eq!(failures.len(), 2, "{failures:?}");
+        assert_eq!(
+            failures[0].to_string(),
+            "control step #3 `hvctl list`: failed: no answer from the core"
+        );
+        assert_eq!(
+            failures[1].to_string(),
+            "control step #4 `hvctl stats`: did not run: the boot ended before 1 s"
+        );
+        let missed = judge_control(&steps[..1], &[outcome(0, Ok("hello 0 256 0\n"))]);
+        assert!(missed[0]
+            .to_string()
+            .contains("no output line contains `spinner`"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub const HOST_TEST_PACKAGES: &[&str] = &[
     "pager-server",
     "test-server",
     "hypervisor-core",
+    "hvctl",
     "xtask",
 ];
 /// Crates built for [`KERNEL_TARGET`] with every boot: the core and the test

@@ -221,5 +221,6 @@ pub fn build_boot_vcpu(frames: &mut FrameAllocator<'_>, maps: &PermissionMaps, m
         poller: Default::default(),
         halt: None,
         wake_latency: Default::default(),
+        wake_reported: false,
     })
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod domain;
 mod run;
+mod scheduling;
 mod server;
 mod vcpu;
 

@@ -18,7 +18,9 @@ use ipc::server::{syscall, MAX_LOG_LEN};
 
 use crate::arch::{self, cpu, interrupts, lapic, svm, user};
 use super::domain::{self, BuildError, PermissionMaps};
-use super::server::{Server, ServerBuildError, ServerRun};
+use super::scheduling::{SchedulerLink, VcpuFacts};
+use super::server::{SchedulerInput, Server, ServerBuildError, ServerRun};
+use ipc::messages::scheduler::{self as sched_wire, Event};
 use super::vcpu::{DomainMemory, HaltRecord, KernelPlatform, Vcpu, VcpuView};
 
 fn ns_to_tsc(ns: u64) -> u64 {
@@ -43,6 +45,19 @@ enum Entity {
     Vcpu(usize),
     /// Index into the servers.
     Server(usize),
+}
+
+/// How a vCPU's slice ended, for the scheduler's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SliceEnd {
+    /// The timer ended it.
+    Preempted,
+    /// The vCPU halted or blocked.
+    Blocked,
+    /// The vCPU yielded.
+    Yielded,
+    /// The domain ended (or the vCPU went down).
+    Ended,
 }
 
 /// What one server step ended with.
@@ -71,6 +86,9 @@ struct DomainSlot<'a> {
     memory: Option<DomainMemory>,
     /// The domain's halt-polling maximum, ns (`None`: the global one).
     halt_poll_max: Option<u64>,
+    /// Credit weight and cap in force (the core keeps them across scheduler restarts).
+    weight: u32,
+    cap: u32,
 }
 
 /// Every domain, vCPU and server, the free memory, and the built-in scheduler.
@@ -87,6 +105,8 @@ pub struct Machine<'a> {
     asid_owner: [usize; MAX_VCPUS_TOTAL + 1],
     /// Halt-polling tunables (KVM's defaults until `hvctl halt-poll`).
     halt_poll: HaltPollParameters,
+    /// The scheduler server's link.
+    pub(super) scheduling: SchedulerLink,
 }
 
 impl<'a> Machine<'a> {
@@ -103,6 +123,7 @@ impl<'a> Machine<'a> {
             scheduler: RoundRobin::new(),
             asid_owner: [usize::MAX; MAX_VCPUS_TOTAL + 1],
             halt_poll: HaltPollParameters::default(),
+            scheduling: SchedulerLink::default(),
         }
     }
 
@@ -117,6 +138,9 @@ impl<'a> Machine<'a> {
         if self.servers.push(server).is_err() || !self.add_entity(Entity::Server(index)) {
             return Err(ServerBuildError::OutOfMemory);
         }
+        if spec.kind == ipc::server::ServerKind::Scheduler {
+            self.scheduling.server = Some(index);
+        }
         Ok(())
     }
 
@@ -124,6 +148,10 @@ impl<'a> Machine<'a> {
     /// the pager gets every domain's size and target. Mechanism state lives
     /// in the core, so a new instance rebuilds its policy state from this.
     pub(super) fn introduce_server(&mut self, index: usize) {
+        if self.scheduling.server == Some(index) {
+            self.send_rebuild_stream();
+            return;
+        }
         let Some(server) = self.servers.get_mut(index) else { return };
         if server.spec.kind == ipc::server::ServerKind::Pager {
             for (domain, slot) in self.domains.iter().enumerate() {
@@ -173,6 +201,8 @@ impl<'a> Machine<'a> {
             devices: DomainDevices::new(spec.name.as_str(), bytes, spec.vcpus),
             memory: None,
             halt_poll_max: spec.halt_poll_max_ns,
+            weight: spec.cpu_weight,
+            cap: spec.cap,
         };
         let result = (|| {
             let mut memory = domain::build_memory(frames, bytes)?;
@@ -283,8 +313,27 @@ impl<'a> Machine<'a> {
         let slice_start = interrupts::ticks();
         self.claim_asid(index);
         self.end_halt(index);
+        let now = super::vcpu::system_time_ns();
+        let wire = self.wire_vcpu(index);
+        self.report(Event::Dispatched { pcpu: 0, vcpu: wire, at: now });
+        let ran_before = self.vcpus.get(index).map_or(0, |vcpu| vcpu.run_ticks);
+        let reason = self.vcpu_slice(entity, index, slice_start);
+        let ran = self.vcpus.get(index).map_or(0, |vcpu| vcpu.run_ticks) - ran_before;
+        let now = super::vcpu::system_time_ns();
+        if let Some(vcpu) = wire {
+            self.report(Event::Ran { vcpu, pcpu: 0, ns: tsc_to_ns(ran) });
+            match reason {
+                SliceEnd::Blocked => self.report(Event::Blocked { vcpu, at: now }),
+                SliceEnd::Yielded => self.report(Event::Yielded { vcpu }),
+                SliceEnd::Preempted | SliceEnd::Ended => {}
+            }
+        }
+    }
+
+    /// The guest-running part of a slice; says how it ended.
+    fn vcpu_slice(&mut self, entity: usize, index: usize, slice_start: u64) -> SliceEnd {
         loop {
-            let Some(vcpu) = self.vcpus.get_mut(index) else { return };
+            let Some(vcpu) = self.vcpus.get_mut(index) else { return SliceEnd::Ended };
             let entered = cpu::rdtsc();
             svm::run(&self.host, &mut vcpu.vmcb, &mut vcpu.registers);
             vcpu.run_ticks += cpu::rdtsc().wrapping_sub(entered);
@@ -293,27 +342,27 @@ impl<'a> Machine<'a> {
             vcpu.vmcb.write_u8(svm::offset::TLB_CONTROL, 0);
             let domain_index = vcpu.domain;
             let vcpu_number = vcpu.index;
-            let Some(slot) = self.domains.get_mut(domain_index) else { return };
-            let Some(memory) = slot.memory.as_mut() else { return };
+            let Some(slot) = self.domains.get_mut(domain_index) else { return SliceEnd::Ended };
+            let Some(memory) = slot.memory.as_mut() else { return SliceEnd::Ended };
             let mut view = VcpuView { vmcb: &mut vcpu.vmcb, registers: &mut vcpu.registers, timer: &mut vcpu.timer };
             let outcome = exits::handle(&exit, &mut view, memory, &mut slot.devices, &mut KernelPlatform, vcpu_number);
             let rip = view.vmcb.read_u64(svm::offset::RIP);
             match outcome {
                 Outcome::Resume => {}
                 Outcome::HostInterrupt => cpu::take_pending_interrupts(),
-                Outcome::Yield => return,
+                Outcome::Yield => return SliceEnd::Yielded,
                 Outcome::Halt => {
                     let deadline = vcpu.timer;
                     self.begin_halt(index, deadline);
                     self.scheduler.set_state(entity, RunState::Halted);
-                    return;
+                    return SliceEnd::Blocked;
                 }
                 Outcome::Block { deadline_ns } => {
                     vcpu.wake_at = deadline_ns;
                     let deadline = deadline_ns.or(vcpu.timer);
                     self.begin_halt(index, deadline);
                     self.scheduler.set_state(entity, RunState::Waiting);
-                    return;
+                    return SliceEnd::Blocked;
                 }
                 Outcome::Down => {
                     defmt::warn!("domain {=str}: vCPU {=u8} is down (HLT with interrupts disabled)", slot.devices.name, vcpu_number);
@@ -326,7 +375,7 @@ impl<'a> Machine<'a> {
                         self.log_stop_reason(domain_index, "every vCPU is down");
                         self.end_domain(domain_index, DomainState::Failed);
                     }
-                    return;
+                    return SliceEnd::Ended;
                 }
                 Outcome::Shutdown(reason) => {
                     let name = slot.devices.name;
@@ -345,16 +394,16 @@ impl<'a> Machine<'a> {
                         }
                     };
                     self.end_domain(domain_index, state);
-                    return;
+                    return SliceEnd::Ended;
                 }
                 Outcome::Stop(reason) => {
                     self.log_stop(domain_index, reason, rip);
                     self.end_domain(domain_index, DomainState::Failed);
-                    return;
+                    return SliceEnd::Ended;
                 }
             }
             if interrupts::ticks() != slice_start {
-                return;
+                return SliceEnd::Preempted;
             }
         }
     }
@@ -384,6 +433,9 @@ impl<'a> Machine<'a> {
             ServerFault::Killed => defmt::warn!("server {=str} stopped: {=str}; restarting as generation {=u32}", name, fault.describe(), next),
         }
         server.stopped_at = Some(cpu::rdtsc());
+        if self.scheduling.server == Some(index) {
+            self.scheduling.instance_stopped();
+        }
         if let Err(error) = server.restart(&mut self.frames) {
             defmt::error!("server {=str} could not be restarted: {=str}; it stays down", name, error.reason());
             if let Some(entity) = self.entities.iter().position(|entity| *entity == Entity::Server(index)) {
@@ -403,9 +455,22 @@ impl<'a> Machine<'a> {
     /// too much garbage. Returns whether it is still the same instance.
     fn drain_server(&mut self, index: usize) -> bool {
         let domains = self.domains.len() as u16;
+        let shape = self.shape();
+        let wire_ids: Vec<(u16, u8), MAX_VCPUS_TOTAL> = self.vcpus.iter().map(|vcpu| (vcpu.domain as u16, vcpu.index)).collect();
+        let vcpu_index = |vcpu: sched_wire::Vcpu| wire_ids.iter().position(|&id| id == (vcpu.domain, vcpu.index));
+        let is_scheduler = self.scheduling.server == Some(index);
         let Some(server) = self.servers.get_mut(index) else { return false };
-        match server.drain(domains) {
+        let input = is_scheduler.then(|| SchedulerInput { shape, link: &mut self.scheduling, vcpu_index: &vcpu_index });
+        match server.drain(domains, input) {
             Ok(drained) => {
+                if drained.needs_rebuild {
+                    defmt::warn!("scheduler asked for a new rebuild stream");
+                    self.send_rebuild_stream();
+                }
+                let Some(server) = self.servers.get_mut(index) else { return false };
+                if is_scheduler && drained.ready {
+                    defmt::info!("scheduler generation {=u32} took over", server.health.generation);
+                }
                 for &(domain, accepted, floor_pages) in &drained.targets {
                     let name = self.domains.get(usize::from(domain)).map_or("?", |slot| slot.devices.name);
                     if accepted {
@@ -518,6 +583,134 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// The machine as the scheduler protocol describes it.
+    fn shape(&self) -> sched_wire::Shape {
+        let mut shape = sched_wire::Shape::new(1);
+        for (domain, slot) in self.domains.iter().enumerate() {
+            shape = shape.with_domain(domain as u16, slot.devices.vcpu_count.min(1));
+        }
+        shape
+    }
+
+    fn wire_vcpu(&self, index: usize) -> Option<sched_wire::Vcpu> {
+        self.vcpus.get(index).map(|vcpu| sched_wire::Vcpu::new(vcpu.domain as u16, vcpu.index))
+    }
+
+    fn entity_of_vcpu(&self, index: usize) -> Option<usize> {
+        self.entities.iter().position(|entity| *entity == Entity::Vcpu(index))
+    }
+
+    /// Sends the scheduler server everything it needs to decide: tunables,
+    /// domains (weight, cap) and vCPUs (state, run time, last credit).
+    fn send_rebuild_stream(&mut self) {
+        let Some(index) = self.scheduling.server else { return };
+        let domains: Vec<(u16, u32, u32), MAX_DOMAINS> = self
+            .domains
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.state == DomainState::Running)
+            .map(|(domain, slot)| (domain as u16, slot.weight, slot.cap))
+            .collect();
+        let mut vcpus: Vec<VcpuFacts, MAX_VCPUS_TOTAL> = Vec::new();
+        for (vcpu_index, vcpu) in self.vcpus.iter().enumerate() {
+            let Some(entity) = self.entity_of_vcpu(vcpu_index) else { continue };
+            let state = self.scheduler.state(entity);
+            if state == Some(RunState::Stopped) {
+                continue;
+            }
+            let _ = vcpus.push(VcpuFacts {
+                vcpu: sched_wire::Vcpu::new(vcpu.domain as u16, vcpu.index),
+                index: vcpu_index,
+                runnable: state == Some(RunState::Runnable),
+                run_time_ns: tsc_to_ns(vcpu.run_ticks),
+            });
+        }
+        self.scheduling.events.clear();
+        let now = super::vcpu::system_time_ns();
+        let Some(server) = self.servers.get_mut(index) else { return };
+        let link = &self.scheduling;
+        if !link.rebuild_stream(now, &domains, &vcpus, &mut |message| server.send(message)) {
+            defmt::warn!("scheduler rebuild stream did not fit the ring");
+        }
+        server.wake(ipc::server::syscall::WAKE_MESSAGES);
+        if let Some(entity) = self.entities.iter().position(|entity| *entity == Entity::Server(index)) {
+            if self.scheduler.state(entity) == Some(RunState::Waiting) {
+                self.scheduler.set_state(entity, RunState::Runnable);
+            }
+        }
+    }
+
+    /// Queues an event for the scheduler server (sent in batches).
+    fn report(&mut self, event: Event) {
+        if self.scheduling.server.is_none() {
+            return;
+        }
+        if !self.scheduling.record(event) {
+            self.flush_events();
+            if !self.scheduling.record(event) {
+                self.scheduling.lost_events = true;
+            }
+        }
+    }
+
+    /// Sends the queued events to the scheduler server and wakes it.
+    fn flush_events(&mut self) {
+        let Some(index) = self.scheduling.server else { return };
+        if self.scheduling.events.is_empty() {
+            return;
+        }
+        let batch = self.scheduling.take_events();
+        let Some(server) = self.servers.get_mut(index) else { return };
+        if !server.send(sched_wire::ToServer::Events { batch }) {
+            self.scheduling.lost_events = true;
+        }
+        server.wake(ipc::server::syscall::WAKE_MESSAGES);
+        if let Some(entity) = self.entities.iter().position(|entity| *entity == Entity::Server(index)) {
+            if self.scheduler.state(entity) == Some(RunState::Waiting) {
+                self.scheduler.set_state(entity, RunState::Runnable);
+            }
+        }
+        if self.scheduling.lost_events {
+            // The server's picture is stale: give it the whole state again.
+            self.scheduling.lost_events = false;
+            self.send_rebuild_stream();
+        }
+    }
+
+    /// The next entity to run: a runnable server first (servers answer
+    /// quickly and the hot path never waits for them), then the first
+    /// runnable vCPU of the scheduler server's published run list, and the
+    /// built-in round-robin when no decision is in force.
+    fn pick_next(&mut self) -> Option<(usize, Entity)> {
+        for (entity, kind) in self.entities.iter().enumerate() {
+            if matches!(kind, Entity::Server(_)) && self.scheduler.state(entity) == Some(RunState::Runnable) {
+                return Some((entity, *kind));
+            }
+        }
+        let generation = self.scheduling.server.and_then(|index| self.servers.get(index)).map(|server| server.health.generation);
+        if let (Some(generation), Some((run, _))) = (generation, self.scheduling.decision.as_ref()) {
+            if self.scheduling.in_charge(generation) {
+                for wire in run {
+                    let found = self.vcpus.iter().position(|vcpu| vcpu.domain as u16 == wire.domain && vcpu.index == wire.index);
+                    if let Some(entity) = found.and_then(|index| self.entity_of_vcpu(index)) {
+                        if self.scheduler.state(entity) == Some(RunState::Runnable) {
+                            return Some((entity, Entity::Vcpu(found.unwrap_or(0))));
+                        }
+                    }
+                }
+                // Nothing in the list can run: fall through to the fallback,
+                // so a runnable vCPU never starves on a stale decision.
+            }
+        }
+        loop {
+            let entity = self.scheduler.pick()?;
+            let kind = *self.entities.get(entity)?;
+            if matches!(kind, Entity::Vcpu(_)) {
+                return Some((entity, kind));
+            }
+        }
+    }
+
     /// The halt-polling max for vCPU `index`'s domain, ns.
     fn halt_poll_max(&self, index: usize) -> u64 {
         let domain = self.vcpus.get(index).map_or(usize::MAX, |vcpu| vcpu.domain);
@@ -528,6 +721,7 @@ impl<'a> Machine<'a> {
     fn begin_halt(&mut self, index: usize, deadline_ns: Option<u64>) {
         let max = self.halt_poll_max(index);
         let Some(vcpu) = self.vcpus.get_mut(index) else { return };
+        vcpu.wake_reported = false;
         let window_ns = vcpu.poller.begin(max);
         vcpu.halt = Some(HaltRecord {
             started: cpu::rdtsc(),
@@ -646,6 +840,25 @@ impl<'a> Machine<'a> {
                 self.scheduler.set_state(entity_index, RunState::Runnable);
             }
         }
+        self.report_wakes(system_time);
+    }
+
+    /// Reports every vCPU that became runnable since it blocked.
+    fn report_wakes(&mut self, now: u64) {
+        let mut woken: Vec<sched_wire::Vcpu, MAX_VCPUS_TOTAL> = Vec::new();
+        for (entity_index, entity) in self.entities.iter().enumerate() {
+            let Entity::Vcpu(index) = *entity else { continue };
+            let Some(vcpu) = self.vcpus.get(index) else { continue };
+            if vcpu.halt.is_some() && self.scheduler.state(entity_index) == Some(RunState::Runnable) && !vcpu.wake_reported {
+                let _ = woken.push(sched_wire::Vcpu::new(vcpu.domain as u16, vcpu.index));
+            }
+        }
+        for vcpu in woken {
+            if let Some(core_vcpu) = self.vcpus.iter_mut().find(|core| core.domain as u16 == vcpu.domain && core.index == vcpu.index) {
+                core_vcpu.wake_reported = true;
+            }
+            self.report(Event::Woke { vcpu, at: now });
+        }
     }
 
     /// Server wake-ups and the echo check of test servers.
@@ -698,7 +911,8 @@ impl<'a> Machine<'a> {
             if self.domains_ended() {
                 self.finish();
             }
-            let picked = self.scheduler.pick().and_then(|entity| Some((entity, *self.entities.get(entity)?)));
+            self.flush_events();
+            let picked = self.pick_next();
             // Armed after the tick work and the pick, so an interrupt taken
             // above cannot consume the timer this slice relies on.
             let event = self.next_event();

@@ -11,7 +11,7 @@ use ipc::server::{IMAGE_BASE, IMAGE_LIMIT, RING_REGION_BASE, STACK_SIZE, STACK_T
 
 use core::ops::ControlFlow;
 use hypervisor_core::server::{ServerFault, ECHO_PAYLOAD_LEN};
-use ipc::messages::{self, pager, test_server, Envelope};
+use ipc::messages::{self, pager, scheduler, test_server, Envelope};
 use ipc::ring::{Consumer, Producer, SLOT_COUNT, SLOT_PAYLOAD};
 use ipc::server::{syscall, ServerKind};
 
@@ -232,6 +232,20 @@ pub struct Drained {
     pub echoes: u32,
     /// Target verdicts from the pager: (domain, accepted, floor pages).
     pub targets: heapless::Vec<(u16, bool, u64), 8>,
+    /// The scheduler asked for a fresh rebuild stream.
+    pub needs_rebuild: bool,
+    /// The scheduler answered a control request.
+    pub control: bool,
+}
+
+/// What the scheduler's messages are checked against and go to.
+pub struct SchedulerInput<'l> {
+    /// The machine's shape (pCPUs, vCPUs per domain).
+    pub shape: scheduler::Shape,
+    /// Where accepted messages go.
+    pub link: &'l mut super::scheduling::SchedulerLink,
+    /// The core's index of a wire vCPU id.
+    pub vcpu_index: &'l dyn Fn(scheduler::Vcpu) -> Option<usize>,
 }
 
 impl Server<'_> {
@@ -260,7 +274,7 @@ impl Server<'_> {
         match self.spec.kind {
             ServerKind::Test => self.send(test_server::ToServer::Error { code }),
             ServerKind::Pager => self.send(pager::ToServer::Error { code }),
-            ServerKind::Scheduler => false,
+            ServerKind::Scheduler => self.send(scheduler::ToServer::Error { code }),
         }
     }
 
@@ -276,7 +290,7 @@ impl Server<'_> {
     /// Reads and validates everything in the `to_core` ring. A malformed
     /// message is answered with an error and counted; past the limit the
     /// server's fault is returned.
-    pub fn drain(&mut self, domains: u16) -> Result<Drained, ServerFault> {
+    pub fn drain(&mut self, domains: u16, mut scheduler_input: Option<SchedulerInput<'_>>) -> Result<Drained, ServerFault> {
         let mut drained = Drained::default();
         let mut fault = None;
         let mut errors: heapless::Vec<messages::ErrorCode, SLOT_COUNT> = heapless::Vec::new();
@@ -319,9 +333,24 @@ impl Server<'_> {
                         Err(error) => Err(error.code()),
                     }
                 }
+                (ServerKind::Scheduler, Ok(bytes)) => match scheduler_input.as_mut() {
+                    Some(input) => {
+                        match messages::decode_from_server::<scheduler::ToCore>(bytes, generation, &input.shape) {
+                            Ok(message) => {
+                                match input.link.accept(message, generation, input.vcpu_index) {
+                                    super::scheduling::Accepted::Ready => drained.ready = true,
+                                    super::scheduling::Accepted::NeedsRebuild => drained.needs_rebuild = true,
+                                    super::scheduling::Accepted::Control => drained.control = true,
+                                    super::scheduling::Accepted::Other => {}
+                                }
+                                Ok(())
+                            }
+                            Err(error) => Err(error.code()),
+                        }
+                    }
+                    None => Err(messages::ErrorCode::Unexpected),
+                },
                 (_, Err(_)) => Err(messages::ErrorCode::BadLength),
-                // Scheduler and pager protocols arrive with issues #4 and #5.
-                _ => Err(messages::ErrorCode::Unexpected),
             };
             match verdict {
                 Ok(()) => health.well_formed(),

@@ -35,6 +35,8 @@ pub struct Vcpu {
     pub halt: Option<HaltRecord>,
     /// Wake-to-run latency of timed wake-ups.
     pub wake_latency: LatencyHistogram,
+    /// The scheduler has been told this halt ended.
+    pub wake_reported: bool,
 }
 
 /// One halt in progress (TSC values).

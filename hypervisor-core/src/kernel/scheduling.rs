@@ -1,0 +1,189 @@
+//! The core's side of the scheduler server: what it tells the server
+//! (a rebuild stream at every start, then batched events) and what it keeps
+//! of the server's answers (the published decision, credits, control
+//! results). The hot path never waits on the server: the run loop reads the
+//! last published decision at a switch point, and falls back to round-robin
+//! whenever no instance has announced itself since its last start.
+
+use heapless::Vec;
+use ipc::messages::scheduler::{
+    Applied, ControlError, DomainRecord, Event, PublishedCredit, ToCore, ToServer, Vcpu, VcpuRecord,
+    VcpuState, EVENT_BATCH_LEN, REBUILD_DOMAIN_BATCH_LEN, REBUILD_VCPU_BATCH_LEN, RUN_LIST_LEN,
+};
+
+use super::run::MAX_VCPUS_TOTAL;
+
+/// Xen's credit1 defaults.
+pub const DEFAULT_TIMESLICE_MS: u32 = 30;
+/// Xen's default ratelimit, µs.
+pub const DEFAULT_RATELIMIT_US: u32 = 1000;
+
+/// What the core keeps for and from the scheduler server.
+#[derive(Debug)]
+pub struct SchedulerLink {
+    /// The scheduler server's index among the servers.
+    pub server: Option<usize>,
+    /// The generation whose `Ready` arrived (decisions count only then).
+    pub ready_generation: Option<u32>,
+    /// pCPU 0's published decision: its run list and slice.
+    pub decision: Option<(Vec<Vcpu, RUN_LIST_LEN>, u64)>,
+    /// Events not yet sent.
+    pub events: Vec<Event, EVENT_BATCH_LEN>,
+    /// Events had to be dropped: the server needs a fresh rebuild stream.
+    pub lost_events: bool,
+    /// Last published credit per vCPU (index = the core's vCPU index).
+    pub credits: [Option<PublishedCredit>; MAX_VCPUS_TOTAL],
+    /// When the server last accounted.
+    pub accounted_at: Option<u64>,
+    /// Timeslice and ratelimit in force (changed only by accepted requests).
+    pub tunables: (u32, u32),
+    /// A control result not yet handed to whoever asked.
+    pub control_result: Option<(u32, Result<Applied, ControlError>)>,
+    /// Decisions the server published, for the logs and benchmarks.
+    pub decisions_received: u64,
+}
+
+impl Default for SchedulerLink {
+    fn default() -> Self {
+        Self {
+            server: None,
+            ready_generation: None,
+            decision: None,
+            events: Vec::new(),
+            lost_events: false,
+            credits: [None; MAX_VCPUS_TOTAL],
+            accounted_at: None,
+            tunables: (DEFAULT_TIMESLICE_MS, DEFAULT_RATELIMIT_US),
+            control_result: None,
+            decisions_received: 0,
+        }
+    }
+}
+
+/// One vCPU as the rebuild stream describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct VcpuFacts {
+    /// Its id on the wire.
+    pub vcpu: Vcpu,
+    /// Its index among the core's vCPUs.
+    pub index: usize,
+    /// Whether it could run now (not blocked, halted or stopped).
+    pub runnable: bool,
+    /// CPU time used so far, ns.
+    pub run_time_ns: u64,
+}
+
+impl SchedulerLink {
+    /// Whether the server's decisions are in force.
+    pub fn in_charge(&self, generation: u32) -> bool {
+        self.ready_generation == Some(generation) && self.decision.is_some()
+    }
+
+    /// Forgets everything of the previous instance except what survives a
+    /// restart (credits, tunables, weights live in the core).
+    pub fn instance_stopped(&mut self) {
+        self.ready_generation = None;
+        self.decision = None;
+        self.events.clear();
+        self.lost_events = false;
+    }
+
+    /// Queues an event; `false` when the batch is full and must be sent first.
+    pub fn record(&mut self, event: Event) -> bool {
+        self.events.push(event).is_ok()
+    }
+
+    /// Takes the pending batch.
+    pub fn take_events(&mut self) -> Vec<Event, EVENT_BATCH_LEN> {
+        core::mem::take(&mut self.events)
+    }
+
+    /// The rebuild stream for a fresh instance, handed message by message to
+    /// `send` (which returns `false` if the ring is full).
+    pub fn rebuild_stream(
+        &self,
+        now_ns: u64,
+        domains: &[(u16, u32, u32)],
+        vcpus: &[VcpuFacts],
+        send: &mut impl FnMut(ToServer) -> bool,
+    ) -> bool {
+        let (timeslice_ms, ratelimit_us) = self.tunables;
+        let mut ok = send(ToServer::RebuildBegin {
+            now: now_ns,
+            timeslice_ms,
+            ratelimit_us,
+            accounted_at: self.accounted_at,
+            pcpus: 1,
+        });
+        for chunk in domains.chunks(REBUILD_DOMAIN_BATCH_LEN) {
+            let records = chunk
+                .iter()
+                .map(|&(domain, weight, cap)| DomainRecord { domain, weight, cap })
+                .collect();
+            ok &= send(ToServer::RebuildDomains { records });
+        }
+        // The running vCPU first, then the others in the order of the last
+        // decision (so queue order survives), then the rest.
+        for chunk in vcpus.chunks(REBUILD_VCPU_BATCH_LEN) {
+            let records = chunk
+                .iter()
+                .map(|facts| VcpuRecord {
+                    vcpu: facts.vcpu,
+                    state: if facts.runnable { VcpuState::Runnable { pcpu: 0 } } else { VcpuState::Blocked },
+                    run_time_ns: facts.run_time_ns,
+                    published: self.credits.get(facts.index).copied().flatten(),
+                })
+                .collect();
+            ok &= send(ToServer::RebuildVcpus { records });
+        }
+        ok &= send(ToServer::RebuildEnd { domains: domains.len() as u16, vcpus: vcpus.len() as u16 });
+        ok
+    }
+
+    /// Takes in one validated message of the current instance. Returns
+    /// `true` if it was `Ready` or `RebuildFailed` asks for a new stream
+    /// (`needs_rebuild`).
+    pub fn accept(&mut self, message: ToCore, generation: u32, vcpu_index: impl Fn(Vcpu) -> Option<usize>) -> Accepted {
+        match message {
+            ToCore::Ready => {
+                self.ready_generation = Some(generation);
+                return Accepted::Ready;
+            }
+            ToCore::Decision { pcpu: 0, run, slice_ns } => {
+                self.decision = Some((run, slice_ns));
+                self.decisions_received += 1;
+            }
+            ToCore::Decision { .. } | ToCore::Tickle { .. } | ToCore::Heartbeat { .. } => {}
+            ToCore::Credits { accounted_at, entries } => {
+                self.accounted_at = accounted_at.or(self.accounted_at);
+                for entry in entries {
+                    if let Some(slot) = vcpu_index(entry.vcpu).and_then(|index| self.credits.get_mut(index)) {
+                        *slot = Some(PublishedCredit { credit_ns: entry.credit_ns, run_time_ns: entry.run_time_ns });
+                    }
+                }
+            }
+            ToCore::ControlResult { request, result } => {
+                if let Ok(Applied::Tunables { timeslice_ms, ratelimit_us }) = result {
+                    self.tunables = (timeslice_ms, ratelimit_us);
+                }
+                self.control_result = Some((request, result));
+                return Accepted::Control;
+            }
+            ToCore::RebuildFailed { .. } => return Accepted::NeedsRebuild,
+        }
+        Accepted::Other
+    }
+}
+
+/// What [`SchedulerLink::accept`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// The instance announced itself: its decisions are in force.
+    Ready,
+    /// A control request was answered.
+    Control,
+    /// The server wants a fresh rebuild stream.
+    NeedsRebuild,
+    /// Anything else.
+    Other,
+}
