@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 /// First eight bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"CAIRNBDL";
 /// Version of the bundle layout and manifest encoding; bumped on any change.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// Size of the fixed header in front of the manifest.
 pub const HEADER_SIZE: usize = 16;
 /// Images start on this boundary.
@@ -69,6 +69,9 @@ pub struct Machine {
     pub cpus: u8,
     /// RAM of the whole machine, MiB.
     pub memory_mib: u32,
+    /// Stop the machine this many ms after boot, reporting every domain's
+    /// CPU time (0 = run until the domains end).
+    pub stop_after_ms: u32,
 }
 
 /// One `[[domain]]` table of the appliance file.
@@ -428,7 +431,7 @@ mod tests {
 
     fn manifest(domains: &[DomainSpec]) -> Manifest {
         Manifest {
-            machine: Machine { cpus: 1, memory_mib: 256 },
+            machine: Machine { cpus: 1, memory_mib: 256, stop_after_ms: 0 },
             domains: domains.iter().cloned().collect(),
             servers: Vec::new(),
             mode: RunMode::Normal,

@@ -17,6 +17,9 @@ pub enum ExitStatus {
     CorePanic = 0x12,
     /// The boot bundle or machine was unusable; nothing ran.
     BootError = 0x13,
+    /// The appliance's `stop_after` time ran out with domains still running
+    /// (measurement runs end this way).
+    TimeLimit = 0x14,
 }
 
 impl ExitStatus {
@@ -27,7 +30,7 @@ impl ExitStatus {
 
     /// Maps a QEMU process exit status back to the code, if it is one of ours.
     pub fn from_qemu_status(status: i32) -> Option<Self> {
-        [Self::AllPoweredOff, Self::DomainFailed, Self::CorePanic, Self::BootError]
+        [Self::AllPoweredOff, Self::DomainFailed, Self::CorePanic, Self::BootError, Self::TimeLimit]
             .into_iter()
             .find(|code| code.qemu_status() == status)
     }
@@ -44,6 +47,7 @@ mod tests {
             ExitStatus::DomainFailed,
             ExitStatus::CorePanic,
             ExitStatus::BootError,
+            ExitStatus::TimeLimit,
         ] {
             assert_ne!(code.qemu_status(), 0);
             assert_eq!(ExitStatus::from_qemu_status(code.qemu_status()), Some(code));

@@ -239,6 +239,7 @@ pub fn build_bundle(
         machine: Machine {
             cpus: appliance.machine.cpus,
             memory_mib: appliance.machine.memory_mib,
+            stop_after_ms: appliance.machine.stop_after_ms,
         },
         domains,
         servers,

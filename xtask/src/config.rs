@@ -5,6 +5,7 @@
 //! [machine]            # optional
 //! cpus = 1             # pCPUs, 1..=ipc::boot::MAX_CPUS, default 1
 //! memory = 256         # MiB for the whole machine, default 256
+//! stop_after = 8000    # ms: stop and report CPU times (measurement runs)
 //!
 //! [[domain]]           # one per domain, xl.cfg-style keys
 //! name = "hello"       # required, [A-Za-z0-9_-], unique
@@ -84,6 +85,8 @@ pub struct MachineConfig {
     pub cpus: u8,
     /// RAM of the whole machine, MiB (QEMU `-m`).
     pub memory_mib: u32,
+    /// Stop after this many ms, reporting CPU times (0 = never).
+    pub stop_after_ms: u32,
 }
 
 /// One `[[domain]]` table.
@@ -165,6 +168,7 @@ pub fn parse(text: &str, file: &str, base_directory: &Path) -> Result<Appliance,
         None => MachineConfig {
             cpus: DEFAULT_MACHINE_CPUS,
             memory_mib: DEFAULT_MACHINE_MEMORY_MIB,
+            stop_after_ms: 0,
         },
     };
     let domain_tables = root.table_array("domain")?;
@@ -233,8 +237,9 @@ fn parse_machine(mut table: TableReader<'_>) -> Result<MachineConfig, KeyError> 
     let memory_mib = table
         .integer_in("memory", MACHINE_MEMORY_RANGE_MIB, " MiB")?
         .unwrap_or(DEFAULT_MACHINE_MEMORY_MIB);
+    let stop_after_ms = table.integer_in("stop_after", 0..=3_600_000u32, " ms")?.unwrap_or(0);
     table.finish()?;
-    Ok(MachineConfig { cpus, memory_mib })
+    Ok(MachineConfig { cpus, memory_mib, stop_after_ms })
 }
 
 /// Reads one `[[domain]]` table.
@@ -466,7 +471,8 @@ cmdline = "iterations=5"
             appliance.machine,
             MachineConfig {
                 cpus: 2,
-                memory_mib: 128
+                memory_mib: 128,
+                stop_after_ms: 0
             }
         );
         assert_eq!(appliance.domains.len(), 2);
@@ -520,7 +526,8 @@ cmdline = "iterations=5"
             appliance.machine,
             MachineConfig {
                 cpus: 1,
-                memory_mib: 256
+                memory_mib: 256,
+                stop_after_ms: 0
             }
         );
     }

@@ -163,9 +163,10 @@ impl QemuExit {
         }
     }
 
-    /// The only success: every domain powered itself off.
+    /// Success: every domain powered itself off, or the appliance's
+    /// `stop_after` ended a measurement run as configured.
     pub fn is_success(self) -> bool {
-        self == Self::Core(CoreExit::AllPoweredOff)
+        matches!(self, Self::Core(CoreExit::AllPoweredOff | CoreExit::TimeLimit))
     }
 }
 
@@ -180,6 +181,7 @@ impl fmt::Display for QemuExit {
                     }
                     CoreExit::CorePanic => "the core panicked",
                     CoreExit::BootError => "the core refused the boot bundle or the machine",
+                    CoreExit::TimeLimit => "the appliance's stop_after time ran out",
                 };
                 write!(
                     formatter,

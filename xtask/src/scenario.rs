@@ -53,11 +53,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const TAIL_LINES: usize = 40;
 
 /// The core exit codes by the names scenario files use.
-const EXIT_NAMES: [(&str, CoreExit); 4] = [
+const EXIT_NAMES: [(&str, CoreExit); 5] = [
     ("AllPoweredOff", CoreExit::AllPoweredOff),
     ("DomainFailed", CoreExit::DomainFailed),
     ("CorePanic", CoreExit::CorePanic),
     ("BootError", CoreExit::BootError),
+    ("TimeLimit", CoreExit::TimeLimit),
 ];
 
 /// What a scenario checks.
@@ -77,9 +78,164 @@ pub enum Check {
         timeout: Duration,
         /// `hvctl` commands to run during the boot.
         control: Vec<ControlStep>,
+        /// Checks on the CPU time the core reports per domain.
+        cpu: Vec<CpuCheck>,
     },
     /// Loading the appliance must fail with an error containing this text.
     ConfigError(String),
+}
+
+/// A check on the core's `domain NAME: cpu time X us in Y us` lines (the
+/// last such line of each domain counts).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CpuCheck {
+    /// `usage = [{ domain, min, max }]`: X / Y, percent of one pCPU.
+    Usage {
+        /// The domain.
+        domain: String,
+        /// Lowest allowed, percent.
+        min: f64,
+        /// Highest allowed, percent.
+        max: f64,
+    },
+    /// `shares = [{ domains, expect, tolerance }]`: each domain's X as a
+    /// percentage of the listed domains' total, within `tolerance` points of
+    /// its `expect`.
+    Shares {
+        /// The domains.
+        domains: Vec<String>,
+        /// Their expected shares, percent.
+        expect: Vec<f64>,
+        /// Allowed deviation, percentage points.
+        tolerance: f64,
+    },
+    /// `wake_latency = [{ faster, slower, max_ratio }]`: the median
+    /// wake-to-run latency the core reports for domain `faster` is at most
+    /// `max_ratio` times that of domain `slower`.
+    WakeLatency {
+        /// The domain that must wake faster.
+        faster: String,
+        /// The domain it is compared with.
+        slower: String,
+        /// Largest allowed ratio.
+        max_ratio: f64,
+    },
+}
+
+/// Reads `usage` and `shares`.
+fn parse_cpu_checks(table: &mut TableReader<'_>) -> Result<Vec<CpuCheck>, KeyError> {
+    let mut checks = Vec::new();
+    for mut entry in table.table_array("usage")? {
+        let domain = entry.required_string("domain")?.to_owned();
+        let min = entry.number("min")?.unwrap_or(0.0);
+        let max = entry.number("max")?.unwrap_or(100.0);
+        if min > max {
+            return Err(entry.error("min", format!("{min} is above max {max}")));
+        }
+        entry.finish()?;
+        checks.push(CpuCheck::Usage { domain, min, max });
+    }
+    for mut entry in table.table_array("shares")? {
+        let domains = entry.string_list("domains")?.unwrap_or_default();
+        let expect = entry.number_list("expect")?.unwrap_or_default();
+        let tolerance = entry.number("tolerance")?.ok_or_else(|| entry.error("tolerance", "missing (percentage points)"))?;
+        if domains.len() < 2 || domains.len() != expect.len() {
+            return Err(entry.error("expect", "give at least two domains and one expected share per domain"));
+        }
+        entry.finish()?;
+        checks.push(CpuCheck::Shares { domains, expect, tolerance });
+    }
+    for mut entry in table.table_array("wake_latency")? {
+        let faster = entry.required_string("faster")?.to_owned();
+        let slower = entry.required_string("slower")?.to_owned();
+        let max_ratio = entry.number("max_ratio")?.ok_or_else(|| entry.error("max_ratio", "missing"))?;
+        entry.finish()?;
+        checks.push(CpuCheck::WakeLatency { faster, slower, max_ratio });
+    }
+    Ok(checks)
+}
+
+/// Median wake-to-run latency (ns) per domain, from the core's lines.
+fn wake_latencies(text: &[String]) -> std::collections::HashMap<String, f64> {
+    let mut latencies = std::collections::HashMap::new();
+    for line in text {
+        let Some(rest) = line.split("INFO domain ").nth(1) else { continue };
+        let Some((head, tail)) = rest.split_once(": wake-to-run latency median ") else { continue };
+        let name = head.split(" vCPU").next().unwrap_or(head);
+        if let Some(value) = tail.split_whitespace().next().and_then(|word| word.parse::<f64>().ok()) {
+            latencies.insert(name.to_owned(), value);
+        }
+    }
+    latencies
+}
+
+/// The CPU time (µs) and the time it was measured over (µs) per domain,
+/// from the core's lines.
+fn cpu_times(text: &[String]) -> std::collections::HashMap<String, (f64, f64)> {
+    let mut times = std::collections::HashMap::new();
+    for line in text {
+        let Some(rest) = line.split("INFO domain ").nth(1) else { continue };
+        let Some((name, numbers)) = rest.split_once(": cpu time ") else { continue };
+        let mut words = numbers.split_whitespace();
+        let used = words.next().and_then(|word| word.parse::<f64>().ok());
+        let over = words.nth(2).and_then(|word| word.parse::<f64>().ok());
+        if let (Some(used), Some(over)) = (used, over) {
+            times.insert(name.to_owned(), (used, over));
+        }
+    }
+    times
+}
+
+/// Judges the CPU checks against the output.
+pub fn judge_cpu(text: &[String], checks: &[CpuCheck]) -> Vec<Failure> {
+    let times = cpu_times(text);
+    let latencies = wake_latencies(text);
+    let mut failures = Vec::new();
+    for check in checks {
+        match check {
+            CpuCheck::Usage { domain, min, max } => match times.get(domain) {
+                None => failures.push(Failure::Cpu(format!("no cpu time line for domain {domain}"))),
+                Some(&(used, over)) => {
+                    let percent = used / over.max(1.0) * 100.0;
+                    if percent < *min || percent > *max {
+                        failures.push(Failure::Cpu(format!(
+                            "domain {domain} used {percent:.2} % of a pCPU, outside {min}..={max} %"
+                        )));
+                    }
+                }
+            },
+            CpuCheck::Shares { domains, expect, tolerance } => {
+                let used: Option<Vec<f64>> = domains.iter().map(|domain| times.get(domain).map(|time| time.0)).collect();
+                let Some(used) = used else {
+                    failures.push(Failure::Cpu(format!("a cpu time line is missing for one of {domains:?}")));
+                    continue;
+                };
+                let total: f64 = used.iter().sum::<f64>().max(1.0);
+                for ((domain, used), expected) in domains.iter().zip(&used).zip(expect.iter()) {
+                    let share = used / total * 100.0;
+                    if (share - expected).abs() > *tolerance {
+                        failures.push(Failure::Cpu(format!(
+                            "domain {domain} got {share:.1} % of the shared CPU time, expected {expected} ± {tolerance}"
+                        )));
+                    }
+                }
+            }
+            CpuCheck::WakeLatency { faster, slower, max_ratio } => {
+                match (latencies.get(faster), latencies.get(slower)) {
+                    (Some(&fast), Some(&slow)) => {
+                        let ratio = fast / slow.max(1.0);
+                        if ratio > *max_ratio {
+                            failures.push(Failure::Cpu(format!(
+                                "wake latency of {faster} ({fast} ns) is {ratio:.3} × that of {slower} ({slow} ns), above {max_ratio}"
+                            )));
+                        }
+                    }
+                    _ => failures.push(Failure::Cpu(format!("no wake latency line for {faster} or {slower}"))),
+                }
+            }
+        }
+    }
+    failures
 }
 
 /// One `[[scenario]]`.
@@ -137,6 +293,7 @@ fn parse_scenario(mut table: TableReader<'_>, workspace_root: &Path) -> Result<S
     let exit = table.string("exit")?;
     let timeout = table.seconds("timeout")?;
     let control = parse_control(&mut table)?;
+    let cpu = parse_cpu_checks(&mut table)?;
     let check = match config_error {
         Some(text) => {
             let boot_keys = [
@@ -146,6 +303,7 @@ fn parse_scenario(mut table: TableReader<'_>, workspace_root: &Path) -> Result<S
                 ("exit", exit.is_some()),
                 ("timeout", timeout.is_some()),
                 ("control", !control.is_empty()),
+                ("usage", !cpu.is_empty()),
             ];
             if let Some((key, _)) = boot_keys.iter().find(|(_, present)| *present) {
                 return Err(table.error(
@@ -201,6 +359,7 @@ fn parse_scenario(mut table: TableReader<'_>, workspace_root: &Path) -> Result<S
                 exit,
                 timeout,
                 control,
+                cpu,
             }
         }
     };
@@ -287,6 +446,8 @@ pub enum Failure {
         /// What went wrong.
         problem: String,
     },
+    /// A CPU-time check failed.
+    Cpu(String),
     /// The runner could not boot at all (build, bundle or QEMU start failed).
     Setup(String),
     /// A config_error scenario's config loaded fine.
@@ -336,6 +497,7 @@ impl std::fmt::Display for Failure {
                 "control step #{} `hvctl {command}`: {problem}",
                 index + 1
             ),
+            Self::Cpu(message) => write!(formatter, "cpu time: {message}"),
             Self::Setup(message) => write!(formatter, "could not boot: {message}"),
             Self::ConfigAccepted(file) => {
                 write!(
@@ -441,6 +603,7 @@ pub fn judge_boot(
         forbid,
         exit,
         control: steps,
+        cpu,
         ..
     } = check
     else {
@@ -448,6 +611,7 @@ pub fn judge_boot(
     };
     let text: Vec<String> = lines.iter().map(ToString::to_string).collect();
     let mut failures = match_lines(&text, expect, forbid);
+    failures.extend(judge_cpu(&text, cpu));
     failures.extend(judge_control(steps, control));
     failures.extend(judge_ending(ending, *exit));
     failures
@@ -514,6 +678,7 @@ config_error = "domain[0].memory"
                 exit: CoreExit::AllPoweredOff,
                 timeout: Duration::from_secs(30),
                 control: Vec::new(),
+                cpu: Vec::new(),
             }
         );
         let Check::Boot {
@@ -653,6 +818,7 @@ config_error = "domain[0].memory"
             exit: CoreExit::AllPoweredOff,
             timeout: DEFAULT_TIMEOUT,
             control: Vec::new(),
+            cpu: Vec::new(),
         };
         let lines = vec![Line::Guest("hello: Hello from cairn!".into())];
         let powered_off = Ending::Exited(QemuExit::Core(CoreExit::AllPoweredOff));
@@ -662,6 +828,36 @@ config_error = "domain[0].memory"
             judge_boot(&[], &Ending::Exited(QemuExit::Zero), &check, &[]).len(),
             2
         );
+    }
+
+    #[test]
+    fn cpu_checks_judge_usage_and_shares() {
+        let lines: Vec<String> = [
+            "cairn  INFO domain a: cpu time 1000 us in 10000 us, 100 per mille of a pCPU",
+            "cairn  INFO domain b: cpu time 2000 us in 10000 us, 200 per mille of a pCPU",
+            "cairn  INFO domain c: cpu time 4100 us in 10000 us, 410 per mille of a pCPU",
+        ]
+        .iter()
+        .map(|line| line.to_string())
+        .collect();
+        let usage = |domain: &str, min: f64, max: f64| CpuCheck::Usage { domain: domain.into(), min, max };
+        assert!(judge_cpu(&lines, &[usage("a", 9.0, 11.0)]).is_empty());
+        assert_eq!(judge_cpu(&lines, &[usage("a", 0.0, 5.0)]).len(), 1);
+        assert_eq!(judge_cpu(&lines, &[usage("z", 0.0, 5.0)]).len(), 1, "a missing domain fails");
+        let shares = |tolerance: f64| CpuCheck::Shares {
+            domains: vec!["a".into(), "b".into(), "c".into()],
+            expect: vec![14.3, 28.6, 57.1],
+            tolerance,
+        };
+        assert!(judge_cpu(&lines, &[shares(3.0)]).is_empty(), "14.1/28.2/57.7 is within 3 points");
+        assert_eq!(judge_cpu(&lines, &[shares(0.3)]).len(), 2, "a and c are more than 0.3 points off");
+        let mut with_latency = lines.clone();
+        with_latency.push("cairn  INFO domain a vCPU 0: wake-to-run latency median 1000 ns over 9 timed wake-ups".into());
+        with_latency.push("cairn  INFO domain b vCPU 0: wake-to-run latency median 41000 ns over 9 timed wake-ups".into());
+        let latency = |max_ratio: f64| CpuCheck::WakeLatency { faster: "a".into(), slower: "b".into(), max_ratio };
+        assert!(judge_cpu(&with_latency, &[latency(0.7)]).is_empty());
+        assert_eq!(judge_cpu(&with_latency, &[latency(0.01)]).len(), 1);
+        assert_eq!(judge_cpu(&lines, &[latency(0.7)]).len(), 1, "missing lines fail");
     }
 
     #[test]

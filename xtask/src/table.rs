@@ -181,6 +181,39 @@ impl<'a> TableReader<'a> {
         }
     }
 
+    /// An optional finite number (integer or float).
+    pub fn number(&mut self, key: &'static str) -> Result<Option<f64>, KeyError> {
+        let value = match self.get(key) {
+            None => return Ok(None),
+            Some(Value::Integer(value)) => *value as f64,
+            Some(Value::Float(value)) => *value,
+            Some(other) => return Err(self.wrong_type(key, "a number", other)),
+        };
+        if value.is_finite() {
+            Ok(Some(value))
+        } else {
+            Err(self.error(key, format!("{value} is not a finite number")))
+        }
+    }
+
+    /// An optional array of finite numbers.
+    pub fn number_list(&mut self, key: &'static str) -> Result<Option<Vec<f64>>, KeyError> {
+        let items = match self.get(key) {
+            None => return Ok(None),
+            Some(Value::Array(items)) => items,
+            Some(other) => return Err(self.wrong_type(key, "an array of numbers", other)),
+        };
+        let mut numbers = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Value::Integer(value) => numbers.push(*value as f64),
+                Value::Float(value) if value.is_finite() => numbers.push(*value),
+                other => return Err(self.wrong_type(key, "an array of numbers", other)),
+            }
+        }
+        Ok(Some(numbers))
+    }
+
     /// An optional array of strings.
     pub fn string_list(&mut self, key: &'static str) -> Result<Option<Vec<String>>, KeyError> {
         let items = match self.get(key) {

@@ -149,7 +149,10 @@ pub fn start(start_info_address: u64) -> ! {
     if let RunMode::Bench { iterations } = bundle.manifest.mode {
         bench::run(&mut machine, iterations);
     }
-    let _ = calibration;
+    if bundle.manifest.machine.stop_after_ms > 0 {
+        let ticks = u64::from(bundle.manifest.machine.stop_after_ms) * (calibration.tsc_hz / 1000);
+        machine.stop_at = Some(cpu::rdtsc().saturating_add(ticks));
+    }
     machine.run()
 }
 

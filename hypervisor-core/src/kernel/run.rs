@@ -89,6 +89,8 @@ struct DomainSlot<'a> {
     /// Credit weight and cap in force (the core keeps them across scheduler restarts).
     weight: u32,
     cap: u32,
+    /// TSC when the domain was built (its CPU share is measured from here).
+    started: u64,
 }
 
 /// Every domain, vCPU and server, the free memory, and the built-in scheduler.
@@ -107,6 +109,8 @@ pub struct Machine<'a> {
     halt_poll: HaltPollParameters,
     /// The scheduler server's link.
     pub(super) scheduling: SchedulerLink,
+    /// TSC value at which the appliance's `stop_after` ends the run.
+    pub(super) stop_at: Option<u64>,
 }
 
 impl<'a> Machine<'a> {
@@ -124,6 +128,7 @@ impl<'a> Machine<'a> {
             asid_owner: [usize::MAX; MAX_VCPUS_TOTAL + 1],
             halt_poll: HaltPollParameters::default(),
             scheduling: SchedulerLink::default(),
+            stop_at: None,
         }
     }
 
@@ -203,6 +208,7 @@ impl<'a> Machine<'a> {
             halt_poll_max: spec.halt_poll_max_ns,
             weight: spec.cpu_weight,
             cap: spec.cap,
+            started: cpu::rdtsc(),
         };
         let result = (|| {
             let mut memory = domain::build_memory(frames, bytes)?;
@@ -240,7 +246,7 @@ impl<'a> Machine<'a> {
     fn log_cpu_time(&self, index: usize) {
         let Some(slot) = self.domains.get(index) else { return };
         let ticks: u64 = self.vcpus.iter().filter(|vcpu| vcpu.domain == index).map(|vcpu| vcpu.run_ticks).sum();
-        let elapsed = cpu::rdtsc().max(1);
+        let elapsed = cpu::rdtsc().saturating_sub(slot.started).max(1);
         let per_mille = (u128::from(ticks) * 1000 / u128::from(elapsed)) as u64;
         let micros = |ticks: u64| (u128::from(ticks) * 1_000_000 / u128::from(lapic::tsc_hz().max(1))) as u64;
         defmt::info!(
@@ -698,8 +704,10 @@ impl<'a> Machine<'a> {
                         }
                     }
                 }
-                // Nothing in the list can run: fall through to the fallback,
-                // so a runnable vCPU never starves on a stale decision.
+                // Nothing in the list can run: the pCPU idles. A vCPU left
+                // out is parked (a cap) or not yet placed after a wake-up;
+                // the server hears of every change and publishes again.
+                return None;
             }
         }
         loop {
@@ -827,15 +835,17 @@ impl<'a> Machine<'a> {
         for (entity_index, entity) in self.entities.iter().enumerate() {
             let Entity::Vcpu(index) = *entity else { continue };
             let Some(vcpu) = self.vcpus.get_mut(index) else { continue };
-            if vcpu.timer.is_some_and(|deadline| deadline <= system_time) {
-                // The single-shot timer fired: it wakes a blocked vCPU and is consumed.
-                vcpu.timer = None;
-                if self.scheduler.state(entity_index) == Some(RunState::Waiting) {
-                    vcpu.wake_at = None;
-                    self.scheduler.set_state(entity_index, RunState::Runnable);
+            let blocked = self.scheduler.state(entity_index) == Some(RunState::Waiting);
+            let timer_due = vcpu.timer.is_some_and(|deadline| deadline <= system_time);
+            let wake_due = vcpu.wake_at.is_some_and(|deadline| deadline <= system_time);
+            if blocked && (timer_due || wake_due) {
+                // The single-shot timer (or the poll timeout) fired: it wakes
+                // the blocked vCPU and is consumed. A timer that fires while
+                // the vCPU runs stays due: its next SCHEDOP_block returns at
+                // once (Xen's pending timer event), so no wake-up is lost.
+                if timer_due {
+                    vcpu.timer = None;
                 }
-            }
-            if vcpu.wake_at.is_some_and(|deadline| deadline <= system_time) {
                 vcpu.wake_at = None;
                 self.scheduler.set_state(entity_index, RunState::Runnable);
             }
@@ -885,7 +895,16 @@ impl<'a> Machine<'a> {
         let now = cpu::rdtsc();
         let to_tsc = ns_to_tsc;
         let mut earliest = now.saturating_add(lapic::tsc_hz() / super::TICK_HZ);
-        for vcpu in &self.vcpus {
+        if let Some(stop) = self.stop_at {
+            earliest = earliest.min(stop);
+        }
+        for (index, vcpu) in self.vcpus.iter().enumerate() {
+            // Only a blocked vCPU's timer is an event for the pCPU; a running
+            // one's due timer waits for its next block.
+            let blocked = self.entity_of_vcpu(index).is_some_and(|entity| self.scheduler.state(entity) == Some(RunState::Waiting));
+            if !blocked {
+                continue;
+            }
             for deadline in [vcpu.wake_at, vcpu.timer].into_iter().flatten() {
                 earliest = earliest.min(to_tsc(deadline));
             }
@@ -911,6 +930,9 @@ impl<'a> Machine<'a> {
             if self.domains_ended() {
                 self.finish();
             }
+            if self.stop_at.is_some_and(|stop| cpu::rdtsc() >= stop) {
+                self.time_limit();
+            }
             self.flush_events();
             let picked = self.pick_next();
             // Armed after the tick work and the pick, so an interrupt taken
@@ -929,6 +951,19 @@ impl<'a> Machine<'a> {
     /// left, the machine is done).
     fn domains_ended(&self) -> bool {
         self.domains.iter().all(|slot| slot.state != DomainState::Running)
+    }
+
+    /// `stop_after` ran out: report every running domain's CPU time and
+    /// halt statistics, then stop the machine.
+    fn time_limit(&self) -> ! {
+        defmt::info!("time limit reached");
+        for (index, slot) in self.domains.iter().enumerate() {
+            if slot.state == DomainState::Running {
+                self.log_cpu_time(index);
+                self.log_halt_stats(index);
+            }
+        }
+        arch::exit_machine(ExitStatus::TimeLimit)
     }
 
     fn finish(&self) -> ! {
