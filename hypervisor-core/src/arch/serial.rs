@@ -68,3 +68,38 @@ unsafe impl defmt::Logger for SerialLogger {
         unsafe { (*(&raw mut ENCODER)).write(bytes, |bytes| bytes.iter().copied().for_each(write_byte)) }
     }
 }
+
+/// COM2: the control channel (`hvctl` on the host, COBS-framed postcard).
+pub mod control {
+    use super::cpu;
+
+    const COM2: u16 = ipc::control::COM2_PORT;
+
+    /// Programs COM2 like COM1, polled (no interrupts).
+    pub fn init() {
+        cpu::outb(COM2 + 1, 0x00);
+        cpu::outb(COM2 + 3, 0x80);
+        cpu::outb(COM2, 0x01);
+        cpu::outb(COM2 + 1, 0x00);
+        cpu::outb(COM2 + 3, 0x03);
+        cpu::outb(COM2 + 2, 0xc7);
+        cpu::outb(COM2 + 4, 0x03);
+    }
+
+    /// A received byte, if one is waiting.
+    pub fn read_byte() -> Option<u8> {
+        (cpu::inb(COM2 + 5) & 1 != 0).then(|| cpu::inb(COM2))
+    }
+
+    /// Sends bytes, waiting for the transmitter between them.
+    pub fn write(bytes: &[u8]) {
+        for &byte in bytes {
+            let mut spins = 0u32;
+            while cpu::inb(COM2 + 5) & 0x20 == 0 && spins < 1_000_000 {
+                core::hint::spin_loop();
+                spins += 1;
+            }
+            cpu::outb(COM2, byte);
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! The core's boot sequence and run loop, in safe code over `arch`.
 
 mod bench;
+mod control;
 mod domain;
 mod run;
 mod scheduling;
@@ -101,6 +102,7 @@ pub fn start(start_info_address: u64) -> ! {
         fail_boot("core image larger than the 2 MiB server page tables map");
     }
     arch::user::init();
+    control::ControlPort::init();
 
     let calibration = lapic::init_and_calibrate();
     if !calibration.measured {

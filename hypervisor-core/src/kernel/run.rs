@@ -111,6 +111,8 @@ pub struct Machine<'a> {
     pub(super) scheduling: SchedulerLink,
     /// TSC value at which the appliance's `stop_after` ends the run.
     pub(super) stop_at: Option<u64>,
+    /// The `hvctl` channel.
+    control: super::control::ControlPort,
 }
 
 impl<'a> Machine<'a> {
@@ -129,6 +131,7 @@ impl<'a> Machine<'a> {
             halt_poll: HaltPollParameters::default(),
             scheduling: SchedulerLink::default(),
             stop_at: None,
+            control: super::control::ControlPort::default(),
         }
     }
 
@@ -589,6 +592,137 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// Serves the `hvctl` channel: one request at a time, answered from the
+    /// core's state or relayed to the scheduler server.
+    fn poll_control(&mut self) {
+        use ipc::control::{ControlError, DomainState as WireState, Reply, Response};
+        use super::control::{plan, Action, MachineView};
+        if let Some(relayed) = self.control.relayed {
+            match self.scheduling.control_result.take() {
+                Some((request, result)) if request == relayed.id => {
+                    if let Ok(sched_wire::Applied::Domain { domain, weight, cap }) = result {
+                        if let Some(slot) = self.domains.get_mut(usize::from(domain)) {
+                            slot.weight = weight;
+                            slot.cap = cap;
+                        }
+                    }
+                    let response = Response { id: request, result: result.map(Reply::from).map_err(ControlError::from) };
+                    self.control.respond(&response);
+                    self.control.relayed = None;
+                }
+                Some(_) => {}
+                None if self.control.relay_expired() => {
+                    let response = Response {
+                        id: relayed.id,
+                        result: Err(ControlError::ServerUnavailable { server: ipc::server::ServerKind::Scheduler }),
+                    };
+                    self.control.respond(&response);
+                    self.control.relayed = None;
+                }
+                None => {}
+            }
+            return;
+        }
+        let request = match self.control.poll() {
+            None => return,
+            Some(Err(refusal)) => {
+                self.control.respond(&refusal);
+                return;
+            }
+            Some(Ok(request)) => request,
+        };
+        if let Err(error) = request.command.validate_in(&self.shape()) {
+            self.control.respond(&Response { id: request.id, result: Err(error) });
+            return;
+        }
+        let domains: Vec<(&str, u32, u8, WireState, u32, u32, Option<u64>), MAX_DOMAINS> = self
+            .domains
+            .iter()
+            .map(|slot| {
+                let state = match slot.state {
+                    DomainState::Running => WireState::Running,
+                    DomainState::PoweredOff => WireState::PoweredOff,
+                    DomainState::Failed => WireState::Failed,
+                };
+                let memory_mib = (slot.devices.memory_bytes >> 20) as u32;
+                (slot.devices.name, memory_mib, slot.devices.vcpu_count, state, slot.weight, slot.cap, slot.halt_poll_max)
+            })
+            .collect();
+        let servers: Vec<(&str, ipc::server::ServerKind, u32, u32), MAX_SERVERS> = self
+            .servers
+            .iter()
+            .map(|server| (server.spec.name.as_str(), server.spec.kind, server.health.generation, server.health.restarts))
+            .collect();
+        let halt_poll = ipc::control::HaltPollGlobal {
+            max_ns: self.halt_poll.max_ns,
+            grow: self.halt_poll.grow,
+            grow_start_ns: self.halt_poll.grow_start_ns,
+            shrink: self.halt_poll.shrink,
+        };
+        let view = MachineView { domains: &domains, servers: &servers, tunables: self.scheduling.tunables, halt_poll };
+        let scheduler_ready = self
+            .scheduling
+            .server
+            .and_then(|index| self.servers.get(index))
+            .is_some_and(|server| self.scheduling.ready_generation == Some(server.health.generation));
+        let action = plan(&request, &view, scheduler_ready);
+        let reply = match action {
+            Action::Reply(result) => Some(result),
+            Action::Relay(message) => {
+                let sent = self.scheduling.server.and_then(|index| self.servers.get_mut(index)).is_some_and(|server| {
+                    let sent = server.send(message);
+                    server.wake(ipc::server::syscall::WAKE_MESSAGES);
+                    sent
+                });
+                if sent {
+                    if let Some(entity) = self.scheduling.server.and_then(|index| self.entities.iter().position(|entity| *entity == Entity::Server(index))) {
+                        if self.scheduler.state(entity) == Some(RunState::Waiting) {
+                            self.scheduler.set_state(entity, RunState::Runnable);
+                        }
+                    }
+                    self.control.relay(request.id, lapic::tsc_hz());
+                    None
+                } else {
+                    Some(Err(ControlError::Busy))
+                }
+            }
+            Action::SetHaltPoll { domain, max_ns } => {
+                match domain {
+                    Some(domain) => {
+                        if let Some(slot) = self.domains.get_mut(usize::from(domain)) {
+                            slot.halt_poll_max = Some(max_ns);
+                        }
+                    }
+                    None => self.halt_poll.max_ns = max_ns,
+                }
+                let domains: Vec<(&str, u32, u8, WireState, u32, u32, Option<u64>), MAX_DOMAINS> =
+                    domains.iter().zip(&self.domains).map(|(entry, slot)| { let mut entry = *entry; entry.6 = slot.halt_poll_max; entry }).collect();
+                let view = MachineView { domains: &domains, servers: &servers, tunables: self.scheduling.tunables, halt_poll: ipc::control::HaltPollGlobal { max_ns: self.halt_poll.max_ns, ..halt_poll } };
+                Some(Ok(super::control::halt_poll_reply(&view)))
+            }
+            Action::Stats(domain) => {
+                let mut vcpus = Vec::new();
+                for (index, vcpu) in self.vcpus.iter().enumerate() {
+                    if vcpu.domain != usize::from(domain) {
+                        continue;
+                    }
+                    let state = match self.entity_of_vcpu(index).and_then(|entity| self.scheduler.state(entity)) {
+                        Some(RunState::Runnable) => ipc::control::VcpuState::Runnable,
+                        Some(RunState::Halted | RunState::Waiting) => ipc::control::VcpuState::Blocked,
+                        _ => ipc::control::VcpuState::Stopped,
+                    };
+                    let credit = self.scheduling.credits.get(index).copied().flatten().map(|credit| credit.credit_ns);
+                    let counters = super::control::counters(&vcpu.poller.stats, vcpu.poller.window_ns());
+                    let _ = vcpus.push(super::control::vcpu_stats(vcpu.index, tsc_to_ns(vcpu.run_ticks), credit, state, counters));
+                }
+                Some(Ok(Reply::Stats { domain, vcpus }))
+            }
+        };
+        if let Some(result) = reply {
+            self.control.respond(&Response { id: request.id, result });
+        }
+    }
+
     /// The machine as the scheduler protocol describes it.
     fn shape(&self) -> sched_wire::Shape {
         let mut shape = sched_wire::Shape::new(1);
@@ -933,6 +1067,7 @@ impl<'a> Machine<'a> {
             if self.stop_at.is_some_and(|stop| cpu::rdtsc() >= stop) {
                 self.time_limit();
             }
+            self.poll_control();
             self.flush_events();
             let picked = self.pick_next();
             // Armed after the tick work and the pick, so an interrupt taken

@@ -1,0 +1,212 @@
+//! The control channel: `hvctl` requests arriving on COM2, answered from the
+//! core's own state or relayed to the scheduler server. Polled at switch
+//! points (never on an exit path); every request is validated with
+//! `ipc::control` (the same code `hvctl` runs) before anything changes.
+
+use heapless::Vec;
+use ipc::control::{
+    self, Command, ControlError, DomainCredit, DomainHaltPoll, DomainInfo, HaltPollCounters,
+    HaltPollGlobal, Received, Reply, Request, RequestReceiver, Response, ServerInfo, ServerState,
+    VcpuStats,
+};
+use ipc::messages::scheduler as sched_wire;
+use ipc::server::ServerKind;
+
+use crate::arch::serial::control as com2;
+use crate::arch::cpu;
+
+/// Bytes taken from COM2 per visit (keeps a visit short).
+const BYTES_PER_VISIT: usize = 64;
+/// How long a relayed request may wait for the scheduler server, ms.
+const RELAY_TIMEOUT_MS: u64 = 500;
+
+/// A request relayed to the scheduler server.
+#[derive(Debug, Clone, Copy)]
+pub struct Relayed {
+    /// The request's id (also used on the scheduler ring).
+    pub id: u32,
+    /// TSC deadline for the answer.
+    pub deadline: u64,
+}
+
+/// The channel's state.
+#[derive(Debug, Default)]
+pub struct ControlPort {
+    receiver: RequestReceiver,
+    /// The request waiting for the scheduler server, if any.
+    pub relayed: Option<Relayed>,
+}
+
+impl ControlPort {
+    /// Programs COM2.
+    pub fn init() {
+        com2::init();
+    }
+
+    /// Takes what COM2 has; returns the next complete request (or a refusal
+    /// to send back at once).
+    pub fn poll(&mut self) -> Option<Result<Request, Response>> {
+        for _ in 0..BYTES_PER_VISIT {
+            let byte = com2::read_byte()?;
+            match self.receiver.push(byte) {
+                None => {}
+                Some(Received::Overflow) => {
+                    return Some(Err(Response { id: control::UNKNOWN_REQUEST_ID, result: Err(ControlError::Malformed) }));
+                }
+                Some(Received::Frame(frame)) => {
+                    return Some(control::decode_request(frame).map_err(Response::refusal));
+                }
+            }
+        }
+        None
+    }
+
+    /// Sends a response.
+    pub fn respond(&self, response: &Response) {
+        let mut buffer = [0u8; control::MAX_RESPONSE_FRAME_SIZE];
+        if let Ok(length) = control::encode_response(response, &mut buffer) {
+            com2::write(&buffer[..length]);
+        }
+    }
+
+    /// Whether the relayed request's time is up.
+    pub fn relay_expired(&self) -> bool {
+        self.relayed.is_some_and(|relayed| cpu::rdtsc() >= relayed.deadline)
+    }
+
+    /// Starts relaying request `id`.
+    pub fn relay(&mut self, id: u32, tsc_hz: u64) {
+        self.relayed = Some(Relayed { id, deadline: cpu::rdtsc() + RELAY_TIMEOUT_MS * (tsc_hz / 1000) });
+    }
+}
+
+/// What the machine tells the control channel about itself.
+pub struct MachineView<'m> {
+    /// Domains: (name, memory MiB, vCPUs, state, weight, cap, halt-poll max).
+    pub domains: &'m [(&'m str, u32, u8, control::DomainState, u32, u32, Option<u64>)],
+    /// Servers: (name, kind, generation, restarts).
+    pub servers: &'m [(&'m str, ServerKind, u32, u32)],
+    /// Credit tunables in force.
+    pub tunables: (u32, u32),
+    /// Halt-poll tunables.
+    pub halt_poll: HaltPollGlobal,
+}
+
+/// What to do with a request.
+pub enum Action {
+    /// Answer now.
+    Reply(Result<Reply, ControlError>),
+    /// Send this to the scheduler server and wait for its answer.
+    Relay(sched_wire::ToServer),
+    /// Change halt polling, then answer with the new settings.
+    SetHaltPoll {
+        /// The domain, or all (the global max).
+        domain: Option<u16>,
+        /// The new max.
+        max_ns: u64,
+    },
+    /// Per-vCPU statistics of a domain (the machine fills them in).
+    Stats(u16),
+}
+
+/// Decides what a validated request needs.
+pub fn plan(request: &Request, view: &MachineView<'_>, scheduler_ready: bool) -> Action {
+    let domain_exists = |domain: u16| usize::from(domain) < view.domains.len();
+    match request.command {
+        Command::List => {
+            let domains = view
+                .domains
+                .iter()
+                .enumerate()
+                .map(|(id, &(name, memory_mib, vcpus, state, ..))| DomainInfo {
+                    id: id as u16,
+                    name: heapless::String::try_from(name).unwrap_or_default(),
+                    memory_mib,
+                    vcpus,
+                    state,
+                })
+                .collect();
+            let servers = view
+                .servers
+                .iter()
+                .map(|&(name, kind, generation, restarts)| ServerInfo {
+                    name: heapless::String::try_from(name).unwrap_or_default(),
+                    kind,
+                    generation,
+                    restarts,
+                    state: ServerState::Running,
+                })
+                .collect();
+            Action::Reply(Ok(Reply::List { domains, servers }))
+        }
+        Command::SchedCreditGet { domain } => {
+            let domains: Vec<DomainCredit, { control::MAX_DOMAINS }> = view
+                .domains
+                .iter()
+                .enumerate()
+                .filter(|(id, _)| domain.is_none_or(|wanted| usize::from(wanted) == *id))
+                .map(|(id, &(_, _, _, _, weight, cap, _))| DomainCredit { domain: id as u16, weight, cap })
+                .collect();
+            Action::Reply(Ok(Reply::SchedCredit { domains }))
+        }
+        Command::SchedGlobalGet => {
+            let (timeslice_ms, ratelimit_us) = view.tunables;
+            Action::Reply(Ok(Reply::SchedGlobal { timeslice_ms, ratelimit_us }))
+        }
+        Command::SchedCreditSet { domain, .. } if !domain_exists(domain) => {
+            Action::Reply(Err(ControlError::NoSuchDomain { domain }))
+        }
+        Command::SchedCreditSet { .. } | Command::SchedGlobalSet { .. } if !scheduler_ready => {
+            Action::Reply(Err(ControlError::ServerUnavailable { server: ServerKind::Scheduler }))
+        }
+        Command::SchedCreditSet { domain, weight, cap } => {
+            Action::Relay(sched_wire::ToServer::SetDomain { request: request.id, domain, weight, cap })
+        }
+        Command::SchedGlobalSet { timeslice_ms, ratelimit_us } => {
+            Action::Relay(sched_wire::ToServer::Configure { request: request.id, timeslice_ms, ratelimit_us })
+        }
+        Command::HaltPollGet { .. } => Action::Reply(Ok(halt_poll_reply(view))),
+        Command::HaltPollSet { domain: Some(domain), .. } if !domain_exists(domain) => {
+            Action::Reply(Err(ControlError::NoSuchDomain { domain }))
+        }
+        Command::HaltPollSet { domain, max_ns } => Action::SetHaltPoll { domain, max_ns },
+        Command::Stats { domain } if !domain_exists(domain) => Action::Reply(Err(ControlError::NoSuchDomain { domain })),
+        Command::Stats { domain } => Action::Stats(domain),
+        _ => Action::Reply(Err(ControlError::Unsupported)),
+    }
+}
+
+/// The `HaltPoll` reply for the machine as it is.
+pub fn halt_poll_reply(view: &MachineView<'_>) -> Reply {
+    let domains = view
+        .domains
+        .iter()
+        .enumerate()
+        .map(|(id, &(.., max))| DomainHaltPoll { domain: id as u16, max_ns: max })
+        .collect();
+    Reply::HaltPoll { global: view.halt_poll, domains }
+}
+
+/// Converts the core's halt-poll statistics for a `Stats` reply.
+pub fn counters(stats: &hypervisor_core::halt_poll::HaltPollStats, window_ns: u64) -> HaltPollCounters {
+    HaltPollCounters {
+        successful: stats.successful,
+        attempted: stats.attempted,
+        invalid: stats.invalid,
+        poll_success_ns: stats.poll_success_ns,
+        poll_fail_ns: stats.poll_fail_ns,
+        wait_ns: stats.wait_ns,
+        window_ns,
+    }
+}
+
+/// A `Stats` entry.
+pub fn vcpu_stats(
+    index: u8,
+    run_time_ns: u64,
+    credit_ns: Option<i64>,
+    state: control::VcpuState,
+    halt_poll: HaltPollCounters,
+) -> VcpuStats {
+    VcpuStats { index, run_time_ns, credit_ns, priority: None, parked: false, state, halt_poll }
+}
