@@ -107,6 +107,8 @@ pub enum Action {
     },
     /// Per-vCPU statistics of a domain (the machine fills them in).
     Stats(u16),
+    /// Stop a server and start its next generation (fault injection).
+    Kill(ServerKind),
 }
 
 /// Decides what a validated request needs.
@@ -172,6 +174,10 @@ pub fn plan(request: &Request, view: &MachineView<'_>, scheduler_ready: bool) ->
         Command::HaltPollSet { domain, max_ns } => Action::SetHaltPoll { domain, max_ns },
         Command::Stats { domain } if !domain_exists(domain) => Action::Reply(Err(ControlError::NoSuchDomain { domain })),
         Command::Stats { domain } => Action::Stats(domain),
+        Command::Kill { server } if !view.servers.iter().any(|&(_, kind, ..)| kind == server) => {
+            Action::Reply(Err(ControlError::NoSuchServer { server }))
+        }
+        Command::Kill { server } => Action::Kill(server),
         _ => Action::Reply(Err(ControlError::Unsupported)),
     }
 }

@@ -717,6 +717,12 @@ impl<'a> Machine<'a> {
                 }
                 Some(Ok(Reply::Stats { domain, vcpus }))
             }
+            Action::Kill(kind) => {
+                if let Some(index) = self.servers.iter().position(|server| server.spec.kind == kind) {
+                    self.restart_server(index, ServerFault::Killed);
+                }
+                Some(Ok(Reply::Done))
+            }
         };
         if let Some(result) = reply {
             self.control.respond(&Response { id: request.id, result });
