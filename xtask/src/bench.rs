@@ -246,6 +246,35 @@ impl BenchResults {
     }
 }
 
+/// Halt-polling figures from a boot of `appliances/halt-poll.toml`: the
+/// median wake-to-run latency of the `nopoll` and `poll` domains (ns), their
+/// ratio (goal ≤ 0.7), and the points of one pCPU that polling burnt during
+/// the `poll` domain's life (goal ≤ +2).
+pub fn halt_poll_figures(text: &[String]) -> Vec<(&'static str, f64)> {
+    let number_after = |line: &str, marker: &str| -> Option<f64> {
+        line.split(marker).nth(1)?.split_whitespace().next()?.trim_end_matches(',').parse().ok()
+    };
+    let find = |domain: &str, marker: &str| -> Option<f64> {
+        text.iter()
+            .filter(|line| line.contains(&format!("INFO domain {domain}")))
+            .find_map(|line| number_after(line, marker))
+    };
+    let mut figures = Vec::new();
+    let off = find("nopoll vCPU 0", "latency median ");
+    let on = find("poll vCPU 0", "latency median ");
+    if let (Some(off), Some(on)) = (off, on) {
+        figures.push(("wake_latency_polling_off_median_ns", off));
+        figures.push(("wake_latency_polling_on_median_ns", on));
+        figures.push(("wake_latency_on_over_off_ratio", on / off.max(1.0)));
+    }
+    let polled = find("poll vCPU 0", "poll ok ").zip(find("poll vCPU 0", "poll failed ")).map(|(ok, failed)| ok + failed);
+    let life = find("poll", " us in ");
+    if let (Some(polled), Some(life)) = (polled, life) {
+        figures.push(("halt_poll_burn_points", polled / life.max(1.0) * 100.0));
+    }
+    figures
+}
+
 /// Sizes of an ELF image's loadable segments, by kind: `text` (executable),
 /// `rodata` (read-only), `data` (writable, file-backed part) and `bss` (the
 /// writable rest), in bytes. Malformed headers give no sizes.
@@ -344,6 +373,26 @@ mod tests {
         assert_eq!(results.get("fake"), None);
         assert_eq!(results.get("warned"), None);
         assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn halt_poll_figures_come_from_the_core_lines() {
+        let text: Vec<String> = [
+            "cairn  INFO domain nopoll vCPU 0: wake-to-run latency median 90000 ns over 1999 timed wake-ups",
+            "cairn  INFO domain poll: cpu time 100000 us in 2000000 us, 50 per mille of a pCPU",
+            "cairn  INFO domain poll vCPU 0: halt polls 10 successful of 10, 0 invalid; poll ok 9000 us, poll failed 1000 us, waited 5 us; window 1 ns, max 2 ns",
+            "cairn  INFO domain poll vCPU 0: wake-to-run latency median 9000 ns over 1999 timed wake-ups",
+        ]
+        .iter()
+        .map(|line| line.to_string())
+        .collect();
+        let figures = halt_poll_figures(&text);
+        let get = |name: &str| figures.iter().find(|(known, _)| *known == name).map(|(_, value)| *value);
+        assert_eq!(get("wake_latency_polling_off_median_ns"), Some(90000.0));
+        assert_eq!(get("wake_latency_polling_on_median_ns"), Some(9000.0));
+        assert_eq!(get("wake_latency_on_over_off_ratio"), Some(0.1));
+        assert_eq!(get("halt_poll_burn_points"), Some(0.5));
+        assert!(halt_poll_figures(&[]).is_empty());
     }
 
     #[test]

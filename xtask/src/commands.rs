@@ -428,6 +428,25 @@ pub fn bench(workspace: &Workspace) -> Result<bool> {
     if let Some(median) = bench::median(&samples) {
         results.set(bench::SPAWN_TO_FIRST_LINE_NAME, Figure::Real(median));
     }
+
+    // Halt polling: the same sleeps with polling off and on, in one boot.
+    let poll_config = workspace.root.join("appliances").join("halt-poll.toml");
+    let poll = prepare(workspace, &poll_config, RunMode::Normal)?;
+    let poll_report = boot(
+        workspace,
+        &images,
+        &poll,
+        MachineType::Microvm,
+        StopRule::Timeout(BENCH_TIMEOUT),
+        false,
+        &per_run_socket(workspace)?,
+        &[],
+    )?;
+    let text: Vec<String> = poll_report.lines.iter().map(ToString::to_string).collect();
+    for (name, value) in bench::halt_poll_figures(&text) {
+        results.set(name, Figure::Real(value));
+    }
+
     let derived: Vec<_> = bench::DERIVED
         .iter()
         .map(|derived| (derived, results.derive(derived)))
