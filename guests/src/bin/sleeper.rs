@@ -30,7 +30,7 @@ mod sleeper {
         loop {
             pv::sleep_ns(period_ns);
             wakes += 1;
-            if wakes % 100 == 0 {
+            if wakes.is_multiple_of(100) {
                 let mut line = Line::new();
                 line.push_str("woke ").push_decimal(wakes).push_str(" times");
                 console::print(&mut line);

@@ -80,10 +80,29 @@ impl ControlPort {
     }
 }
 
+/// One domain as the control channel reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct DomainView<'m> {
+    /// Name.
+    pub name: &'m str,
+    /// Memory, MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// State.
+    pub state: control::DomainState,
+    /// Credit weight in force.
+    pub weight: u32,
+    /// Credit cap in force.
+    pub cap: u32,
+    /// Halt-polling max override, ns.
+    pub halt_poll_max: Option<u64>,
+}
+
 /// What the machine tells the control channel about itself.
 pub struct MachineView<'m> {
-    /// Domains: (name, memory MiB, vCPUs, state, weight, cap, halt-poll max).
-    pub domains: &'m [(&'m str, u32, u8, control::DomainState, u32, u32, Option<u64>)],
+    /// The domains, by id.
+    pub domains: &'m [DomainView<'m>],
     /// Servers: (name, kind, generation, restarts).
     pub servers: &'m [(&'m str, ServerKind, u32, u32)],
     /// Credit tunables in force.
@@ -92,7 +111,9 @@ pub struct MachineView<'m> {
     pub halt_poll: HaltPollGlobal,
 }
 
-/// What to do with a request.
+/// What to do with a request. (`Reply` is large: the core has no heap to
+/// box it, and an `Action` lives only for one request.)
+#[allow(clippy::large_enum_variant)]
 pub enum Action {
     /// Answer now.
     Reply(Result<Reply, ControlError>),
@@ -120,12 +141,12 @@ pub fn plan(request: &Request, view: &MachineView<'_>, scheduler_ready: bool) ->
                 .domains
                 .iter()
                 .enumerate()
-                .map(|(id, &(name, memory_mib, vcpus, state, ..))| DomainInfo {
+                .map(|(id, domain)| DomainInfo {
                     id: id as u16,
-                    name: heapless::String::try_from(name).unwrap_or_default(),
-                    memory_mib,
-                    vcpus,
-                    state,
+                    name: heapless::String::try_from(domain.name).unwrap_or_default(),
+                    memory_mib: domain.memory_mib,
+                    vcpus: domain.vcpus,
+                    state: domain.state,
                 })
                 .collect();
             let servers = view
@@ -147,7 +168,7 @@ pub fn plan(request: &Request, view: &MachineView<'_>, scheduler_ready: bool) ->
                 .iter()
                 .enumerate()
                 .filter(|(id, _)| domain.is_none_or(|wanted| usize::from(wanted) == *id))
-                .map(|(id, &(_, _, _, _, weight, cap, _))| DomainCredit { domain: id as u16, weight, cap })
+                .map(|(id, domain)| DomainCredit { domain: id as u16, weight: domain.weight, cap: domain.cap })
                 .collect();
             Action::Reply(Ok(Reply::SchedCredit { domains }))
         }
@@ -188,7 +209,7 @@ pub fn halt_poll_reply(view: &MachineView<'_>) -> Reply {
         .domains
         .iter()
         .enumerate()
-        .map(|(id, &(.., max))| DomainHaltPoll { domain: id as u16, max_ns: max })
+        .map(|(id, domain)| DomainHaltPoll { domain: id as u16, max_ns: domain.halt_poll_max })
         .collect();
     Reply::HaltPoll { global: view.halt_poll, domains }
 }

@@ -469,7 +469,11 @@ impl<'a> Machine<'a> {
         let vcpu_index = |vcpu: sched_wire::Vcpu| wire_ids.iter().position(|&id| id == (vcpu.domain, vcpu.index));
         let is_scheduler = self.scheduling.server == Some(index);
         let Some(server) = self.servers.get_mut(index) else { return false };
-        let input = is_scheduler.then(|| SchedulerInput { shape, link: &mut self.scheduling, vcpu_index: &vcpu_index });
+        let input = if is_scheduler {
+            Some(SchedulerInput { shape, link: &mut self.scheduling, vcpu_index: &vcpu_index })
+        } else {
+            None
+        };
         match server.drain(domains, input) {
             Ok(drained) => {
                 if drained.needs_rebuild {
@@ -596,7 +600,7 @@ impl<'a> Machine<'a> {
     /// core's state or relayed to the scheduler server.
     fn poll_control(&mut self) {
         use ipc::control::{ControlError, DomainState as WireState, Reply, Response};
-        use super::control::{plan, Action, MachineView};
+        use super::control::{plan, Action, DomainView, MachineView};
         if let Some(relayed) = self.control.relayed {
             match self.scheduling.control_result.take() {
                 Some((request, result)) if request == relayed.id => {
@@ -635,17 +639,21 @@ impl<'a> Machine<'a> {
             self.control.respond(&Response { id: request.id, result: Err(error) });
             return;
         }
-        let domains: Vec<(&str, u32, u8, WireState, u32, u32, Option<u64>), MAX_DOMAINS> = self
+        let domains: Vec<DomainView<'_>, MAX_DOMAINS> = self
             .domains
             .iter()
-            .map(|slot| {
-                let state = match slot.state {
+            .map(|slot| DomainView {
+                name: slot.devices.name,
+                memory_mib: (slot.devices.memory_bytes >> 20) as u32,
+                vcpus: slot.devices.vcpu_count,
+                state: match slot.state {
                     DomainState::Running => WireState::Running,
                     DomainState::PoweredOff => WireState::PoweredOff,
                     DomainState::Failed => WireState::Failed,
-                };
-                let memory_mib = (slot.devices.memory_bytes >> 20) as u32;
-                (slot.devices.name, memory_mib, slot.devices.vcpu_count, state, slot.weight, slot.cap, slot.halt_poll_max)
+                },
+                weight: slot.weight,
+                cap: slot.cap,
+                halt_poll_max: slot.halt_poll_max,
             })
             .collect();
         let servers: Vec<(&str, ipc::server::ServerKind, u32, u32), MAX_SERVERS> = self
@@ -695,8 +703,11 @@ impl<'a> Machine<'a> {
                     }
                     None => self.halt_poll.max_ns = max_ns,
                 }
-                let domains: Vec<(&str, u32, u8, WireState, u32, u32, Option<u64>), MAX_DOMAINS> =
-                    domains.iter().zip(&self.domains).map(|(entry, slot)| { let mut entry = *entry; entry.6 = slot.halt_poll_max; entry }).collect();
+                let domains: Vec<DomainView<'_>, MAX_DOMAINS> = domains
+                    .iter()
+                    .zip(&self.domains)
+                    .map(|(entry, slot)| DomainView { halt_poll_max: slot.halt_poll_max, ..*entry })
+                    .collect();
                 let view = MachineView { domains: &domains, servers: &servers, tunables: self.scheduling.tunables, halt_poll: ipc::control::HaltPollGlobal { max_ns: self.halt_poll.max_ns, ..halt_poll } };
                 Some(Ok(super::control::halt_poll_reply(&view)))
             }
