@@ -6,15 +6,20 @@ use super::cpu;
 
 const COM1: u16 = 0x3f8;
 
-/// Programs COM1: 115200 baud, 8N1, FIFOs on, no interrupts.
+/// Programs the 16550 at `base`: 115200 baud, 8N1, FIFOs on, no interrupts.
+fn init_uart(base: u16) {
+    cpu::outb(base + 1, 0x00);
+    cpu::outb(base + 3, 0x80);
+    cpu::outb(base, 0x01);
+    cpu::outb(base + 1, 0x00);
+    cpu::outb(base + 3, 0x03);
+    cpu::outb(base + 2, 0xc7);
+    cpu::outb(base + 4, 0x03);
+}
+
+/// Programs COM1.
 pub fn init() {
-    cpu::outb(COM1 + 1, 0x00);
-    cpu::outb(COM1 + 3, 0x80);
-    cpu::outb(COM1, 0x01);
-    cpu::outb(COM1 + 1, 0x00);
-    cpu::outb(COM1 + 3, 0x03);
-    cpu::outb(COM1 + 2, 0xc7);
-    cpu::outb(COM1 + 4, 0x03);
+    init_uart(COM1);
 }
 
 fn write_byte(byte: u8) {
@@ -77,13 +82,7 @@ pub mod control {
 
     /// Programs COM2 like COM1, polled (no interrupts).
     pub fn init() {
-        cpu::outb(COM2 + 1, 0x00);
-        cpu::outb(COM2 + 3, 0x80);
-        cpu::outb(COM2, 0x01);
-        cpu::outb(COM2 + 1, 0x00);
-        cpu::outb(COM2 + 3, 0x03);
-        cpu::outb(COM2 + 2, 0xc7);
-        cpu::outb(COM2 + 4, 0x03);
+        super::init_uart(COM2);
     }
 
     /// A received byte, if one is waiting.
