@@ -151,3 +151,17 @@ pub fn load_descriptor_tables() -> Selectors {
         Selectors { kernel_code }
     }
 }
+
+/// Loads the core's GDT on an application processor, without the TSS (its
+/// descriptor is the bootstrap CPU's; per-CPU TSSs come with per-CPU work).
+pub fn load_shared_tables() {
+    // SAFETY: the GDT was built by `load_descriptor_tables` before any AP
+    // started and is never written again; the selectors are its own.
+    unsafe {
+        (&*(&raw const GDT)).load();
+        CS::set_reg(SegmentSelector(0x08));
+        SS::set_reg(SegmentSelector(0x10));
+        DS::set_reg(SegmentSelector(0x10));
+        ES::set_reg(SegmentSelector(0x10));
+    }
+}

@@ -218,3 +218,14 @@ pub fn load_idt(kernel_code: x86_64::structures::gdt::SegmentSelector) {
         x86_64::instructions::tables::lidt(&pointer);
     }
 }
+
+/// Loads the IDT `load_idt` built, on an application processor.
+pub fn load_shared_idt() {
+    let pointer = DescriptorTablePointer {
+        limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16,
+        base: VirtAddr::new((&raw const IDT) as u64),
+    };
+    // SAFETY: the IDT was filled on the bootstrap CPU before any AP started
+    // and is only read afterwards.
+    unsafe { x86_64::instructions::tables::lidt(&pointer) };
+}

@@ -120,3 +120,41 @@ pub fn arm_oneshot(deadline: u64) {
     write(REGISTER_TIMER_INITIAL, count);
 }
 
+
+const REGISTER_ICR_LOW: u64 = 0x300;
+const REGISTER_ICR_HIGH: u64 = 0x310;
+const ICR_DELIVERY_PENDING: u32 = 1 << 12;
+
+/// Sends an IPI to the local APIC `apic_id` with the ICR low word `command`
+/// (delivery mode, level, vector), and waits until it has been sent.
+pub fn send_ipi(apic_id: u8, command: u32) {
+    write(REGISTER_ICR_HIGH, u32::from(apic_id) << 24);
+    write(REGISTER_ICR_LOW, command);
+    let mut spins = 0u32;
+    while read(REGISTER_ICR_LOW) & ICR_DELIVERY_PENDING != 0 && spins < 1_000_000 {
+        core::hint::spin_loop();
+        spins += 1;
+    }
+}
+
+/// Enables this CPU's local APIC (software enable, spurious vector) with
+/// its timer masked: what an application processor needs before it idles.
+pub fn enable_local() {
+    write(REGISTER_SPURIOUS, 0x100 | u32::from(SPURIOUS_VECTOR));
+    write(REGISTER_LVT_TIMER, TIMER_MASKED | u32::from(TIMER_VECTOR));
+}
+
+/// A delay on the TSC, through `embedded-hal`'s timer trait (used where the
+/// hardware asks for waits, e.g. between INIT and STARTUP IPIs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TscDelay;
+
+impl embedded_hal::delay::DelayNs for TscDelay {
+    fn delay_ns(&mut self, ns: u32) {
+        let ticks = u64::from(ns) * tsc_hz() / 1_000_000_000;
+        let start = cpu::rdtsc();
+        while cpu::rdtsc().wrapping_sub(start) < ticks {
+            core::hint::spin_loop();
+        }
+    }
+}

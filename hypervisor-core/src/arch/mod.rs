@@ -7,6 +7,7 @@ pub mod interrupts;
 pub mod lapic;
 pub mod memory;
 pub mod serial;
+pub mod smp;
 pub mod svm;
 pub mod user;
 

@@ -114,6 +114,8 @@ pub fn start(start_info_address: u64) -> ! {
         Ok(bundle) => bundle,
         Err(error) => fail_boot(error.reason()),
     };
+    let online = arch::smp::start_application_processors(bundle.manifest.machine.cpus);
+    defmt::info!("pCPUs online: {=u32} of {=u8}", online, bundle.manifest.machine.cpus);
     let host = match svm::enable(&mut frames) {
         Ok(host) => host,
         Err(error) => fail_boot(error.reason()),
