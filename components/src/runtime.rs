@@ -5,7 +5,7 @@ use core::ops::ControlFlow;
 
 use ipc::messages::{self, DecodeError};
 use ipc::ring::{Consumer, Producer, RingError, RingMemory, SLOT_COUNT};
-use ipc::server::syscall::{NO_TIMEOUT, WAKE_MESSAGES, WAKE_TIMEOUT};
+use ipc::server::syscall::{NO_TIMEOUT, WAKE_INJECT_GARBLE, WAKE_INJECT_HANG, WAKE_MESSAGES, WAKE_TIMEOUT};
 use ipc::server::ServerKind;
 
 use crate::context::{self, Context, State, Statistics};
@@ -146,6 +146,7 @@ impl<'rings, H: Handler, P: Platform> Runtime<'rings, H, P> {
             }
         };
         self.state.statistics.wakes += 1;
+        self.injected_faults(wake);
         let drained = self.drain()?;
         self.batch_was_full = drained == BATCH_LIMIT;
         if self.state.stop.is_none() {
@@ -223,6 +224,31 @@ impl<'rings, H: Handler, P: Platform> Runtime<'rings, H, P> {
     }
 
     /// Notifies the core of what was sent; ends the loop if asked to.
+    /// Fault injection requested by the core through `wait`'s result bits
+    /// (`hvctl hang` / `hvctl garble`): misbehave the way the core must
+    /// detect, for every server alike.
+    fn injected_faults(&mut self, wake: Wake) {
+        if wake.0 & WAKE_INJECT_GARBLE != 0 {
+            let mut line = LogLine::new();
+            let _ = write!(line, "components: fault injection: sending malformed messages");
+            self.log_line(&line);
+            for _ in 0..(ipc::ring::SLOT_COUNT / 2) {
+                let _ = context::send_bytes(&mut self.platform, &mut self.to_core, &mut self.state, &[0xff; 12]);
+            }
+            context::flush(&mut self.platform, &mut self.state);
+        }
+        if wake.0 & WAKE_INJECT_HANG != 0 {
+            let mut line = LogLine::new();
+            let _ = write!(line, "components: fault injection: spinning without yielding");
+            self.log_line(&line);
+            self.platform.spin();
+        }
+    }
+
+    fn log_line(&mut self, line: &LogLine) {
+        self.platform.log(line.as_bytes());
+    }
+
     fn finish_round(&mut self) -> Result<(), Stop> {
         context::flush(&mut self.platform, &mut self.state);
         match self.state.stop {

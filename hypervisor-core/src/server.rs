@@ -15,6 +15,14 @@ use ipc::server::{syscall, IMAGE_BASE, MAX_LOG_LEN, STACK_TOP};
 pub const MALFORMED_LIMIT: u32 = 8;
 /// Timer slices a server may be preempted in, in a row, before it counts as hung.
 pub const HANG_SLICES: u32 = 5;
+/// Restarts in a crash loop that start at once; later ones back off.
+pub const FREE_RESTARTS: u32 = 3;
+/// A restart less than this long after the previous one continues a crash loop.
+pub const CRASH_LOOP_WINDOW_NS: u64 = 1_000_000_000;
+/// The first backoff delay; each further restart in the loop doubles it.
+pub const BACKOFF_BASE_NS: u64 = 10_000_000;
+/// The longest backoff delay.
+pub const BACKOFF_MAX_NS: u64 = 1_000_000_000;
 
 /// How a server came back into the core (filled by the arch layer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -189,12 +197,24 @@ pub struct Health {
     pub malformed_total: u64,
     /// Slices in a row this instance was preempted without yielding.
     pub busy_slices: u32,
+    /// Restarts in the current crash loop.
+    pub crash_loop: u32,
+    /// When the last restart happened, ns.
+    pub last_restart_ns: Option<u64>,
 }
 
 impl Health {
     /// A server about to start for the first time.
     pub const fn new() -> Self {
-        Self { generation: 1, restarts: 0, malformed_in_a_row: 0, malformed_total: 0, busy_slices: 0 }
+        Self {
+            generation: 1,
+            restarts: 0,
+            malformed_in_a_row: 0,
+            malformed_total: 0,
+            busy_slices: 0,
+            crash_loop: 0,
+            last_restart_ns: None,
+        }
     }
 
     /// A malformed message arrived; returns the fault once past the limit.
@@ -220,6 +240,24 @@ impl Health {
     /// The server yielded or waited: it is cooperating.
     pub fn cooperated(&mut self) {
         self.busy_slices = 0;
+    }
+
+    /// Crash-loop backoff: records a restart at `now_ns` and returns how long
+    /// the new instance must wait before it starts. Restarts less than
+    /// [`CRASH_LOOP_WINDOW_NS`] apart form a loop; the first
+    /// [`FREE_RESTARTS`] of a loop start at once, then the delay is
+    /// `BACKOFF_BASE_NS * 2^(n - FREE_RESTARTS)`, at most [`BACKOFF_MAX_NS`]
+    /// (the shift is bounded, so a long loop cannot overflow it). A restart
+    /// after a quiet window starts a new loop.
+    pub fn restart_delay(&mut self, now_ns: u64) -> u64 {
+        let in_loop = self.last_restart_ns.is_some_and(|last| now_ns.saturating_sub(last) < CRASH_LOOP_WINDOW_NS);
+        self.crash_loop = if in_loop { self.crash_loop.saturating_add(1) } else { 0 };
+        self.last_restart_ns = Some(now_ns);
+        if self.crash_loop < FREE_RESTARTS {
+            return 0;
+        }
+        let doublings = (self.crash_loop - FREE_RESTARTS).min(32);
+        BACKOFF_BASE_NS.checked_shl(doublings).unwrap_or(u64::MAX).min(BACKOFF_MAX_NS)
     }
 
     /// The instance was stopped and a new one starts: a new generation and
@@ -360,6 +398,28 @@ mod tests {
         assert_eq!(health.restarted(), 2);
         assert_eq!((health.restarts, health.malformed_in_a_row, health.busy_slices), (1, 0, 0));
         assert_eq!(health.malformed_total, 2 * u64::from(MALFORMED_LIMIT) + 1);
+    }
+
+    #[test]
+    fn crash_loop_backoff_grows_caps_and_resets() {
+        let mut health = Health::new();
+        let mut now = 5_000_000_000u64;
+        let mut delays = Vec::new();
+        for _ in 0..12 {
+            delays.push(health.restart_delay(now));
+            now += 100_000_000; // a restart every 100 ms: a crash loop
+        }
+        let ms: Vec<u64> = delays.iter().map(|delay| delay / 1_000_000).collect();
+        assert_eq!(ms, [0, 0, 0, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        // A long loop never overflows the shift.
+        for _ in 0..100 {
+            now += 1;
+            assert_eq!(health.restart_delay(now), BACKOFF_MAX_NS);
+        }
+        // A quiet second ends the loop: the next restart is immediate again.
+        now += CRASH_LOOP_WINDOW_NS;
+        assert_eq!(health.restart_delay(now), 0);
+        assert_eq!(health.crash_loop, 0);
     }
 
     #[test]

@@ -52,6 +52,13 @@ pub mod syscall {
     pub const WAKE_MESSAGES: u64 = 1 << 0;
     /// `wait` result bit: the timeout expired.
     pub const WAKE_TIMEOUT: u64 = 1 << 1;
+    /// `wait` result bit, fault injection (`hvctl hang`): the runtime spins
+    /// without yielding, so the core's hang detection must catch it.
+    pub const WAKE_INJECT_HANG: u64 = 1 << 2;
+    /// `wait` result bit, fault injection (`hvctl garble`): the runtime sends
+    /// malformed messages until the core restarts it.
+    pub const WAKE_INJECT_GARBLE: u64 = 1 << 3;
+
     /// `wait` timeout meaning "no timeout".
     pub const NO_TIMEOUT: u64 = u64::MAX;
 }

@@ -130,6 +130,8 @@ pub enum Action {
     Stats(u16),
     /// Stop a server and start its next generation (fault injection).
     Kill(ServerKind),
+    /// Make a server's runtime misbehave (`syscall::WAKE_INJECT_*` bits).
+    Inject(ServerKind, u64),
 }
 
 /// Decides what a validated request needs.
@@ -195,10 +197,14 @@ pub fn plan(request: &Request, view: &MachineView<'_>, scheduler_ready: bool) ->
         Command::HaltPollSet { domain, max_ns } => Action::SetHaltPoll { domain, max_ns },
         Command::Stats { domain } if !domain_exists(domain) => Action::Reply(Err(ControlError::NoSuchDomain { domain })),
         Command::Stats { domain } => Action::Stats(domain),
-        Command::Kill { server } if !view.servers.iter().any(|&(_, kind, ..)| kind == server) => {
+        Command::Kill { server } | Command::Hang { server } | Command::Garble { server }
+            if !view.servers.iter().any(|&(_, kind, ..)| kind == server) =>
+        {
             Action::Reply(Err(ControlError::NoSuchServer { server }))
         }
         Command::Kill { server } => Action::Kill(server),
+        Command::Hang { server } => Action::Inject(server, ipc::server::syscall::WAKE_INJECT_HANG),
+        Command::Garble { server } => Action::Inject(server, ipc::server::syscall::WAKE_INJECT_GARBLE),
         _ => Action::Reply(Err(ControlError::Unsupported)),
     }
 }

@@ -452,6 +452,17 @@ impl<'a> Machine<'a> {
             }
             return;
         }
+        let delay_ns = server.health.restart_delay(Self::ns_since_boot());
+        if delay_ns > 0 {
+            // Crash-loop backoff: the new instance waits before it runs.
+            defmt::warn!("server {=str}: crash loop, next start in {=u64} ms", name, delay_ns / 1_000_000);
+            let start = cpu::rdtsc().saturating_add(ns_to_tsc(delay_ns));
+            server.run = ServerRun::Waiting { deadline: Some(start) };
+            server.starts_at = Some(start);
+            if let Some(entity) = self.entities.iter().position(|entity| *entity == Entity::Server(index)) {
+                self.scheduler.set_state(entity, RunState::Waiting);
+            }
+        }
         self.introduce_server(index);
     }
 
@@ -677,17 +688,10 @@ impl<'a> Machine<'a> {
         let reply = match action {
             Action::Reply(result) => Some(result),
             Action::Relay(message) => {
-                let sent = self.scheduling.server.and_then(|index| self.servers.get_mut(index)).is_some_and(|server| {
-                    let sent = server.send(message);
-                    server.wake(ipc::server::syscall::WAKE_MESSAGES);
-                    sent
-                });
-                if sent {
-                    if let Some(entity) = self.scheduling.server.and_then(|index| self.entities.iter().position(|entity| *entity == Entity::Server(index))) {
-                        if self.scheduler.state(entity) == Some(RunState::Waiting) {
-                            self.scheduler.set_state(entity, RunState::Runnable);
-                        }
-                    }
+                let scheduler = self.scheduling.server;
+                let sent = scheduler.and_then(|index| self.servers.get_mut(index)).is_some_and(|server| server.send(message));
+                if let (true, Some(index)) = (sent, scheduler) {
+                    self.wake_server(index, ipc::server::syscall::WAKE_MESSAGES);
                     self.control.relay(request.id, lapic::tsc_hz());
                     None
                 } else {
@@ -734,6 +738,15 @@ impl<'a> Machine<'a> {
                 }
                 Some(Ok(Reply::Done))
             }
+            Action::Inject(kind, bits) => {
+                if let Some(index) = self.servers.iter().position(|server| server.spec.kind == kind) {
+                    if let Some(server) = self.servers.get_mut(index) {
+                        server.inject(bits);
+                    }
+                    self.wake_server(index, 0);
+                }
+                Some(Ok(Reply::Done))
+            }
         };
         if let Some(result) = reply {
             self.control.respond(&Response { id: request.id, result });
@@ -755,6 +768,19 @@ impl<'a> Machine<'a> {
 
     fn entity_of_vcpu(&self, index: usize) -> Option<usize> {
         self.entities.iter().position(|entity| *entity == Entity::Vcpu(index))
+    }
+
+    /// Wakes server `index` out of `wait` (unless it is backing off) and
+    /// makes it runnable.
+    fn wake_server(&mut self, index: usize, bits: u64) {
+        let Some(server) = self.servers.get_mut(index) else { return };
+        server.wake(bits);
+        let runnable = server.run == ServerRun::Runnable;
+        if let Some(entity) = self.entities.iter().position(|entity| *entity == Entity::Server(index)) {
+            if runnable && self.scheduler.state(entity) == Some(RunState::Waiting) {
+                self.scheduler.set_state(entity, RunState::Runnable);
+            }
+        }
     }
 
     /// Sends the scheduler server everything it needs to decide: tunables,
@@ -789,12 +815,7 @@ impl<'a> Machine<'a> {
         if !link.rebuild_stream(now, &domains, &vcpus, &mut |message| server.send(message)) {
             defmt::warn!("scheduler rebuild stream did not fit the ring");
         }
-        server.wake(ipc::server::syscall::WAKE_MESSAGES);
-        if let Some(entity) = self.entities.iter().position(|entity| *entity == Entity::Server(index)) {
-            if self.scheduler.state(entity) == Some(RunState::Waiting) {
-                self.scheduler.set_state(entity, RunState::Runnable);
-            }
-        }
+        self.wake_server(index, ipc::server::syscall::WAKE_MESSAGES);
     }
 
     /// Queues an event for the scheduler server (sent in batches).
@@ -821,12 +842,7 @@ impl<'a> Machine<'a> {
         if !server.send(sched_wire::ToServer::Events { batch }) {
             self.scheduling.lost_events = true;
         }
-        server.wake(ipc::server::syscall::WAKE_MESSAGES);
-        if let Some(entity) = self.entities.iter().position(|entity| *entity == Entity::Server(index)) {
-            if self.scheduler.state(entity) == Some(RunState::Waiting) {
-                self.scheduler.set_state(entity, RunState::Runnable);
-            }
-        }
+        self.wake_server(index, ipc::server::syscall::WAKE_MESSAGES);
         if self.scheduling.lost_events {
             // The server's picture is stale: give it the whole state again.
             self.scheduling.lost_events = false;
@@ -1034,7 +1050,9 @@ impl<'a> Machine<'a> {
             let bits = server.wake_bits(now);
             if bits != 0 && matches!(server.run, ServerRun::Waiting { .. }) {
                 server.wake(bits);
-                self.scheduler.set_state(entity_index, RunState::Runnable);
+                if server.run == ServerRun::Runnable {
+                    self.scheduler.set_state(entity_index, RunState::Runnable);
+                }
             }
         }
     }

@@ -86,6 +86,10 @@ pub struct Server<'a> {
     pub stopped_at: Option<u64>,
     to_server: Producer<'static>,
     to_core: Consumer<'static>,
+    /// Fault injection bits (`hvctl hang`/`garble`) to hand over at the next wake.
+    injection: u64,
+    /// Crash-loop backoff: the new instance may not run before this TSC value.
+    pub starts_at: Option<u64>,
 }
 
 fn in_ring_region(frame: u64, region: HostPhysAddr) -> bool {
@@ -111,6 +115,8 @@ impl<'a> Server<'a> {
             stopped_at: None,
             to_server: Producer::attach(ring(0)),
             to_core: Consumer::attach(ring(1)),
+            injection: 0,
+            starts_at: None,
         };
         server.start(frames)?;
         Ok(server)
@@ -191,6 +197,7 @@ impl<'a> Server<'a> {
         };
         self.run = ServerRun::Runnable;
         self.echo.reset();
+        self.injection = 0;
         Ok(())
     }
 
@@ -395,17 +402,27 @@ impl Server<'_> {
         true
     }
 
-    /// Wakes the server out of `wait` with `bits` as the syscall's result.
+    /// Wakes the server out of `wait` with `bits` (and any pending fault
+    /// injection) as the syscall's result.
     pub fn wake(&mut self, bits: u64) {
+        if self.starts_at.is_some_and(|start| crate::arch::cpu::rdtsc() < start) {
+            return; // Backing off: the messages wait in the ring for the new instance.
+        }
         if matches!(self.run, ServerRun::Waiting { .. }) {
-            self.context.rax = bits;
+            self.context.rax = bits | core::mem::take(&mut self.injection);
             self.run = ServerRun::Runnable;
         }
     }
 
+    /// Asks the server's runtime to misbehave at its next wake (fault
+    /// injection: `syscall::WAKE_INJECT_*`).
+    pub fn inject(&mut self, bits: u64) {
+        self.injection |= bits;
+    }
+
     /// The `wait` result bits the server would see now.
     pub fn wake_bits(&self, now: u64) -> u64 {
-        let mut bits = 0;
+        let mut bits = self.injection;
         if self.has_inbound() {
             bits |= syscall::WAKE_MESSAGES;
         }
