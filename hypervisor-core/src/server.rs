@@ -15,6 +15,9 @@ use ipc::server::{syscall, IMAGE_BASE, MAX_LOG_LEN, STACK_TOP};
 pub const MALFORMED_LIMIT: u32 = 8;
 /// Timer slices a server may be preempted in, in a row, before it counts as hung.
 pub const HANG_SLICES: u32 = 5;
+/// How long messages may wait unread in a server's ring before the server
+/// counts as hung (no progress on its rings), ns.
+pub const PROGRESS_DEADLINE_NS: u64 = 1_000_000_000;
 /// Restarts in a crash loop that start at once; later ones back off.
 pub const FREE_RESTARTS: u32 = 3;
 /// A restart less than this long after the previous one continues a crash loop.
@@ -112,6 +115,8 @@ pub enum ServerFault {
         /// Slices.
         slices: u32,
     },
+    /// Messages waited unread longer than [`PROGRESS_DEADLINE_NS`].
+    NoProgress,
     /// Stopped on purpose (fault injection, benchmarks).
     Killed,
 }
@@ -129,6 +134,7 @@ impl ServerFault {
             Self::Exited { .. } => "exited",
             Self::TooManyMalformed { .. } => "too many malformed messages",
             Self::Hung { .. } => "hung: preempted repeatedly without yielding",
+            Self::NoProgress => "hung: messages left unread past the deadline",
             Self::Killed => "killed",
         }
     }
@@ -258,6 +264,15 @@ impl Health {
         }
         let doublings = (self.crash_loop - FREE_RESTARTS).min(32);
         BACKOFF_BASE_NS.checked_shl(doublings).unwrap_or(u64::MAX).min(BACKOFF_MAX_NS)
+    }
+
+    /// The progress check: messages have been waiting in the server's ring
+    /// since `waiting_since_ns` (if any); past [`PROGRESS_DEADLINE_NS`] the
+    /// server is hung even if it yields (a server that only yields never
+    /// trips the preemption count).
+    pub fn progress(&self, waiting_since_ns: Option<u64>, now_ns: u64) -> Option<ServerFault> {
+        let since = waiting_since_ns?;
+        (now_ns.saturating_sub(since) > PROGRESS_DEADLINE_NS).then_some(ServerFault::NoProgress)
     }
 
     /// The instance was stopped and a new one starts: a new generation and
@@ -398,6 +413,15 @@ mod tests {
         assert_eq!(health.restarted(), 2);
         assert_eq!((health.restarts, health.malformed_in_a_row, health.busy_slices), (1, 0, 0));
         assert_eq!(health.malformed_total, 2 * u64::from(MALFORMED_LIMIT) + 1);
+    }
+
+    #[test]
+    fn unread_messages_past_the_deadline_mean_no_progress() {
+        let health = Health::new();
+        assert_eq!(health.progress(None, u64::MAX), None, "nothing waiting");
+        assert_eq!(health.progress(Some(1_000), 1_000 + PROGRESS_DEADLINE_NS), None);
+        assert_eq!(health.progress(Some(1_000), 1_001 + PROGRESS_DEADLINE_NS), Some(ServerFault::NoProgress));
+        assert_eq!(health.progress(Some(u64::MAX), 0), None, "a clock going backwards is no fault");
     }
 
     #[test]

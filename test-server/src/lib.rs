@@ -19,7 +19,8 @@
 //! | 3 | (c) send malformed postcard | `hostile: gen 3: sending 20 malformed messages` |
 //! | 4 | (d) invalid syscalls | `hostile: gen 4: making invalid syscall 99` |
 //! | 5 | (e) loop without yielding | `hostile: gen 5: looping forever without yielding` |
-//! | 6.. | none: echoes forever | `hostile: gen 6: behaving from now on` |
+//! | 6 | (f) yields forever without reading its ring | `hostile: gen 6: yielding forever without reading its ring` |
+//! | 7.. | none: echoes forever | `hostile: gen 7: behaving from now on` |
 //!
 //! Each hostile generation first behaves for [`HEARTBEATS_BEFORE_ATTACK`]
 //! heartbeats (half a second), answering every echo meanwhile, so the
@@ -112,6 +113,9 @@ pub enum Attack {
     InvalidSyscalls,
     /// (e) Loop without yielding: the core's timer must preempt and stop it.
     SpinWithoutYielding,
+    /// (f) Yield forever without reading its ring: the core's progress
+    /// deadline must catch it (yielding alone looks cooperative).
+    YieldWithoutReading,
 }
 
 impl Attack {
@@ -123,13 +127,14 @@ impl Attack {
             Self::SendMalformed => "sending 20 malformed messages",
             Self::InvalidSyscalls => "making invalid syscall 99",
             Self::SpinWithoutYielding => "looping forever without yielding",
+            Self::YieldWithoutReading => "yielding forever without reading its ring",
         }
     }
 }
 
 /// The phase table: what generation `generation` does in `mode`. Echo mode
 /// never attacks; hostile mode attacks (a)–(e) in generations 1–5 and
-/// behaves from generation 6 on.
+/// behaves from generation 7 on.
 pub fn attack_for(mode: Mode, generation: u32) -> Option<Attack> {
     match (mode, generation) {
         (Mode::Echo, _) => None,
@@ -138,6 +143,7 @@ pub fn attack_for(mode: Mode, generation: u32) -> Option<Attack> {
         (Mode::Hostile, 3) => Some(Attack::SendMalformed),
         (Mode::Hostile, 4) => Some(Attack::InvalidSyscalls),
         (Mode::Hostile, 5) => Some(Attack::SpinWithoutYielding),
+        (Mode::Hostile, 6) => Some(Attack::YieldWithoutReading),
         (Mode::Hostile, _) => None,
     }
 }
@@ -271,6 +277,14 @@ impl TestServer {
             Attack::SpinWithoutYielding => {
                 context.raw().spin();
                 survived.push_str("looped without yielding");
+            }
+            Attack::YieldWithoutReading => {
+                // Yield a long time without ever reading the ring; the core
+                // must stop the instance long before this loop ends.
+                for _ in 0..100_000_000u64 {
+                    let _ = context.raw().syscall(ipc::server::syscall::YIELD, [0; 5]);
+                }
+                survived.push_str("yielded without reading its ring");
             }
         }
         context.log_line(&survived);

@@ -54,7 +54,7 @@ fn the_phase_table() {
             Some(Attack::SendMalformed),
             Some(Attack::InvalidSyscalls),
             Some(Attack::SpinWithoutYielding),
-            None,
+            Some(Attack::YieldWithoutReading),
             None,
         ]
     );
@@ -325,8 +325,8 @@ fn generation_5_spins() {
 }
 
 #[test]
-fn generation_6_and_later_behave() {
-    for generation in [6, 7, 50] {
+fn generation_7_and_later_behave() {
+    for generation in [7, 8, 50] {
         let mut harness = started(generation, "hostile");
         assert_eq!(
             harness.take_logs(),

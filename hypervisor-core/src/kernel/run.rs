@@ -439,7 +439,9 @@ impl<'a> Machine<'a> {
                 "server {=str} stopped: {=str} ({=u32} in a row); restarting as generation {=u32}",
                 name, fault.describe(), slices, next
             ),
-            ServerFault::Killed => defmt::warn!("server {=str} stopped: {=str}; restarting as generation {=u32}", name, fault.describe(), next),
+            ServerFault::Killed | ServerFault::NoProgress => {
+                defmt::warn!("server {=str} stopped: {=str}; restarting as generation {=u32}", name, fault.describe(), next)
+            }
         }
         server.stopped_at = Some(cpu::rdtsc());
         if self.scheduling.server == Some(index) {
@@ -552,6 +554,7 @@ impl<'a> Machine<'a> {
                 Step::TurnOver
             }
             Syscall::Yield => {
+                server.yielded = true;
                 server.health.cooperated();
                 server.context.rax = 0;
                 self.drain_server(index);
@@ -855,11 +858,38 @@ impl<'a> Machine<'a> {
     /// runnable vCPU of the scheduler server's published run list, and the
     /// built-in round-robin when no decision is in force.
     fn pick_next(&mut self) -> Option<(usize, Entity)> {
+        // Servers with work first; a server that only yielded waits until
+        // nothing else wants the pCPU (so a yield loop cannot starve guests).
         for (entity, kind) in self.entities.iter().enumerate() {
-            if matches!(kind, Entity::Server(_)) && self.scheduler.state(entity) == Some(RunState::Runnable) {
-                return Some((entity, *kind));
+            if let Entity::Server(index) = *kind {
+                let eager = self.servers.get(index).is_some_and(|server| !server.yielded);
+                if eager && self.scheduler.state(entity) == Some(RunState::Runnable) {
+                    return Some((entity, *kind));
+                }
             }
         }
+        let yielded_server = self.entities.iter().enumerate().find_map(|(entity, kind)| {
+            matches!(kind, Entity::Server(_)).then_some(entity).filter(|&entity| self.scheduler.state(entity) == Some(RunState::Runnable))
+        });
+        let vcpu = self.pick_vcpu();
+        match (vcpu, yielded_server) {
+            (Some(picked), _) => Some(picked),
+            (None, Some(entity)) => {
+                if let Some(Entity::Server(index)) = self.entities.get(entity).copied() {
+                    if let Some(server) = self.servers.get_mut(index) {
+                        server.yielded = false;
+                    }
+                    return Some((entity, Entity::Server(index)));
+                }
+                None
+            }
+            (None, None) => None,
+        }
+    }
+
+    /// The next vCPU: the scheduler server's decision when it is in charge,
+    /// else the built-in round-robin.
+    fn pick_vcpu(&mut self) -> Option<(usize, Entity)> {
         let generation = self.scheduling.server.and_then(|index| self.servers.get(index)).map(|server| server.health.generation);
         if let (Some(generation), Some((run, _))) = (generation, self.scheduling.decision.as_ref()) {
             if self.scheduling.in_charge(generation) {
@@ -877,13 +907,15 @@ impl<'a> Machine<'a> {
                 return None;
             }
         }
-        loop {
+        // Round-robin over vCPUs (servers are picked above).
+        for _ in 0..self.entities.len() {
             let entity = self.scheduler.pick()?;
             let kind = *self.entities.get(entity)?;
             if matches!(kind, Entity::Vcpu(_)) {
                 return Some((entity, kind));
             }
         }
+        None
     }
 
     /// The halt-polling max for vCPU `index`'s domain, ns.
@@ -1041,6 +1073,22 @@ impl<'a> Machine<'a> {
     /// Server wake-ups and the echo check of test servers.
     fn tick_servers(&mut self) {
         let now = cpu::rdtsc();
+        // The progress check: a server with messages unread past the
+        // deadline is hung, even if it keeps yielding.
+        let now_ns = tsc_to_ns(now);
+        let stalled = self.servers.iter_mut().enumerate().find_map(|(index, server)| {
+            server.note_progress();
+            let backing_off = server.starts_at.is_some_and(|start| now < start);
+            if backing_off && server.inbound_since.is_some() {
+                // The clock starts when the new instance may run.
+                server.inbound_since = server.starts_at;
+            }
+            let since = server.inbound_since.filter(|_| !backing_off).map(tsc_to_ns);
+            server.health.progress(since, now_ns).map(|fault| (index, fault))
+        });
+        if let Some((index, fault)) = stalled {
+            self.restart_server(index, fault);
+        }
         for (entity_index, entity) in self.entities.iter().enumerate() {
             let Entity::Server(index) = *entity else { continue };
             let Some(server) = self.servers.get_mut(index) else { continue };
@@ -1089,11 +1137,14 @@ impl<'a> Machine<'a> {
     /// Runs until every domain has ended, then exits the machine.
     pub fn run(mut self) -> ! {
         let mut last_tick = interrupts::ticks();
+        let mut last_housekeeping = cpu::rdtsc();
         loop {
             cpu::take_pending_interrupts();
             let now = interrupts::ticks();
-            if now != last_tick {
+            let slice = lapic::tsc_hz() / super::TICK_HZ;
+            if now != last_tick || cpu::rdtsc().wrapping_sub(last_housekeeping) >= slice {
                 last_tick = now;
+                last_housekeeping = cpu::rdtsc();
                 self.on_tick();
             }
             if self.domains_ended() {

@@ -90,6 +90,11 @@ pub struct Server<'a> {
     injection: u64,
     /// Crash-loop backoff: the new instance may not run before this TSC value.
     pub starts_at: Option<u64>,
+    /// Since when (TSC) messages have waited unread in `to_server`.
+    pub inbound_since: Option<u64>,
+    /// The server yielded and has not been woken since: it runs only when
+    /// nothing else wants the pCPU.
+    pub yielded: bool,
 }
 
 fn in_ring_region(frame: u64, region: HostPhysAddr) -> bool {
@@ -117,6 +122,8 @@ impl<'a> Server<'a> {
             to_core: Consumer::attach(ring(1)),
             injection: 0,
             starts_at: None,
+            inbound_since: None,
+            yielded: false,
         };
         server.start(frames)?;
         Ok(server)
@@ -198,6 +205,8 @@ impl<'a> Server<'a> {
         self.run = ServerRun::Runnable;
         self.echo.reset();
         self.injection = 0;
+        self.inbound_since = None;
+        self.yielded = false;
         Ok(())
     }
 
@@ -265,9 +274,20 @@ impl Server<'_> {
     pub fn send<M: messages::Message>(&mut self, message: M) -> bool {
         let mut buffer = [0u8; SLOT_PAYLOAD];
         let envelope = Envelope::new(self.health.generation, message);
-        match messages::encode(&envelope, &mut buffer) {
+        let sent = match messages::encode(&envelope, &mut buffer) {
             Ok(length) => self.to_server.try_send(&buffer[..length]).is_ok(),
             Err(_) => false,
+        };
+        if sent && self.inbound_since.is_none() {
+            self.inbound_since = Some(crate::arch::cpu::rdtsc());
+        }
+        sent
+    }
+
+    /// Forgets the unread-since time once the server has read everything.
+    pub fn note_progress(&mut self) {
+        if !self.has_inbound() {
+            self.inbound_since = None;
         }
     }
 
@@ -408,6 +428,7 @@ impl Server<'_> {
         if self.starts_at.is_some_and(|start| crate::arch::cpu::rdtsc() < start) {
             return; // Backing off: the messages wait in the ring for the new instance.
         }
+        self.yielded = false;
         if matches!(self.run, ServerRun::Waiting { .. }) {
             self.context.rax = bits | core::mem::take(&mut self.injection);
             self.run = ServerRun::Runnable;
