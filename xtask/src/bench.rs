@@ -275,6 +275,28 @@ pub fn halt_poll_figures(text: &[String]) -> Vec<(&'static str, f64)> {
     figures
 }
 
+/// Restart gaps from the core's `server NAME generation N ready, X us after
+/// the stop` lines: the median, in ms, per server (`NAME_restart_gap_ms`),
+/// from the kill to the new instance's first message (for the scheduler,
+/// `Ready` follows its first decisions). Goals: scheduler ≤ 10 ms, pager
+/// ≤ 20 ms.
+pub fn restart_gap_figures(text: &[String]) -> Vec<(&'static str, f64)> {
+    let mut figures = Vec::new();
+    for (server, name) in [("scheduler", "scheduler_restart_gap_median_ms"), ("pager", "pager_restart_gap_median_ms")] {
+        let marker = format!("server {server} generation ");
+        let gaps: Vec<f64> = text
+            .iter()
+            .filter(|line| line.contains(&marker))
+            .filter_map(|line| line.split("ready, ").nth(1)?.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|micros| micros / 1000.0)
+            .collect();
+        if let Some(gap) = median(&gaps) {
+            figures.push((name, gap));
+        }
+    }
+    figures
+}
+
 /// Sizes of an ELF image's loadable segments, by kind: `text` (executable),
 /// `rodata` (read-only), `data` (writable, file-backed part) and `bss` (the
 /// writable rest), in bytes. Malformed headers give no sizes.
@@ -393,6 +415,24 @@ mod tests {
         assert_eq!(get("wake_latency_on_over_off_ratio"), Some(0.1));
         assert_eq!(get("halt_poll_burn_points"), Some(0.5));
         assert!(halt_poll_figures(&[]).is_empty());
+    }
+
+    #[test]
+    fn restart_gaps_are_medians_of_the_ready_lines() {
+        let text: Vec<String> = [
+            "cairn  INFO server scheduler generation 2 ready, 6000 us after the stop",
+            "cairn  INFO server scheduler generation 3 ready, 16000 us after the stop",
+            "cairn  INFO server scheduler generation 4 ready, 8000 us after the stop",
+            "cairn  INFO server pager generation 2 ready, 1000 us after the stop",
+            "cairn  INFO server scheduler generation 1 ready",
+        ]
+        .iter()
+        .map(|line| line.to_string())
+        .collect();
+        assert_eq!(
+            restart_gap_figures(&text),
+            vec![("scheduler_restart_gap_median_ms", 8.0), ("pager_restart_gap_median_ms", 1.0)]
+        );
     }
 
     #[test]

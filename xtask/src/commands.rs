@@ -447,6 +447,29 @@ pub fn bench(workspace: &Workspace) -> Result<bool> {
         results.set(name, Figure::Real(value));
     }
 
+    // Restart gaps: the scheduler and the pager killed from the host while
+    // they work, each three times.
+    let restart_config = workspace.root.join("appliances").join("fault-injection.toml");
+    let restart = prepare(workspace, &restart_config, RunMode::Normal)?;
+    let steps: Vec<ControlStep> = [(2.0, "kill scheduler"), (3.0, "kill pager"), (4.0, "kill scheduler"), (5.0, "kill pager"), (6.0, "kill scheduler"), (7.0, "kill pager")]
+        .iter()
+        .map(|&(at, command)| ControlStep { at: Duration::from_secs_f64(at), command: command.to_owned(), expect: None })
+        .collect();
+    let restart_report = boot(
+        workspace,
+        &images,
+        &restart,
+        MachineType::Microvm,
+        StopRule::Timeout(BENCH_TIMEOUT),
+        false,
+        &per_run_socket(workspace)?,
+        &steps,
+    )?;
+    let text: Vec<String> = restart_report.lines.iter().map(ToString::to_string).collect();
+    for (name, value) in bench::restart_gap_figures(&text) {
+        results.set(name, Figure::Real(value));
+    }
+
     let derived: Vec<_> = bench::DERIVED
         .iter()
         .map(|derived| (derived, results.derive(derived)))

@@ -454,7 +454,17 @@ impl<'a> Machine<'a> {
             }
             return;
         }
-        let delay_ns = server.health.restart_delay(Self::ns_since_boot());
+        // A deliberate kill (hvctl, benchmarks) is not a crash: no backoff.
+        let delay_ns = if fault == ServerFault::Killed { 0 } else { server.health.restart_delay(Self::ns_since_boot()) };
+        let entity = self.entities.iter().position(|entity| *entity == Entity::Server(index));
+        if delay_ns == 0 {
+            // The new instance runs at once, whatever the old one was doing.
+            if let Some(entity) = entity {
+                self.scheduler.set_state(entity, RunState::Runnable);
+            }
+        }
+        let Some(server) = self.servers.get_mut(index) else { return };
+        let name = server.spec.name.as_str();
         if delay_ns > 0 {
             // Crash-loop backoff: the new instance waits before it runs.
             defmt::warn!("server {=str}: crash loop, next start in {=u64} ms", name, delay_ns / 1_000_000);
