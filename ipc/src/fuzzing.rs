@@ -9,7 +9,7 @@
 use core::ops::ControlFlow;
 
 use crate::messages::scheduler::{self, Shape};
-use crate::messages::{self, test_server, DecodeError, Envelope};
+use crate::messages::{self, pager, test_server, DecodeError, Envelope};
 use crate::ring::{
     Consumer, Producer, RingError, RingMemory, RING_LAYOUT_BYTES, SLOT_COUNT, SLOT_PAYLOAD,
 };
@@ -59,6 +59,26 @@ pub fn decode_scheduler_protocol(data: &[u8]) {
     assert!(length <= messages::envelope_max_size::<scheduler::ToCore>());
     assert!(length <= data.len(), "postcard's encoding is the shortest");
     assert_eq!(check_scheduler_decode(&buffer[..length]), Ok(body));
+}
+
+/// The pager's domain count in the fuzz targets.
+pub const PAGER_DOMAINS: u16 = 4;
+
+/// The core's decode path on pager input (`decode_from_server::<pager::ToCore>`
+/// with [`PAGER_DOMAINS`] domains); the server's decode of what the core
+/// sends. A message that decodes must re-encode no longer and decode to itself.
+pub fn decode_pager_protocol(data: &[u8]) {
+    let _ = messages::decode_from_core::<pager::ToServer>(data, GENERATION);
+    let context = pager::PagerContext { domains: PAGER_DOMAINS };
+    let Ok(body) = messages::decode_from_server::<pager::ToCore>(data, GENERATION, &context) else {
+        return;
+    };
+    let mut buffer = [0; SLOT_PAYLOAD];
+    let length = messages::encode(&Envelope::new(GENERATION, body.clone()), &mut buffer)
+        .unwrap_or_else(|error| panic!("a decoded message must encode: {error:?}"));
+    assert!(length <= messages::envelope_max_size::<pager::ToCore>());
+    assert!(length <= data.len(), "postcard's encoding is the shortest");
+    assert_eq!(messages::decode_from_server::<pager::ToCore>(&buffer[..length], GENERATION, &context), Ok(body));
 }
 
 fn check_scheduler_decode(data: &[u8]) -> Result<scheduler::ToCore, DecodeError> {

@@ -175,6 +175,23 @@ fn decode_scheduler_protocol_survives_random_and_mutated_input() {
     );
 }
 
+fn valid_pager_messages() -> Vec<Vec<u8>> {
+    use ipc::messages::{encode, pager::ToCore, Envelope};
+    [ToCore::Ready, ToCore::Heartbeat { count: 7 }, ToCore::Target { domain: 1, accepted: true, floor_pages: 512 }]
+        .into_iter()
+        .map(|message| {
+            let mut buffer = [0u8; 64];
+            let length = encode(&Envelope::new(fuzzing::GENERATION, message), &mut buffer).unwrap();
+            buffer[..length].to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn decode_pager_protocol_survives_random_and_mutated_input() {
+    decoder_smoke("decode_pager_protocol", 0x1234_5678_9abc_def1, &valid_pager_messages(), 64, fuzzing::decode_pager_protocol);
+}
+
 #[test]
 fn ring_consumer_survives_random_scripts() {
     let started = Instant::now();
