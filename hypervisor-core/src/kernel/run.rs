@@ -449,14 +449,14 @@ impl<'a> Machine<'a> {
         }
         if let Err(error) = server.restart(&mut self.frames) {
             defmt::error!("server {=str} could not be restarted: {=str}; it stays down", name, error.reason());
-            if let Some(entity) = self.entities.iter().position(|entity| *entity == Entity::Server(index)) {
+            if let Some(entity) = self.entity_of_server(index) {
                 self.scheduler.set_state(entity, RunState::Stopped);
             }
             return;
         }
         // A deliberate kill (hvctl, benchmarks) is not a crash: no backoff.
         let delay_ns = if fault == ServerFault::Killed { 0 } else { server.health.restart_delay(Self::ns_since_boot()) };
-        let entity = self.entities.iter().position(|entity| *entity == Entity::Server(index));
+        let entity = self.entity_of_server(index);
         if delay_ns == 0 {
             // The new instance runs at once, whatever the old one was doing.
             if let Some(entity) = entity {
@@ -471,7 +471,7 @@ impl<'a> Machine<'a> {
             let start = cpu::rdtsc().saturating_add(ns_to_tsc(delay_ns));
             server.run = ServerRun::Waiting { deadline: Some(start) };
             server.starts_at = Some(start);
-            if let Some(entity) = self.entities.iter().position(|entity| *entity == Entity::Server(index)) {
+            if let Some(entity) = entity {
                 self.scheduler.set_state(entity, RunState::Waiting);
             }
         }
@@ -586,7 +586,7 @@ impl<'a> Machine<'a> {
                     server.wake(bits);
                     return Step::Continue;
                 }
-                if let Some(entity) = self.entities.iter().position(|entity| *entity == Entity::Server(index)) {
+                if let Some(entity) = self.entity_of_server(index) {
                     self.scheduler.set_state(entity, RunState::Waiting);
                 }
                 Step::TurnOver
@@ -779,6 +779,10 @@ impl<'a> Machine<'a> {
         self.vcpus.get(index).map(|vcpu| sched_wire::Vcpu::new(vcpu.domain as u16, vcpu.index))
     }
 
+    fn entity_of_server(&self, index: usize) -> Option<usize> {
+        self.entities.iter().position(|entity| *entity == Entity::Server(index))
+    }
+
     fn entity_of_vcpu(&self, index: usize) -> Option<usize> {
         self.entities.iter().position(|entity| *entity == Entity::Vcpu(index))
     }
@@ -789,7 +793,7 @@ impl<'a> Machine<'a> {
         let Some(server) = self.servers.get_mut(index) else { return };
         server.wake(bits);
         let runnable = server.run == ServerRun::Runnable;
-        if let Some(entity) = self.entities.iter().position(|entity| *entity == Entity::Server(index)) {
+        if let Some(entity) = self.entity_of_server(index) {
             if runnable && self.scheduler.state(entity) == Some(RunState::Waiting) {
                 self.scheduler.set_state(entity, RunState::Runnable);
             }
