@@ -23,7 +23,7 @@ impl FromCore for pager::ToServer {
     fn refusal(&self) -> Option<ErrorCode> {
         match self {
             Self::Error { code } => Some(*code),
-            Self::Domain { .. } => None,
+            _ => None,
         }
     }
 }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 /// First eight bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"CAIRNBDL";
 /// Version of the bundle layout and manifest encoding; bumped on any change.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 /// Size of the fixed header in front of the manifest.
 pub const HEADER_SIZE: usize = 16;
 /// Images start on this boundary.
@@ -95,6 +95,10 @@ pub struct DomainSpec {
     pub cpu_weight: u32,
     /// Credit scheduler cap, percent of one pCPU (0 = none).
     pub cap: u32,
+    /// Resident memory target, MiB (xl.cfg-style `memory_target`; `None`:
+    /// all of `memory_mib`, no paging). The pager keeps the domain's resident
+    /// frames at or below it.
+    pub memory_target_mib: Option<u32>,
 }
 
 /// One `[[server]]` table of the appliance file: a ring-3 server image.
@@ -426,6 +430,7 @@ mod tests {
             halt_poll_max_ns: None,
             cpu_weight: DEFAULT_CPU_WEIGHT,
             cap: 0,
+            memory_target_mib: None,
         }
     }
 

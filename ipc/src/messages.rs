@@ -52,7 +52,7 @@ use serde::{Deserialize, Serialize};
 /// Version of the envelope and of every protocol in this module; bumped on
 /// any change to either, so a stale server image is refused at its first
 /// message.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Largest encoded envelope header: the version byte and the generation.
 pub const ENVELOPE_HEADER_MAX_SIZE: usize = size::U8 + size::U32;

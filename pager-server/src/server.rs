@@ -100,6 +100,9 @@ impl Handler for PagerServer {
                 let _ = context.send(ToCore::Target { domain, accepted, floor_pages });
             }
             ToServer::Error { code } => self.fault(code, context),
+            // Paging itself is not driven yet: no nomination is ever sent, so
+            // none of these can concern work in flight.
+            _ => {}
         }
     }
 

@@ -206,6 +206,7 @@ pub fn build_bundle(
             halt_poll_max_ns: domain.halt_poll_max_ns,
             cpu_weight: domain.cpu_weight,
             cap: domain.cap,
+            memory_target_mib: domain.memory_target_mib,
         };
         domains
             .push(spec)

@@ -18,6 +18,8 @@
 //!                          # to the guest as PVH module 0
 //! cpu_weight = 256         # credit scheduler weight, 1..=65535 (xl.cfg's key)
 //! cap = 0                  # credit scheduler cap, percent of one pCPU (0 = none)
+//! memory_target = 4        # optional: resident target, MiB, MIN..=memory
+//!                          # (the pager pages the rest out; default: memory)
 //! halt_poll_max = 200000   # optional: this domain's halt-polling max, ns
 //!                          # (0 = no polling; default: the core's, 200000)
 //!
@@ -110,6 +112,8 @@ pub struct DomainConfig {
     pub cpu_weight: u32,
     /// Credit scheduler cap, percent of one pCPU (0 = none).
     pub cap: u32,
+    /// Resident memory target, MiB (None: all of `memory_mib`).
+    pub memory_target_mib: Option<u32>,
 }
 
 /// One `[[server]]` table.
@@ -285,6 +289,15 @@ fn parse_domain(
     let halt_poll_max_ns = table
         .integer_in("halt_poll_max", 0..=ipc::boot::MAX_HALT_POLL_NS as u32, " ns")?
         .map(u64::from);
+    let memory_target_mib = table.integer_in("memory_target", MIN_DOMAIN_MEMORY_MIB..=MAX_DOMAIN_MEMORY_MIB, " MiB")?;
+    if let Some(target) = memory_target_mib {
+        if target > memory_mib {
+            return Err(table.error(
+                "memory_target",
+                format!("{target} MiB is larger than the domain's memory ({memory_mib} MiB)"),
+            ));
+        }
+    }
     let ramdisk = match table.string("ramdisk")? {
         Some("") => return Err(table.error("ramdisk", "empty: give a path to the module file")),
         Some(path) => Some(base_directory.join(path)),
@@ -301,6 +314,7 @@ fn parse_domain(
         halt_poll_max_ns,
         cpu_weight,
         cap,
+        memory_target_mib,
     })
 }
 
@@ -499,6 +513,16 @@ cmdline = "iterations=5"
         assert_eq!(appliance.domains[0].ramdisk, Some(PathBuf::from("/base/initrd.img")));
         assert_error_on("[[domain]]\nname='a'\nkernel='cairn:hello'\nramdisk=''\n", "domain[0].ramdisk");
         assert_error_on("[[domain]]\nname='a'\nkernel='cairn:hello'\nramdisk=3\n", "domain[0].ramdisk");
+    }
+
+    #[test]
+    fn memory_target_is_checked_against_memory() {
+        let appliance = parse_text("[[domain]]\nname='a'\nkernel='cairn:hello'\nmemory=32\nmemory_target=8\n").unwrap();
+        assert_eq!(appliance.domains[0].memory_target_mib, Some(8));
+        let defaults = parse_text("[[domain]]\nname='a'\nkernel='cairn:hello'\n").unwrap();
+        assert_eq!(defaults.domains[0].memory_target_mib, None);
+        assert_error_on("[[domain]]\nname='a'\nkernel='cairn:hello'\nmemory=16\nmemory_target=17\n", "domain[0].memory_target");
+        assert_error_on("[[domain]]\nname='a'\nkernel='cairn:hello'\nmemory=16\nmemory_target=1\n", "domain[0].memory_target");
     }
 
     #[test]
