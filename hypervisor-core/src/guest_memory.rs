@@ -17,6 +17,22 @@ pub enum MemoryError {
     Unmapped(GuestPhysAddr),
     /// The guest's page tables do not map the virtual address.
     NotPresent(u64),
+    /// The frame is guest RAM but not accessible right now: paged out, being
+    /// paged in or out, or given back. The access can be retried once the
+    /// core has brought the frame back.
+    NotResident(GuestPhysAddr),
+}
+
+/// What became of a frame the guest asked to give back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Given back: its host frame (or its swap slot) is freed.
+    Released,
+    /// Not a frame the guest holds (outside its memory, never pageable, or
+    /// already given back).
+    Invalid,
+    /// This memory cannot give frames back.
+    Unsupported,
 }
 
 /// A guest's physical memory, as the core may touch it.
@@ -25,6 +41,12 @@ pub trait GuestMemory {
     fn read(&self, address: GuestPhysAddr, buffer: &mut [u8]) -> Result<(), MemoryError>;
     /// Writes `data` at `address` (may cross pages).
     fn write(&mut self, address: GuestPhysAddr, data: &[u8]) -> Result<(), MemoryError>;
+
+    /// Gives guest frame `gfn` back (`XENMEM_decrease_reservation`).
+    fn release(&mut self, gfn: u64) -> Release {
+        let _ = gfn;
+        Release::Unsupported
+    }
 
     /// Reads a little-endian `u64`.
     fn read_u64(&self, address: GuestPhysAddr) -> Result<u64, MemoryError> {

@@ -34,9 +34,11 @@
 pub mod addr;
 pub mod console;
 pub mod cpuid;
+pub mod dma_guard;
 pub mod elf;
 pub mod exit;
 pub mod frame;
+pub mod frame_state;
 pub mod guest_memory;
 pub mod halt_poll;
 pub mod instruction;

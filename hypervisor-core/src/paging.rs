@@ -240,6 +240,26 @@ impl PageTable {
         walk(memory, self.root, 4, 0, visit);
     }
 
+    /// Where the 4 KiB leaf entry for `address` lives: the level-1 table and
+    /// the index in it. `None` if a table on the way is missing or a larger
+    /// page covers the address. The entry itself may be non-present: that is
+    /// how guest frames that are paged out keep their state (see
+    /// [`crate::frame_state`]).
+    pub fn leaf_slot(&self, memory: &impl TableMemory, address: u64) -> Option<(HostPhysAddr, usize)> {
+        if address >> 47 != 0 {
+            return None;
+        }
+        let mut table = self.root;
+        for level in (2..=4).rev() {
+            let entry = memory.read_entry(table, index(address, level));
+            if entry & EntryFlags::PRESENT.0 == 0 || entry & EntryFlags::HUGE.0 != 0 {
+                return None;
+            }
+            table = HostPhysAddr::new_truncate(entry & ADDRESS_MASK);
+        }
+        Some((table, index(address, 1)))
+    }
+
     /// Walks the tables for `address`.
     pub fn translate(&self, memory: &impl TableMemory, address: u64) -> Option<Translation> {
         if address >> 47 != 0 {
@@ -312,6 +332,24 @@ pub(crate) mod tests {
 
     fn frame(addr: u64) -> HostPhysAddr {
         HostPhysAddr::try_new(addr).unwrap()
+    }
+
+    #[test]
+    fn leaf_slots_reach_4k_entries_only() {
+        let mut memory = FakeTables::default();
+        let mut frames = CountingFrames { next: 0x100_0000, limit: 0x200_0000 };
+        let table = PageTable::new(&mut memory, &mut frames).unwrap();
+        let rw = EntryFlags::WRITABLE.with(EntryFlags::USER);
+        table.map(&mut memory, &mut frames, 0x5000, frame(0x9000), PageSize::Size4KiB, rw).unwrap();
+        table.map(&mut memory, &mut frames, 0x4020_0000, frame(0x60_0000), PageSize::Size2MiB, rw).unwrap();
+        let (leaf, slot) = table.leaf_slot(&memory, 0x5000).unwrap();
+        assert_eq!(slot, 5);
+        assert_eq!(memory.read_entry(leaf, slot) & ADDRESS_MASK, 0x9000);
+        assert_eq!(table.leaf_slot(&memory, 0x6000), Some((leaf, 6)), "a neighbour in the same table, not mapped");
+        assert_eq!(table.leaf_slot(&memory, 0x4020_0000), None, "covered by a 2 MiB page");
+        assert_eq!(table.leaf_slot(&memory, 0x80_0000_0000), None, "no table there");
+        memory.write_entry(leaf, slot, 0);
+        assert_eq!(table.translate(&memory, 0x5000), None);
     }
 
     #[test]

@@ -74,6 +74,18 @@ pub enum Syscall {
         /// Bytes.
         length: usize,
     },
+    /// `device_info(item)`: what the server was granted of its device.
+    DeviceInfo {
+        /// Which `DEVICE_*` item.
+        item: u64,
+    },
+    /// `device_write(offset, value)`: a register write the core checks.
+    DeviceWrite {
+        /// Register offset from the device's base.
+        offset: u64,
+        /// The 32-bit value (upper bits must be zero).
+        value: u64,
+    },
 }
 
 /// Why the core stopped a server.
@@ -185,6 +197,8 @@ pub fn decode(exit: &UserExit) -> ServerEvent {
             }
             Syscall::Log { pointer: first, length: second as usize }
         }
+        syscall::DEVICE_INFO => Syscall::DeviceInfo { item: first },
+        syscall::DEVICE_WRITE => Syscall::DeviceWrite { offset: first, value: second },
         number => return ServerEvent::Fault(ServerFault::InvalidSyscall { number }),
     };
     ServerEvent::Syscall(call)

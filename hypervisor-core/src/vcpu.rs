@@ -12,7 +12,7 @@ use crate::addr::{GuestPhysAddr, PAGE_SIZE};
 use crate::console::LineBuffer;
 use crate::cpuid::{self, CpuidResult};
 use crate::exit::{instruction_length, Exit, IoAccess, IoWidth, VmExit};
-use crate::guest_memory::{GuestMemory, GuestPaging};
+use crate::guest_memory::{GuestMemory, GuestPaging, Release};
 use crate::msr::{self, MsrContext, MsrWrite};
 use crate::uart::{Uart16550, COM1_BASE, REGISTER_COUNT};
 use ipc::hypercall::{self as hc, errno, ShutdownReason};
@@ -418,6 +418,9 @@ fn hypercall(
                     },
                 }
             }
+            (hc::MEMORY_OP, hc::XENMEM_DECREASE_RESERVATION) => {
+                decrease_reservation(vcpu, memory, arg2, devices.memory_bytes)
+            }
             (hc::CONSOLE_IO, hc::CONSOLEIO_WRITE) => console_write(vcpu, memory, devices, platform, arg2, arg3),
             (hc::XEN_VERSION, hc::XENVER_VERSION) => {
                 let (major, minor) = hc::REPORTED_XEN_VERSION;
@@ -498,18 +501,76 @@ fn console_write(
     }
     let paging = vcpu.paging();
     let mut chunk = [0u8; 128];
-    let mut done = 0;
-    while done < count {
-        let length = (count - done).min(chunk.len() as u64) as usize;
-        if paging.read_virtual(memory, buffer.wrapping_add(done), &mut chunk[..length]).is_err() {
-            return -errno::EFAULT;
+    // Two passes: every byte must be readable before any is printed, so a
+    // write that fails part-way (a bad pointer, or a frame paged out, which
+    // the core brings back and then retries the hypercall) prints nothing
+    // twice.
+    for print in [false, true] {
+        let mut done = 0;
+        while done < count {
+            let length = (count - done).min(chunk.len() as u64) as usize;
+            if paging.read_virtual(memory, buffer.wrapping_add(done), &mut chunk[..length]).is_err() {
+                return -errno::EFAULT;
+            }
+            if print {
+                for &byte in &chunk[..length] {
+                    devices.console_byte(byte, platform);
+                }
+            }
+            done += length as u64;
         }
-        for &byte in &chunk[..length] {
-            devices.console_byte(byte, platform);
-        }
-        done += length as u64;
     }
     0
+}
+
+/// Most extents one `XENMEM_decrease_reservation` may name (Linux's balloon
+/// driver passes at most a page of `xen_pfn_t`, 512).
+pub const MAX_RESERVATION_EXTENTS: u64 = 1024;
+
+/// `XENMEM_decrease_reservation`: reads `struct xen_memory_reservation` and
+/// its gfn array, checks all of it first (so a fault part-way changes
+/// nothing), then gives the frames back in order. Returns the number given
+/// back: a short count if an extent names a frame the guest does not hold
+/// (Xen's semantics).
+fn decrease_reservation(vcpu: &impl VcpuState, memory: &mut impl GuestMemory, pointer: u64, memory_bytes: u64) -> i64 {
+    let paging = vcpu.paging();
+    let long_mode = vcpu.in_64bit_mode();
+    let mut raw = [0u8; hc::MemoryReservation::SIZE_64];
+    let size = if long_mode { hc::MemoryReservation::SIZE_64 } else { hc::MemoryReservation::SIZE_32 };
+    if paging.read_virtual(memory, pointer, &mut raw[..size]).is_err() {
+        return -errno::EFAULT;
+    }
+    let Some(request) = hc::MemoryReservation::decode(&raw[..size], long_mode) else { return -errno::EFAULT };
+    if request.domid != hc::DOMID_SELF {
+        return -errno::EPERM;
+    }
+    if request.extent_order != 0 || request.nr_extents > MAX_RESERVATION_EXTENTS {
+        return -errno::EINVAL;
+    }
+    let entry_size: u64 = if long_mode { 8 } else { 4 };
+    let gfn_at = |memory: &mut dyn FnMut(u64, &mut [u8]) -> bool, index: u64| -> Option<u64> {
+        let mut bytes = [0u8; 8];
+        memory(request.extent_start.wrapping_add(index * entry_size), &mut bytes[..entry_size as usize]).then(|| u64::from_le_bytes(bytes))
+    };
+    for index in 0..request.nr_extents {
+        let mut read = |address: u64, bytes: &mut [u8]| paging.read_virtual(memory, address, bytes).is_ok();
+        match gfn_at(&mut read, index) {
+            None => return -errno::EFAULT,
+            Some(gfn) if gfn >= memory_bytes / PAGE_SIZE => return -errno::EINVAL,
+            Some(_) => {}
+        }
+    }
+    let mut released = 0;
+    for index in 0..request.nr_extents {
+        let mut read = |address: u64, bytes: &mut [u8]| paging.read_virtual(memory, address, bytes).is_ok();
+        let Some(gfn) = gfn_at(&mut read, index) else { break };
+        match memory.release(gfn) {
+            Release::Released => released += 1,
+            Release::Invalid => break,
+            Release::Unsupported => return -errno::ENOSYS,
+        }
+    }
+    released
 }
 
 #[cfg(test)]
@@ -691,6 +752,81 @@ mod tests {
         let _ = rig.run(0x7b, (0x60 << 16) | (1 << 5) | 1, 0x4000);
         assert_eq!(rig.vcpu.gpr(Gpr::Rax) & 0xffff, 0xffff);
         assert!(matches!(rig.run(0x7b, (0x3f8 << 16) | (1 << 4) | (1 << 2), 0), Outcome::Stop(StopReason::StringIo { port: 0x3f8 })));
+    }
+
+    /// Flat memory that records the frames given back.
+    struct Releasing {
+        flat: FlatMemory,
+        released: Vec<u64>,
+        refuse: u64,
+    }
+
+    impl GuestMemory for Releasing {
+        fn read(&self, address: GuestPhysAddr, buffer: &mut [u8]) -> Result<(), crate::guest_memory::MemoryError> {
+            self.flat.read(address, buffer)
+        }
+        fn write(&mut self, address: GuestPhysAddr, data: &[u8]) -> Result<(), crate::guest_memory::MemoryError> {
+            self.flat.write(address, data)
+        }
+        fn release(&mut self, gfn: u64) -> Release {
+            if gfn == self.refuse {
+                return Release::Invalid;
+            }
+            self.released.push(gfn);
+            Release::Released
+        }
+    }
+
+    #[test]
+    fn decrease_reservation_checks_everything_then_releases() {
+        let mut vcpu = TestVcpu { long_mode: true, ..TestVcpu::default() };
+        let mut memory = Releasing { flat: FlatMemory(vec![0; 0x10_0000]), released: Vec::new(), refuse: u64::MAX };
+        let reservation = |memory: &mut Releasing, extents: u64, order: u32, domid: u16| {
+            let mut raw = [0u8; 32];
+            raw[0..8].copy_from_slice(&0x3000u64.to_le_bytes());
+            raw[8..16].copy_from_slice(&extents.to_le_bytes());
+            raw[16..20].copy_from_slice(&order.to_le_bytes());
+            raw[24..26].copy_from_slice(&domid.to_le_bytes());
+            memory.write(GuestPhysAddr::new_truncate(0x2000), &raw).unwrap();
+        };
+        for (index, gfn) in [0x40u64, 0x41, 0x80].iter().enumerate() {
+            memory.write(GuestPhysAddr::new_truncate(0x3000 + 8 * index as u64), &gfn.to_le_bytes()).unwrap();
+        }
+        reservation(&mut memory, 3, 0, hc::DOMID_SELF);
+        assert_eq!(decrease_reservation(&vcpu, &mut memory, 0x2000, 0x10_0000), 3);
+        assert_eq!(memory.released, [0x40, 0x41, 0x80]);
+
+        memory.released.clear();
+        memory.refuse = 0x41;
+        assert_eq!(decrease_reservation(&vcpu, &mut memory, 0x2000, 0x10_0000), 1, "a short count stops at the refused frame");
+        memory.refuse = u64::MAX;
+
+        memory.released.clear();
+        memory.write(GuestPhysAddr::new_truncate(0x3010), &0x100u64.to_le_bytes()).unwrap();
+        assert_eq!(decrease_reservation(&vcpu, &mut memory, 0x2000, 0x10_0000), -errno::EINVAL, "gfn beyond memory");
+        assert!(memory.released.is_empty(), "nothing is released before every extent is checked");
+        reservation(&mut memory, 1, 1, hc::DOMID_SELF);
+        assert_eq!(decrease_reservation(&vcpu, &mut memory, 0x2000, 0x10_0000), -errno::EINVAL, "order above 0");
+        reservation(&mut memory, MAX_RESERVATION_EXTENTS + 1, 0, hc::DOMID_SELF);
+        assert_eq!(decrease_reservation(&vcpu, &mut memory, 0x2000, 0x10_0000), -errno::EINVAL, "too many extents");
+        reservation(&mut memory, 1, 0, 0);
+        assert_eq!(decrease_reservation(&vcpu, &mut memory, 0x2000, 0x10_0000), -errno::EPERM, "another domain");
+        reservation(&mut memory, 2, 0, hc::DOMID_SELF);
+        memory.write(GuestPhysAddr::new_truncate(0x3000), &0x40u64.to_le_bytes()).unwrap();
+        assert_eq!(decrease_reservation(&vcpu, &mut memory, 0xfff_fff0, 0x10_0000), -errno::EFAULT, "bad pointer");
+        vcpu.long_mode = false;
+        let mut raw = [0u8; 20];
+        raw[0..4].copy_from_slice(&0x3000u32.to_le_bytes());
+        raw[4..8].copy_from_slice(&1u32.to_le_bytes());
+        raw[16..18].copy_from_slice(&hc::DOMID_SELF.to_le_bytes());
+        memory.write(GuestPhysAddr::new_truncate(0x2000), &raw).unwrap();
+        memory.write(GuestPhysAddr::new_truncate(0x3000), &0x55u32.to_le_bytes()).unwrap();
+        memory.released.clear();
+        assert_eq!(decrease_reservation(&vcpu, &mut memory, 0x2000, 0x10_0000), 1, "32-bit layout");
+        assert_eq!(memory.released, [0x55]);
+        let mut plain = FlatMemory(vec![0; 0x10_0000]);
+        plain.write(GuestPhysAddr::new_truncate(0x2000), &raw).unwrap();
+        assert_eq!(decrease_reservation(&vcpu, &mut plain, 0x2000, 0x10_0000), -errno::ENOSYS, "memory that cannot release");
     }
 
     #[test]

@@ -50,6 +50,94 @@ pub const MAX_POLL_PORTS: u32 = 128;
 /// Event-channel ports a 64-bit guest can name (2-level ABI: 64 × 64).
 pub const EVENT_CHANNEL_PORTS: u32 = 4096;
 
+/// `XENMEM_decrease_reservation` (`memory_op` command, arg2 points at a
+/// [`MemoryReservation`]): gives the listed frames back; returns how many
+/// extents were released (a short count or a negative errno on failure).
+pub const XENMEM_DECREASE_RESERVATION: u64 = 1;
+/// `DOMID_SELF`: the calling domain, the only `domid` a guest may name.
+pub const DOMID_SELF: u16 = 0x7ff0;
+
+/// `struct xen_memory_reservation` (`xen/include/public/memory.h`):
+///
+/// | field | 64-bit guest | 32-bit guest |
+/// |---|---|---|
+/// | `extent_start` (guest handle to `xen_pfn_t[]`) | 0, 8 bytes | 0, 4 bytes |
+/// | `nr_extents` (`xen_ulong_t`) | 8, 8 bytes | 4, 4 bytes |
+/// | `extent_order` (`unsigned int`) | 16, 4 bytes | 8, 4 bytes |
+/// | `mem_flags` (`unsigned int`) | 20, 4 bytes | 12, 4 bytes |
+/// | `domid` (`domid_t`, u16) | 24, 2 bytes | 16, 2 bytes |
+/// | size (padded) | 32 | 20 |
+///
+/// `extent_start` points at `nr_extents` `xen_pfn_t` entries: 8 bytes each
+/// for a 64-bit guest, 4 for a 32-bit one. Each names the first gfn of an
+/// extent of `1 << extent_order` pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemoryReservation {
+    /// Guest-virtual address of the gfn array.
+    pub extent_start: u64,
+    /// Number of extents (array entries).
+    pub nr_extents: u64,
+    /// log2 of the pages per extent.
+    pub extent_order: u32,
+    /// `XENMEMF_*` flags (unused by `decrease_reservation`).
+    pub mem_flags: u32,
+    /// The domain; a guest may only name [`DOMID_SELF`].
+    pub domid: u16,
+}
+
+impl MemoryReservation {
+    /// Size of the structure a 64-bit guest passes.
+    pub const SIZE_64: usize = 32;
+    /// Size of the structure a 32-bit guest passes.
+    pub const SIZE_32: usize = 20;
+
+    /// Decodes the structure of a 64-bit (`long_mode`) or 32-bit guest from
+    /// little-endian bytes; `None` if shorter than [`SIZE_64`](Self::SIZE_64)
+    /// or [`SIZE_32`](Self::SIZE_32).
+    pub fn decode(bytes: &[u8], long_mode: bool) -> Option<Self> {
+        if bytes.len()
+            < if long_mode {
+                Self::SIZE_64
+            } else {
+                Self::SIZE_32
+            }
+        {
+            return None;
+        }
+        let u16_at = |at: usize| Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
+        let u32_at = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+        let u64_at = |at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
+        if long_mode {
+            Some(Self {
+                extent_start: u64_at(0)?,
+                nr_extents: u64_at(8)?,
+                extent_order: u32_at(16)?,
+                mem_flags: u32_at(20)?,
+                domid: u16_at(24)?,
+            })
+        } else {
+            Some(Self {
+                extent_start: u64::from(u32_at(0)?),
+                nr_extents: u64::from(u32_at(4)?),
+                extent_order: u32_at(8)?,
+                mem_flags: u32_at(12)?,
+                domid: u16_at(16)?,
+            })
+        }
+    }
+
+    /// The 64-bit guest layout (padding zeroed).
+    pub fn encode_64(&self) -> [u8; Self::SIZE_64] {
+        let mut bytes = [0u8; Self::SIZE_64];
+        bytes[0..8].copy_from_slice(&self.extent_start.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.nr_extents.to_le_bytes());
+        bytes[16..20].copy_from_slice(&self.extent_order.to_le_bytes());
+        bytes[20..24].copy_from_slice(&self.mem_flags.to_le_bytes());
+        bytes[24..26].copy_from_slice(&self.domid.to_le_bytes());
+        bytes
+    }
+}
+
 /// `XENVER_version`: returns `major << 16 | minor`.
 pub const XENVER_VERSION: u64 = 0;
 
@@ -139,6 +227,40 @@ mod tests {
         let [ebx, ecx, edx] = signature_registers(CPUID_XEN_SIGNATURE);
         // Xen's own constants: XEN_CPUID_SIGNATURE_EBX/ECX/EDX.
         assert_eq!((ebx, ecx, edx), (0x566e_6558, 0x65584d4d, 0x4d4d566e));
+    }
+
+    #[test]
+    fn memory_reservation_layouts() {
+        let reservation = MemoryReservation {
+            extent_start: 0x1234_5678_9abc,
+            nr_extents: 3,
+            extent_order: 0,
+            mem_flags: 0,
+            domid: DOMID_SELF,
+        };
+        let bytes = reservation.encode_64();
+        assert_eq!(&bytes[24..26], &[0xf0, 0x7f]);
+        assert_eq!(&bytes[26..], &[0; 6], "padding is zero");
+        assert_eq!(MemoryReservation::decode(&bytes, true), Some(reservation));
+        assert_eq!(MemoryReservation::decode(&bytes[..25], true), None);
+
+        let mut compat = [0u8; MemoryReservation::SIZE_32];
+        compat[0..4].copy_from_slice(&0x8000u32.to_le_bytes());
+        compat[4..8].copy_from_slice(&5u32.to_le_bytes());
+        compat[8..12].copy_from_slice(&1u32.to_le_bytes());
+        compat[16..18].copy_from_slice(&DOMID_SELF.to_le_bytes());
+        assert_eq!(
+            MemoryReservation::decode(&compat, false),
+            Some(MemoryReservation {
+                extent_start: 0x8000,
+                nr_extents: 5,
+                extent_order: 1,
+                mem_flags: 0,
+                domid: DOMID_SELF
+            })
+        );
+        assert_eq!(MemoryReservation::decode(&compat[..19], false), None);
+        assert_eq!((XENMEM_DECREASE_RESERVATION, MEMORY_OP), (1, 12));
     }
 
     #[test]

@@ -118,7 +118,8 @@ pub fn install_core_page_tables(frames: &mut FrameAllocator<'_>, ram_end: u64) -
         address += huge;
     }
     let device = writable.with(EntryFlags::NO_CACHE).with(EntryFlags::WRITE_THROUGH);
-    for window in [0xfec0_0000u64, 0xfee0_0000] {
+    // The virtio-mmio transports (0xfeb0_0000), the I/O APIC and the local APIC.
+    for window in [0xfea0_0000u64, 0xfec0_0000, 0xfee0_0000] {
         if table.translate(&memory, window).is_none() {
             table.map(&mut memory, frames, window, HostPhysAddr::new_truncate(window), PageSize::Size2MiB, device)?;
         }

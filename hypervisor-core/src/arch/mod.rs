@@ -10,6 +10,7 @@ pub mod serial;
 pub mod smp;
 pub mod svm;
 pub mod user;
+pub mod virtio;
 
 use ipc::exit_status::{ExitStatus, DEBUG_EXIT_PORT};
 

@@ -67,7 +67,7 @@ pub fn build_memory(frames: &mut FrameAllocator<'_>, bytes: u64) -> Result<Domai
         npt.map(&mut memory, frames, address, frame, PageSize::Size4KiB, flags)?;
         address += PAGE_SIZE;
     }
-    Ok(DomainMemory { npt })
+    Ok(DomainMemory::new(npt))
 }
 
 fn write_guest(memory: &mut DomainMemory, address: u64, data: &[u8]) -> Result<(), BuildError> {
@@ -222,5 +222,7 @@ pub fn build_boot_vcpu(frames: &mut FrameAllocator<'_>, maps: &PermissionMaps, m
         halt: None,
         wake_latency: Default::default(),
         wake_reported: false,
+        page_wait: None,
+        tlb_seen: 0,
     })
 }

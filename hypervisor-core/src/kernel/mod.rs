@@ -3,6 +3,7 @@
 mod bench;
 mod control;
 mod domain;
+mod paging;
 mod run;
 mod scheduling;
 mod server;

@@ -22,6 +22,7 @@ use super::scheduling::{SchedulerLink, VcpuFacts};
 use super::server::{SchedulerInput, Server, ServerBuildError, ServerRun};
 use ipc::messages::scheduler::{self as sched_wire, Event};
 use super::vcpu::{DomainMemory, HaltRecord, KernelPlatform, Vcpu, VcpuView};
+use super::paging::{self, DomainPaging, GuestAccess, PagerLink, Touch};
 
 fn ns_to_tsc(ns: u64) -> u64 {
     let khz = u128::from((lapic::tsc_hz() / 1000).max(1));
@@ -80,10 +81,12 @@ pub enum DomainState {
     Failed,
 }
 
-struct DomainSlot<'a> {
-    state: DomainState,
-    devices: DomainDevices<'a>,
-    memory: Option<DomainMemory>,
+pub(super) struct DomainSlot<'a> {
+    pub(super) state: DomainState,
+    pub(super) devices: DomainDevices<'a>,
+    pub(super) memory: Option<DomainMemory>,
+    /// Paging state (issue #5): slot map, counters, nominations.
+    pub(super) paging: Option<DomainPaging>,
     /// The domain's halt-polling maximum, ns (`None`: the global one).
     halt_poll_max: Option<u64>,
     /// Credit weight and cap in force (the core keeps them across scheduler restarts).
@@ -98,8 +101,8 @@ pub struct Machine<'a> {
     pub(super) host: svm::HostState,
     pub(super) maps: PermissionMaps,
     pub(super) frames: FrameAllocator<'static>,
-    domains: Vec<DomainSlot<'a>, MAX_DOMAINS>,
-    vcpus: Vec<Vcpu, MAX_VCPUS_TOTAL>,
+    pub(super) domains: Vec<DomainSlot<'a>, MAX_DOMAINS>,
+    pub(super) vcpus: Vec<Vcpu, MAX_VCPUS_TOTAL>,
     pub(super) servers: Vec<Server<'a>, MAX_SERVERS>,
     entities: Vec<Entity, MAX_ENTITIES>,
     scheduler: RoundRobin<MAX_ENTITIES>,
@@ -113,6 +116,8 @@ pub struct Machine<'a> {
     pub(super) stop_at: Option<u64>,
     /// The `hvctl` channel.
     control: super::control::ControlPort,
+    /// The pager server's link.
+    pub(super) pager: PagerLink,
 }
 
 impl<'a> Machine<'a> {
@@ -132,6 +137,7 @@ impl<'a> Machine<'a> {
             scheduling: SchedulerLink::default(),
             stop_at: None,
             control: super::control::ControlPort::default(),
+            pager: PagerLink::default(),
         }
     }
 
@@ -141,13 +147,31 @@ impl<'a> Machine<'a> {
 
     /// Loads a server from its image and makes it runnable.
     pub fn start_server(&mut self, spec: &'a ServerSpec, image: &'a [u8]) -> Result<(), ServerBuildError> {
-        let server = Server::new(&mut self.frames, spec, image)?;
+        // The pager is granted the swap device, if the machine has one.
+        let device = if spec.kind == ipc::server::ServerKind::Pager {
+            let found = arch::virtio::find_block_device();
+            match found {
+                Some(base) => defmt::info!("swap device: virtio-blk at {=u64:#x}, granted to server {=str}", base, spec.name.as_str()),
+                None => match arch::virtio::legacy_block_device() {
+                    Some(version) => defmt::warn!("virtio-blk version {=u32} found: only version 2 is supported (QEMU: -global virtio-mmio.force-legacy=false); no swap device", version),
+                    None => defmt::info!("no swap device: paging is off"),
+                },
+            }
+            found
+        } else {
+            None
+        };
+        let server = Server::new(&mut self.frames, spec, image, device)?;
         let index = self.servers.len();
         if self.servers.push(server).is_err() || !self.add_entity(Entity::Server(index)) {
             return Err(ServerBuildError::OutOfMemory);
         }
         if spec.kind == ipc::server::ServerKind::Scheduler {
             self.scheduling.server = Some(index);
+        }
+        if spec.kind == ipc::server::ServerKind::Pager {
+            self.pager.server = Some(index);
+            self.pager.restart();
         }
         Ok(())
     }
@@ -160,16 +184,9 @@ impl<'a> Machine<'a> {
             self.send_rebuild_stream();
             return;
         }
-        let Some(server) = self.servers.get_mut(index) else { return };
-        if server.spec.kind == ipc::server::ServerKind::Pager {
-            for (domain, slot) in self.domains.iter().enumerate() {
-                let memory_pages = slot.devices.memory_bytes / hypervisor_core::addr::PAGE_SIZE;
-                let _ = server.send(ipc::messages::pager::ToServer::Domain {
-                    domain: domain as u16,
-                    memory_pages,
-                    target_pages: memory_pages,
-                });
-            }
+        if self.pager.server == Some(index) {
+            self.pager.restart();
+            self.pump_pager();
         }
     }
 
@@ -191,9 +208,14 @@ impl<'a> Machine<'a> {
     fn claim_asid(&mut self, index: usize) {
         let asid = self.asid_for(index);
         let Some(owner) = self.asid_owner.get_mut(asid as usize) else { return };
-        let flush = *owner != index;
+        let mut flush = *owner != index;
         *owner = index;
         if let Some(vcpu) = self.vcpus.get_mut(index) {
+            // The domain's nested mappings lost rights since this vCPU last
+            // ran (paging): flush too.
+            let generation = self.domains.get(vcpu.domain).and_then(|slot| slot.paging.as_ref()).map_or(0, |paging| paging.tlb_generation);
+            flush |= vcpu.tlb_seen != generation;
+            vcpu.tlb_seen = generation;
             vcpu.vmcb.write_u8(svm::offset::TLB_CONTROL, u8::from(flush));
         }
     }
@@ -208,6 +230,7 @@ impl<'a> Machine<'a> {
             state: DomainState::Failed,
             devices: DomainDevices::new(spec.name.as_str(), bytes, spec.vcpus),
             memory: None,
+            paging: None,
             halt_poll_max: spec.halt_poll_max_ns,
             weight: spec.cpu_weight,
             cap: spec.cap,
@@ -217,6 +240,9 @@ impl<'a> Machine<'a> {
             let mut memory = domain::build_memory(frames, bytes)?;
             let entry = domain::load_kernel(&mut memory, spec, image, ramdisk, bytes)?;
             let vcpu = domain::build_boot_vcpu(frames, &self.maps, &memory, index, asid, entry)?;
+            let pages = bytes / hypervisor_core::addr::PAGE_SIZE;
+            let target = spec.memory_target_mib.map_or(pages, |mib| (u64::from(mib) << 20) / hypervisor_core::addr::PAGE_SIZE);
+            slot.paging = Some(DomainPaging::new(frames, pages, target.min(pages)).map_err(|_| BuildError::OutOfMemory)?);
             slot.memory = Some(memory);
             Ok(vcpu)
         })();
@@ -343,6 +369,13 @@ impl<'a> Machine<'a> {
     fn vcpu_slice(&mut self, entity: usize, index: usize, slice_start: u64) -> SliceEnd {
         loop {
             let Some(vcpu) = self.vcpus.get_mut(index) else { return SliceEnd::Ended };
+            let generation = self.domains.get(vcpu.domain).and_then(|slot| slot.paging.as_ref()).map_or(0, |paging| paging.tlb_generation);
+            if vcpu.tlb_seen != generation {
+                // Paging took rights away from a nested mapping since the
+                // last entry: flush this ASID's translations.
+                vcpu.tlb_seen = generation;
+                vcpu.vmcb.write_u8(svm::offset::TLB_CONTROL, 1);
+            }
             let entered = cpu::rdtsc();
             svm::run(&self.host, &mut vcpu.vmcb, &mut vcpu.registers);
             vcpu.run_ticks += cpu::rdtsc().wrapping_sub(entered);
@@ -352,9 +385,58 @@ impl<'a> Machine<'a> {
             let domain_index = vcpu.domain;
             let vcpu_number = vcpu.index;
             let Some(slot) = self.domains.get_mut(domain_index) else { return SliceEnd::Ended };
-            let Some(memory) = slot.memory.as_mut() else { return SliceEnd::Ended };
+            let (Some(memory), Some(paging_state)) = (slot.memory.as_mut(), slot.paging.as_mut()) else { return SliceEnd::Ended };
+            // A nested page fault inside guest RAM is paging's: the frame is
+            // paged out, being paged out, or was given back.
+            let paging_fault = match exit.reason {
+                exit::VmExit::NestedPageFault(fault) if fault.address.as_u64() < slot.devices.memory_bytes => {
+                    Some((fault.address.as_u64(), fault.write))
+                }
+                _ => None,
+            };
+            let saved = (vcpu.vmcb.read_u64(svm::offset::RIP), vcpu.vmcb.read_u64(svm::offset::RAX));
             let mut view = VcpuView { vmcb: &mut vcpu.vmcb, registers: &mut vcpu.registers, timer: &mut vcpu.timer };
-            let outcome = exits::handle(&exit, &mut view, memory, &mut slot.devices, &mut KernelPlatform, vcpu_number);
+            let outcome = match paging_fault {
+                Some(_) => Outcome::Resume,
+                None => {
+                    let mut access = GuestAccess { memory, paging: paging_state, frames: &mut self.frames };
+                    exits::handle(&exit, &mut view, &mut access, &mut slot.devices, &mut KernelPlatform, vcpu_number)
+                }
+            };
+            let Some(memory) = slot.memory.as_ref() else { return SliceEnd::Ended };
+            let Some(paging_state) = slot.paging.as_mut() else { return SliceEnd::Ended };
+            // An access on the guest's behalf (a hypercall argument) found a
+            // frame not resident: undo the exit's effects, bring the frame
+            // back, and run the instruction again.
+            let retried = memory.not_resident.take().filter(|_| paging_fault.is_none());
+            if retried.is_some() {
+                view.vmcb.write_u64(svm::offset::RIP, saved.0);
+                view.vmcb.write_u64(svm::offset::RAX, saved.1);
+            }
+            if let Some((address, write)) = paging_fault.or(retried.map(|address| (address, true))) {
+                match paging::touch(memory, paging_state, &mut self.frames, address, write) {
+                    Touch::Retry => {}
+                    Touch::Wait => {
+                        let gfn = address / hypervisor_core::addr::PAGE_SIZE;
+                        vcpu.page_wait = Some(gfn);
+                        self.pager.request(domain_index as u16, gfn, cpu::rdtsc());
+                        self.scheduler.set_state(entity, RunState::Waiting);
+                        self.pump_pager();
+                        return SliceEnd::Blocked;
+                    }
+                    Touch::Fail(reason) => {
+                        let rip = view.vmcb.read_u64(svm::offset::RIP);
+                        let name = slot.devices.name;
+                        defmt::warn!("domain {=str} stopped: {=str} at GPA {=u64:#x} (rip {=u64:#x})", name, reason, address, rip);
+                        self.end_domain(domain_index, DomainState::Failed);
+                        return SliceEnd::Ended;
+                    }
+                }
+                if interrupts::ticks() != slice_start {
+                    return SliceEnd::Preempted;
+                }
+                continue;
+            }
             let rip = view.vmcb.read_u64(svm::offset::RIP);
             match outcome {
                 Outcome::Resume => {}
@@ -447,6 +529,11 @@ impl<'a> Machine<'a> {
         if self.scheduling.server == Some(index) {
             self.scheduling.instance_stopped();
         }
+        if self.pager.server == Some(index) {
+            self.pager_stopped();
+        }
+        let Some(server) = self.servers.get_mut(index) else { return };
+        let name = server.spec.name.as_str();
         if let Err(error) = server.restart(&mut self.frames) {
             defmt::error!("server {=str} could not be restarted: {=str}; it stays down", name, error.reason());
             if let Some(entity) = self.entity_of_server(index) {
@@ -478,6 +565,234 @@ impl<'a> Machine<'a> {
         self.introduce_server(index);
     }
 
+    /// The pager instance stopped: roll back what it left half-done (every
+    /// nomination becomes `Ram` again; page-ins stay requested, to be asked
+    /// of the next instance).
+    fn pager_stopped(&mut self) {
+        for slot in self.domains.iter_mut() {
+            let (Some(memory), Some(paging_state)) = (slot.memory.as_ref(), slot.paging.as_mut()) else { continue };
+            let cancelled = paging::roll_back(memory, paging_state);
+            if cancelled > 0 {
+                defmt::info!("domain {=str}: {=usize} nominations of the stopped pager rolled back", slot.devices.name, cancelled);
+            }
+        }
+    }
+
+    /// The pager's DMA region (base, pages), if it was granted one.
+    fn pager_dma(&self) -> Option<(hypervisor_core::addr::HostPhysAddr, u64)> {
+        self.pager.server.and_then(|index| self.servers.get(index)).and_then(|server| server.dma_region())
+    }
+
+    /// Sends `message` to the pager, or queues it if its ring is full.
+    fn pager_send(&mut self, message: ipc::messages::pager::ToServer) {
+        let Some(server) = self.pager.server.and_then(|index| self.servers.get_mut(index)) else { return };
+        if !self.pager.outbox.is_empty() || !server.send(message.clone()) {
+            // The drain limit keeps room for every reply.
+            let _ = self.pager.queue(message);
+        }
+    }
+
+    /// Handles one paging message of the pager.
+    fn pager_message(&mut self, message: &ipc::messages::pager::ToCore) {
+        use ipc::messages::pager::{Refusal, ToCore, ToServer};
+        let domain = match *message {
+            ToCore::Partition { domain, .. }
+            | ToCore::Nominate { domain, .. }
+            | ToCore::Evict { domain, .. }
+            | ToCore::EvictFailed { domain, .. }
+            | ToCore::Load { domain, .. }
+            | ToCore::LoadFailed { domain, .. }
+            | ToCore::Stats { domain, .. } => domain,
+            ToCore::Ready | ToCore::Heartbeat { .. } | ToCore::Target { .. } => return,
+        };
+        let dma = self.pager_dma();
+        let rebuilt = self.pager.rebuild == paging::Rebuild::Complete;
+        let Some(slot) = self.domains.get_mut(usize::from(domain)) else { return };
+        if let ToCore::Nominate { gfn, .. } = *message {
+            if slot.state != DomainState::Running || !rebuilt {
+                let reason = if rebuilt { Refusal::NotRam } else { Refusal::TooManyInFlight };
+                self.pager_send(ToServer::NominateRefused { domain, gfn, reason });
+                return;
+            }
+        }
+        let (Some(memory), Some(paging_state)) = (slot.memory.as_ref(), slot.paging.as_mut()) else { return };
+        let was_full = paging_state.swap_full;
+        let mut replies: Vec<ToServer, 2> = Vec::new();
+        let effect = paging::handle(message, memory, paging_state, &mut self.frames, dma, &mut |reply| {
+            let _ = replies.push(reply);
+        });
+        let name = slot.devices.name;
+        if paging_state.swap_full && !was_full {
+            defmt::warn!("domain {=str}: swap partition full: eviction stops, the guest keeps its frames", name);
+        }
+        for reply in replies {
+            self.pager_send(reply);
+        }
+        match effect {
+            paging::Effect::None => {}
+            paging::Effect::Loaded { domain, gfn } => self.page_arrived(domain, gfn),
+            paging::Effect::StopDomain { domain, gfn, reason } => {
+                defmt::warn!("domain {=str} stopped: {=str} (gfn {=u64:#x})", name, reason, gfn);
+                self.pager.page_ins.retain(|request| request.domain != domain);
+                self.end_domain(usize::from(domain), DomainState::Failed);
+            }
+            paging::Effect::Unexpected => {
+                self.pager_send(ToServer::Error { code: ipc::messages::ErrorCode::Unexpected });
+            }
+        }
+    }
+
+    /// Frame `gfn` of `domain` is resident again (or no longer paged): the
+    /// vCPUs waiting for it run again.
+    fn page_arrived(&mut self, domain: u16, gfn: u64) {
+        let since = self.pager.complete(domain, gfn);
+        let now = cpu::rdtsc();
+        if let (Some(since), Some(paging_state)) = (since, self.domains.get_mut(usize::from(domain)).and_then(|slot| slot.paging.as_mut())) {
+            paging_state.record_latency(now.saturating_sub(since), lapic::tsc_hz());
+        }
+        let system_time = super::vcpu::system_time_ns();
+        let mut woken: Vec<sched_wire::Vcpu, MAX_VCPUS_TOTAL> = Vec::new();
+        for (entity_index, entity) in self.entities.iter().enumerate() {
+            let Entity::Vcpu(index) = *entity else { continue };
+            let Some(vcpu) = self.vcpus.get_mut(index) else { continue };
+            if vcpu.domain == usize::from(domain) && vcpu.page_wait == Some(gfn) {
+                vcpu.page_wait = None;
+                if self.scheduler.state(entity_index) == Some(RunState::Waiting) {
+                    self.scheduler.set_state(entity_index, RunState::Runnable);
+                    let _ = woken.push(sched_wire::Vcpu::new(vcpu.domain as u16, vcpu.index));
+                }
+            }
+        }
+        for vcpu in woken {
+            self.report(Event::Woke { vcpu, at: system_time });
+        }
+    }
+
+    /// Page-ins whose frame is no longer paged out (the guest gave it back,
+    /// or it was loaded) release their waiters.
+    fn settle_page_ins(&mut self) {
+        if self.pager.page_ins.is_empty() {
+            return;
+        }
+        let settled: Vec<(u16, u64), MAX_VCPUS_TOTAL> = self
+            .pager
+            .page_ins
+            .iter()
+            .filter(|request| {
+                let memory = self.domains.get(usize::from(request.domain)).and_then(|slot| slot.memory.as_ref());
+                let state = memory.and_then(|memory| memory.frame_state(request.gfn * hypervisor_core::addr::PAGE_SIZE));
+                !matches!(state, Some((_, _, hypervisor_core::frame_state::FrameState::PagingIn(_))))
+            })
+            .map(|request| (request.domain, request.gfn))
+            .collect();
+        for (domain, gfn) in settled {
+            self.page_arrived(domain, gfn);
+        }
+    }
+
+    /// Sends the pager what it is owed, as far as its ring has room: queued
+    /// replies, a new instance's rebuild stream, page-in requests, slot
+    /// releases and footprints. Never waits.
+    pub(super) fn pump_pager(&mut self) {
+        use ipc::messages::pager::ToServer;
+        use paging::Rebuild;
+        let Some(index) = self.pager.server else { return };
+        let Some(server) = self.servers.get_mut(index) else { return };
+        let mut sent = false;
+        while let Some(message) = self.pager.outbox.front() {
+            if !server.send(message.clone()) {
+                break;
+            }
+            self.pager.outbox.pop_front();
+            sent = true;
+        }
+        let mut room = self.pager.outbox.is_empty();
+        while room {
+            let next = match self.pager.rebuild {
+                Rebuild::Complete => break,
+                Rebuild::Domain(domain) => match self.domains.get(usize::from(domain)) {
+                    None => Some((None, Rebuild::Paged(0, 0))),
+                    Some(slot) => {
+                        let Some(paging_state) = slot.paging.as_ref() else {
+                            self.pager.rebuild = Rebuild::Domain(domain + 1);
+                            continue;
+                        };
+                        let message = ToServer::Domain {
+                            domain,
+                            memory_pages: paging_state.memory_pages,
+                            target_pages: paging_state.target_pages,
+                        };
+                        Some((Some(message), Rebuild::Domain(domain + 1)))
+                    }
+                },
+                Rebuild::Paged(domain, from) => match self.domains.get(usize::from(domain)) {
+                    None => Some((None, Rebuild::Done)),
+                    Some(slot) => match (slot.memory.as_ref(), slot.paging.as_ref()) {
+                        (Some(memory), Some(paging_state)) => {
+                            let (frames, resume) = paging::paged_batch(memory, paging_state, from);
+                            let after = resume.map_or(Rebuild::Paged(domain + 1, 0), |gfn| Rebuild::Paged(domain, gfn));
+                            let message = (!frames.is_empty()).then_some(ToServer::Paged { domain, frames });
+                            Some((message, after))
+                        }
+                        _ => Some((None, Rebuild::Paged(domain + 1, 0))),
+                    },
+                },
+                Rebuild::Done => Some((Some(ToServer::RebuildDone), Rebuild::Complete)),
+            };
+            let Some((message, after)) = next else { break };
+            if let Some(message) = message {
+                if !server.send(message) {
+                    room = false;
+                    break;
+                }
+                sent = true;
+            }
+            self.pager.rebuild = after;
+        }
+        if room && self.pager.rebuild == Rebuild::Complete {
+            for request in self.pager.page_ins.iter_mut().filter(|request| !request.asked) {
+                let memory = self.domains.get(usize::from(request.domain)).and_then(|slot| slot.memory.as_ref());
+                let slot = memory.and_then(|memory| memory.frame_state(request.gfn * hypervisor_core::addr::PAGE_SIZE)).and_then(|(_, _, state)| state.slot());
+                let Some(slot) = slot else { continue };
+                if !server.send(ToServer::PageIn { domain: request.domain, gfn: request.gfn, slot }) {
+                    room = false;
+                    break;
+                }
+                request.asked = true;
+                sent = true;
+            }
+            for (domain, slot) in self.domains.iter_mut().enumerate() {
+                let Some(paging_state) = slot.paging.as_mut() else { continue };
+                let mut cursor = self.pager.release_cursor.get(domain).copied().unwrap_or(0);
+                while room {
+                    let Some(released) = paging::next_release(paging_state, cursor) else { break };
+                    if !server.send(ToServer::Released { domain: domain as u16, slot: released }) {
+                        room = false;
+                        break;
+                    }
+                    paging::release_reported(paging_state, released);
+                    cursor = released;
+                    sent = true;
+                }
+                if let Some(stored) = self.pager.release_cursor.get_mut(domain) {
+                    *stored = cursor;
+                }
+                if room && paging_state.footprint_sent != Some(paging_state.resident) {
+                    let message = ToServer::Footprint { domain: domain as u16, resident_pages: paging_state.resident };
+                    if server.send(message) {
+                        paging_state.footprint_sent = Some(paging_state.resident);
+                        sent = true;
+                    } else {
+                        room = false;
+                    }
+                }
+            }
+        }
+        if sent {
+            self.wake_server(index, ipc::server::syscall::WAKE_MESSAGES);
+        }
+    }
+
     fn ns_since_boot() -> u64 {
         let hz = u128::from(lapic::tsc_hz().max(1));
         (u128::from(cpu::rdtsc()) * 1_000_000_000 / hz) as u64
@@ -491,14 +806,22 @@ impl<'a> Machine<'a> {
         let wire_ids: Vec<(u16, u8), MAX_VCPUS_TOTAL> = self.vcpus.iter().map(|vcpu| (vcpu.domain as u16, vcpu.index)).collect();
         let vcpu_index = |vcpu: sched_wire::Vcpu| wire_ids.iter().position(|&id| id == (vcpu.domain, vcpu.index));
         let is_scheduler = self.scheduling.server == Some(index);
+        let is_pager = self.pager.server == Some(index);
+        let max = if is_pager { self.pager.reply_room() } else { ipc::ring::SLOT_COUNT };
         let Some(server) = self.servers.get_mut(index) else { return false };
         let input = if is_scheduler {
             Some(SchedulerInput { shape, link: &mut self.scheduling, vcpu_index: &vcpu_index })
         } else {
             None
         };
-        match server.drain(domains, input) {
+        match server.drain(domains, max, input) {
             Ok(drained) => {
+                for message in &drained.pager {
+                    self.pager_message(message);
+                }
+                if is_pager {
+                    self.pump_pager();
+                }
                 if drained.needs_rebuild {
                     defmt::warn!("scheduler asked for a new rebuild stream");
                     self.send_rebuild_stream();
@@ -597,6 +920,40 @@ impl<'a> Machine<'a> {
             }
             Syscall::Time => {
                 server.context.rax = Self::ns_since_boot();
+                Step::Continue
+            }
+            Syscall::DeviceInfo { item } => {
+                use ipc::server::syscall as abi;
+                let result = match server.grant.as_ref() {
+                    None => abi::ENODEV,
+                    Some(grant) => match item {
+                        abi::DEVICE_REGISTERS => (ipc::server::DEVICE_REGISTERS_BASE + (grant.registers & 0xfff)) as i64,
+                        abi::DEVICE_DMA => ipc::server::DMA_REGION_BASE as i64,
+                        abi::DEVICE_DMA_BUS => grant.dma.as_u64() as i64,
+                        abi::DEVICE_DMA_PAGES => grant.pages as i64,
+                        _ => abi::EINVAL,
+                    },
+                };
+                server.context.rax = result as u64;
+                Step::Continue
+            }
+            Syscall::DeviceWrite { offset, value } => {
+                use ipc::server::syscall as abi;
+                let result = match server.grant.as_mut() {
+                    None => abi::ENODEV,
+                    Some(_) if offset >= arch::virtio::TRANSPORT_SIZE || value > u64::from(u32::MAX) => abi::EINVAL,
+                    Some(grant) => {
+                        let memory = arch::virtio::IdentityDma { region: grant.guard.region() };
+                        match grant.guard.check_write(offset as u32, value as u32, &memory) {
+                            Ok(()) => {
+                                arch::virtio::write32(grant.registers + offset, value as u32);
+                                0
+                            }
+                            Err(refusal) => refusal.errno(),
+                        }
+                    }
+                };
+                server.context.rax = result as u64;
                 Step::Continue
             }
             Syscall::Log { pointer, length } => {
@@ -1040,6 +1397,7 @@ impl<'a> Machine<'a> {
         self.scheduler.tick();
         self.wake_due_vcpus();
         self.tick_servers();
+        self.pump_pager();
     }
 
     /// Wakes every blocked vCPU whose timer or wake-up time has come.
@@ -1048,7 +1406,8 @@ impl<'a> Machine<'a> {
         for (entity_index, entity) in self.entities.iter().enumerate() {
             let Entity::Vcpu(index) = *entity else { continue };
             let Some(vcpu) = self.vcpus.get_mut(index) else { continue };
-            let blocked = self.scheduler.state(entity_index) == Some(RunState::Waiting);
+            // A vCPU waiting for a page-in is woken by the page only.
+            let blocked = self.scheduler.state(entity_index) == Some(RunState::Waiting) && vcpu.page_wait.is_none();
             let timer_due = vcpu.timer.is_some_and(|deadline| deadline <= system_time);
             let wake_due = vcpu.wake_at.is_some_and(|deadline| deadline <= system_time);
             if blocked && (timer_due || wake_due) {
@@ -1133,7 +1492,7 @@ impl<'a> Machine<'a> {
             // Only a blocked vCPU's timer is an event for the pCPU; a running
             // one's due timer waits for its next block.
             let blocked = self.entity_of_vcpu(index).is_some_and(|entity| self.scheduler.state(entity) == Some(RunState::Waiting));
-            if !blocked {
+            if !blocked || vcpu.page_wait.is_some() {
                 continue;
             }
             for deadline in [vcpu.wake_at, vcpu.timer].into_iter().flatten() {
@@ -1168,6 +1527,8 @@ impl<'a> Machine<'a> {
                 self.time_limit();
             }
             self.poll_control();
+            self.settle_page_ins();
+            self.pump_pager();
             self.flush_events();
             let picked = self.pick_next();
             // Armed after the tick work and the pick, so an interrupt taken

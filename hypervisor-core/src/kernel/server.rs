@@ -7,7 +7,7 @@ use hypervisor_core::frame::FrameAllocator;
 use hypervisor_core::paging::{EntryFlags, MapError, PageSize, PageTable, Teardown, ADDRESS_MASK};
 use hypervisor_core::server::{EchoCheck, Health};
 use ipc::boot::ServerSpec;
-use ipc::server::{IMAGE_BASE, IMAGE_LIMIT, RING_REGION_BASE, STACK_SIZE, STACK_TOP};
+use ipc::server::{DEVICE_REGISTERS_BASE, DMA_REGION_BASE, DMA_REGION_PAGES, GRANT_REGION_BASE, IMAGE_BASE, IMAGE_LIMIT, RING_REGION_BASE, STACK_SIZE, STACK_TOP};
 
 use core::ops::ControlFlow;
 use hypervisor_core::server::{ServerFault, ECHO_PAYLOAD_LEN};
@@ -66,6 +66,19 @@ pub enum ServerRun {
     },
 }
 
+/// A device granted to a server (the pager's swap device): its registers,
+/// mapped read-only, and a DMA region, kept across restarts.
+pub struct Grant {
+    /// Physical (bus) address of the device's registers.
+    pub registers: u64,
+    /// The DMA region's first frame (physically contiguous).
+    pub dma: HostPhysAddr,
+    /// Pages in the DMA region.
+    pub pages: u64,
+    /// What the server's register writes are checked against.
+    pub guard: hypervisor_core::dma_guard::VirtioGuard,
+}
+
 /// One server slot: the kept image and the current instance.
 pub struct Server<'a> {
     /// Its manifest entry.
@@ -95,6 +108,8 @@ pub struct Server<'a> {
     /// The server yielded and has not been woken since: it runs only when
     /// nothing else wants the pCPU.
     pub yielded: bool,
+    /// The device granted to it, if any.
+    pub grant: Option<Grant>,
 }
 
 fn in_ring_region(frame: u64, region: HostPhysAddr) -> bool {
@@ -103,7 +118,9 @@ fn in_ring_region(frame: u64, region: HostPhysAddr) -> bool {
 
 impl<'a> Server<'a> {
     /// Validates the image, allocates the ring region and starts generation 1.
-    pub fn new(frames: &mut FrameAllocator<'_>, spec: &'a ServerSpec, image: &'a [u8]) -> Result<Self, ServerBuildError> {
+    /// `device`: the registers of the device to grant it (the pager's swap
+    /// device), which also gets a DMA region.
+    pub fn new(frames: &mut FrameAllocator<'_>, spec: &'a ServerSpec, image: &'a [u8], device: Option<u64>) -> Result<Self, ServerBuildError> {
         let executable = elf::parse_executable(image, IMAGE_BASE..IMAGE_LIMIT).map_err(ServerBuildError::Image)?;
         let ring_region = frames.allocate_contiguous(RING_PAGES as usize + 1, 1).ok_or(ServerBuildError::OutOfMemory)?;
         let ring = |index: u64| memory::shared_ring(HostPhysAddr::new_truncate(ring_region.as_u64() + index * ipc::ring::RING_BYTES as u64));
@@ -124,7 +141,14 @@ impl<'a> Server<'a> {
             starts_at: None,
             inbound_since: None,
             yielded: false,
+            grant: None,
         };
+        if let Some(registers) = device {
+            let dma = frames.allocate_contiguous(DMA_REGION_PAGES as usize, 1).ok_or(ServerBuildError::OutOfMemory)?;
+            let region = hypervisor_core::dma_guard::DmaRegion { base: dma.as_u64(), pages: DMA_REGION_PAGES };
+            let guard = hypervisor_core::dma_guard::VirtioGuard::new(region, [crate::arch::virtio::QUEUE_NUM_MAX; hypervisor_core::dma_guard::QUEUES]);
+            server.grant = Some(Grant { registers, dma, pages: DMA_REGION_PAGES, guard });
+        }
         server.start(frames)?;
         Ok(server)
     }
@@ -190,6 +214,20 @@ impl<'a> Server<'a> {
             space.map(&mut memory, frames, RING_REGION_BASE + page * PAGE_SIZE, frame, PageSize::Size4KiB, data)?;
         }
         space.map(&mut memory, frames, ARGUMENTS_ADDRESS, arguments, PageSize::Size4KiB, user.with(EntryFlags::NO_EXECUTE))?;
+        if let Some(grant) = self.grant.as_mut() {
+            // The device stops using the old instance's queues, the new one
+            // starts from zeroed DMA memory and a reset guard.
+            crate::arch::virtio::reset(grant.registers);
+            grant.guard.reset();
+            for page in 0..grant.pages {
+                let frame = HostPhysAddr::new_truncate(grant.dma.as_u64() + page * PAGE_SIZE);
+                memory.fill(frame, 0);
+                space.map(&mut memory, frames, DMA_REGION_BASE + page * PAGE_SIZE, frame, PageSize::Size4KiB, data)?;
+            }
+            let device = user.with(EntryFlags::NO_CACHE).with(EntryFlags::WRITE_THROUGH).with(EntryFlags::NO_EXECUTE);
+            let page = HostPhysAddr::new_truncate(grant.registers & !(PAGE_SIZE - 1));
+            space.map(&mut memory, frames, DEVICE_REGISTERS_BASE, page, PageSize::Size4KiB, device)?;
+        }
 
         self.context = UserContext {
             rip: self.executable.entry,
@@ -218,9 +256,11 @@ impl<'a> Server<'a> {
         // Every frame handed back here came from `frames` in `start`; a failed
         // free would mean a core bug, and it is not worth stopping for.
         space.teardown(&OwnedFrames, &mut |item| match item {
-            Teardown::Leaf { entry, .. } => {
+            Teardown::Leaf { entry, address } => {
                 let frame = entry & ADDRESS_MASK;
-                if entry & EntryFlags::USER.0 != 0 && !in_ring_region(frame, region) {
+                // The grant region (device registers, DMA region) is kept.
+                let granted = (GRANT_REGION_BASE..STACK_TOP - STACK_SIZE).contains(&address);
+                if entry & EntryFlags::USER.0 != 0 && !in_ring_region(frame, region) && !granted {
                     let _ = frames.free(HostPhysAddr::new_truncate(frame));
                 }
             }
@@ -248,6 +288,8 @@ pub struct Drained {
     pub echoes: u32,
     /// Target verdicts from the pager: (domain, accepted, floor pages).
     pub targets: heapless::Vec<(u16, bool, u64), 8>,
+    /// The pager's paging requests and reports, in ring order.
+    pub pager: heapless::Vec<pager::ToCore, SLOT_COUNT>,
     /// The scheduler asked for a fresh rebuild stream.
     pub needs_rebuild: bool,
     /// The scheduler answered a control request.
@@ -317,7 +359,8 @@ impl Server<'_> {
     /// Reads and validates everything in the `to_core` ring. A malformed
     /// message is answered with an error and counted; past the limit the
     /// server's fault is returned.
-    pub fn drain(&mut self, domains: u16, mut scheduler_input: Option<SchedulerInput<'_>>) -> Result<Drained, ServerFault> {
+    /// At most `max` messages are taken (the pager's replies must fit).
+    pub fn drain(&mut self, domains: u16, max: usize, mut scheduler_input: Option<SchedulerInput<'_>>) -> Result<Drained, ServerFault> {
         let mut drained = Drained::default();
         let mut fault = None;
         let mut errors: heapless::Vec<messages::ErrorCode, SLOT_COUNT> = heapless::Vec::new();
@@ -325,7 +368,7 @@ impl Server<'_> {
         let kind = self.spec.kind;
         let health = &mut self.health;
         let echo = &mut self.echo;
-        let result = self.to_core.drain(SLOT_COUNT, |slot| {
+        let result = self.to_core.drain(max.min(SLOT_COUNT), |slot| {
             let verdict = match (kind, slot) {
                 (ServerKind::Test, Ok(bytes)) => {
                     match messages::decode_from_server::<test_server::ToCore>(bytes, generation, &()) {
@@ -355,6 +398,11 @@ impl Server<'_> {
                         Ok(pager::ToCore::Heartbeat { .. }) => Ok(()),
                         Ok(pager::ToCore::Target { domain, accepted, floor_pages }) => {
                             let _ = drained.targets.push((domain, accepted, floor_pages));
+                            Ok(())
+                        }
+                        Ok(message) => {
+                            // At most SLOT_COUNT messages are drained.
+                            let _ = drained.pager.push(message);
                             Ok(())
                         }
                         Err(error) => Err(error.code()),
@@ -420,6 +468,11 @@ impl Server<'_> {
             done += piece;
         }
         true
+    }
+
+    /// The DMA region (first frame, pages), if a device is granted.
+    pub fn dma_region(&self) -> Option<(HostPhysAddr, u64)> {
+        self.grant.as_ref().map(|grant| (grant.dma, grant.pages))
     }
 
     /// Wakes the server out of `wait` with `bits` (and any pending fault

@@ -4,6 +4,7 @@
 use hypervisor_core::addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 use hypervisor_core::cpuid::CpuidResult;
 use hypervisor_core::exit::PendingEvent;
+use hypervisor_core::frame_state::FrameState;
 use hypervisor_core::guest_memory::{GuestMemory, GuestPaging, MemoryError};
 use hypervisor_core::paging::PageTable;
 use hypervisor_core::vcpu::{Gpr, Platform, VcpuState};
@@ -37,6 +38,11 @@ pub struct Vcpu {
     pub wake_latency: LatencyHistogram,
     /// The scheduler has been told this halt ended.
     pub wake_reported: bool,
+    /// The guest frame number it waits for, while a page-in is under way.
+    pub page_wait: Option<u64>,
+    /// The domain's TLB generation this vCPU's ASID last saw; the core
+    /// flushes the ASID at the next VMRUN when the domain's has moved on.
+    pub tlb_seen: u64,
 }
 
 /// One halt in progress (TSC values).
@@ -214,18 +220,48 @@ impl VcpuState for VcpuView<'_> {
 }
 
 /// A domain's guest-physical memory, reached through its nested page table.
-#[derive(Debug, Clone, Copy)]
+///
+/// Accesses on the guest's behalf (hypercall arguments, the hypercall page)
+/// see the frames' paging states (`hypervisor_core::frame_state`): a frame
+/// that is not resident, or one being paged out that the core would write,
+/// is [`MemoryError::NotResident`], and the first such address is kept in
+/// [`Self::not_resident`] so the run loop can bring the frame back and retry
+/// the instruction.
+#[derive(Debug)]
 pub struct DomainMemory {
     /// The nested page table.
     pub npt: PageTable,
+    /// The first guest-physical address an access found not resident.
+    pub not_resident: core::cell::Cell<Option<u64>>,
 }
 
 impl DomainMemory {
-    fn frame_of(&self, address: u64) -> Result<HostPhysAddr, MemoryError> {
-        self.npt
-            .translate(&OwnedFrames, address)
-            .map(|translation| translation.phys.page_base())
-            .ok_or(MemoryError::Unmapped(GuestPhysAddr::new_truncate(address)))
+    /// Memory reached through `npt`.
+    pub fn new(npt: PageTable) -> Self {
+        Self { npt, not_resident: core::cell::Cell::new(None) }
+    }
+
+    /// The paging state of the frame holding `address`, and where its entry
+    /// lives; `None` outside guest RAM.
+    pub fn frame_state(&self, address: u64) -> Option<(HostPhysAddr, usize, FrameState)> {
+        let (table, index) = self.npt.leaf_slot(&OwnedFrames, address)?;
+        let state = FrameState::decode(OwnedFrames.read_u64(table, index))?;
+        Some((table, index, state))
+    }
+
+    fn frame_of(&self, address: u64, write: bool) -> Result<HostPhysAddr, MemoryError> {
+        let at = GuestPhysAddr::new_truncate(address);
+        match self.frame_state(address) {
+            None => Err(MemoryError::Unmapped(at)),
+            Some((_, _, FrameState::Ram(frame))) => Ok(HostPhysAddr::new_truncate(frame)),
+            Some((_, _, FrameState::PagingOut(frame))) if !write => Ok(HostPhysAddr::new_truncate(frame)),
+            Some(_) => {
+                if self.not_resident.get().is_none() {
+                    self.not_resident.set(Some(address));
+                }
+                Err(MemoryError::NotResident(at))
+            }
+        }
     }
 
     /// Calls `action(frame, offset_in_frame, range_in_buffer)` for each page
@@ -234,6 +270,7 @@ impl DomainMemory {
         &self,
         address: GuestPhysAddr,
         length: usize,
+        write: bool,
         mut action: impl FnMut(HostPhysAddr, usize, core::ops::Range<usize>),
     ) -> Result<(), MemoryError> {
         let mut done = 0;
@@ -241,7 +278,7 @@ impl DomainMemory {
             let at = address.as_u64().checked_add(done as u64).ok_or(MemoryError::Unmapped(address))?;
             let offset = (at % PAGE_SIZE) as usize;
             let piece = (PAGE_SIZE as usize - offset).min(length - done);
-            action(self.frame_of(at)?, offset, done..done + piece);
+            action(self.frame_of(at, write)?, offset, done..done + piece);
             done += piece;
         }
         Ok(())
@@ -251,14 +288,14 @@ impl DomainMemory {
 impl GuestMemory for DomainMemory {
     fn read(&self, address: GuestPhysAddr, buffer: &mut [u8]) -> Result<(), MemoryError> {
         let frames = OwnedFrames;
-        self.for_each_piece(address, buffer.len(), |frame, offset, range| {
+        self.for_each_piece(address, buffer.len(), false, |frame, offset, range| {
             frames.read(frame, offset, &mut buffer[range]);
         })
     }
 
     fn write(&mut self, address: GuestPhysAddr, data: &[u8]) -> Result<(), MemoryError> {
         let mut frames = OwnedFrames;
-        self.for_each_piece(address, data.len(), |frame, offset, range| {
+        self.for_each_piece(address, data.len(), true, |frame, offset, range| {
             frames.write(frame, offset, &data[range]);
         })
     }

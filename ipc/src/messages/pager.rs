@@ -17,17 +17,21 @@
 //!                                                       frame; PagingIn/Paged → Ram; waiters run
 //!             pager ◀─ Loaded{gfn, slot} ────── core   the slot is free again
 //!          or pager ── LoadFailed{gfn, reason} ─▶ core  the waiting domain is stopped
-//!  drop:      pager ◀─ Dropped{gfn, slot} ───── core   the guest gave the frame back
-//!                                                       (XENMEM_decrease_reservation)
+//!  drop:      pager ◀─ Released{slot} ───────── core   the guest gave back a paged-out
+//!                                                       frame (XENMEM_decrease_reservation)
+//!             pager ◀─ Footprint{resident} ──── core   resident count changed by the guest
 //! ```
 //!
 //! The pager never maps a guest frame: the core copies between the guest
 //! frame and one page of the pager's DMA region (`buffer` is a page index
 //! into it), so the pager sees a guest page only as the bytes the core put in
 //! its own buffer. At every pager start the core sends each domain's
-//! [`ToServer::Domain`], then its `Paged` frames in [`ToServer::Paged`]
-//! batches, then [`ToServer::RebuildDone`], then a [`ToServer::PageIn`] for
-//! every frame a vCPU waits on. A nomination the dead pager left is rolled
+//! [`ToServer::Domain`] and [`ToServer::Footprint`], then its `Paged` frames
+//! in [`ToServer::Paged`] batches, then [`ToServer::RebuildDone`], then a
+//! [`ToServer::PageIn`] for every frame a vCPU waits on. Until
+//! `RebuildDone` the pager must not nominate. The core answers at most one
+//! message per pager request and keeps the pager's in-flight nominations
+//! per domain below [`MAX_NOMINATIONS`]. A nomination the dead pager left is rolled
 //! back by the core before the new pager starts.
 //!
 //! Budget: a body may take up to `SLOT_PAYLOAD - ENVELOPE_HEADER_MAX_SIZE`
@@ -38,6 +42,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{envelope_max_size, size, DecodeError, ErrorCode, FromServer, Message};
 
+/// Most nominations of one domain the core holds at once; more are refused
+/// with [`Refusal::TooManyInFlight`].
+pub const MAX_NOMINATIONS: usize = 16;
 /// Most (gfn, slot) pairs in one [`ToServer::Paged`] batch.
 pub const PAGED_BATCH_LEN: usize = 14;
 /// Buckets of the page-in latency histogram: bucket `i` counts page-ins that
@@ -102,6 +109,9 @@ pub enum EvictFailure {
 }
 
 /// Core → pager.
+// Messages live only between creation and encoding (or in the core's small
+// reply queue); a `Paged` batch is the price of sending the map in few slots.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToServer {
     /// A domain's size and its resident target, sent at every pager start
@@ -143,8 +153,7 @@ pub enum ToServer {
         /// Why.
         reason: Refusal,
     },
-    /// The answer to `Evict` (or to `EvictFailed`, with `ok = false`).
-    /// `ok`: the frame is `Paged{slot}` and its host frame is free. Not ok:
+    /// The answer to `Evict`. `ok`: the frame is `Paged{slot}` and its host frame is free. Not ok:
     /// the frame is `Ram` again (the guest wrote it during the copy, the
     /// nomination was cancelled, or the eviction failed) and `slot` is free.
     Evicted {
@@ -176,14 +185,23 @@ pub enum ToServer {
         /// The slot it came from, now free.
         slot: u32,
     },
-    /// The guest gave the frame back. If it was paged out, `slot` is free.
-    Dropped {
+    /// A slot the core no longer uses: the guest gave back the frame that
+    /// was paged out to it (`XENMEM_decrease_reservation`). Sent
+    /// asynchronously; until then the core keeps the slot marked in use.
+    Released {
         /// The domain's id.
         domain: u16,
-        /// The frame.
-        gfn: u64,
-        /// The slot it occupied, if it was paged out.
-        slot: Option<u32>,
+        /// The slot, now free.
+        slot: u32,
+    },
+    /// The domain's resident frames changed other than by the pager's own
+    /// operations (the guest gave frames back or touched dropped ones), or a
+    /// new pager instance needs it. Coalesced: only the latest count is sent.
+    Footprint {
+        /// The domain's id.
+        domain: u16,
+        /// Frames backed by host memory now.
+        resident_pages: u64,
     },
     /// The core refused a message from the pager, for this reason.
     Error {
@@ -297,7 +315,7 @@ impl Message for ToServer {
             size::max(size::U16 + 2 * size::U64, ErrorCode::MAX_ENCODED_SIZE),
             size::max(
                 size::U16 + size::collection(PAGED_BATCH_LEN, size::U64 + size::U32),
-                GFN_FIELDS + size::max(size::U32 + size::U8, size::option(size::U32)),
+                GFN_FIELDS + size::max(size::U32 + size::U8, size::U16),
             ),
         );
 }
@@ -371,7 +389,8 @@ mod tests {
         }
         for message in [
             ToServer::Evicted { domain: u16::MAX, gfn: u64::MAX, slot: u32::MAX, ok: true },
-            ToServer::Dropped { domain: u16::MAX, gfn: u64::MAX, slot: Some(u32::MAX) },
+            ToServer::Released { domain: u16::MAX, slot: u32::MAX },
+            ToServer::Footprint { domain: u16::MAX, resident_pages: u64::MAX },
             ToServer::NominateRefused { domain: u16::MAX, gfn: u64::MAX, reason: Refusal::TooManyInFlight },
         ] {
             assert!(encoded_len(message) <= envelope_max_size::<ToServer>());
