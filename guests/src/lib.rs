@@ -2,8 +2,12 @@
 //!
 //! Each binary in `src/bin` is a bare-metal PVH kernel for `x86_64-unknown-none`
 //! that cairn's core boots as a domain: `hello` (prints through every console
-//! path, then powers off), `spinner` (counts and prints its progress) and
-//! `fault` (writes outside its memory). This library is everything they share:
+//! path, then powers off), `spinner` (counts and prints its progress),
+//! `fault` (writes outside its memory), `sleeper` and `pvcalls` (the PV timer
+//! and hypercall interface), `memhog` (writes and verifies a checksummed
+//! pattern over many MiB, for the pager) and `balloon` (gives frames back
+//! with `XENMEM_decrease_reservation` and checks they return as zeros). This
+//! library is everything they share:
 //!
 //! * the 32-bit PVH entry and the switch to long mode (target only): a
 //!   `.note.Xen` `XEN_ELFNOTE_PHYS32_ENTRY` note, a zeroed `.bss`, an identity
@@ -16,14 +20,21 @@
 //!   memory map;
 //! * pure helpers that test on the host: a fixed-size [`text::Line`] with
 //!   number formatting, [`cmdline`] parsing, the RAM summary of a memory map
-//!   ([`memory`]), CPUID signatures ([`signature`]) and the spinner's settings
-//!   ([`spinner`]).
+//!   ([`memory`]) and the free region above the image
+//!   ([`memory::free_region`]), CPUID signatures ([`signature`]), the page
+//!   pattern of memhog and balloon ([`pattern`]) and the settings of the
+//!   spinner ([`spinner`]), memhog ([`memhog`]) and balloon ([`balloon`]);
+//! * the guest's own RAM as volatile 64-bit pages and the end of its image
+//!   (`physical`, target only), and `XENMEM_decrease_reservation`
+//!   (`hypercall::decrease_reservation`).
 //!
 //! Command-line keys (whitespace-separated `key=value`, see [`cmdline`]):
 //! `console=uart|debug|hypercall` picks the channel of `console::print`
 //! (default: `console_io` when CPUID leaf 0x40000000 says `XenVMMXenVMM`,
 //! else the UART, so the guests also run on bare QEMU); the spinner reads
-//! `iterations=`, `label=`, `work=` ([`spinner`]); `fault` reads `address=`.
+//! `iterations=`, `label=`, `work=` ([`spinner`]); `fault` reads `address=`;
+//! memhog `memhog_mib=`, `passes=`, `progress_mib=`, `seed=` ([`memhog`]);
+//! balloon `balloon_pages=`, `drop_every=`, `seed=` ([`balloon`]).
 //!
 //! Principles: no allocator, no `core::fmt` on the output path, `unsafe` only
 //! for instructions and raw physical memory, each with its `// SAFETY:`. The
@@ -234,6 +245,219 @@ pub mod memory {
         let address = ram_end.checked_add(gap)?.checked_add(7)? & !7;
         (address.checked_add(8)? <= limit).then_some(address)
     }
+
+    /// Bytes per page.
+    pub const PAGE_SIZE: u64 = 4096;
+
+    /// A run of whole pages of free guest-physical RAM.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Region {
+        /// First byte, page-aligned.
+        pub start: u64,
+        /// Number of pages.
+        pub pages: u64,
+    }
+
+    impl Region {
+        /// One past the last byte.
+        pub fn end(&self) -> u64 {
+            self.start + self.pages * PAGE_SIZE
+        }
+
+        /// The guest frame number of page `index`.
+        pub fn gfn(&self, index: u64) -> u64 {
+            self.start / PAGE_SIZE + index
+        }
+    }
+
+    /// The free RAM above a guest's image: from `image_end` rounded up to a
+    /// page, to the end of the RAM entry that holds that address (capped at
+    /// `limit`, the end of what the guest can address), cut short where a
+    /// `reserved` range (modules, boot data: `(start, end)`) begins and
+    /// moved past one that covers the start; then at most `want_pages`.
+    /// `None` when no whole page is free.
+    pub fn free_region(
+        entries: impl IntoIterator<Item = MemmapEntry>,
+        image_end: u64,
+        reserved: &[(u64, u64)],
+        want_pages: u64,
+        limit: u64,
+    ) -> Option<Region> {
+        let page_up = |address: u64| {
+            address
+                .checked_add(PAGE_SIZE - 1)
+                .map(|up| up & !(PAGE_SIZE - 1))
+        };
+        let mut start = page_up(image_end)?;
+        let entry = entries.into_iter().find(|entry| {
+            entry.kind == MEMMAP_RAM
+                && entry.addr <= start
+                && start < entry.addr.saturating_add(entry.size)
+        })?;
+        let mut end = entry.addr.saturating_add(entry.size).min(limit) & !(PAGE_SIZE - 1);
+        // Each pass either moves `start` past a range or lowers `end` to one;
+        // with n ranges, n + 1 passes settle it.
+        for _ in 0..=reserved.len() {
+            let mut changed = false;
+            for &(low, high) in reserved {
+                if low >= high || high <= start || low >= end {
+                    continue;
+                }
+                if low <= start {
+                    start = page_up(high)?;
+                } else {
+                    end = low & !(PAGE_SIZE - 1);
+                }
+                changed = true;
+            }
+            if !changed || start >= end {
+                break;
+            }
+        }
+        let available = end.saturating_sub(start) / PAGE_SIZE;
+        let pages = available.min(want_pages);
+        (pages > 0).then_some(Region { start, pages })
+    }
+}
+
+pub mod pattern {
+    //! The page contents `memhog` and `balloon` write and check: each 4 KiB
+    //! page holds 511 64-bit words derived from `(gfn, pass, seed)` and a
+    //! checksum word over them, so a page that went to another frame, kept
+    //! an earlier pass's data, or came back zeroed or torn is caught, and
+    //! [`check`] tells those apart (a stale or misplaced page is still
+    //! self-consistent; a zeroed or torn one is not).
+    //!
+    //! Word `i < 511` is `base + i * STEP` (wrapping), where `base` mixes the
+    //! three inputs (splitmix64's finaliser); word 511 is [`checksum`] of the
+    //! others. One add per word keeps it fast under TCG.
+
+    /// 64-bit words per 4 KiB page.
+    pub const WORDS: usize = 512;
+    /// Index of the checksum word (the last one).
+    pub const CHECKSUM_INDEX: usize = WORDS - 1;
+    /// The increment between consecutive words (odd, so no word repeats).
+    const STEP: u64 = 0x9e37_79b9_7f4a_7c15;
+    /// Folded into every checksum, so a page of zeros does not check out.
+    const CHECKSUM_TAG: u64 = 0x6361_6972_6e70_6773; // "cairnpgs"
+
+    /// Reading and writing the 64-bit words of one page. The host tests use
+    /// arrays; the guests use volatile accesses to their own RAM.
+    pub trait PageWords {
+        /// Word `index` (< [`WORDS`]).
+        fn load(&self, index: usize) -> u64;
+        /// Sets word `index` (< [`WORDS`]).
+        fn store(&mut self, index: usize, value: u64);
+    }
+
+    impl PageWords for [u64; WORDS] {
+        fn load(&self, index: usize) -> u64 {
+            self[index]
+        }
+
+        fn store(&mut self, index: usize, value: u64) {
+            self[index] = value;
+        }
+    }
+
+    /// splitmix64's finaliser: a bijection that spreads every input bit.
+    pub fn mix(value: u64) -> u64 {
+        let mut x = value;
+        x ^= x >> 30;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x ^= x >> 27;
+        x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+
+    /// The first word of page `gfn` in pass `pass`.
+    pub fn base(gfn: u64, pass: u64, seed: u64) -> u64 {
+        mix(seed ^ mix(gfn.wrapping_add(mix(pass.wrapping_add(STEP)))))
+    }
+
+    /// Word `index` (< [`CHECKSUM_INDEX`]) of the page whose first word is `base`.
+    pub fn word(base: u64, index: usize) -> u64 {
+        base.wrapping_add((index as u64).wrapping_mul(STEP))
+    }
+
+    /// One step of the checksum fold.
+    fn fold(accumulator: u64, word: u64) -> u64 {
+        accumulator.rotate_left(7) ^ word
+    }
+
+    /// The checksum of words `0..CHECKSUM_INDEX`.
+    pub fn checksum(words: impl IntoIterator<Item = u64>) -> u64 {
+        words.into_iter().fold(0, fold) ^ CHECKSUM_TAG
+    }
+
+    /// Fills a page with its pattern for `(gfn, pass, seed)`.
+    pub fn fill(page: &mut impl PageWords, gfn: u64, pass: u64, seed: u64) {
+        let mut value = base(gfn, pass, seed);
+        let mut sum = 0;
+        for index in 0..CHECKSUM_INDEX {
+            page.store(index, value);
+            sum = fold(sum, value);
+            value = value.wrapping_add(STEP);
+        }
+        page.store(CHECKSUM_INDEX, sum ^ CHECKSUM_TAG);
+    }
+
+    /// The first word of a page that differs from what was written.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Mismatch {
+        /// Byte offset of the word in the page.
+        pub offset: u64,
+        /// What the word should be.
+        pub expected: u64,
+        /// What it is.
+        pub found: u64,
+        /// Whether the page's checksum word matches its other words: true
+        /// for whole pages that are stale or misplaced, false for zeroed,
+        /// torn or corrupted ones.
+        pub self_consistent: bool,
+    }
+
+    /// Checks every word of a page against its pattern for `(gfn, pass,
+    /// seed)`: `None` when all [`WORDS`] words (every byte) match.
+    pub fn check(page: &impl PageWords, gfn: u64, pass: u64, seed: u64) -> Option<Mismatch> {
+        let mut expected = base(gfn, pass, seed);
+        let mut expected_sum = 0;
+        let mut found_sum = 0;
+        let mut first: Option<(usize, u64, u64)> = None;
+        for index in 0..CHECKSUM_INDEX {
+            let found = page.load(index);
+            if found != expected && first.is_none() {
+                first = Some((index, expected, found));
+            }
+            expected_sum = fold(expected_sum, expected);
+            found_sum = fold(found_sum, found);
+            expected = expected.wrapping_add(STEP);
+        }
+        let stored_sum = page.load(CHECKSUM_INDEX);
+        let expected_sum = expected_sum ^ CHECKSUM_TAG;
+        if first.is_none() && stored_sum != expected_sum {
+            first = Some((CHECKSUM_INDEX, expected_sum, stored_sum));
+        }
+        first.map(|(index, expected, found)| Mismatch {
+            offset: index as u64 * 8,
+            expected,
+            found,
+            self_consistent: found_sum ^ CHECKSUM_TAG == stored_sum,
+        })
+    }
+
+    /// Whether every word of a page is zero; else the first non-zero one.
+    pub fn check_zero(page: &impl PageWords) -> Option<Mismatch> {
+        (0..WORDS).find_map(|index| {
+            let found = page.load(index);
+            (found != 0).then_some(Mismatch {
+                offset: index as u64 * 8,
+                expected: 0,
+                found,
+                self_consistent: false,
+            })
+        })
+    }
 }
 
 pub mod signature {
@@ -308,6 +532,180 @@ pub mod spinner {
                     .filter(|&work| work > 0)
                     .unwrap_or(DEFAULT_WORK),
             }
+        }
+    }
+}
+
+pub mod memhog {
+    //! `memhog`'s settings, from its command line:
+    //!
+    //! | key | meaning | default |
+    //! |---|---|---|
+    //! | `memhog_mib=N` | MiB to write and verify (cut to the free RAM above the image) | [`DEFAULT_MIB`] |
+    //! | `passes=N` | write-then-verify passes, each with new contents | [`DEFAULT_PASSES`] |
+    //! | `progress_mib=N` | a progress line every N MiB written or verified | [`DEFAULT_PROGRESS_MIB`] |
+    //! | `seed=N` | mixed into every page's contents | [`DEFAULT_SEED`] |
+
+    use crate::cmdline;
+
+    /// MiB touched when the command line names none.
+    pub const DEFAULT_MIB: u64 = 12;
+    /// Passes when the command line names none.
+    pub const DEFAULT_PASSES: u64 = 2;
+    /// MiB between progress lines.
+    pub const DEFAULT_PROGRESS_MIB: u64 = 4;
+    /// The default seed ("memhog").
+    pub const DEFAULT_SEED: u64 = 0x6d65_6d68_6f67;
+    /// Most `BAD` lines printed per pass.
+    pub const MAX_BAD_LINES: u64 = 4;
+
+    /// What memhog does.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Settings {
+        /// MiB to touch, at least 1.
+        pub mib: u64,
+        /// Passes, at least 1.
+        pub passes: u64,
+        /// MiB between progress lines, at least 1.
+        pub progress_mib: u64,
+        /// Seed of the contents.
+        pub seed: u64,
+    }
+
+    impl Settings {
+        /// Reads the settings; a malformed, zero or missing value keeps its
+        /// default (any seed is accepted).
+        pub fn parse(line: &str) -> Self {
+            let positive = |key: &str, default: u64| {
+                cmdline::value(line, key)
+                    .and_then(cmdline::parse_u64)
+                    .filter(|&value| value > 0)
+                    .unwrap_or(default)
+            };
+            Self {
+                mib: positive("memhog_mib", DEFAULT_MIB).min(1 << 20),
+                passes: positive("passes", DEFAULT_PASSES),
+                progress_mib: positive("progress_mib", DEFAULT_PROGRESS_MIB),
+                seed: cmdline::value(line, "seed")
+                    .and_then(cmdline::parse_u64)
+                    .unwrap_or(DEFAULT_SEED),
+            }
+        }
+    }
+}
+
+pub mod balloon {
+    //! `balloon`'s settings, from its command line:
+    //!
+    //! | key | meaning | default |
+    //! |---|---|---|
+    //! | `balloon_pages=N` | pages filled (cut to the free RAM above the image) | [`DEFAULT_PAGES`] |
+    //! | `drop_every=N` | give back every Nth page (1 = all of them) | [`DEFAULT_DROP_EVERY`] |
+    //! | `seed=N` | mixed into every page's contents | [`DEFAULT_SEED`] |
+    //!
+    //! At most [`MAX_DROPPED`] pages are given back (one hypercall's list).
+
+    use crate::cmdline;
+
+    /// Pages filled when the command line names none.
+    pub const DEFAULT_PAGES: u64 = 512;
+    /// Every this many pages one is given back.
+    pub const DEFAULT_DROP_EVERY: u64 = 2;
+    /// Most pages given back: the size of the gfn list.
+    pub const MAX_DROPPED: usize = 1024;
+    /// The default seed ("balloon").
+    pub const DEFAULT_SEED: u64 = 0x62_616c_6c6f_6f6e;
+
+    /// What balloon does.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Settings {
+        /// Pages filled, at least 1.
+        pub pages: u64,
+        /// Page `i` is given back when `i % drop_every == 0`; at least 1.
+        pub drop_every: u64,
+        /// Seed of the contents.
+        pub seed: u64,
+    }
+
+    impl Settings {
+        /// Reads the settings; a malformed, zero or missing value keeps its
+        /// default (any seed is accepted).
+        pub fn parse(line: &str) -> Self {
+            let positive = |key: &str, default: u64| {
+                cmdline::value(line, key)
+                    .and_then(cmdline::parse_u64)
+                    .filter(|&value| value > 0)
+                    .unwrap_or(default)
+            };
+            Self {
+                pages: positive("balloon_pages", DEFAULT_PAGES),
+                drop_every: positive("drop_every", DEFAULT_DROP_EVERY),
+                seed: cmdline::value(line, "seed")
+                    .and_then(cmdline::parse_u64)
+                    .unwrap_or(DEFAULT_SEED),
+            }
+        }
+
+        /// Whether page `index` of the region is given back: every
+        /// `drop_every`th page, while fewer than [`MAX_DROPPED`] are.
+        pub fn dropped(&self, index: u64) -> bool {
+            index.is_multiple_of(self.drop_every) && index / self.drop_every < MAX_DROPPED as u64
+        }
+    }
+}
+
+/// The guest's own RAM as pages of 64-bit words, and where its image ends.
+#[cfg(target_os = "none")]
+pub mod physical {
+    use crate::pattern::PageWords;
+
+    extern "C" {
+        /// End of `.bss`, the last section of the image (`guest.ld`).
+        static __bss_end: u8;
+    }
+
+    /// One past the last byte of this guest's image (code, data, `.bss`
+    /// with its page tables and stack).
+    pub fn image_end() -> u64 {
+        // Only the symbol's address is taken; the byte is never read.
+        (&raw const __bss_end) as u64
+    }
+
+    /// A 4 KiB page of guest RAM, read and written with volatile 64-bit
+    /// accesses, so every access really reaches memory (and the hypervisor
+    /// behind it) in program order.
+    #[derive(Debug)]
+    pub struct PhysicalPage {
+        words: *mut u64,
+    }
+
+    impl PhysicalPage {
+        /// The page at `address`.
+        ///
+        /// # Safety
+        ///
+        /// `address` must be page-aligned RAM inside the identity map that
+        /// no other part of the program uses (not the image, the boot data
+        /// or a module) while the page is accessed through this value.
+        pub unsafe fn new(address: u64) -> Self {
+            Self {
+                words: address as *mut u64,
+            }
+        }
+    }
+
+    impl PageWords for PhysicalPage {
+        fn load(&self, index: usize) -> u64 {
+            assert!(index < crate::pattern::WORDS);
+            // SAFETY: `new`'s contract makes the page ours, mapped and
+            // aligned; `index` is inside it.
+            unsafe { self.words.add(index).read_volatile() }
+        }
+
+        fn store(&mut self, index: usize, value: u64) {
+            assert!(index < crate::pattern::WORDS);
+            // SAFETY: as in `load`; no reference to the page exists.
+            unsafe { self.words.add(index).write_volatile(value) }
         }
     }
 }
@@ -630,6 +1028,32 @@ pub mod hypercall {
         }
     }
 
+    /// `memory_op(XENMEM_decrease_reservation, &xen_memory_reservation {
+    /// extent_start: gfns, nr_extents, extent_order: 0, mem_flags: 0,
+    /// domid: DOMID_SELF })`: gives the frames `gfns` back. Returns the
+    /// number of frames released, or a negative Xen errno.
+    pub fn decrease_reservation(gfns: &[u64]) -> i64 {
+        let reservation = ipc::hypercall::MemoryReservation {
+            extent_start: gfns.as_ptr() as u64,
+            nr_extents: gfns.len() as u64,
+            extent_order: 0,
+            mem_flags: 0,
+            domid: ipc::hypercall::DOMID_SELF,
+        }
+        .encode_64();
+        // SAFETY: the argument points at a live 32-byte
+        // `xen_memory_reservation` on this stack, whose `extent_start` is a
+        // live array of `nr_extents` gfns; the hypervisor only reads both.
+        unsafe {
+            call3(
+                ipc::hypercall::MEMORY_OP,
+                ipc::hypercall::XENMEM_DECREASE_RESERVATION,
+                reservation.as_ptr() as u64,
+                0,
+            )
+        }
+    }
+
     /// Powers the domain off: its work is done.
     pub fn poweroff() -> ! {
         shutdown(ShutdownReason::Poweroff)
@@ -824,8 +1248,11 @@ mod boot {
         /// The modules (`hvm_modlist_entry`), at most 16, as byte slices.
         pub fn modules(&self) -> impl Iterator<Item = &'static [u8]> {
             let count = (self.start_info.nr_modules as usize).min(16);
-            let list = physical_bytes(self.start_info.modlist_paddr, count * ipc::pvh::MODLIST_ENTRY_SIZE)
-                .unwrap_or(&[]);
+            let list = physical_bytes(
+                self.start_info.modlist_paddr,
+                count * ipc::pvh::MODLIST_ENTRY_SIZE,
+            )
+            .unwrap_or(&[]);
             list.chunks_exact(ipc::pvh::MODLIST_ENTRY_SIZE)
                 .filter_map(ipc::pvh::ModlistEntry::decode)
                 .map(|module| physical_bytes(module.paddr, module.size as usize).unwrap_or(&[]))
@@ -1029,6 +1456,172 @@ mod tests {
             Some(IDENTITY_MAP_END - mib)
         );
         assert_eq!(memory::beyond_ram(u64::MAX, mib, u64::MAX), None);
+    }
+
+    fn ram(addr: u64, size: u64) -> MemmapEntry {
+        MemmapEntry {
+            addr,
+            size,
+            kind: MEMMAP_RAM,
+        }
+    }
+
+    #[test]
+    fn free_region_lies_above_the_image_and_below_modules() {
+        use memory::{free_region, Region};
+        let mib = 1 << 20;
+        let map = [ram(0, 16 * mib)];
+        // 0x123456 rounds up to 0x124000; 16 MiB - 0x124000 = 3804 pages.
+        let all = free_region(map, 0x12_3456, &[], u64::MAX, IDENTITY_MAP_END).unwrap();
+        assert_eq!(
+            all,
+            Region {
+                start: 0x12_4000,
+                pages: 3804
+            }
+        );
+        assert_eq!(all.end(), 16 * mib);
+        assert_eq!(all.gfn(2), 0x126);
+        let wanted = free_region(map, 0x12_4000, &[], 3072, IDENTITY_MAP_END).unwrap();
+        assert_eq!(
+            wanted,
+            Region {
+                start: 0x12_4000,
+                pages: 3072
+            }
+        );
+        // A module at the top of RAM ends the region; one over the start moves it.
+        let module = [(15 * mib + 0x800, 16 * mib)];
+        let below = free_region(map, 0x12_4000, &module, u64::MAX, IDENTITY_MAP_END).unwrap();
+        assert_eq!(below.end(), 15 * mib);
+        let over = [(0x12_0000, 0x20_0001)];
+        let moved = free_region(map, 0x12_4000, &over, u64::MAX, IDENTITY_MAP_END).unwrap();
+        assert_eq!(moved.start, 0x20_1000);
+        // The RAM entry holding the image counts, capped at the limit.
+        let split = [ram(0, 0x9_f000), ram(0x10_0000, 4 * mib)];
+        assert_eq!(
+            free_region(split, 0x10_8000, &[], u64::MAX, 3 * mib)
+                .unwrap()
+                .end(),
+            3 * mib
+        );
+        assert_eq!(free_region(map, 16 * mib, &[], 1, IDENTITY_MAP_END), None);
+        assert_eq!(free_region(map, 0x1000, &[], 0, IDENTITY_MAP_END), None);
+        assert_eq!(free_region([], 0x1000, &[], 1, IDENTITY_MAP_END), None);
+        assert_eq!(free_region(map, u64::MAX, &[], 1, u64::MAX), None);
+    }
+
+    #[test]
+    fn a_filled_page_checks_out_and_is_never_zero() {
+        let mut page = [0u64; pattern::WORDS];
+        pattern::fill(&mut page, 0x312, 1, 7);
+        assert_eq!(pattern::check(&page, 0x312, 1, 7), None);
+        assert!(page.iter().all(|&word| word != 0));
+        assert_eq!(
+            page[pattern::CHECKSUM_INDEX],
+            pattern::checksum(page[..pattern::CHECKSUM_INDEX].iter().copied())
+        );
+        assert!(pattern::check_zero(&page).is_some());
+        assert_eq!(pattern::check_zero(&[0u64; pattern::WORDS]), None);
+    }
+
+    #[test]
+    fn swapped_stale_zeroed_and_torn_pages_are_caught() {
+        let (gfn, seed) = (0x400, 99);
+        let mut page = [0u64; pattern::WORDS];
+
+        // Swapped: another frame's contents, whole and self-consistent.
+        pattern::fill(&mut page, gfn + 1, 2, seed);
+        let swapped = pattern::check(&page, gfn, 2, seed).unwrap();
+        assert_eq!(swapped.offset, 0);
+        assert!(swapped.self_consistent);
+
+        // Stale: the previous pass's contents.
+        pattern::fill(&mut page, gfn, 1, seed);
+        let stale = pattern::check(&page, gfn, 2, seed).unwrap();
+        assert!(stale.self_consistent);
+        assert_eq!(stale.found, page[0]);
+
+        // Another seed (another run) differs too.
+        assert!(pattern::check(&page, gfn, 1, seed + 1).is_some());
+
+        // Zeroed.
+        let zero = pattern::check(&[0u64; pattern::WORDS], gfn, 2, seed).unwrap();
+        assert_eq!((zero.offset, zero.found), (0, 0));
+        assert!(!zero.self_consistent);
+
+        // Torn: one byte of one word.
+        pattern::fill(&mut page, gfn, 2, seed);
+        page[300] ^= 0xff << 40;
+        let torn = pattern::check(&page, gfn, 2, seed).unwrap();
+        assert_eq!(torn.offset, 300 * 8);
+        assert_eq!(torn.expected ^ torn.found, 0xff << 40);
+        assert!(!torn.self_consistent);
+
+        // Only the checksum word damaged.
+        pattern::fill(&mut page, gfn, 2, seed);
+        page[pattern::CHECKSUM_INDEX] ^= 1;
+        let sum = pattern::check(&page, gfn, 2, seed).unwrap();
+        assert_eq!(sum.offset, 0xff8);
+        assert!(!sum.self_consistent);
+    }
+
+    #[test]
+    fn page_contents_differ_across_gfns_and_passes() {
+        let mut seen = std::collections::HashSet::new();
+        for gfn in 0..64 {
+            for pass in 1..4 {
+                assert!(
+                    seen.insert(pattern::base(gfn, pass, 5)),
+                    "gfn {gfn} pass {pass}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn memhog_settings() {
+        let defaults = memhog::Settings::parse("");
+        assert_eq!(
+            defaults,
+            memhog::Settings {
+                mib: memhog::DEFAULT_MIB,
+                passes: memhog::DEFAULT_PASSES,
+                progress_mib: memhog::DEFAULT_PROGRESS_MIB,
+                seed: memhog::DEFAULT_SEED,
+            }
+        );
+        let custom = memhog::Settings::parse("memhog_mib=12 passes=3 progress_mib=2 seed=0x10");
+        assert_eq!(
+            custom,
+            memhog::Settings {
+                mib: 12,
+                passes: 3,
+                progress_mib: 2,
+                seed: 16
+            }
+        );
+        assert_eq!(memhog::Settings::parse("memhog_mib=0 passes=x"), defaults);
+    }
+
+    #[test]
+    fn balloon_settings_and_the_dropped_set() {
+        let defaults = balloon::Settings::parse("");
+        assert_eq!(defaults.pages, balloon::DEFAULT_PAGES);
+        assert_eq!(defaults.drop_every, balloon::DEFAULT_DROP_EVERY);
+        let dropped = (0..512).filter(|&index| defaults.dropped(index)).count();
+        assert_eq!(dropped, 256);
+        let all = balloon::Settings::parse("balloon_pages=4096 drop_every=1");
+        let dropped = (0..all.pages).filter(|&index| all.dropped(index)).count();
+        assert_eq!(
+            dropped,
+            balloon::MAX_DROPPED,
+            "capped at one hypercall's list"
+        );
+        assert_eq!(
+            balloon::Settings::parse("drop_every=0").drop_every,
+            balloon::DEFAULT_DROP_EVERY
+        );
     }
 
     #[test]

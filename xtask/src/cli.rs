@@ -4,17 +4,20 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::qemu::MachineType;
+use crate::scenario::SWAP_MIB_MAX;
 
 /// The usage text.
 pub const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  run [--config PATH] [--duration SECS] [--machine microvm|pc]
+  run [--config PATH] [--duration SECS] [--machine microvm|pc] [--swap-mib MIB]
             build, boot an appliance (default appliances/default.toml) and
             stream its log; stops on Ctrl-C or after SECS seconds. The core's
             control port (COM2) is the socket target/cairn/control.sock,
-            where `hvctl` (cargo run -p hvctl -- COMMAND) finds it
+            where `hvctl` (cargo run -p hvctl -- COMMAND) finds it. An
+            appliance with a pager server gets a fresh swap disk,
+            target/run/swap.img, of MIB MiB (default 64; 0: none; microvm only)
   scenario [NAME]
             without NAME: list the scenarios; with NAME: run and judge it
             (each boot gets a control socket of its own, printed as
@@ -37,6 +40,8 @@ pub enum Command {
         duration: Option<Duration>,
         /// `--machine`.
         machine: MachineType,
+        /// `--swap-mib` (None: the default).
+        swap_mib: Option<u32>,
     },
     /// `scenario [NAME]`.
     Scenario {
@@ -85,6 +90,7 @@ fn parse_run(arguments: &[String]) -> Result<Command, String> {
     let mut config = None;
     let mut duration = None;
     let mut machine = MachineType::default();
+    let mut swap_mib = None;
     let mut remaining = arguments.iter();
     while let Some(argument) = remaining.next() {
         let (option, inline_value) = match argument.split_once('=') {
@@ -116,6 +122,17 @@ fn parse_run(arguments: &[String]) -> Result<Command, String> {
                     .parse()
                     .map_err(|error| format!("--machine: {error}"))?
             }
+            "--swap-mib" => {
+                let text = value()?;
+                swap_mib = Some(
+                    text.parse::<u32>()
+                        .ok()
+                        .filter(|mib| *mib <= SWAP_MIB_MAX)
+                        .ok_or_else(|| {
+                            format!("--swap-mib: `{text}` is not a size of 0..={SWAP_MIB_MAX} MiB")
+                        })?,
+                );
+            }
             other => return Err(format!("unknown option `{other}` for `run`")),
         }
     }
@@ -123,6 +140,7 @@ fn parse_run(arguments: &[String]) -> Result<Command, String> {
         config,
         duration,
         machine,
+        swap_mib,
     })
 }
 
@@ -141,7 +159,8 @@ mod tests {
             Ok(Command::Run {
                 config: None,
                 duration: None,
-                machine: MachineType::Microvm
+                machine: MachineType::Microvm,
+                swap_mib: None,
             })
         );
         assert_eq!(
@@ -151,15 +170,26 @@ mod tests {
             Ok(Command::Run {
                 config: Some("a.toml".into()),
                 duration: Some(Duration::from_millis(2500)),
-                machine: MachineType::Pc
+                machine: MachineType::Pc,
+                swap_mib: None,
             })
         );
         assert_eq!(
-            parse(&arguments("run --config=b.toml --duration=3")),
+            parse(&arguments("run --config=b.toml --duration=3 --swap-mib 16")),
             Ok(Command::Run {
                 config: Some("b.toml".into()),
                 duration: Some(Duration::from_secs(3)),
-                machine: MachineType::Microvm
+                machine: MachineType::Microvm,
+                swap_mib: Some(16),
+            })
+        );
+        assert_eq!(
+            parse(&arguments("run --swap-mib=0")),
+            Ok(Command::Run {
+                config: None,
+                duration: None,
+                machine: MachineType::Microvm,
+                swap_mib: Some(0),
             })
         );
     }
@@ -179,6 +209,10 @@ mod tests {
         assert!(parse(&arguments("run --verbose"))
             .unwrap_err()
             .contains("--verbose"));
+        assert!(parse(&arguments("run --swap-mib lots"))
+            .unwrap_err()
+            .contains("--swap-mib"));
+        assert!(parse(&arguments("run --swap-mib 65537")).is_err());
         assert!(parse(&arguments("test extra")).is_err());
         assert!(parse(&arguments("scenario a b")).is_err());
     }

@@ -26,6 +26,9 @@ const BENCH_TIMEOUT: Duration = Duration::from_secs(300);
 const SPAWN_SAMPLES: usize = 5;
 /// Wall-clock limit of one of those boots.
 const SPAWN_SAMPLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Size of the swap disk `run` attaches for an appliance with a pager
+/// server, MiB, unless `--swap-mib` says otherwise.
+pub const DEFAULT_RUN_SWAP_MIB: u32 = 64;
 
 /// The built core and its defmt table.
 struct Images {
@@ -73,7 +76,8 @@ fn prepare(workspace: &Workspace, config_path: &Path, mode: RunMode) -> Result<P
 
 /// Boots a prepared appliance with its control port on `control` (with
 /// `echo`, the socket is announced as `xtask: control socket: PATH`), and
-/// runs the control `steps` during the boot.
+/// runs the control `steps` during the boot. With `swap`, that raw image
+/// (already created) is the pager's swap disk.
 #[allow(clippy::too_many_arguments)] // each is one independent choice of the caller
 fn boot(
     workspace: &Workspace,
@@ -84,6 +88,7 @@ fn boot(
     echo: bool,
     control: &ControlSocket,
     steps: &[ControlStep],
+    swap: Option<&Path>,
 ) -> Result<qemu::RunReport> {
     let kernel = workspace.core_elf();
     let arguments = qemu::arguments(&QemuConfig {
@@ -93,12 +98,21 @@ fn boot(
         kernel: &kernel,
         bundle: &prepared.bundle,
         control_socket: control.path(),
-    });
+        swap,
+    })
+    .map_err(anyhow::Error::msg)?;
     if echo {
         if let Some(note) = &control.note {
             say!("xtask: {note}");
         }
         say!("xtask: control socket: {}", display(control.path()));
+        if let Some(image) = swap {
+            say!(
+                "xtask: swap disk: {} (virtio-blk on virtio-mmio at {:#x})",
+                display(image),
+                qemu::SWAP_MMIO_BASE
+            );
+        }
     }
     let plan = ControlPlan {
         socket: control.path(),
@@ -122,17 +136,52 @@ fn print_first_line_time(report: &qemu::RunReport) {
     }
 }
 
+/// The swap disk `run` attaches, MiB: `--swap-mib` (0: none), else
+/// [`DEFAULT_RUN_SWAP_MIB`], and only for an appliance with a pager server.
+/// An explicit size on `-M pc` is an error; the default is just left out
+/// there (`-M pc` has no virtio-mmio). The note says why there is no disk.
+fn run_swap_mib(
+    appliance: &Appliance,
+    machine: MachineType,
+    requested: Option<u32>,
+) -> Result<(Option<u32>, Option<String>)> {
+    let has_pager = appliance
+        .servers
+        .iter()
+        .any(|server| server.kind == ipc::server::ServerKind::Pager);
+    let mib = requested.unwrap_or(DEFAULT_RUN_SWAP_MIB);
+    if mib == 0 {
+        return Ok((None, None));
+    }
+    if !has_pager {
+        let note = requested.map(|_| {
+            format!(
+                "{} has no pager server: no swap disk attached",
+                appliance.file
+            )
+        });
+        return Ok((None, note));
+    }
+    match (qemu::check_swap_machine(machine), requested) {
+        (Ok(()), _) => Ok((Some(mib), None)),
+        (Err(problem), Some(_)) => bail!("--swap-mib: {problem}"),
+        (Err(problem), None) => Ok((None, Some(format!("no swap disk for the pager: {problem}")))),
+    }
+}
+
 /// `cargo xtask run`.
 pub fn run(
     workspace: &Workspace,
     config: Option<PathBuf>,
     duration: Option<Duration>,
     machine: MachineType,
+    swap_mib: Option<u32>,
 ) -> Result<bool> {
     setup::ensure(workspace, false)?;
     let config_path = config.unwrap_or_else(|| workspace.default_appliance());
-    // Refuse a bad file before spending time on the build.
-    config::load(&config_path, &display(&config_path))?;
+    // Refuse a bad file (or a swap disk on -M pc) before spending time on the build.
+    let appliance = config::load(&config_path, &display(&config_path))?;
+    let (swap_mib, swap_note) = run_swap_mib(&appliance, machine, swap_mib)?;
     let images = Images::build(workspace)?;
     let prepared = prepare(workspace, &config_path, RunMode::Normal)?;
     let machine_config = prepared.appliance.machine;
@@ -144,6 +193,14 @@ pub fn run(
         machine_config.cpus,
         machine_config.memory_mib
     );
+    if let Some(note) = swap_note {
+        say!("xtask: {note}");
+    }
+    let swap_image = workspace.target_directory().join("run").join("swap.img");
+    if let Some(mib) = swap_mib {
+        qemu::create_swap_image(&swap_image, mib)?;
+        say!("xtask: swap disk: a fresh {mib} MiB image");
+    }
     let stop = duration.map_or(StopRule::Never, StopRule::After);
     let control = ControlSocket::interactive(&workspace.bundle_directory())?;
     let report = boot(
@@ -155,6 +212,7 @@ pub fn run(
         true,
         &control,
         &[],
+        swap_mib.map(|_| swap_image.as_path()),
     )?;
     print_first_line_time(&report);
     let success = match report.ending {
@@ -211,6 +269,7 @@ fn run_scenario(
             machine,
             timeout,
             control,
+            swap_mib,
             ..
         } => {
             let images = match images {
@@ -222,6 +281,10 @@ fn run_scenario(
             let report =
                 prepare(workspace, &scenario.config, RunMode::Normal).and_then(|prepared| {
                     let socket = per_run_socket(workspace)?;
+                    let swap_image = scenario.swap_image(&workspace.target_directory());
+                    if let Some(mib) = swap_mib {
+                        qemu::create_swap_image(&swap_image, *mib)?;
+                    }
                     boot(
                         workspace,
                         images,
@@ -231,6 +294,7 @@ fn run_scenario(
                         echo,
                         &socket,
                         control,
+                        swap_mib.map(|_| swap_image.as_path()),
                     )
                 });
             match report {
@@ -286,7 +350,14 @@ pub fn scenario(workspace: &Workspace, name: Option<&str>) -> Result<bool> {
             .max()
             .unwrap_or(0);
         for scenario in &scenarios {
-            say!("{:<width$}  {}", scenario.name, scenario.description);
+            match &scenario.pending {
+                Some(reason) => say!(
+                    "{:<width$}  {} [pending: {reason}]",
+                    scenario.name,
+                    scenario.description
+                ),
+                None => say!("{:<width$}  {}", scenario.name, scenario.description),
+            }
         }
         return Ok(true);
     };
@@ -307,6 +378,9 @@ pub fn scenario(workspace: &Workspace, name: Option<&str>) -> Result<bool> {
         scenario.name,
         scenario.description
     );
+    if let Some(reason) = &scenario.pending {
+        say!("xtask: note: this scenario is pending ({reason}); `cargo xtask test` skips it");
+    }
     let outcome = run_scenario(
         workspace,
         images.as_ref().map_err(String::as_str),
@@ -329,7 +403,13 @@ pub fn test(workspace: &Workspace) -> Result<bool> {
         say!("xtask: build failed, boot scenarios cannot run: {problem}");
     }
     let (mut passed, mut failed) = (0usize, 0usize);
+    let mut pending = Vec::new();
     for scenario in &scenarios {
+        if let Some(reason) = &scenario.pending {
+            say!("scenario {}: PENDING, not run ({reason})", scenario.name);
+            pending.push(scenario.name.as_str());
+            continue;
+        }
         if interrupt::requested() {
             say!("xtask: interrupted; the remaining scenarios did not run");
             failed += 1;
@@ -356,6 +436,13 @@ pub fn test(workspace: &Workspace) -> Result<bool> {
             "FAILED"
         }
     );
+    if !pending.is_empty() {
+        say!(
+            "xtask: {} pending scenario(s) not run: {} (run one with `cargo xtask scenario NAME`)",
+            pending.len(),
+            pending.join(", ")
+        );
+    }
     say!("{passed} passed, {failed} failed");
     Ok(host_tests_passed && failed == 0)
 }
@@ -385,6 +472,7 @@ pub fn bench(workspace: &Workspace) -> Result<bool> {
         true,
         &per_run_socket(workspace)?,
         &[],
+        None,
     )?;
     if report.ending
         != Ending::Exited(qemu::QemuExit::Core(
@@ -415,6 +503,7 @@ pub fn bench(workspace: &Workspace) -> Result<bool> {
             false,
             &per_run_socket(workspace)?,
             &[],
+            None,
         )?;
         let Some(time) = sample.first_guest_line else {
             bail!(
@@ -441,6 +530,7 @@ pub fn bench(workspace: &Workspace) -> Result<bool> {
         false,
         &per_run_socket(workspace)?,
         &[],
+        None,
     )?;
     let text: Vec<String> = poll_report.lines.iter().map(ToString::to_string).collect();
     for (name, value) in bench::halt_poll_figures(&text) {
@@ -464,6 +554,7 @@ pub fn bench(workspace: &Workspace) -> Result<bool> {
         false,
         &per_run_socket(workspace)?,
         &steps,
+        None,
     )?;
     let text: Vec<String> = restart_report.lines.iter().map(ToString::to_string).collect();
     for (name, value) in bench::restart_gap_figures(&text) {
@@ -507,4 +598,44 @@ pub fn setup(workspace: &Workspace) -> Result<bool> {
     setup::ensure(workspace, true)?;
     say!("xtask: setup: everything is in place");
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn appliance(servers: &str) -> Appliance {
+        let text = format!("{servers}\n[[domain]]\nname = \"hello\"\nkernel = \"cairn:hello\"\n");
+        config::parse(&text, "a.toml", Path::new("/")).unwrap()
+    }
+
+    #[test]
+    fn run_attaches_a_swap_disk_only_for_a_pager_on_microvm() {
+        let pager = appliance(
+            "[[server]]\nname = \"pager\"\nkind = \"pager\"\nimage = \"cairn:pager-server\"\n",
+        );
+        let none = appliance("");
+        let microvm = MachineType::Microvm;
+        assert_eq!(
+            run_swap_mib(&pager, microvm, None).unwrap(),
+            (Some(DEFAULT_RUN_SWAP_MIB), None)
+        );
+        assert_eq!(
+            run_swap_mib(&pager, microvm, Some(8)).unwrap(),
+            (Some(8), None)
+        );
+        assert_eq!(
+            run_swap_mib(&pager, microvm, Some(0)).unwrap(),
+            (None, None)
+        );
+        assert_eq!(run_swap_mib(&none, microvm, None).unwrap(), (None, None));
+        let (mib, note) = run_swap_mib(&none, microvm, Some(8)).unwrap();
+        assert_eq!(mib, None);
+        assert!(note.unwrap().contains("no pager server"));
+        let (mib, note) = run_swap_mib(&pager, MachineType::Pc, None).unwrap();
+        assert_eq!(mib, None);
+        assert!(note.unwrap().contains("microvm"));
+        let error = run_swap_mib(&pager, MachineType::Pc, Some(8)).unwrap_err();
+        assert!(format!("{error}").contains("--swap-mib"), "{error}");
+    }
 }

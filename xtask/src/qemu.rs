@@ -90,15 +90,81 @@ pub struct QemuConfig<'a> {
     pub bundle: &'a Path,
     /// The UNIX socket COM2 (the control port) is connected to.
     pub control_socket: &'a Path,
+    /// The pager's swap disk (a raw image), attached as a virtio-blk device
+    /// on a virtio-mmio transport ([`swap_arguments`]); `-M microvm` only.
+    pub swap: Option<&'a Path>,
 }
 
-/// QEMU's arguments for a configuration.
+/// Where `-M microvm` puts its virtio-mmio transports (QEMU's
+/// `hw/i386/microvm.c`, `VIRTIO_MMIO_BASE`): one 512-byte register window
+/// each, transport `i` at `VIRTIO_MMIO_BASE + i * 512`.
+pub const VIRTIO_MMIO_BASE: u64 = 0xfeb0_0000;
+/// Size of one virtio-mmio transport's register window.
+pub const VIRTIO_MMIO_TRANSPORT_SIZE: u64 = 0x200;
+/// Transports `-M microvm` creates in QEMU 7.2 with its defaults (ACPI on,
+/// so a second I/O APIC; their interrupts are GSIs 24..=47).
+pub const VIRTIO_MMIO_TRANSPORTS: u64 = 24;
+/// The transport the swap disk lands on: QEMU plugs a `-device
+/// virtio-blk-device` into the last free virtio-mmio bus, so the first (and
+/// only) one lands on the highest transport, 23 (`info qtree`:
+/// `virtio-mmio-bus.23`, mmio 0xfeb02e00/0x200; checked with QEMU 7.2).
+pub const SWAP_TRANSPORT_INDEX: u64 = VIRTIO_MMIO_TRANSPORTS - 1;
+/// The swap disk's register window, guest-physical: `0xfeb0_2e00`.
+pub const SWAP_MMIO_BASE: u64 =
+    VIRTIO_MMIO_BASE + SWAP_TRANSPORT_INDEX * VIRTIO_MMIO_TRANSPORT_SIZE;
+
+/// QEMU's arguments for the swap disk: a raw image as a virtio-blk device on
+/// a modern (virtio 1.0, `force-legacy=false`) virtio-mmio transport.
+pub fn swap_arguments(image: &Path) -> [String; 6] {
+    // QEMU's option syntax doubles a comma inside a value.
+    let path = image.to_string_lossy().replace(',', ",,");
+    [
+        "-global".to_owned(),
+        "virtio-mmio.force-legacy=false".to_owned(),
+        "-drive".to_owned(),
+        format!("file={path},if=none,id=swap,format=raw"),
+        "-device".to_owned(),
+        "virtio-blk-device,drive=swap".to_owned(),
+    ]
+}
+
+/// Checks that a swap disk can be attached on `machine`: only `-M microvm`
+/// has virtio-mmio transports (`-M pc` would need virtio-blk-pci, which the
+/// core does not drive).
+pub fn check_swap_machine(machine: MachineType) -> Result<(), String> {
+    match machine {
+        MachineType::Microvm => Ok(()),
+        MachineType::Pc => Err(format!(
+            "a swap disk needs -M microvm (virtio-mmio); -M {} has none",
+            machine.name()
+        )),
+    }
+}
+
+/// Creates (or replaces) a zero-filled raw swap image of `mib` MiB at
+/// `path`, sparse (`set_len`), creating its directory first.
+pub fn create_swap_image(path: &Path, mib: u32) -> Result<()> {
+    if let Some(directory) = path.parent() {
+        std::fs::create_dir_all(directory)
+            .with_context(|| format!("cannot create {}", directory.display()))?;
+    }
+    // Truncate to nothing first, so no block of an earlier run survives.
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("cannot create the swap image {}", path.display()))?;
+    file.set_len(u64::from(mib) << 20)
+        .with_context(|| format!("cannot size the swap image {} to {mib} MiB", path.display()))?;
+    Ok(())
+}
+
+/// QEMU's arguments for a configuration; an error if it asks for a swap
+/// disk on a machine without virtio-mmio ([`check_swap_machine`]).
 ///
 /// `microvm` needs no extra options: it has an ISA bus, so `isa-debug-exit`
 /// works as on `pc`, and its ISA serial port (`isa-serial=on` by default)
 /// is COM1 at 0x3F8, which `-serial stdio` connects. COM2 is added as an
 /// explicit `isa-serial` device on both machines ([`control::qemu_arguments`]).
-pub fn arguments(config: &QemuConfig<'_>) -> Vec<OsString> {
+/// The swap disk, if any, follows ([`swap_arguments`]).
+pub fn arguments(config: &QemuConfig<'_>) -> Result<Vec<OsString>, String> {
     let mut arguments: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| arguments.extend(items.iter().map(OsString::from));
     push(&["-M", config.machine.name(), "-accel", "tcg", "-cpu", "EPYC"]);
@@ -120,11 +186,15 @@ pub fn arguments(config: &QemuConfig<'_>) -> Vec<OsString> {
     let debug_exit = format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04");
     push(&["-device", &debug_exit]);
     arguments.extend(control::qemu_arguments(config.control_socket).map(OsString::from));
+    if let Some(image) = config.swap {
+        check_swap_machine(config.machine)?;
+        arguments.extend(swap_arguments(image).map(OsString::from));
+    }
     arguments.push("-kernel".into());
     arguments.push(config.kernel.into());
     arguments.push("-initrd".into());
     arguments.push(config.bundle.into());
-    arguments
+    Ok(arguments)
 }
 
 /// When the runner stops QEMU by itself.
@@ -592,8 +662,10 @@ mod tests {
             kernel: Path::new("/k"),
             bundle: Path::new("/b.bundle"),
             control_socket: Path::new("/c.sock"),
+            swap: None,
         };
         let text: Vec<String> = arguments(&config)
+            .unwrap()
             .iter()
             .map(|argument| argument.to_string_lossy().into_owned())
             .collect();
@@ -615,6 +687,58 @@ mod tests {
             "{joined}"
         );
         assert!(joined.ends_with("-kernel /k -initrd /b.bundle"), "{joined}");
+        assert!(
+            !joined.contains("virtio"),
+            "no swap disk unless asked: {joined}"
+        );
+    }
+
+    #[test]
+    fn a_swap_disk_is_a_virtio_blk_device_on_microvm_only() {
+        let mut config = QemuConfig {
+            machine: MachineType::Microvm,
+            cpus: 1,
+            memory_mib: 64,
+            kernel: Path::new("/k"),
+            bundle: Path::new("/b.bundle"),
+            control_socket: Path::new("/c.sock"),
+            swap: Some(Path::new("/t/scenarios/memhog/swap.img")),
+        };
+        let joined = arguments(&config)
+            .unwrap()
+            .iter()
+            .map(|argument| argument.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            joined.contains(
+                "-global virtio-mmio.force-legacy=false \
+                 -drive file=/t/scenarios/memhog/swap.img,if=none,id=swap,format=raw \
+                 -device virtio-blk-device,drive=swap -kernel /k"
+            ),
+            "{joined}"
+        );
+        assert!(joined.starts_with("-M microvm "), "{joined}");
+        let commas = swap_arguments(Path::new("/a,b/swap.img"));
+        assert_eq!(commas[3], "file=/a,,b/swap.img,if=none,id=swap,format=raw");
+
+        config.machine = MachineType::Pc;
+        let error = arguments(&config).unwrap_err();
+        assert!(error.contains("microvm"), "{error}");
+        assert_eq!(SWAP_MMIO_BASE, 0xfeb0_2e00);
+    }
+
+    #[test]
+    fn a_swap_image_is_fresh_sparse_zeros() {
+        let directory = std::env::temp_dir().join(format!("xtask-swap-{}", std::process::id()));
+        let path = directory.join("nested").join("swap.img");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"old contents of an earlier run").unwrap();
+        create_swap_image(&path, 2).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 2 << 20);
+        assert!(bytes.iter().all(|&byte| byte == 0));
+        std::fs::remove_dir_all(&directory).unwrap();
     }
 
     #[test]

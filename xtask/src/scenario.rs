@@ -13,6 +13,8 @@
 //! control = [                          # hvctl commands run during the boot
 //!     { at = 2.0, command = "sched-credit -d spinner -c 50", expect = "spinner" },
 //! ]
+//! swap_mib = 64                        # a fresh zeroed swap disk of this size (microvm only)
+//! pending = "the core's paging is not in yet"  # `cargo xtask test` skips it, saying why
 //!
 //! [[scenario]]                         # a config that must be refused
 //! name = "bad-config"
@@ -27,6 +29,14 @@
 //! all of it within the timeout. A `config_error` scenario boots nothing: it
 //! passes when loading the appliance fails and the error contains the text.
 //! Lines are matched as printed (`NAME: text`, `cairn  WARN ...`, `qemu: ...`).
+//!
+//! With `swap_mib`, every run gets a new zero-filled (sparse) raw image
+//! `target/scenarios/NAME/swap.img` of that many MiB, attached as a
+//! virtio-blk device on a virtio-mmio transport for the pager
+//! ([`crate::qemu::swap_arguments`]); `machine = "pc"` is refused with it.
+//! A scenario with `pending` is listed and run by `cargo xtask scenario
+//! NAME` as usual, but `cargo xtask test` skips it and lists it as pending
+//! with the reason (for a test written before the feature it checks).
 //!
 //! A `control` step runs its `hvctl` command (checked when the file is
 //! loaded) `at` seconds after QEMU was spawned, over the boot's control
@@ -44,13 +54,15 @@ use ipc::exit_status::ExitStatus as CoreExit;
 
 use crate::control::{ControlStep, StepOutcome};
 use crate::decode::Line;
-use crate::qemu::{Ending, MachineType, QemuExit};
+use crate::qemu::{check_swap_machine, Ending, MachineType, QemuExit};
 use crate::table::{parse_document, KeyError, TableReader};
 
 /// Timeout of a boot scenario that gives none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Output lines shown when a scenario fails.
 pub const TAIL_LINES: usize = 40;
+/// Largest swap disk, MiB (`swap_mib`, `run --swap-mib`).
+pub const SWAP_MIB_MAX: u32 = 65_536;
 
 /// The core exit codes by the names scenario files use.
 const EXIT_NAMES: [(&str, CoreExit); 5] = [
@@ -80,6 +92,8 @@ pub enum Check {
         control: Vec<ControlStep>,
         /// Checks on the CPU time the core reports per domain.
         cpu: Vec<CpuCheck>,
+        /// Size of a fresh swap disk for the boot, MiB (none: no disk).
+        swap_mib: Option<u32>,
     },
     /// Loading the appliance must fail with an error containing this text.
     ConfigError(String),
@@ -249,6 +263,15 @@ pub struct Scenario {
     pub config: PathBuf,
     /// What to check.
     pub check: Check,
+    /// Why `cargo xtask test` skips it for now (None: it runs).
+    pub pending: Option<String>,
+}
+
+impl Scenario {
+    /// Where a run of this scenario keeps its swap image, under `target`.
+    pub fn swap_image(&self, target: &Path) -> PathBuf {
+        target.join("scenarios").join(&self.name).join("swap.img")
+    }
 }
 
 /// Reads and parses the scenario file; `file` is how messages name it.
@@ -292,6 +315,13 @@ fn parse_scenario(mut table: TableReader<'_>, workspace_root: &Path) -> Result<S
     let forbid = table.string_list("forbid")?;
     let exit = table.string("exit")?;
     let timeout = table.seconds("timeout")?;
+    let swap_mib = table.integer_in("swap_mib", 1..=SWAP_MIB_MAX, " MiB")?;
+    let pending = match table.string("pending")? {
+        Some(reason) if reason.trim().is_empty() => {
+            return Err(table.error("pending", "give the reason it cannot run yet"))
+        }
+        other => other.map(str::to_owned),
+    };
     let control = parse_control(&mut table)?;
     let cpu = parse_cpu_checks(&mut table)?;
     let check = match config_error {
@@ -304,6 +334,7 @@ fn parse_scenario(mut table: TableReader<'_>, workspace_root: &Path) -> Result<S
                 ("timeout", timeout.is_some()),
                 ("control", !control.is_empty()),
                 ("usage", !cpu.is_empty()),
+                ("swap_mib", swap_mib.is_some()),
             ];
             if let Some((key, _)) = boot_keys.iter().find(|(_, present)| *present) {
                 return Err(table.error(
@@ -323,6 +354,11 @@ fn parse_scenario(mut table: TableReader<'_>, workspace_root: &Path) -> Result<S
                     .parse()
                     .map_err(|message: String| table.error("machine", message))?,
             };
+            if swap_mib.is_some() {
+                if let Err(message) = check_swap_machine(machine) {
+                    return Err(table.error("swap_mib", message));
+                }
+            }
             let exit_name = exit.ok_or_else(|| {
                 table.error("exit", "missing (required unless config_error is given)")
             })?;
@@ -360,6 +396,7 @@ fn parse_scenario(mut table: TableReader<'_>, workspace_root: &Path) -> Result<S
                 timeout,
                 control,
                 cpu,
+                swap_mib,
             }
         }
     };
@@ -369,6 +406,7 @@ fn parse_scenario(mut table: TableReader<'_>, workspace_root: &Path) -> Result<S
         description,
         config,
         check,
+        pending,
     })
 }
 
@@ -679,8 +717,10 @@ config_error = "domain[0].memory"
                 timeout: Duration::from_secs(30),
                 control: Vec::new(),
                 cpu: Vec::new(),
+                swap_mib: None,
             }
         );
+        assert_eq!(scenarios[0].pending, None);
         let Check::Boot {
             machine,
             timeout,
@@ -819,6 +859,7 @@ config_error = "domain[0].memory"
             timeout: DEFAULT_TIMEOUT,
             control: Vec::new(),
             cpu: Vec::new(),
+            swap_mib: None,
         };
         let lines = vec![Line::Guest("hello: Hello from cairn!".into())];
         let powered_off = Ending::Exited(QemuExit::Core(CoreExit::AllPoweredOff));
@@ -858,6 +899,52 @@ config_error = "domain[0].memory"
         assert!(judge_cpu(&with_latency, &[latency(0.7)]).is_empty());
         assert_eq!(judge_cpu(&with_latency, &[latency(0.01)]).len(), 1);
         assert_eq!(judge_cpu(&lines, &[latency(0.7)]).len(), 1, "missing lines fail");
+    }
+
+    #[test]
+    fn swap_and_pending_parse() {
+        let base =
+            "[[scenario]]\nname='memhog'\ndescription='d'\nconfig='c.toml'\nexit='AllPoweredOff'\n";
+        let scenarios = parse(
+            &format!("{base}swap_mib = 64\npending = 'core paging not in yet'\n"),
+            "s.toml",
+            Path::new("/root"),
+        )
+        .unwrap();
+        let Check::Boot { swap_mib, .. } = &scenarios[0].check else {
+            panic!("a boot scenario");
+        };
+        assert_eq!(*swap_mib, Some(64));
+        assert_eq!(
+            scenarios[0].pending.as_deref(),
+            Some("core paging not in yet")
+        );
+        assert_eq!(
+            scenarios[0].swap_image(Path::new("/w/target")),
+            PathBuf::from("/w/target/scenarios/memhog/swap.img")
+        );
+
+        let error = parse_error(&format!("{base}swap_mib = 0\n"));
+        assert_eq!(error.key.as_deref(), Some("scenario[0].swap_mib"));
+        let error = parse_error(&format!("{base}swap_mib = 'big'\n"));
+        assert_eq!(error.key.as_deref(), Some("scenario[0].swap_mib"));
+        let error = parse_error(&format!("{base}swap_mib = 64\nmachine = 'pc'\n"));
+        assert_eq!(error.key.as_deref(), Some("scenario[0].swap_mib"));
+        assert!(error.message.contains("microvm"), "{error}");
+        let error = parse_error(&format!("{base}pending = ' '\n"));
+        assert_eq!(error.key.as_deref(), Some("scenario[0].pending"));
+        let error = parse_error(
+            "[[scenario]]\nname='a'\ndescription='d'\nconfig='c'\nconfig_error='x'\nswap_mib=1\n",
+        );
+        assert_eq!(error.key.as_deref(), Some("scenario[0].swap_mib"));
+        // A pending config_error scenario is fine.
+        let scenarios = parse(
+            "[[scenario]]\nname='a'\ndescription='d'\nconfig='c'\nconfig_error='x'\npending='later'\n",
+            "s.toml",
+            Path::new("/root"),
+        )
+        .unwrap();
+        assert_eq!(scenarios[0].pending.as_deref(), Some("later"));
     }
 
     #[test]

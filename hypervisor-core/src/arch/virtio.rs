@@ -1,5 +1,7 @@
 //! The virtio-mmio register windows of `-M microvm` (QEMU's
-//! `hw/i386/microvm.c`: eight 512-byte transports from `0xfeb0_0000`), as the
+//! `hw/i386/microvm.c`: 512-byte transports from `0xfeb0_0000`, 24 of them
+//! with the second I/O APIC (the default), 8 without; QEMU 7.2 puts the first
+//! `-device` on the highest one, transport 23 at `0xfeb0_2e00`), as the
 //! core reaches them: finding the swap device at boot, and the register
 //! writes it makes on the pager's behalf after `hypervisor_core::dma_guard`
 //! allowed them. The core never drives the device itself.
@@ -8,8 +10,8 @@
 pub const TRANSPORTS_BASE: u64 = 0xfeb0_0000;
 /// Bytes per transport.
 pub const TRANSPORT_SIZE: u64 = 0x200;
-/// Transports `-M microvm` provides.
-pub const TRANSPORTS: u64 = 8;
+/// Transports `-M microvm` provides (with `ioapic2`, the default).
+pub const TRANSPORTS: u64 = 24;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const REG_MAGIC: u64 = 0x000;
