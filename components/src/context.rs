@@ -7,6 +7,7 @@ use ipc::messages::{self, EncodeError, Envelope, Message};
 use ipc::ring::{Producer, RingError, SLOT_PAYLOAD};
 use ipc::server::{ServerKind, MAX_LOG_LEN};
 
+use crate::device::{Device, DeviceError, DeviceGrant};
 use crate::log::LogLine;
 use crate::platform::Platform;
 use crate::raw::Raw;
@@ -37,11 +38,16 @@ pub struct Statistics {
 pub(crate) struct State {
     /// When to call [`crate::Handler::notified`], in ns since boot.
     pub(crate) deadline: Option<u64>,
+    /// The run loop must `wait` before the deadline's `notified`, even if the
+    /// deadline has passed ([`Context::poll_after`]).
+    pub(crate) must_wait: bool,
     pub(crate) statistics: Statistics,
     /// Messages were sent since the last `notify`.
     pub(crate) notify_pending: bool,
     /// Set when the loop must end after the current entry point.
     pub(crate) stop: Option<Stop>,
+    /// The device grant, asked of the core once ([`Context::device`]).
+    pub(crate) device: Option<Result<DeviceGrant, DeviceError>>,
 }
 
 /// The sending end the context writes to: the `to_core` ring's producer.
@@ -162,6 +168,18 @@ impl<'a, M: Message> Context<'a, M> {
     /// (ns since boot), replacing any earlier timeout.
     pub fn wake_at(&mut self, deadline: u64) {
         self.state.deadline = Some(deadline);
+        self.state.must_wait = false;
+    }
+
+    /// Like [`Self::wake_after`], for polling a device: the run loop calls
+    /// `wait` (for what is left of `nanoseconds`, at least 1 ns) before
+    /// [`crate::Handler::notified`] even if the time has already passed, so a
+    /// server polling in a tight cycle still gives the core a switch point
+    /// (and guests the pCPU) at every poll instead of spinning. Messages
+    /// from the core end the wait early, as always.
+    pub fn poll_after(&mut self, nanoseconds: u64) {
+        self.wake_after(nanoseconds);
+        self.state.must_wait = true;
     }
 
     /// Calls [`crate::Handler::notified`] `nanoseconds` from now, replacing
@@ -174,6 +192,7 @@ impl<'a, M: Message> Context<'a, M> {
     /// Cancels the timeout: the server sleeps until the core sends something.
     pub fn cancel_wake(&mut self) {
         self.state.deadline = None;
+        self.state.must_wait = false;
     }
 
     /// The timeout set, in ns since boot.
@@ -209,6 +228,22 @@ impl<'a, M: Message> Context<'a, M> {
     /// This instance's counters.
     pub fn statistics(&self) -> Statistics {
         self.state.statistics
+    }
+
+    /// The device the core granted this instance, bound to the platform for
+    /// its register writes (`device_info` is asked once per instance; the
+    /// answer, or the error, is kept). `Err(DeviceError::NoDevice)` for a
+    /// server without a device. See [`crate::device`].
+    pub fn device(&mut self) -> Result<Device<'_>, DeviceError> {
+        let grant = match self.state.device {
+            Some(known) => known,
+            None => {
+                let queried = DeviceGrant::query(self.platform);
+                self.state.device = Some(queried);
+                queried
+            }
+        }?;
+        Ok(Device::new(grant, self.platform))
     }
 
     /// The escape hatches of [`crate::raw`]: for the hostile test server only.

@@ -21,8 +21,14 @@
 //!   kind, argument string), sending, timeouts, the clock and logging
 //!   ([`LogLine`] formats without an allocator);
 //! * the syscalls (target only): `exit`, `yield`, `wait`, `notify`, `time`,
-//!   `log`, behind the [`Platform`] trait so the run loop also runs on the
-//!   host against a mock (module `testing`, feature `testing`);
+//!   `log`, `device_info`, `device_write`, behind the [`Platform`] trait so
+//!   the run loop also runs on the host against a mock (module `testing`,
+//!   feature `testing`);
+//! * device access ([`device`], through [`Context::device`]): volatile reads
+//!   of the read-only register page, checked register writes through the
+//!   core, and bounds-checked copies and volatile accesses of the DMA region;
+//! * [`StaticCell`]: a `static` taken `&'static mut` once, for state too big
+//!   for the stack;
 //! * a panic handler (target only) that logs `panic at FILE:LINE: MESSAGE`
 //!   and exits with [`exit_code::PANIC`]: the core then restarts the server;
 //! * `server.ld`, the linker script of every server binary (image at
@@ -33,9 +39,11 @@
 //!   the ring, arbitrary syscalls, memory probes, spinning), for the hostile
 //!   test server only.
 //!
-//! Principles: the server side's only `unsafe` is here, in the target-only
+//! Principles: the server side's only `unsafe` is here: in the target-only
 //! module that executes `syscall`, builds the ring views from the entry
-//! registers and reads the argument page; each block has its `// SAFETY:`.
+//! registers and reads the argument page, in [`device`] (raw volatile
+//! accesses to the granted register page and DMA region) and in
+//! [`StaticCell`]; each block has its `// SAFETY:`.
 //! Everything else is ordinary safe code that builds and tests on the host.
 //! No allocator, and nothing from the core is trusted: its messages are
 //! decoded with bounds, a broken ring ends the server cleanly
@@ -51,7 +59,9 @@
 #[cfg(all(feature = "testing", not(test)))]
 extern crate std;
 
+mod cell;
 mod context;
+pub mod device;
 mod handler;
 mod log;
 mod platform;
@@ -63,7 +73,9 @@ pub mod target;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use cell::StaticCell;
 pub use context::{Context, SendError, Statistics};
+pub use device::{Device, DeviceError, DeviceGrant};
 pub use handler::{FromCore, Handler};
 pub use log::LogLine;
 pub use platform::{Platform, Wake};

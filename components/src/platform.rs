@@ -37,6 +37,13 @@ pub trait Platform {
     /// `log(pointer, length)`: one line of text (at most
     /// [`ipc::server::MAX_LOG_LEN`] bytes; the runtime never passes more).
     fn log(&mut self, bytes: &[u8]);
+    /// `device_info(item)`: what the core granted of this server's device
+    /// (`ipc::server::syscall::DEVICE_*` items); negative: `-ENODEV`,
+    /// `-EINVAL`.
+    fn device_info(&mut self, item: u64) -> i64;
+    /// `device_write(offset, value)`: a checked 32-bit write to the device
+    /// register at `offset`; 0, or `-EINVAL`, `-EFAULT`, `-ENODEV`.
+    fn device_write(&mut self, offset: u64, value: u32) -> i64;
 
     /// Any syscall, unchecked (see [`crate::raw::Raw::syscall`]).
     fn raw_syscall(&mut self, number: u64, arguments: [u64; 5]) -> i64;

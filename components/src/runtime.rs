@@ -70,7 +70,8 @@ impl Stop {
 ///
 /// Each [`turn`](Self::turn): if messages are queued, take them at once
 /// (yielding first if the last batch was a full one); else `wait` until the
-/// handler's deadline (or forever; an expired deadline skips the wait).
+/// handler's deadline (or forever; an expired deadline skips the wait,
+/// unless it was set with [`Context::poll_after`]).
 /// Then drain up to [`BATCH_LIMIT`] messages: each is decoded with
 /// [`messages::decode_from_core`] for this generation; a refusal from the
 /// core goes to [`Handler::fault`], any other message to
@@ -139,9 +140,10 @@ impl<'rings, H: Handler, P: Platform> Runtime<'rings, H, P> {
             Wake(WAKE_MESSAGES)
         } else {
             let now = self.platform.time();
+            let must_wait = core::mem::take(&mut self.state.must_wait);
             match self.state.deadline {
-                Some(deadline) if deadline <= now => Wake(WAKE_TIMEOUT),
-                Some(deadline) => self.platform.wait(deadline - now),
+                Some(deadline) if deadline <= now && !must_wait => Wake(WAKE_TIMEOUT),
+                Some(deadline) => self.platform.wait(deadline.saturating_sub(now).max(1)),
                 None => self.platform.wait(NO_TIMEOUT),
             }
         };

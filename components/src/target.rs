@@ -40,7 +40,9 @@ fn syscall(number: u64, arguments: [u64; 5]) -> i64 {
     // SAFETY: `syscall` enters the core, which saves and restores every
     // register but rax (the result), rcx and r11 (declared clobbered), and
     // returns to the next instruction. No syscall of the server ABI writes
-    // server memory (the core only reads a `log` buffer), so Rust's view of
+    // server memory (the core only reads a `log` buffer; `device_write`
+    // starts DMA only into the DMA region, which Rust code reaches through
+    // raw volatile accesses alone, see `device.rs`), so Rust's view of
     // memory stays valid whatever the arguments; the asm is not `nomem`,
     // so it also orders the ring's atomics around `wait` and `notify`.
     unsafe {
@@ -101,6 +103,14 @@ impl Platform for Hardware {
 
     fn log(&mut self, bytes: &[u8]) {
         log(bytes);
+    }
+
+    fn device_info(&mut self, item: u64) -> i64 {
+        syscall(syscall::DEVICE_INFO, [item, 0, 0, 0, 0])
+    }
+
+    fn device_write(&mut self, offset: u64, value: u32) -> i64 {
+        syscall(syscall::DEVICE_WRITE, [offset, u64::from(value), 0, 0, 0])
     }
 
     fn raw_syscall(&mut self, number: u64, arguments: [u64; 5]) -> i64 {

@@ -9,12 +9,17 @@
 //! are recorded. [`Harness`] wraps a [`Runtime`] over it with helpers to
 //! send messages as the core and decode what the server sent.
 
+use std::boxed::Box;
 use std::string::String;
 use std::vec::Vec;
+use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 use ipc::messages::{self, DecodeError, Envelope, Message};
 use ipc::ring::{Consumer, Producer, RingError, RingMemory, SLOT_COUNT, SLOT_PAYLOAD};
-use ipc::server::syscall::{NO_TIMEOUT, WAKE_MESSAGES, WAKE_TIMEOUT};
+use ipc::server::syscall::{
+    DEVICE_DMA, DEVICE_DMA_BUS, DEVICE_DMA_PAGES, DEVICE_REGISTERS, EINVAL, ENODEV, NO_TIMEOUT,
+    WAKE_MESSAGES, WAKE_TIMEOUT,
+};
 use ipc::server::ServerKind;
 
 use crate::handler::Handler;
@@ -50,6 +55,110 @@ pub enum Call {
     Notify,
 }
 
+/// One page of the mock device's register window (page-aligned, as the
+/// core's mapping is).
+#[repr(C, align(4096))]
+struct RegisterPage([AtomicU32; 1024]);
+
+/// One page of the mock DMA region.
+#[repr(C, align(4096))]
+struct DmaPage([AtomicU8; 4096]);
+
+/// A granted device, played on the host: a register page and a DMA region
+/// in (leaked, page-aligned) host memory, whose addresses `device_info`
+/// returns, so [`crate::Device`]'s volatile accesses work unchanged.
+/// `device_write` is recorded and, unless [`Self::write_result`] is an
+/// error, stored into the register page.
+#[derive(Debug)]
+pub struct MockDevice {
+    registers: &'static RegisterPage,
+    dma: &'static [DmaPage],
+    /// The bus address `device_info(DEVICE_DMA_BUS)` reports.
+    pub dma_bus: u64,
+    /// Every `device_write(offset, value)`, in order.
+    pub writes: Vec<(u64, u32)>,
+    /// What `device_write` returns (0, or a negative errno).
+    pub write_result: i64,
+}
+
+impl core::fmt::Debug for RegisterPage {
+    fn fmt(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        formatter.write_str("RegisterPage")
+    }
+}
+
+impl core::fmt::Debug for DmaPage {
+    fn fmt(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        formatter.write_str("DmaPage")
+    }
+}
+
+impl MockDevice {
+    /// A device with zeroed registers and `dma_pages` zeroed DMA pages at
+    /// bus address `dma_bus`. (The memory is leaked: a few pages per test.)
+    pub fn new(dma_pages: usize, dma_bus: u64) -> Self {
+        let registers: &'static RegisterPage =
+            Box::leak(Box::new(RegisterPage(core::array::from_fn(|_| AtomicU32::new(0)))));
+        let pages: Vec<DmaPage> = (0..dma_pages)
+            .map(|_| DmaPage(core::array::from_fn(|_| AtomicU8::new(0))))
+            .collect();
+        Self {
+            registers,
+            dma: Box::leak(pages.into_boxed_slice()),
+            dma_bus,
+            writes: Vec::new(),
+            write_result: 0,
+        }
+    }
+
+    /// The register at `offset` (a multiple of 4 below 4096).
+    pub fn register(&self, offset: u64) -> u32 {
+        self.registers.0[(offset / 4) as usize].load(Ordering::SeqCst)
+    }
+
+    /// Sets the register at `offset`, as the device would.
+    pub fn set_register(&self, offset: u64, value: u32) {
+        self.registers.0[(offset / 4) as usize].store(value, Ordering::SeqCst);
+    }
+
+    /// `length` bytes of the DMA region from `offset`.
+    pub fn dma_bytes(&self, offset: usize, length: usize) -> Vec<u8> {
+        (offset..offset + length)
+            .map(|at| self.dma[at / 4096].0[at % 4096].load(Ordering::SeqCst))
+            .collect()
+    }
+
+    /// Writes `bytes` into the DMA region at `offset`, as the device or the
+    /// core would.
+    pub fn set_dma_bytes(&self, offset: usize, bytes: &[u8]) {
+        for (index, byte) in bytes.iter().enumerate() {
+            let at = offset + index;
+            self.dma[at / 4096].0[at % 4096].store(*byte, Ordering::SeqCst);
+        }
+    }
+
+    fn info(&self, item: u64) -> i64 {
+        match item {
+            DEVICE_REGISTERS => core::ptr::from_ref(self.registers) as i64,
+            DEVICE_DMA => self.dma.as_ptr() as i64,
+            DEVICE_DMA_BUS => self.dma_bus as i64,
+            DEVICE_DMA_PAGES => self.dma.len() as i64,
+            _ => EINVAL,
+        }
+    }
+
+    fn write(&mut self, offset: u64, value: u32) -> i64 {
+        self.writes.push((offset, value));
+        if self.write_result < 0 {
+            return self.write_result;
+        }
+        if offset < 4096 {
+            self.set_register(offset, value);
+        }
+        self.write_result
+    }
+}
+
 /// The core, played on the host. Fields are public so tests can inspect and
 /// steer it.
 #[derive(Debug)]
@@ -74,6 +183,8 @@ pub struct MockPlatform {
     pub on_next_wait: Vec<Vec<u8>>,
     /// The raw messages drained from `to_core` at each `notify`, in order.
     pub delivered: Vec<Vec<u8>>,
+    /// The granted device (`None`: `device_info` answers `-ENODEV`).
+    pub device: Option<MockDevice>,
     to_server: Producer<'static>,
     to_core: Consumer<'static>,
 }
@@ -91,6 +202,7 @@ impl MockPlatform {
             drain_on_notify: true,
             on_next_wait: Vec::new(),
             delivered: Vec::new(),
+            device: None,
             to_server: Producer::attach(to_server),
             to_core: Consumer::attach(to_core),
         }
@@ -168,6 +280,14 @@ impl Platform for MockPlatform {
 
     fn log(&mut self, bytes: &[u8]) {
         self.logs.push(String::from_utf8_lossy(bytes).into_owned());
+    }
+
+    fn device_info(&mut self, item: u64) -> i64 {
+        self.device.as_ref().map_or(ENODEV, |device| device.info(item))
+    }
+
+    fn device_write(&mut self, offset: u64, value: u32) -> i64 {
+        self.device.as_mut().map_or(ENODEV, |device| device.write(offset, value))
     }
 
     fn raw_syscall(&mut self, number: u64, arguments: [u64; 5]) -> i64 {

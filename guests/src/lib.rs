@@ -545,6 +545,7 @@ pub mod memhog {
     //! | `passes=N` | write-then-verify passes, each with new contents | [`DEFAULT_PASSES`] |
     //! | `progress_mib=N` | a progress line every N MiB written or verified | [`DEFAULT_PROGRESS_MIB`] |
     //! | `seed=N` | mixed into every page's contents | [`DEFAULT_SEED`] |
+    //! | `settle_ms=N` | sleep first (on the PV timer), so the pager has set up its swap device before memory fills | 0 |
 
     use crate::cmdline;
 
@@ -570,6 +571,8 @@ pub mod memhog {
         pub progress_mib: u64,
         /// Seed of the contents.
         pub seed: u64,
+        /// Sleep before starting, ms.
+        pub settle_ms: u64,
     }
 
     impl Settings {
@@ -583,6 +586,7 @@ pub mod memhog {
                     .unwrap_or(default)
             };
             Self {
+                settle_ms: positive("settle_ms", 0).min(60_000),
                 mib: positive("memhog_mib", DEFAULT_MIB).min(1 << 20),
                 passes: positive("passes", DEFAULT_PASSES),
                 progress_mib: positive("progress_mib", DEFAULT_PROGRESS_MIB),
@@ -601,6 +605,7 @@ pub mod balloon {
     //! |---|---|---|
     //! | `balloon_pages=N` | pages filled (cut to the free RAM above the image) | [`DEFAULT_PAGES`] |
     //! | `drop_every=N` | give back every Nth page (1 = all of them) | [`DEFAULT_DROP_EVERY`] |
+    //! | `pause_ms=N` | sleep between filling and giving back (the pager pages the region out meanwhile) | 0 |
     //! | `seed=N` | mixed into every page's contents | [`DEFAULT_SEED`] |
     //!
     //! At most [`MAX_DROPPED`] pages are given back (one hypercall's list).
@@ -625,6 +630,9 @@ pub mod balloon {
         pub drop_every: u64,
         /// Seed of the contents.
         pub seed: u64,
+        /// Sleep between filling and giving back, ms (so the pager pages
+        /// much of the region out first).
+        pub pause_ms: u64,
     }
 
     impl Settings {
@@ -638,6 +646,7 @@ pub mod balloon {
                     .unwrap_or(default)
             };
             Self {
+                pause_ms: positive("pause_ms", 0).min(60_000),
                 pages: positive("balloon_pages", DEFAULT_PAGES),
                 drop_every: positive("drop_every", DEFAULT_DROP_EVERY),
                 seed: cmdline::value(line, "seed")
@@ -1589,16 +1598,18 @@ mod tests {
                 passes: memhog::DEFAULT_PASSES,
                 progress_mib: memhog::DEFAULT_PROGRESS_MIB,
                 seed: memhog::DEFAULT_SEED,
+                settle_ms: 0,
             }
         );
-        let custom = memhog::Settings::parse("memhog_mib=12 passes=3 progress_mib=2 seed=0x10");
+        let custom = memhog::Settings::parse("memhog_mib=12 passes=3 progress_mib=2 seed=0x10 settle_ms=250");
         assert_eq!(
             custom,
             memhog::Settings {
                 mib: 12,
                 passes: 3,
                 progress_mib: 2,
-                seed: 16
+                seed: 16,
+                settle_ms: 250,
             }
         );
         assert_eq!(memhog::Settings::parse("memhog_mib=0 passes=x"), defaults);

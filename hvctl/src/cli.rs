@@ -26,9 +26,13 @@ commands:
   halt-poll [-d DOM] [--max NS]  show or set the halt-poll max window, global
                                 or per domain (0..1000000000 ns, 0 = off)
   stats [-d DOM] [--histograms]  per vCPU: run time, credit, priority, state,
-                                halt-poll counters (and histograms)
-  mem-set DOM SIZE              a domain's memory target (SIZE like xl: a
-                                number with b, k (default), m, g or t)
+                                halt-poll counters (and histograms); per
+                                domain: paging target, footprint, pages
+                                out/in, evict failures, free swap slots and
+                                the page-in latency histogram (us)
+  mem-set DOM SIZE              set a domain's resident memory target, 2 MiB
+                                up to its memory, in 4 KiB steps (SIZE like
+                                xl: a number with b, k (default), m, g or t)
   kill|hang|garble SERVER       fault injection: scheduler, pager or test
   help                          this text
 

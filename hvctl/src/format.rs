@@ -5,7 +5,8 @@
 
 use ipc::control::{
     self, DomainCredit, DomainHaltPoll, DomainId, DomainInfo, HaltPollGlobal, Histogram,
-    ServerInfo, VcpuState, VcpuStats, HISTOGRAM_BUCKETS,
+    PagingStats, ServerInfo, VcpuState, VcpuStats, HISTOGRAM_BUCKETS, MEMORY_GRANULE_BYTES,
+    PAGE_IN_LATENCY_BUCKETS,
 };
 use ipc::messages::scheduler::Priority;
 
@@ -260,6 +261,90 @@ pub fn stats(domains: &[DomainInfo], per_domain: &[(DomainId, impl AsRef<[VcpuSt
     table.render()
 }
 
+/// `hvctl stats`, after the vCPU table: each domain's paging in two
+/// lines under its name, counts in 4 KiB pages (nothing if no domain has
+/// paging state):
+///
+/// ```text
+///
+/// hello (0):
+///   paging: target 768/4096 pages, resident 768, paged out 3328, dropped 0; out 4200, in 900, evict failures 3, free slots 12000
+///   page-in latency (us): <2:5 2-4:10 64-128:2 >=32768:1
+/// ```
+///
+/// `free slots -`: the pager has not reported yet; `, swap full` ends the
+/// first line while the swap partition is full (eviction stopped).
+pub fn paging(domains: &[DomainInfo], per_domain: &[(DomainId, PagingStats)]) -> String {
+    let mut text = String::new();
+    for (domain, paging) in per_domain {
+        let free_slots = paging
+            .free_slots
+            .map_or_else(|| "-".to_owned(), |slots| slots.to_string());
+        let swap_full = if paging.swap_full { ", swap full" } else { "" };
+        text.push_str(&format!(
+            "\n{} ({domain}):\n  paging: target {}/{} pages, resident {}, paged out {}, dropped {}; \
+             out {}, in {}, evict failures {}, free slots {free_slots}{swap_full}\n  page-in latency (us): {}\n",
+            domain_name(domains, *domain),
+            paging.target_pages,
+            paging.memory_pages,
+            paging.resident_pages,
+            paging.paged_pages,
+            paging.dropped_pages,
+            paging.pages_out,
+            paging.pages_in,
+            paging.evict_failures,
+            latency(&paging.page_in_latency),
+        ));
+    }
+    text
+}
+
+/// A page-in latency histogram on one line: `FROM-TO:COUNT` per bucket that
+/// counted anything, µs (bucket 0 is `<2`, the core's last one is open,
+/// `>=32768`); `none yet` if all are empty.
+pub fn latency(histogram: &Histogram) -> String {
+    let cells: Vec<String> = histogram
+        .buckets
+        .iter()
+        .enumerate()
+        .filter(|(_, &count)| count > 0)
+        .map(|(bucket, count)| {
+            let from = 1u64 << bucket;
+            let range = match bucket {
+                0 => "<2".to_owned(),
+                _ if bucket == PAGE_IN_LATENCY_BUCKETS - 1 => format!(">={from}"),
+                _ => format!("{from}-{}", from << 1),
+            };
+            format!("{range}:{count}")
+        })
+        .collect();
+    if cells.is_empty() {
+        "none yet".to_owned()
+    } else {
+        cells.join(" ")
+    }
+}
+
+/// A memory size for people: whole MiB as `N MiB`, else `N KiB`.
+pub fn memory_size(bytes: u64) -> String {
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
+}
+
+/// `hvctl mem-set`: what the core accepted.
+pub fn mem_set(domain: &str, bytes: u64, memory_mib: u32) -> String {
+    let memory_bytes = u64::from(memory_mib) << 20;
+    format!(
+        "{domain}: memory target set to {} ({} of {} pages)\n",
+        memory_size(bytes),
+        bytes / MEMORY_GRANULE_BYTES,
+        memory_bytes / MEMORY_GRANULE_BYTES
+    )
+}
+
 /// `hvctl stats --histograms`: one vCPU's three histograms, the buckets
 /// that counted anything (all empty: one line saying so).
 pub fn histograms(
@@ -330,6 +415,60 @@ mod tests {
     fn empty_histograms_say_so() {
         let empty = Histogram::default();
         assert!(histograms("d", 0, &empty, &empty, &empty).ends_with("(no halts yet)\n"));
+    }
+
+    #[test]
+    fn paging_shows_two_lines_per_domain() {
+        let mut page_in_latency = Histogram::default();
+        page_in_latency.buckets[0] = 5;
+        page_in_latency.buckets[1] = 10;
+        page_in_latency.buckets[6] = 2;
+        page_in_latency.buckets[PAGE_IN_LATENCY_BUCKETS - 1] = 1;
+        let busy = PagingStats {
+            memory_pages: 4096,
+            target_pages: 768,
+            resident_pages: 768,
+            paged_pages: 3328,
+            dropped_pages: 0,
+            pages_out: 4200,
+            pages_in: 900,
+            evict_failures: 3,
+            free_slots: Some(12000),
+            swap_full: false,
+            page_in_latency,
+        };
+        let idle = PagingStats {
+            memory_pages: 512,
+            target_pages: 512,
+            resident_pages: 500,
+            dropped_pages: 12,
+            free_slots: None,
+            swap_full: true,
+            ..PagingStats::default()
+        };
+        assert_eq!(paging(&[], &[]), "");
+        assert_eq!(
+            paging(&[], &[(0, busy), (3, idle)]),
+            "
+#0 (0):
+  paging: target 768/4096 pages, resident 768, paged out 3328, dropped 0; out 4200, in 900, evict failures 3, free slots 12000
+  page-in latency (us): <2:5 2-4:10 64-128:2 >=32768:1
+
+#3 (3):
+  paging: target 512/512 pages, resident 500, paged out 0, dropped 12; out 0, in 0, evict failures 0, free slots -, swap full
+  page-in latency (us): none yet
+"
+        );
+    }
+
+    #[test]
+    fn memory_sizes_read_as_mib_when_whole() {
+        assert_eq!(memory_size(8 << 20), "8 MiB");
+        assert_eq!(memory_size((2 << 20) + 4096), "2052 KiB");
+        assert_eq!(
+            mem_set("hello", 8 << 20, 16),
+            "hello: memory target set to 8 MiB (2048 of 4096 pages)\n"
+        );
     }
 
     #[test]

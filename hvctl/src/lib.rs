@@ -268,14 +268,23 @@ pub fn execute(action: &Action, core: &mut dyn Core) -> Result<String, Error> {
                 None => domains.iter().collect(),
             };
             let mut per_domain = Vec::new();
+            let mut paging = Vec::new();
             for info in &selected {
                 let command = Command::Stats { domain: info.id };
                 match core.call(command.clone())? {
-                    Reply::Stats { domain, vcpus } => per_domain.push((domain, vcpus)),
+                    Reply::Stats {
+                        domain,
+                        vcpus,
+                        paging: stats,
+                    } => {
+                        per_domain.push((domain, vcpus));
+                        paging.extend(stats.map(|stats| (domain, stats)));
+                    }
                     _ => return Err(unexpected(&command)),
                 }
             }
             let mut text = format::stats(&domains, &per_domain);
+            text.push_str(&format::paging(&domains, &paging));
             if *histograms {
                 for (domain, vcpus) in &per_domain {
                     for vcpu in vcpus {
@@ -313,12 +322,10 @@ pub fn execute(action: &Action, core: &mut dyn Core) -> Result<String, Error> {
             command
                 .validate_in(&shape(&domains))
                 .map_err(Error::Invalid)?;
+            control::check_memory_target(*bytes, u64::from(info.memory_mib) << 20)
+                .map_err(Error::Invalid)?;
             done(core, command)?;
-            Ok(format!(
-                "{}: memory target set to {} KiB\n",
-                info.name,
-                bytes >> 10
-            ))
+            Ok(format::mem_set(&info.name, *bytes, info.memory_mib))
         }
         Action::Fault { fault, server } => {
             let command = match fault {
@@ -414,7 +421,7 @@ mod tests {
     use super::*;
     use ipc::control::{
         DomainHaltPoll, DomainState, Field, HaltPollCounters, HaltPollGlobal, Histogram, Name,
-        Reason, ServerState, VcpuState, VcpuStats,
+        PagingStats, Reason, ServerState, VcpuState, VcpuStats,
     };
     use ipc::messages::scheduler::Priority;
     use ipc::server::ServerKind;
@@ -692,7 +699,57 @@ spinner   1    1024   50
         );
         assert_eq!(text.unwrap(), "hang: done for the scheduler server\n");
         let (text, _) = run("mem-set hello 8m", vec![Ok(listing()), Ok(Reply::Done)]);
-        assert_eq!(text.unwrap(), "hello: memory target set to 8192 KiB\n");
+        assert_eq!(
+            text.unwrap(),
+            "hello: memory target set to 8 MiB (2048 of 4096 pages)\n"
+        );
+    }
+
+    #[test]
+    fn mem_set_checks_the_domains_memory_and_reports_the_cores_answer() {
+        let (text, asked) = run("mem-set spinner 3m", vec![Ok(listing()), Ok(Reply::Done)]);
+        assert_eq!(
+            asked,
+            vec![
+                Command::List,
+                Command::MemSet {
+                    domain: 1,
+                    bytes: 3 << 20
+                }
+            ]
+        );
+        assert_eq!(
+            text.unwrap(),
+            "spinner: memory target set to 3 MiB (768 of 8192 pages)\n"
+        );
+        // More than hello's 16 MiB: refused before anything is sent.
+        let (error, asked) = run("mem-set hello 17m", vec![Ok(listing())]);
+        assert_eq!(asked, vec![Command::List]);
+        assert_eq!(
+            error.unwrap_err(),
+            Error::Invalid(ControlError::InvalidArgument {
+                field: Field::Bytes,
+                reason: Reason::OutOfRange {
+                    value: 17 << 20,
+                    min: control::MEMORY_MIN_BYTES,
+                    max: 16 << 20
+                }
+            })
+        );
+        // The core's refusals come back as they are.
+        let (error, _) = run(
+            "mem-set 0 4m",
+            vec![
+                Ok(listing()),
+                Err(ControlError::NoSuchServer {
+                    server: ServerKind::Pager,
+                }),
+            ],
+        );
+        assert_eq!(
+            error.unwrap_err().to_string(),
+            "refused by the core: the appliance has no pager server"
+        );
     }
 
     #[test]
@@ -754,6 +811,7 @@ spinner   1        0  domain (off)
         let stats = |domain, vcpus: Vec<VcpuStats>| Reply::Stats {
             domain,
             vcpus: vcpus.into_iter().collect(),
+            paging: None,
         };
         let vcpu = VcpuStats {
             index: 0,
@@ -823,6 +881,60 @@ spinner   1     1  blocked      0.000           -  -                0   0       
         assert!(
             text.ends_with("\nhello vCPU 0 halt-poll histograms (count per log2 bucket):\nFrom(ns)  Success  Fail  Wait\n    1024        3     0     0\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn stats_prints_each_domains_paging_after_the_vcpus() {
+        let vcpu = VcpuStats {
+            index: 0,
+            run_time_ns: 2_000_000_000,
+            credit_ns: None,
+            priority: None,
+            parked: false,
+            state: VcpuState::Runnable,
+            halt_poll: HaltPollCounters::default(),
+        };
+        let mut page_in_latency = Histogram::default();
+        page_in_latency.buckets[3] = 40;
+        page_in_latency.buckets[4] = 2;
+        let paging = PagingStats {
+            memory_pages: 4096,
+            target_pages: 1024,
+            resident_pages: 1030,
+            paged_pages: 3000,
+            dropped_pages: 66,
+            pages_out: 3100,
+            pages_in: 100,
+            evict_failures: 1,
+            free_slots: Some(5000),
+            swap_full: false,
+            page_in_latency,
+        };
+        let reply = |domain, paging| Reply::Stats {
+            domain,
+            vcpus: [VcpuStats { index: 0, ..vcpu }].into_iter().collect(),
+            paging,
+        };
+        let (text, _) = run(
+            "stats",
+            vec![
+                Ok(listing()),
+                Ok(reply(0, Some(paging))),
+                Ok(reply(1, None)),
+            ],
+        );
+        assert_eq!(
+            text.unwrap(),
+            "\
+Name     ID  VCPU  State     Time(s)  Credit(us)  Prio  Polls  OK  Invalid  PollOK(us)  PollFail(us)  Wait(us)  Window(ns)
+hello     0     0  runnable    2.000           -  -         0   0        0           0             0         0           0
+spinner   1     0  runnable    2.000           -  -         0   0        0           0             0         0           0
+
+hello (0):
+  paging: target 1024/4096 pages, resident 1030, paged out 3000, dropped 66; out 3100, in 100, evict failures 1, free slots 5000
+  page-in latency (us): 8-16:40 16-32:2
+"
         );
     }
 }

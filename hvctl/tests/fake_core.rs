@@ -15,8 +15,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipc::control::{
-    self, Command, ControlError, DomainCredit, DomainInfo, DomainState, Name, Received, Reply,
-    RequestReceiver, Response, ServerInfo, ServerState, MAX_RESPONSE_FRAME_SIZE,
+    self, Command, ControlError, DomainCredit, DomainInfo, DomainState, HaltPollCounters,
+    Histogram, Name, PagingStats, Received, Reply, RequestReceiver, Response, ServerInfo,
+    ServerState, VcpuState, VcpuStats, MAX_RESPONSE_FRAME_SIZE,
 };
 use ipc::messages::scheduler::Shape;
 use ipc::server::ServerKind;
@@ -93,6 +94,41 @@ fn answer(state: &mut State, command: Command) -> Result<Reply, ControlError> {
             })
         }
         Command::Kill { .. } => Err(ControlError::Unsupported),
+        Command::MemSet { domain, bytes } => {
+            let memory = u64::from(domains()[usize::from(domain)].memory_mib) << 20;
+            control::check_memory_target(bytes, memory)?;
+            Ok(Reply::Done)
+        }
+        // Large numbers everywhere: the frame is close to the largest.
+        Command::Stats { domain } => Ok(Reply::Stats {
+            domain,
+            vcpus: (0..domains()[usize::from(domain)].vcpus)
+                .map(|index| VcpuStats {
+                    index,
+                    run_time_ns: u64::MAX / 2,
+                    credit_ns: Some(i64::MIN),
+                    priority: None,
+                    parked: false,
+                    state: VcpuState::Runnable,
+                    halt_poll: HaltPollCounters::default(),
+                })
+                .collect(),
+            paging: (domain == 1).then(|| PagingStats {
+                memory_pages: 8192,
+                target_pages: 768,
+                resident_pages: 768,
+                paged_pages: u64::MAX,
+                dropped_pages: 0,
+                pages_out: u64::MAX,
+                pages_in: 900,
+                evict_failures: 3,
+                free_slots: Some(u32::MAX),
+                swap_full: true,
+                page_in_latency: Histogram::from_counts(
+                    &[u32::MAX; control::PAGE_IN_LATENCY_BUCKETS],
+                ),
+            }),
+        }),
         _ => Err(ControlError::Busy),
     }
 }
@@ -192,6 +228,47 @@ fn the_library_talks_to_the_fake_core() {
             Command::Kill {
                 server: ServerKind::Scheduler
             },
+        ]
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn mem_set_and_paging_stats_go_through_the_socket() {
+    let path = socket_path();
+    let (server, state) = fake_core(&path, 2);
+    let timeout = Duration::from_secs(5);
+    let set = hvctl::run_words(&path, &words("mem-set spinner 3m"), timeout).unwrap();
+    assert_eq!(
+        set,
+        "spinner: memory target set to 3 MiB (768 of 8192 pages)\n"
+    );
+    let stats = hvctl::run_words(&path, &words("stats -d spinner"), timeout).unwrap();
+    let paging = stats.split_once("\n\n").map(|(_, paging)| paging);
+    assert_eq!(
+        paging,
+        Some(
+            "spinner (1):\n  paging: target 768/8192 pages, resident 768, paged out 18446744073709551615, \
+             dropped 0; out 18446744073709551615, in 900, evict failures 3, free slots 4294967295, swap full\n  \
+             page-in latency (us): <2:4294967295 2-4:4294967295 4-8:4294967295 8-16:4294967295 \
+             16-32:4294967295 32-64:4294967295 64-128:4294967295 128-256:4294967295 256-512:4294967295 \
+             512-1024:4294967295 1024-2048:4294967295 2048-4096:4294967295 4096-8192:4294967295 \
+             8192-16384:4294967295 16384-32768:4294967295 >=32768:4294967295\n"
+        ),
+        "{stats}"
+    );
+    server.join().unwrap();
+    let requests = state.lock().unwrap().requests.clone();
+    assert_eq!(
+        requests,
+        vec![
+            Command::List,
+            Command::MemSet {
+                domain: 1,
+                bytes: 3 << 20
+            },
+            Command::List,
+            Command::Stats { domain: 1 },
         ]
     );
     let _ = std::fs::remove_file(&path);

@@ -41,6 +41,7 @@ pub mod frame;
 pub mod frame_state;
 pub mod guest_memory;
 pub mod halt_poll;
+pub mod injector;
 pub mod instruction;
 pub mod lapic;
 pub mod msr;

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 /// First eight bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"CAIRNBDL";
 /// Version of the bundle layout and manifest encoding; bumped on any change.
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 8;
 /// Size of the fixed header in front of the manifest.
 pub const HEADER_SIZE: usize = 16;
 /// Images start on this boundary.
@@ -72,7 +72,30 @@ pub struct Machine {
     /// Stop the machine this many ms after boot, reporting every domain's
     /// CPU time (0 = run until the domains end).
     pub stop_after_ms: u32,
+    /// A seeded fault-injection campaign the core runs against its servers
+    /// (the appliance's `[faults]` table), if any.
+    pub faults: Option<FaultPlan>,
 }
+
+/// A seeded fault-injection campaign (issue #6): the core's injector kills
+/// the named servers `kills` times, at points drawn from `seed` (at the N-th
+/// message of a server, in the middle of an eviction, in the middle of a
+/// page-in). The same seed against the same events gives the same kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultPlan {
+    /// Seed of the injector's PRNG.
+    pub seed: u64,
+    /// Kills to make, 1..=[`MAX_FAULT_KILLS`].
+    pub kills: u32,
+    /// Which servers may be killed: bit `1 << kind` per
+    /// [`crate::server::ServerKind`] (only the scheduler and the pager).
+    pub servers: u8,
+    /// Mean time between kills, ms (1..=60000).
+    pub interval_ms: u32,
+}
+
+/// Most kills one campaign may ask for.
+pub const MAX_FAULT_KILLS: u32 = 100_000;
 
 /// One `[[domain]]` table of the appliance file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -436,7 +459,7 @@ mod tests {
 
     fn manifest(domains: &[DomainSpec]) -> Manifest {
         Manifest {
-            machine: Machine { cpus: 1, memory_mib: 256, stop_after_ms: 0 },
+            machine: Machine { cpus: 1, memory_mib: 256, stop_after_ms: 0, faults: None },
             domains: domains.iter().cloned().collect(),
             servers: Vec::new(),
             mode: RunMode::Normal,

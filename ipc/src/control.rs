@@ -66,8 +66,10 @@
 //!   [`ControlError::ServerUnavailable`] if it is down, restarts, or does
 //!   not answer in time; a request that arrives meanwhile gets
 //!   [`ControlError::Busy`]. `HaltPollSet` changes the core's own
-//!   parameters. Commands not implemented yet get
-//!   [`ControlError::Unsupported`].
+//!   parameters. `MemSet` sets the domain's resident target in the core,
+//!   passes it to the pager server (`Domain`, which applies it whenever it
+//!   runs) and is answered [`Reply::Done`] at once. Commands not
+//!   implemented yet get [`ControlError::Unsupported`].
 //! * The response is encoded with [`encode_response`] into a buffer of
 //!   [`MAX_RESPONSE_FRAME_SIZE`] bytes and sent from a non-hot path, a few
 //!   bytes per visit; while a response is being sent, no request is read.
@@ -87,6 +89,7 @@
 //! | tslice_ms | 1..=1000 | `XEN_SYSCTL_CSCHED_TSLICE_{MIN,MAX}`, libxl `sched_credit_params_set` |
 //! | ratelimit_us | 0 (off) or 100..=500000, and ≤ tslice | `XEN_SYSCTL_SCHED_RATELIMIT_{MIN,MAX}`, libxl `sched_ratelimit_check` |
 //! | halt-poll max_ns | 0 (off)..=1 s | see [`HALT_POLL_MAX_NS`] |
+//! | memory target, bytes | multiple of 4 KiB in 2 MiB..=the domain's memory | [`check_memory_target`]; 2 MiB is the pager's default floor (issue #5 §5) |
 //!
 //! The scheduler ranges are the constants of
 //! [`messages::scheduler`](crate::messages::scheduler), which the scheduler
@@ -96,7 +99,9 @@
 //!
 //! postcard encodes an enum variant by its index, so commands, replies and
 //! errors are only ever appended, and an existing variant's fields never
-//! change. `hvctl` and the core are built from one workspace.
+//! change, with one exception: issue #5 appended `paging` to
+//! [`Reply::Stats`] (a pre-#5 `hvctl` cannot read a new core's `Stats`).
+//! `hvctl` and the core are built from one workspace.
 //!
 //! Not here: the COM2 driver and the dispatch (the core), the socket and
 //! the tables (`hvctl`).
@@ -262,14 +267,17 @@ pub enum Command {
         /// The vCPU's index in the domain.
         vcpu: u8,
     },
-    /// `hvctl mem-set DOM SIZE`: the domain's memory target (issue #5; the
-    /// core answers [`ControlError::Unsupported`] until then; [`Reply::Done`]).
+    /// `hvctl mem-set DOM SIZE`: the domain's resident memory target
+    /// (issue #5): the core records it and passes it to the pager server,
+    /// which pages out or back in toward it ([`Reply::Done`]; the effect
+    /// shows in [`PagingStats`]). [`ControlError::NoSuchServer`] if the
+    /// appliance has no pager.
     MemSet {
         /// The domain.
         domain: DomainId,
         /// The target, bytes: a multiple of [`MEMORY_GRANULE_BYTES`] in
         /// [`MEMORY_MIN_BYTES`]`..=`[`MEMORY_MAX_BYTES`], and at most the
-        /// domain's memory.
+        /// domain's memory ([`check_memory_target`]).
         bytes: u64,
     },
     /// `hvctl kill SERVER`: stop that server; the core restarts it
@@ -403,19 +411,7 @@ impl Command {
             Self::HaltPollHistograms { vcpu, .. } => {
                 check_range(Field::Vcpu, vcpu.into(), 0, MAX_VCPUS as u64 - 1)
             }
-            Self::MemSet { bytes, .. } => {
-                check_range(Field::Bytes, bytes, MEMORY_MIN_BYTES, MEMORY_MAX_BYTES)?;
-                if bytes % MEMORY_GRANULE_BYTES != 0 {
-                    return Err(invalid(
-                        Field::Bytes,
-                        Reason::NotMultipleOf {
-                            value: bytes,
-                            unit: MEMORY_GRANULE_BYTES,
-                        },
-                    ));
-                }
-                Ok(())
-            }
+            Self::MemSet { bytes, .. } => check_memory_bytes(bytes),
         }
     }
 
@@ -459,6 +455,41 @@ fn check_range(field: Field, value: u64, min: u64, max: u64) -> Result<(), Contr
     } else {
         Err(invalid(field, Reason::OutOfRange { value, min, max }))
     }
+}
+
+fn check_memory_bytes(bytes: u64) -> Result<(), ControlError> {
+    check_range(Field::Bytes, bytes, MEMORY_MIN_BYTES, MEMORY_MAX_BYTES)?;
+    if !bytes.is_multiple_of(MEMORY_GRANULE_BYTES) {
+        return Err(invalid(
+            Field::Bytes,
+            Reason::NotMultipleOf {
+                value: bytes,
+                unit: MEMORY_GRANULE_BYTES,
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a memory target of `bytes` for a domain of `memory_bytes`: what
+/// [`Command::validate`] checks (a multiple of [`MEMORY_GRANULE_BYTES`] in
+/// [`MEMORY_MIN_BYTES`]`..=`[`MEMORY_MAX_BYTES`]), then that it is at most
+/// the domain's memory (else [`Reason::OutOfRange`] up to `memory_bytes`).
+/// Returns the target in 4 KiB pages. The core runs it before it acts on
+/// a `MemSet`, `hvctl` before it sends one.
+pub fn check_memory_target(bytes: u64, memory_bytes: u64) -> Result<u64, ControlError> {
+    check_memory_bytes(bytes)?;
+    if bytes > memory_bytes {
+        return Err(invalid(
+            Field::Bytes,
+            Reason::OutOfRange {
+                value: bytes,
+                min: MEMORY_MIN_BYTES,
+                max: memory_bytes,
+            },
+        ));
+    }
+    Ok(bytes / MEMORY_GRANULE_BYTES)
 }
 
 fn check_weight(weight: u32) -> Result<(), ControlError> {
@@ -575,6 +606,9 @@ pub enum Reply {
         domain: DomainId,
         /// Its vCPUs, by index.
         vcpus: Vec<VcpuStats, MAX_VCPUS>,
+        /// Its paging (issue #5); `None` if the core keeps no paging state
+        /// for it (a domain that failed to build).
+        paging: Option<PagingStats>,
     },
     /// To [`Command::HaltPollHistograms`].
     HaltPollHistograms {
@@ -596,7 +630,7 @@ pub enum Reply {
 }
 
 impl Reply {
-    /// Largest encoding (`List`).
+    /// Largest encoding (`Stats` with 8 vCPUs and paging).
     pub const MAX_ENCODED_SIZE: usize = size::VARIANT
         + largest(&[
             size::collection(MAX_DOMAINS, DomainInfo::MAX_ENCODED_SIZE)
@@ -605,7 +639,9 @@ impl Reply {
             size::U32 + size::U32,
             HaltPollGlobal::MAX_ENCODED_SIZE
                 + size::collection(MAX_DOMAINS, DomainHaltPoll::MAX_ENCODED_SIZE),
-            DOMAIN_SIZE + size::collection(MAX_VCPUS, VcpuStats::MAX_ENCODED_SIZE),
+            DOMAIN_SIZE
+                + size::collection(MAX_VCPUS, VcpuStats::MAX_ENCODED_SIZE)
+                + size::option(PagingStats::MAX_ENCODED_SIZE),
             DOMAIN_SIZE + size::U8 + 3 * Histogram::MAX_ENCODED_SIZE,
             0,
         ]);
@@ -855,6 +891,69 @@ pub struct Histogram {
 impl Histogram {
     /// Largest encoding (a fixed-size array has no length prefix).
     pub const MAX_ENCODED_SIZE: usize = HISTOGRAM_BUCKETS * size::U32;
+
+    /// The histogram whose first buckets hold `counts` (the rest 0); counts
+    /// beyond [`HISTOGRAM_BUCKETS`] are added to the last bucket, which
+    /// counts everything above anyway.
+    pub fn from_counts(counts: &[u32]) -> Self {
+        let mut histogram = Self::default();
+        for (index, &count) in counts.iter().enumerate() {
+            let bucket = &mut histogram.buckets[index.min(HISTOGRAM_BUCKETS - 1)];
+            *bucket = bucket.saturating_add(count);
+        }
+        histogram
+    }
+}
+
+/// Buckets of [`PagingStats::page_in_latency`] the core fills (the pager
+/// protocol's [`LATENCY_BUCKETS`](crate::messages::pager::LATENCY_BUCKETS)):
+/// bucket `i` counts page-ins that took `[2^i, 2^(i+1))` µs, bucket 0 also
+/// those under 1 µs, and bucket `PAGE_IN_LATENCY_BUCKETS - 1` (32.768 ms)
+/// everything longer; the buckets above it stay 0.
+pub const PAGE_IN_LATENCY_BUCKETS: usize = crate::messages::pager::LATENCY_BUCKETS;
+const _: () = assert!(PAGE_IN_LATENCY_BUCKETS <= HISTOGRAM_BUCKETS);
+
+/// One domain's paging in [`Reply::Stats`] (issue #5 §4), from the core's
+/// own counters: they survive a pager restart. Pages are 4 KiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PagingStats {
+    /// The domain's memory, pages.
+    pub memory_pages: u64,
+    /// The resident target in force, pages (`memory_pages`: no paging);
+    /// set by `memory_target` in the appliance or `hvctl mem-set`.
+    pub target_pages: u64,
+    /// The current footprint: frames backed by host memory, pages (resident
+    /// RAM, including frames being paged out).
+    pub resident_pages: u64,
+    /// Frames paged out to the swap device (including frames being paged
+    /// back in), pages.
+    pub paged_pages: u64,
+    /// Frames the guest gave back (`XENMEM_decrease_reservation`) and has
+    /// not touched since, pages: neither resident nor in swap.
+    pub dropped_pages: u64,
+    /// Evictions completed since boot (frames written to swap and freed).
+    pub pages_out: u64,
+    /// Page-ins completed since boot (frames loaded back from swap).
+    pub pages_in: u64,
+    /// Nominations that did not end in an eviction: the guest wrote the
+    /// frame meanwhile, the device was full or failed, or the pager died.
+    pub evict_failures: u64,
+    /// Free slots of the domain's swap partition, as the pager last
+    /// reported; `None` until it has.
+    pub free_slots: Option<u32>,
+    /// The pager reported the swap partition full and eviction has stopped
+    /// (until a slot is freed).
+    pub swap_full: bool,
+    /// Page-in latency, from the faulting access to the frame being back,
+    /// measured by the core: a log2 histogram of microseconds, bucket `i` =
+    /// `[2^i, 2^(i+1))` µs (see [`PAGE_IN_LATENCY_BUCKETS`]).
+    pub page_in_latency: Histogram,
+}
+
+impl PagingStats {
+    /// Largest encoding.
+    pub const MAX_ENCODED_SIZE: usize =
+        8 * size::U64 + size::option(size::U32) + size::U8 + Histogram::MAX_ENCODED_SIZE;
 }
 
 /// The argument an [`ControlError::InvalidArgument`] is about, named as
@@ -1467,6 +1566,30 @@ mod tests {
         any::<[u32; HISTOGRAM_BUCKETS]>().prop_map(|buckets| Histogram { buckets })
     }
 
+    fn paging_stats() -> impl Strategy<Value = PagingStats> {
+        (
+            any::<[u64; 8]>(),
+            any::<Option<u32>>(),
+            any::<bool>(),
+            histogram(),
+        )
+            .prop_map(
+                |(counts, free_slots, swap_full, page_in_latency)| PagingStats {
+                    memory_pages: counts[0],
+                    target_pages: counts[1],
+                    resident_pages: counts[2],
+                    paged_pages: counts[3],
+                    dropped_pages: counts[4],
+                    pages_out: counts[5],
+                    pages_in: counts[6],
+                    evict_failures: counts[7],
+                    free_slots,
+                    swap_full,
+                    page_in_latency,
+                },
+            )
+    }
+
     fn heapless_vec<T: core::fmt::Debug, const N: usize>(
         element: impl Strategy<Value = T>,
     ) -> impl Strategy<Value = Vec<T, N>> {
@@ -1541,8 +1664,16 @@ mod tests {
             }),
             (global, heapless_vec(domain_poll))
                 .prop_map(|(global, domains)| Reply::HaltPoll { global, domains }),
-            (any::<u16>(), heapless_vec(vcpu_stats()))
-                .prop_map(|(domain, vcpus)| Reply::Stats { domain, vcpus }),
+            (
+                any::<u16>(),
+                heapless_vec(vcpu_stats()),
+                proptest::option::of(paging_stats())
+            )
+                .prop_map(|(domain, vcpus, paging)| Reply::Stats {
+                    domain,
+                    vcpus,
+                    paging
+                }),
             (
                 any::<u16>(),
                 any::<u8>(),
@@ -1679,8 +1810,14 @@ mod tests {
         assert_eq!(MAX_REQUEST_FRAME_SIZE, 23);
         assert_eq!(DomainInfo::MAX_ENCODED_SIZE, 43);
         assert_eq!(VcpuStats::MAX_ENCODED_SIZE, 97);
-        assert_eq!(Reply::MAX_ENCODED_SIZE, 1 + 1 + 16 * 43 + 1 + 4 * 45);
-        assert_eq!(MAX_RESPONSE_FRAME_SIZE, 882);
+        assert_eq!(Histogram::MAX_ENCODED_SIZE, 32 * 5);
+        assert_eq!(PagingStats::MAX_ENCODED_SIZE, 8 * 10 + 1 + 5 + 1 + 160);
+        // Stats (8 vCPUs and paging) is now the largest reply, ahead of
+        // List (1 + 1 + 16 * 43 + 1 + 4 * 45 = 871).
+        assert_eq!(Reply::MAX_ENCODED_SIZE, 1 + 3 + 1 + 8 * 97 + 1 + 247);
+        assert_eq!(Response::MAX_ENCODED_SIZE, 5 + 1 + 1029);
+        assert_eq!(MAX_RESPONSE_FRAME_SIZE, 1041);
+        const { assert!(MAX_RESPONSE_FRAME_SIZE <= RESPONSE_FRAME_LIMIT) };
     }
 
     #[test]
@@ -1721,7 +1858,11 @@ mod tests {
         };
         assert_eq!(
             postcard::to_allocvec(&response).unwrap().len(),
-            Response::MAX_ENCODED_SIZE
+            size::U32
+                + size::VARIANT
+                + size::VARIANT
+                + size::collection(MAX_DOMAINS, DomainInfo::MAX_ENCODED_SIZE)
+                + size::collection(MAX_SERVERS, ServerInfo::MAX_ENCODED_SIZE)
         );
         let mut buffer = [0u8; MAX_RESPONSE_FRAME_SIZE];
         assert!(encode_response(&response, &mut buffer).is_ok());
@@ -1753,6 +1894,38 @@ mod tests {
             postcard::to_allocvec(&histogram).unwrap().len(),
             Histogram::MAX_ENCODED_SIZE
         );
+        let paging = PagingStats {
+            memory_pages: u64::MAX,
+            target_pages: u64::MAX,
+            resident_pages: u64::MAX,
+            paged_pages: u64::MAX,
+            dropped_pages: u64::MAX,
+            pages_out: u64::MAX,
+            pages_in: u64::MAX,
+            evict_failures: u64::MAX,
+            free_slots: Some(u32::MAX),
+            swap_full: true,
+            page_in_latency: histogram,
+        };
+        assert_eq!(
+            postcard::to_allocvec(&paging).unwrap().len(),
+            PagingStats::MAX_ENCODED_SIZE
+        );
+        // The largest response: one domain's 8 vCPUs and its paging.
+        let response = Response {
+            id: u32::MAX,
+            result: Ok(Reply::Stats {
+                domain: u16::MAX,
+                vcpus: core::iter::repeat_n(stats, MAX_VCPUS).collect(),
+                paging: Some(paging),
+            }),
+        };
+        assert_eq!(
+            postcard::to_allocvec(&response).unwrap().len(),
+            Response::MAX_ENCODED_SIZE
+        );
+        let length = encode_response(&response, &mut buffer).unwrap();
+        assert!(length <= MAX_RESPONSE_FRAME_SIZE);
         let error = ControlError::InvalidArgument {
             field: Field::Bytes,
             reason: Reason::OutOfRange {
@@ -1980,6 +2153,55 @@ mod tests {
                 }
             }
         );
+    }
+
+    #[test]
+    fn a_memory_target_is_checked_against_the_domains_memory() {
+        let memory = 16 * MIB;
+        assert_eq!(check_memory_target(memory, memory), Ok(4096));
+        assert_eq!(check_memory_target(MEMORY_MIN_BYTES, memory), Ok(512));
+        let error = check_memory_target(memory + 4096, memory).unwrap_err();
+        assert_eq!(
+            error,
+            out_of_range(Field::Bytes, memory + 4096, MEMORY_MIN_BYTES, memory)
+        );
+        assert_eq!(
+            error.to_string(),
+            "memory bytes 16781312 is out of range 2097152..=16777216"
+        );
+        // What `validate` refuses comes first, with its own bounds.
+        assert_eq!(
+            check_memory_target(MEMORY_MIN_BYTES - 4096, memory),
+            Err(out_of_range(
+                Field::Bytes,
+                MEMORY_MIN_BYTES - 4096,
+                MEMORY_MIN_BYTES,
+                MEMORY_MAX_BYTES
+            ))
+        );
+        assert!(matches!(
+            check_memory_target(MEMORY_MIN_BYTES + 1, memory),
+            Err(ControlError::InvalidArgument {
+                reason: Reason::NotMultipleOf { .. },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_short_histogram_fills_the_first_buckets() {
+        let mut counts = [0u32; PAGE_IN_LATENCY_BUCKETS];
+        counts[0] = 5;
+        counts[PAGE_IN_LATENCY_BUCKETS - 1] = 2;
+        let histogram = Histogram::from_counts(&counts);
+        assert_eq!(histogram.buckets[0], 5);
+        assert_eq!(histogram.buckets[PAGE_IN_LATENCY_BUCKETS - 1], 2);
+        assert_eq!(histogram.buckets.iter().sum::<u32>(), 7);
+        // Longer input folds into the last bucket, saturating.
+        let long = [u32::MAX; HISTOGRAM_BUCKETS + 2];
+        let histogram = Histogram::from_counts(&long);
+        assert_eq!(histogram.buckets[HISTOGRAM_BUCKETS - 1], u32::MAX);
+        assert_eq!(histogram.buckets[0], u32::MAX);
     }
 
     #[test]

@@ -176,15 +176,27 @@ fn decode_scheduler_protocol_survives_random_and_mutated_input() {
 }
 
 fn valid_pager_messages() -> Vec<Vec<u8>> {
+    use ipc::messages::pager::{EvictFailure, LoadFailure, LATENCY_BUCKETS};
     use ipc::messages::{encode, pager::ToCore, Envelope};
-    [ToCore::Ready, ToCore::Heartbeat { count: 7 }, ToCore::Target { domain: 1, accepted: true, floor_pages: 512 }]
-        .into_iter()
-        .map(|message| {
-            let mut buffer = [0u8; 64];
-            let length = encode(&Envelope::new(fuzzing::GENERATION, message), &mut buffer).unwrap();
-            buffer[..length].to_vec()
-        })
-        .collect()
+    [
+        ToCore::Ready,
+        ToCore::Heartbeat { count: 7 },
+        ToCore::Target { domain: 1, accepted: true, floor_pages: 512 },
+        ToCore::Partition { domain: 0, slots: 4000 },
+        ToCore::Nominate { domain: 0, gfn: 0x800, buffer: 5 },
+        ToCore::Evict { domain: 0, gfn: 0x800, slot: 17 },
+        ToCore::EvictFailed { domain: 0, gfn: 0x801, reason: EvictFailure::DeviceFull },
+        ToCore::Load { domain: 0, gfn: 0x800, slot: 17, buffer: 9 },
+        ToCore::LoadFailed { domain: 0, gfn: 0x802, reason: LoadFailure::BadChecksum },
+        ToCore::Stats { domain: 0, free_slots: 3, evict_failures: 1, latency: [2; LATENCY_BUCKETS] },
+    ]
+    .into_iter()
+    .filter_map(|message| {
+        let mut buffer = [0u8; 256];
+        let length = encode(&Envelope::new(fuzzing::GENERATION, message), &mut buffer).ok()?;
+        Some(buffer[..length].to_vec())
+    })
+    .collect()
 }
 
 #[test]

@@ -606,6 +606,27 @@ impl<'a> SlotTable<'a> {
         Ok(Self { blocks, header })
     }
 
+    /// A table read back from the device, repairing instead of refusing: a
+    /// block that fails its checks (checksum, format id, index) is reported
+    /// to `on_bad` and replaced by an empty sealed block, so one damaged
+    /// block costs only the pages recorded in it (their page-ins then fail
+    /// verification) instead of the whole table.
+    pub fn load_repairing(
+        blocks: &'a mut [[u8; BLOCK_SIZE]],
+        header: SwapHeader,
+        mut on_bad: impl FnMut(u32, TableError),
+    ) -> Result<Self, TableError> {
+        let blocks = Self::storage(blocks, header)?;
+        for (index, block) in blocks.iter_mut().enumerate() {
+            if let Err(error) = check_block(block, index as u32, header.format_id()) {
+                on_bad(index as u32, error);
+                block.fill(0);
+                seal_block(block, index as u32, header.format_id());
+            }
+        }
+        Ok(Self { blocks, header })
+    }
+
     /// The header this table belongs to.
     pub const fn header(&self) -> SwapHeader {
         self.header

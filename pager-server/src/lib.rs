@@ -19,6 +19,13 @@
 //! * [`target`]: memory-target validation, the eviction deficit, and
 //!   [`target::next_work`], which always serves page-ins before page-outs.
 //! * [`stats`]: the counters and the page-in latency histogram of `hvctl stats`.
+//! * [`virtio`]: the user-level virtio-blk driver (virtio-mmio version 2,
+//!   one polled split queue) over a [`virtio::Transport`].
+//! * [`engine`]: the paging engine that drives the pager protocol over the
+//!   driver: device bring-up, format or table load, rebuild from the core's
+//!   map, page-ins first, bounded eviction batches.
+//! * [`server`]: the [`components::Handler`] that adapts the engine to the
+//!   runtime (the `Context` is the engine's port and transport).
 //!
 //! ## Principles
 //!
@@ -34,19 +41,24 @@
 //! * **Never silently wrong data.** Every page carries a CRC-32C and its owner
 //!   in the slot table; a page-in that reads anything else fails with a named
 //!   [`disk::PageInError`], and the waiting domain is stopped with that reason.
-//! * **Pure.** No I/O, no syscalls, no heap: big tables are caller-provided
-//!   slices, so everything here runs and is tested on the host.
+//! * **Pure.** No syscalls and no heap here: the engine and the driver reach
+//!   the core and the device only through traits, and big tables are
+//!   caller-provided slices, so everything runs and is tested on the host
+//!   (against a fake virtio-blk device and a simulated core).
 //!
 //! ## Not in this crate
 //!
-//! The ring-3 `main.rs` (IPC with the core, the run loop), the virtio-blk
-//! user-level driver, the wire messages (they belong in `ipc`), and the
-//! core's mechanism itself (nested page tables, vCPU wait queues, mappings).
+//! The run loop and the syscalls (`components`), the wire messages (they
+//! belong in `ipc`), and the core's mechanism itself (nested page tables,
+//! vCPU wait queues, the DMA checks).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
 pub mod bitmap;
 pub mod disk;
+pub mod engine;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod frame;
 pub mod policy;
 pub mod recovery;
@@ -54,6 +66,7 @@ pub mod server;
 pub mod slots;
 pub mod stats;
 pub mod target;
+pub mod virtio;
 
 use core::fmt;
 

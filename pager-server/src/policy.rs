@@ -302,6 +302,14 @@ impl<'a> VictimPolicy<'a> {
         chosen
     }
 
+    /// Makes every frame refused earlier a candidate again now, instead of
+    /// after `retry_after_empty_scans` empty scans (for a caller that scans
+    /// rarely and must not stall with work left).
+    pub fn forget_tried(&mut self) {
+        self.tried.clear_all();
+        self.empty_scans = 0;
+    }
+
     /// A victim was not used after all (e.g. no free slot): it becomes a
     /// candidate again.
     pub fn release(&mut self, gfn: Gfn) {

@@ -1,69 +1,179 @@
-//! The pager as a server: the [`components::Handler`] that turns the core's
-//! messages into calls on the policy library and answers.
+//! The pager as a server: the [`components::Handler`] around the paging
+//! [`Engine`]. It only adapts: the engine's [`Port`] and [`Transport`] are
+//! the [`Context`] (messages, log, clock, the device grant), and the
+//! engine's wish for its next run becomes the run loop's timeout:
 //!
-//! Today it learns each domain's size and resident target (the core sends
-//! them at every start, so a restarted pager relearns them) and validates the
-//! target against [`TargetLimits`]; paging itself (evict, page-in over the
-//! block device) arrives with the rest of issue #5's protocol.
+//! * after messages that made work ready: at once, after the batch;
+//! * while device requests are in flight: [`Context::poll_after`] the
+//!   engine's poll interval (5 µs after a completion, doubling to 500 µs
+//!   while nothing completes), so the pager waits in the core (guests run,
+//!   and a message from the core ends the wait) instead of spinning;
+//! * otherwise: the next heartbeat (100 ms), when `Heartbeat` and one
+//!   `Stats` per domain are sent.
+//!
+//! Storage: the engine's tables live in `static`s taken once
+//! ([`components::StaticCell`]), zero-filled by the core at every start:
+//! [`ARENA_WORDS`] words of bitmaps and MRU rings, [`ARENA_HALVES`] `u32`s
+//! of gfn → slot mirrors and slot stacks, and [`TABLE_BLOCKS`] cached slot
+//! table blocks, which bound the swap slots used to `255 ×` [`TABLE_BLOCKS`]
+//! (a larger device is formatted with that many slots).
 
-use components::{Context, Handler, LogLine};
-use heapless::Vec;
+use components::{Context, DeviceError, Handler, LogLine};
 use ipc::messages::pager::{ToCore, ToServer};
 
-use crate::target::TargetLimits;
+#[cfg(target_os = "none")]
+use crate::disk::BLOCK_SIZE;
+use crate::engine::{Engine, NextWake, Port, Storage};
+use crate::virtio::Transport;
 
-/// Heartbeat period, ns.
-pub const HEARTBEAT_INTERVAL_NS: u64 = 100_000_000;
-/// Most domains the pager tracks.
-pub const MAX_DOMAINS: usize = ipc::boot::MAX_DOMAINS;
+pub use crate::engine::{HEARTBEAT_INTERVAL_NS, MAX_DOMAINS};
 
-/// One domain as the pager knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DomainRecord {
-    /// The domain's id.
-    pub domain: u16,
-    /// Its limits.
-    pub limits: TargetLimits,
-    /// The accepted target, pages (`None` if the last one was refused).
-    pub target_pages: Option<u64>,
-}
+/// Words of the engine's `u64` arena.
+pub const ARENA_WORDS: usize = 64 * 1024;
+/// Entries of the engine's `u32` arena.
+pub const ARENA_HALVES: usize = 96 * 1024;
+/// Cached slot-table blocks (32895 slots, 128 MiB of swap).
+pub const TABLE_BLOCKS: usize = 129;
+/// Exit code when the engine asks for a restart.
+pub const EXIT_RESTART: u64 = 1;
 
-/// The pager server's state.
-#[derive(Debug, Default)]
+#[cfg(target_os = "none")]
+static WORDS: components::StaticCell<[u64; ARENA_WORDS]> =
+    components::StaticCell::new([0; ARENA_WORDS]);
+#[cfg(target_os = "none")]
+static HALVES: components::StaticCell<[u32; ARENA_HALVES]> =
+    components::StaticCell::new([0; ARENA_HALVES]);
+#[cfg(target_os = "none")]
+static TABLE: components::StaticCell<[[u8; BLOCK_SIZE]; TABLE_BLOCKS]> =
+    components::StaticCell::new([[0; BLOCK_SIZE]; TABLE_BLOCKS]);
+
+/// The pager server. The engine (some 13 KiB) lives in a `static` too, not
+/// on the 64 KiB server stack.
+#[derive(Debug)]
 pub struct PagerServer {
-    domains: Vec<DomainRecord, MAX_DOMAINS>,
-    heartbeats: u64,
-    next_heartbeat: u64,
+    engine: &'static mut Engine,
 }
+
+#[cfg(target_os = "none")]
+static ENGINE: components::StaticCell<Option<Engine>> = components::StaticCell::new(None);
 
 impl PagerServer {
-    /// A pager that knows no domain yet.
+    /// The pager over its static storage: the server binary's constructor,
+    /// called once per instance (the core starts each from a fresh image).
+    #[cfg(target_os = "none")]
+    // Not `Default`: it takes the statics, once.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
-        Self::default()
+        let storage = Storage {
+            words: WORDS.take().map_or(&mut [][..], |words| &mut words[..]),
+            halves: HALVES.take().map_or(&mut [][..], |halves| &mut halves[..]),
+            table: TABLE.take().map_or(&mut [][..], |table| &mut table[..]),
+        };
+        let slot = ENGINE
+            .take()
+            .unwrap_or_else(|| panic!("the pager is constructed once per instance"));
+        Self::with_storage(storage, slot)
     }
 
-    /// The domains learnt so far.
-    pub fn domains(&self) -> &[DomainRecord] {
-        &self.domains
+    /// The pager over `storage`, its engine kept in `slot`.
+    pub fn with_storage(storage: Storage, slot: &'static mut Option<Engine>) -> Self {
+        let engine = slot.insert(Engine::new(storage));
+        Self { engine }
     }
 
-    fn learn(&mut self, domain: u16, memory_pages: u64, target_pages: u64) -> (bool, u64, Option<&'static str>) {
-        let limits = TargetLimits::new(memory_pages, 0);
-        let verdict = limits.validate(target_pages);
-        let record = DomainRecord { domain, limits, target_pages: verdict.ok().map(|target| target.pages()) };
-        match self.domains.iter_mut().find(|known| known.domain == domain) {
-            Some(known) => *known = record,
-            None => {
-                if self.domains.push(record).is_err() {
-                    return (false, limits.floor_pages(), Some("too many domains"));
-                }
-            }
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        self.engine
+    }
+
+    fn schedule(&self, context: &mut Context<'_, ToCore>) {
+        let now = context.now();
+        match self.engine.next_wake(now) {
+            NextWake::Now => context.wake_at(now),
+            NextWake::Poll(nanoseconds) => context.poll_after(nanoseconds),
+            NextWake::At(deadline) => context.wake_at(deadline),
         }
-        let reason = verdict.err().map(|error| match error {
-            crate::target::TargetError::AboveMemory { .. } => "larger than the domain's memory",
-            crate::target::TargetError::BelowFloor { .. } => "below the floor",
-        });
-        (reason.is_none(), limits.floor_pages(), reason)
+    }
+}
+
+/// The engine's view of the [`Context`].
+struct ContextPort<'c, 'a> {
+    context: &'c mut Context<'a, ToCore>,
+    dma_bus: u64,
+    dma_pages: u64,
+}
+
+impl<'c, 'a> ContextPort<'c, 'a> {
+    fn new(context: &'c mut Context<'a, ToCore>) -> Self {
+        let (dma_bus, dma_pages) = context
+            .device()
+            .map_or((0, 0), |device| (device.dma_bus(), device.dma_pages()));
+        Self {
+            context,
+            dma_bus,
+            dma_pages,
+        }
+    }
+}
+
+impl Port for ContextPort<'_, '_> {
+    fn send(&mut self, message: ToCore) -> bool {
+        self.context.send(message).is_ok()
+    }
+
+    fn log(&mut self, line: &LogLine) {
+        self.context.log_line(line);
+    }
+
+    fn now(&mut self) -> u64 {
+        self.context.now()
+    }
+
+    fn restart(&mut self, reason: &str) {
+        self.context.log(reason);
+        self.context.stop(EXIT_RESTART);
+    }
+}
+
+impl Transport for ContextPort<'_, '_> {
+    fn read32(&mut self, offset: u64) -> Result<u32, DeviceError> {
+        self.context.device()?.read32(offset)
+    }
+    fn write32(&mut self, offset: u64, value: u32) -> Result<(), DeviceError> {
+        self.context.device()?.write32(offset, value)
+    }
+    fn dma_bus(&self) -> u64 {
+        self.dma_bus
+    }
+    fn dma_pages(&self) -> u64 {
+        self.dma_pages
+    }
+    fn dma_read(&mut self, offset: usize, out: &mut [u8]) -> Result<(), DeviceError> {
+        self.context.device()?.dma_read(offset, out)
+    }
+    fn dma_write(&mut self, offset: usize, data: &[u8]) -> Result<(), DeviceError> {
+        self.context.device()?.dma_write(offset, data)
+    }
+    fn dma_load_u8(&mut self, offset: usize) -> Result<u8, DeviceError> {
+        self.context.device()?.dma_load_u8(offset)
+    }
+    fn dma_load_u16(&mut self, offset: usize) -> Result<u16, DeviceError> {
+        self.context.device()?.dma_load_u16(offset)
+    }
+    fn dma_load_u32(&mut self, offset: usize) -> Result<u32, DeviceError> {
+        self.context.device()?.dma_load_u32(offset)
+    }
+    fn dma_store_u8(&mut self, offset: usize, value: u8) -> Result<(), DeviceError> {
+        self.context.device()?.dma_store_u8(offset, value)
+    }
+    fn dma_store_u16(&mut self, offset: usize, value: u16) -> Result<(), DeviceError> {
+        self.context.device()?.dma_store_u16(offset, value)
+    }
+    fn dma_store_u32(&mut self, offset: usize, value: u32) -> Result<(), DeviceError> {
+        self.context.device()?.dma_store_u32(offset, value)
+    }
+    fn dma_store_u64(&mut self, offset: usize, value: u64) -> Result<(), DeviceError> {
+        self.context.device()?.dma_store_u64(offset, value)
     }
 }
 
@@ -73,62 +183,130 @@ impl Handler for PagerServer {
 
     fn init(&mut self, context: &mut Context<'_, ToCore>) {
         let mut line = LogLine::new();
-        line.push_str("pager: gen ").push_decimal(u64::from(context.generation())).push_str(" started");
+        line.push_str("pager: gen ")
+            .push_decimal(u64::from(context.generation()))
+            .push_str(" started");
         context.log_line(&line);
-        let _ = context.send(ToCore::Ready);
-        self.next_heartbeat = context.now().saturating_add(HEARTBEAT_INTERVAL_NS);
-        context.wake_at(self.next_heartbeat);
+        let probe = context.device().map(|_| ()).map_err(DeviceError::reason);
+        let mut port = ContextPort::new(context);
+        self.engine.start(&mut port, probe);
+        self.schedule(context);
     }
 
     fn request(&mut self, message: ToServer, context: &mut Context<'_, ToCore>) {
-        match message {
-            ToServer::Domain { domain, memory_pages, target_pages } => {
-                let (accepted, floor_pages, reason) = self.learn(domain, memory_pages, target_pages);
-                let mut line = LogLine::new();
-                line.push_str("pager: domain ")
-                    .push_decimal(u64::from(domain))
-                    .push_str(": target ")
-                    .push_decimal(target_pages)
-                    .push_str(" of ")
-                    .push_decimal(memory_pages)
-                    .push_str(" pages ");
-                match reason {
-                    None => line.push_str("accepted"),
-                    Some(reason) => line.push_str("refused: ").push_str(reason),
-                };
-                context.log_line(&line);
-                let _ = context.send(ToCore::Target { domain, accepted, floor_pages });
-            }
-            ToServer::Error { code } => self.fault(code, context),
-            // Paging itself is not driven yet: no nomination is ever sent, so
-            // none of these can concern work in flight.
-            _ => {}
-        }
+        let mut port = ContextPort::new(context);
+        self.engine.message(&mut port, message);
+        self.schedule(context);
     }
 
     fn notified(&mut self, context: &mut Context<'_, ToCore>) {
-        let now = context.now();
-        if now >= self.next_heartbeat {
-            self.heartbeats = self.heartbeats.saturating_add(1);
-            let _ = context.send(ToCore::Heartbeat { count: self.heartbeats });
-            self.next_heartbeat = now.saturating_add(HEARTBEAT_INTERVAL_NS);
-        }
-        context.wake_at(self.next_heartbeat);
+        let mut port = ContextPort::new(context);
+        self.engine.pump(&mut port);
+        self.schedule(context);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use components::testing::{Harness, MockDevice};
+    use ipc::messages::pager::LoadFailure;
+
+    fn pager() -> PagerServer {
+        let storage = Storage {
+            words: &mut [],
+            halves: &mut [],
+            table: &mut [],
+        };
+        PagerServer::with_storage(storage, Box::leak(Box::new(None)))
+    }
+
+    fn sent(harness: &mut Harness<PagerServer>) -> Vec<ToCore> {
+        harness
+            .take_sent()
+            .into_iter()
+            .map(|message| message.unwrap())
+            .collect()
+    }
 
     #[test]
-    fn targets_are_validated_and_relearnt() {
-        let mut pager = PagerServer::new();
-        assert_eq!(pager.learn(0, 4096, 4096), (true, 512, None));
-        assert_eq!(pager.learn(1, 4096, 8192), (false, 512, Some("larger than the domain's memory")));
-        assert_eq!(pager.learn(1, 4096, 100), (false, 512, Some("below the floor")));
-        assert_eq!(pager.learn(1, 4096, 1024), (true, 512, None));
-        assert_eq!(pager.domains().len(), 2, "a domain sent again replaces its record");
-        assert_eq!(pager.domains()[1].target_pages, Some(1024));
+    fn without_a_device_paging_is_off_and_targets_below_memory_are_refused() {
+        let mut harness = Harness::new(pager(), 1, "");
+        harness.start().unwrap();
+        assert_eq!(sent(&mut harness), [ToCore::Ready]);
+        assert!(harness
+            .take_logs()
+            .contains(&"pager: no swap device: paging off".to_string()));
+        harness.push(ToServer::Domain {
+            domain: 0,
+            memory_pages: 4096,
+            target_pages: 1024,
+        });
+        harness.push(ToServer::Domain {
+            domain: 1,
+            memory_pages: 4096,
+            target_pages: 4096,
+        });
+        harness.push(ToServer::PageIn {
+            domain: 1,
+            gfn: 7,
+            slot: 0,
+        });
+        harness.turn().unwrap();
+        assert_eq!(
+            sent(&mut harness),
+            [
+                ToCore::Target {
+                    domain: 0,
+                    accepted: false,
+                    floor_pages: 4096
+                },
+                ToCore::Target {
+                    domain: 1,
+                    accepted: true,
+                    floor_pages: 4096
+                },
+                ToCore::LoadFailed {
+                    domain: 1,
+                    gfn: 7,
+                    reason: LoadFailure::ReadError
+                },
+            ]
+        );
+        let logs = harness.take_logs();
+        assert!(
+            logs.iter()
+                .any(|line| line.ends_with("refused: no swap device: paging off")),
+            "{logs:?}"
+        );
+        // The heartbeat goes on.
+        harness.turn().unwrap();
+        assert_eq!(sent(&mut harness), [ToCore::Heartbeat { count: 1 }]);
+    }
+
+    #[test]
+    fn an_unusable_device_turns_paging_off_with_the_reason() {
+        let mut harness = Harness::new(pager(), 1, "");
+        let device = MockDevice::new(64, 0x4000_0000);
+        device.set_register(0, 0x1234);
+        harness.platform_mut().device = Some(device);
+        harness.start().unwrap();
+        let logs = harness.take_logs();
+        assert!(
+            logs.contains(
+                &"pager: swap device unusable: not a virtio-mmio device: paging off".to_string()
+            ),
+            "{logs:?}"
+        );
+        assert!(
+            harness
+                .platform()
+                .device
+                .as_ref()
+                .unwrap()
+                .writes
+                .is_empty(),
+            "nothing is written to a stranger"
+        );
     }
 }

@@ -241,6 +241,7 @@ pub fn build_bundle(
             cpus: appliance.machine.cpus,
             memory_mib: appliance.machine.memory_mib,
             stop_after_ms: appliance.machine.stop_after_ms,
+            faults: None,
         },
         domains,
         servers,

@@ -123,6 +123,19 @@ pub enum CpuCheck {
         /// Allowed deviation, percentage points.
         tolerance: f64,
     },
+    /// `counters = [{ line, field, min, max }]`: in the last output line
+    /// containing `line`, the number after the word `field` lies in
+    /// `min..=max` (e.g. the core's `domain NAME: paging: out N, in M, ...`).
+    Counter {
+        /// Text that picks the line.
+        line: String,
+        /// The word the number follows.
+        field: String,
+        /// Lowest allowed.
+        min: f64,
+        /// Highest allowed.
+        max: f64,
+    },
     /// `wake_latency = [{ faster, slower, max_ratio }]`: the median
     /// wake-to-run latency the core reports for domain `faster` is at most
     /// `max_ratio` times that of domain `slower`.
@@ -159,6 +172,17 @@ fn parse_cpu_checks(table: &mut TableReader<'_>) -> Result<Vec<CpuCheck>, KeyErr
         entry.finish()?;
         checks.push(CpuCheck::Shares { domains, expect, tolerance });
     }
+    for mut entry in table.table_array("counters")? {
+        let line = entry.required_string("line")?.to_owned();
+        let field = entry.required_string("field")?.to_owned();
+        let min = entry.number("min")?.unwrap_or(f64::MIN);
+        let max = entry.number("max")?.unwrap_or(f64::MAX);
+        if min > max {
+            return Err(entry.error("min", format!("{min} is above max {max}")));
+        }
+        entry.finish()?;
+        checks.push(CpuCheck::Counter { line, field, min, max });
+    }
     for mut entry in table.table_array("wake_latency")? {
         let faster = entry.required_string("faster")?.to_owned();
         let slower = entry.required_string("slower")?.to_owned();
@@ -167,6 +191,14 @@ fn parse_cpu_checks(table: &mut TableReader<'_>) -> Result<Vec<CpuCheck>, KeyErr
         checks.push(CpuCheck::WakeLatency { faster, slower, max_ratio });
     }
     Ok(checks)
+}
+
+/// The number after the word `field` in the last line containing `pattern`.
+fn counter(text: &[String], pattern: &str, field: &str) -> Option<f64> {
+    let line = text.iter().rev().find(|line| line.contains(pattern))?;
+    let words: Vec<&str> = line.split_whitespace().map(|word| word.trim_matches(|c: char| c == ',' || c == ';' || c == '(' || c == ')')).collect();
+    let at = words.iter().position(|word| *word == field)?;
+    words.get(at + 1)?.parse().ok()
 }
 
 /// Median wake-to-run latency (ns) per domain, from the core's lines.
@@ -234,6 +266,13 @@ pub fn judge_cpu(text: &[String], checks: &[CpuCheck]) -> Vec<Failure> {
                     }
                 }
             }
+            CpuCheck::Counter { line, field, min, max } => match counter(text, line, field) {
+                None => failures.push(Failure::Cpu(format!("no line with `{line}` and a number after `{field}`"))),
+                Some(value) if value < *min || value > *max => failures.push(Failure::Cpu(format!(
+                    "`{line}` {field} {value} is outside {min}..={max}"
+                ))),
+                Some(_) => {}
+            },
             CpuCheck::WakeLatency { faster, slower, max_ratio } => {
                 match (latencies.get(faster), latencies.get(slower)) {
                     (Some(&fast), Some(&slow)) => {
@@ -899,6 +938,15 @@ config_error = "domain[0].memory"
         assert!(judge_cpu(&with_latency, &[latency(0.7)]).is_empty());
         assert_eq!(judge_cpu(&with_latency, &[latency(0.01)]).len(), 1);
         assert_eq!(judge_cpu(&lines, &[latency(0.7)]).len(), 1, "missing lines fail");
+        let paging = vec![
+            "cairn  INFO domain m: paging: out 12, in 3, dropped 0".to_owned(),
+            "cairn  INFO domain m: paging: out 3000, in 2900, dropped 4 (2 paged out)".to_owned(),
+        ];
+        let count = |field: &str, min: f64, max: f64| CpuCheck::Counter { line: "domain m: paging:".into(), field: field.into(), min, max };
+        assert!(judge_cpu(&paging, &[count("out", 2000.0, f64::MAX), count("in", 1.0, 3000.0), count("dropped", 4.0, 4.0)]).is_empty(), "the last line counts");
+        assert_eq!(judge_cpu(&paging, &[count("out", 4000.0, f64::MAX)]).len(), 1);
+        assert_eq!(judge_cpu(&paging, &[count("missing", 0.0, 1.0)]).len(), 1, "a missing field fails");
+        assert_eq!(judge_cpu(&lines, &[count("out", 0.0, 1.0)]).len(), 1, "a missing line fails");
     }
 
     #[test]

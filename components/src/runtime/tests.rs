@@ -503,3 +503,67 @@ fn kinds_decode_from_the_entry_register() {
     assert_eq!(Instance::kind_from_register(3), None);
     assert_eq!(Instance::kind_from_register(u64::MAX), None);
 }
+
+#[test]
+fn the_device_grant_is_asked_once_and_kept() {
+    struct DeviceUser {
+        results: Vec<Result<u32, crate::DeviceError>>,
+    }
+    impl Handler for DeviceUser {
+        type Inbound = ToServer;
+        type Outbound = ToCore;
+        fn init(&mut self, context: &mut Context<'_, ToCore>) {
+            let read = context.device().and_then(|mut device| device.read32(0));
+            self.results.push(read);
+        }
+        fn request(&mut self, _message: ToServer, context: &mut Context<'_, ToCore>) {
+            let read = context.device().and_then(|mut device| {
+                device.write32(0x70, 0xf)?;
+                device.read32(0x70)
+            });
+            self.results.push(read);
+        }
+    }
+    // No device: NoDevice, and it stays so.
+    let mut bare = Harness::new(DeviceUser { results: Vec::new() }, 1, "");
+    bare.start().unwrap();
+    assert_eq!(bare.handler().results, [Err(crate::DeviceError::NoDevice)]);
+
+    let mut harness = Harness::new(DeviceUser { results: Vec::new() }, 1, "");
+    let device = crate::testing::MockDevice::new(1, 0x1000);
+    device.set_register(0, 0x7472_6976);
+    harness.platform_mut().device = Some(device);
+    harness.start().unwrap();
+    // Take the device away: the instance keeps the grant it was given.
+    let device = harness.platform_mut().device.take();
+    harness.push(ToServer::Echo { sequence: 1, payload: EchoPayload::new() });
+    harness.platform_mut().device = device;
+    harness.turn().unwrap();
+    assert_eq!(harness.handler().results, [Ok(0x7472_6976), Ok(0xf)]);
+}
+
+#[test]
+fn poll_after_always_waits_even_when_the_time_has_passed() {
+    struct Poller;
+    impl Handler for Poller {
+        type Inbound = ToServer;
+        type Outbound = ToCore;
+        fn init(&mut self, context: &mut Context<'_, ToCore>) {
+            context.poll_after(0);
+        }
+        fn request(&mut self, _message: ToServer, _context: &mut Context<'_, ToCore>) {}
+        fn notified(&mut self, context: &mut Context<'_, ToCore>) {
+            context.poll_after(0);
+        }
+    }
+    let mut harness = Harness::new(Poller, 1, "");
+    harness.start().unwrap();
+    for _ in 0..3 {
+        harness.turn().unwrap();
+    }
+    assert_eq!(
+        harness.platform().calls,
+        [Call::Wait(1), Call::Wait(1), Call::Wait(1)],
+        "a poll deadline that has already passed still waits (1 ns), every time"
+    );
+}

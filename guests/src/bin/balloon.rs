@@ -71,6 +71,9 @@ mod balloon {
             .push_str("; giving back ")
             .push_decimal(count as u64);
         console::print(&mut line);
+        if settings.pause_ms > 0 {
+            guests::pv::sleep_ns(settings.pause_ms * 1_000_000);
+        }
 
         let result = hypercall::decrease_reservation(&dropped[..count]);
         let mut line = Line::new();

@@ -46,6 +46,9 @@ mod memhog {
 
     pub fn run(boot: Boot) -> ! {
         let settings = Settings::parse(boot.cmdline());
+        if settings.settle_ms > 0 {
+            guests::pv::sleep_ns(settings.settle_ms * 1_000_000);
+        }
         let region = find_region(&boot, settings.mib * PAGES_PER_MIB);
         let mut line = Line::new();
         line.push_str("touching ")

@@ -1,13 +1,14 @@
 //! The control channel: `hvctl` requests arriving on COM2, answered from the
-//! core's own state or relayed to the scheduler server. Polled at switch
+//! core's own state, relayed to the scheduler server, or (a memory target)
+//! recorded and passed on to the pager server. Polled at switch
 //! points (never on an exit path); every request is validated with
 //! `ipc::control` (the same code `hvctl` runs) before anything changes.
 
 use heapless::Vec;
 use ipc::control::{
     self, Command, ControlError, DomainCredit, DomainHaltPoll, DomainInfo, HaltPollCounters,
-    HaltPollGlobal, Received, Reply, Request, RequestReceiver, Response, ServerInfo, ServerState,
-    VcpuStats,
+    HaltPollGlobal, Histogram, PagingStats, Received, Reply, Request, RequestReceiver, Response,
+    ServerInfo, ServerState, VcpuStats,
 };
 use ipc::messages::scheduler as sched_wire;
 use ipc::server::ServerKind;
@@ -132,6 +133,13 @@ pub enum Action {
     Kill(ServerKind),
     /// Make a server's runtime misbehave (`syscall::WAKE_INJECT_*` bits).
     Inject(ServerKind, u64),
+    /// Set a domain's resident target and tell the pager.
+    MemSet {
+        /// The domain (it exists).
+        domain: u16,
+        /// The new target, 4 KiB pages (checked against its memory).
+        pages: u64,
+    },
 }
 
 /// Decides what a validated request needs.
@@ -205,6 +213,17 @@ pub fn plan(request: &Request, view: &MachineView<'_>, scheduler_ready: bool) ->
         Command::Kill { server } => Action::Kill(server),
         Command::Hang { server } => Action::Inject(server, ipc::server::syscall::WAKE_INJECT_HANG),
         Command::Garble { server } => Action::Inject(server, ipc::server::syscall::WAKE_INJECT_GARBLE),
+        Command::MemSet { domain, bytes } => match view.domains.get(usize::from(domain)) {
+            None => Action::Reply(Err(ControlError::NoSuchDomain { domain })),
+            Some(_) if !view.servers.iter().any(|&(_, kind, ..)| kind == ServerKind::Pager) => {
+                Action::Reply(Err(ControlError::NoSuchServer { server: ServerKind::Pager }))
+            }
+            // Whole MiB (the manifest's `memory_mib`), so this is exact.
+            Some(info) => match control::check_memory_target(bytes, u64::from(info.memory_mib) << 20) {
+                Ok(pages) => Action::MemSet { domain, pages },
+                Err(error) => Action::Reply(Err(error)),
+            },
+        },
         _ => Action::Reply(Err(ControlError::Unsupported)),
     }
 }
@@ -230,6 +249,23 @@ pub fn counters(stats: &hypervisor_core::halt_poll::HaltPollStats, window_ns: u6
         poll_fail_ns: stats.poll_fail_ns,
         wait_ns: stats.wait_ns,
         window_ns,
+    }
+}
+
+/// A domain's paging for a `Stats` reply, from the core's counters.
+pub fn paging_stats(paging: &super::paging::DomainPaging) -> PagingStats {
+    PagingStats {
+        memory_pages: paging.memory_pages,
+        target_pages: paging.target_pages,
+        resident_pages: paging.resident,
+        paged_pages: paging.paged,
+        dropped_pages: paging.dropped,
+        pages_out: paging.pages_out,
+        pages_in: paging.pages_in,
+        evict_failures: paging.evict_failures,
+        free_slots: paging.pager_free_slots,
+        swap_full: paging.swap_full,
+        page_in_latency: Histogram::from_counts(&paging.latency),
     }
 }
 

@@ -52,6 +52,11 @@ pub struct DomainPaging {
     pub paged: u64,
     /// Frames given back by the guest.
     pub dropped: u64,
+    /// Frames given back while paged out (their slots were released without
+    /// a page-in).
+    pub dropped_paged: u64,
+    /// Dropped frames the guest touched again: zero-filled, no page-in.
+    pub repopulated: u64,
     /// Frames nominated (`PagingOut`) now.
     pub nominated: Vec<u64, MAX_NOMINATIONS>,
     /// Released slots not yet reported.
@@ -104,6 +109,8 @@ impl DomainPaging {
             resident: memory_pages,
             paged: 0,
             dropped: 0,
+            dropped_paged: 0,
+            repopulated: 0,
             nominated: Vec::new(),
             pending_releases: 0,
             pages_out: 0,
@@ -228,6 +235,7 @@ impl GuestMemory for GuestAccess<'_, '_> {
                 // answer, if one comes, finds the frame no longer paged.
                 self.paging.release_slot_later(slot);
                 self.paging.paged = self.paging.paged.saturating_sub(1);
+                self.paging.dropped_paged += 1;
             }
             FrameState::Dropped => {}
         }
@@ -285,6 +293,7 @@ pub fn touch(memory: &DomainMemory, paging: &mut DomainPaging, frames: &mut Fram
             set_state(table, index, FrameState::Ram(frame.as_u64()));
             paging.dropped = paging.dropped.saturating_sub(1);
             paging.resident += 1;
+            paging.repopulated += 1;
             Touch::Retry
         }
     }

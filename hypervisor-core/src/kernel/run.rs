@@ -289,6 +289,7 @@ impl<'a> Machine<'a> {
 
     fn end_domain(&mut self, index: usize, state: DomainState) {
         self.log_cpu_time(index);
+        self.log_paging(index);
         self.log_halt_stats(index);
         let Some(slot) = self.domains.get_mut(index) else { return };
         slot.state = state;
@@ -306,6 +307,26 @@ impl<'a> Machine<'a> {
                 }
             }
         }
+    }
+
+    /// Logs domain `index`'s paging counters (scenarios judge them).
+    fn log_paging(&self, index: usize) {
+        let Some(slot) = self.domains.get(index) else { return };
+        let Some(paging) = slot.paging.as_ref() else { return };
+        let median_bucket = {
+            let total: u32 = paging.latency.iter().sum();
+            let mut seen = 0;
+            paging.latency.iter().position(|&count| {
+                seen += count;
+                total > 0 && seen * 2 >= total
+            })
+        };
+        defmt::info!(
+            "domain {=str}: paging: out {=u64}, in {=u64}, evict-failures {=u64}, dropped {=u64}, dropped-paged {=u64}, repopulated {=u64}, resident {=u64}, memory {=u64}, target {=u64}, page-in-median-below-us {=u64}",
+            slot.devices.name, paging.pages_out, paging.pages_in, paging.evict_failures, paging.dropped, paging.dropped_paged,
+            paging.repopulated, paging.resident, paging.memory_pages, paging.target_pages,
+            median_bucket.map_or(0, |bucket| 2u64 << bucket)
+        );
     }
 
     fn log_stop_reason(&self, index: usize, reason: &str) {
@@ -1100,7 +1121,8 @@ impl<'a> Machine<'a> {
                     let counters = super::control::counters(&vcpu.poller.stats, vcpu.poller.window_ns());
                     let _ = vcpus.push(super::control::vcpu_stats(vcpu.index, tsc_to_ns(vcpu.run_ticks), credit, state, counters));
                 }
-                Some(Ok(Reply::Stats { domain, vcpus }))
+                let paging = self.domains.get(usize::from(domain)).and_then(|slot| slot.paging.as_ref()).map(super::control::paging_stats);
+                Some(Ok(Reply::Stats { domain, vcpus, paging }))
             }
             Action::Kill(kind) => {
                 if let Some(index) = self.servers.iter().position(|server| server.spec.kind == kind) {
@@ -1116,6 +1138,30 @@ impl<'a> Machine<'a> {
                     self.wake_server(index, 0);
                 }
                 Some(Ok(Reply::Done))
+            }
+            Action::MemSet { domain, pages } => {
+                // `plan` checked the domain, the pager and the memory.
+                let updated = self.domains.get_mut(usize::from(domain)).and_then(|slot| {
+                    let name = slot.devices.name;
+                    slot.paging.as_mut().map(|paging_state| {
+                        paging_state.target_pages = pages;
+                        (name, paging_state.memory_pages)
+                    })
+                });
+                match updated {
+                    Some((name, memory_pages)) => {
+                        // Queued if the ring is full; a pager that restarts
+                        // relearns the target from the rebuild stream.
+                        self.pager_send(ipc::messages::pager::ToServer::Domain { domain, memory_pages, target_pages: pages });
+                        if let Some(index) = self.pager.server {
+                            self.wake_server(index, ipc::server::syscall::WAKE_MESSAGES);
+                        }
+                        defmt::info!("domain {=str}: memory target set to {=u64} pages", name, pages);
+                        Some(Ok(Reply::Done))
+                    }
+                    // A domain that failed to build has no memory to target.
+                    None => Some(Err(ControlError::NoSuchDomain { domain })),
+                }
             }
         };
         if let Some(result) = reply {
@@ -1556,6 +1602,7 @@ impl<'a> Machine<'a> {
         for (index, slot) in self.domains.iter().enumerate() {
             if slot.state == DomainState::Running {
                 self.log_cpu_time(index);
+                self.log_paging(index);
                 self.log_halt_stats(index);
             }
         }
