@@ -26,7 +26,8 @@ pub enum Point {
     AtMessage(u32),
     /// Right after the core copied a nominated frame for the pager.
     MidEviction,
-    /// Right after the core asked the pager for a page-in.
+    /// While the pager reads a page back: at its first message or the first
+    /// tick after the core asked it for a page-in.
     MidPageIn,
     /// At the next tick.
     Now,
@@ -79,6 +80,8 @@ struct Armed {
     point: Point,
     /// Messages counted toward `AtMessage`.
     seen: u32,
+    /// `MidPageIn`: a page-in has been asked; strike at the next chance.
+    primed: bool,
     /// After this time the kill strikes at the next tick, wherever it was.
     give_up_ns: u64,
 }
@@ -156,7 +159,7 @@ impl Injector {
             _ => Point::AtMessage(1 + self.below(8) as u32),
         };
         let give_up_ns = now_ns.saturating_add(2 * self.interval_ns);
-        self.armed = Some(Armed { target, point, seen: 0, give_up_ns });
+        self.armed = Some(Armed { target, point, seen: 0, primed: false, give_up_ns });
     }
 
     /// Whether every kill has been made.
@@ -200,7 +203,11 @@ impl Injector {
                 (armed.seen >= count).then_some(armed.point)
             }
             (Point::MidEviction, Observation::Nominated) if armed.target == Target::Pager => Some(Point::MidEviction),
-            (Point::MidPageIn, Observation::PageInAsked) if armed.target == Target::Pager => Some(Point::MidPageIn),
+            (Point::MidPageIn, Observation::PageInAsked) => {
+                armed.primed = true;
+                None
+            }
+            (Point::MidPageIn, Observation::Message(Target::Pager) | Observation::Tick) if armed.primed => Some(Point::MidPageIn),
             _ => None,
         }?;
         let target = armed.target;

@@ -18,6 +18,10 @@ pub const HANG_SLICES: u32 = 5;
 /// How long messages may wait unread in a server's ring before the server
 /// counts as hung (no progress on its rings), ns.
 pub const PROGRESS_DEADLINE_NS: u64 = 1_000_000_000;
+/// A server that has sent a heartbeat and sends none for this long is hung
+/// (every protocol's servers beat every 100 ms; twice the progress deadline,
+/// so a server that stops reading its ring is reported as such first).
+pub const HEARTBEAT_DEADLINE_NS: u64 = 2_000_000_000;
 /// Restarts in a crash loop that start at once; later ones back off.
 pub const FREE_RESTARTS: u32 = 3;
 /// A restart less than this long after the previous one continues a crash loop.
@@ -129,6 +133,8 @@ pub enum ServerFault {
     },
     /// Messages waited unread longer than [`PROGRESS_DEADLINE_NS`].
     NoProgress,
+    /// No heartbeat for [`HEARTBEAT_DEADLINE_NS`] after an earlier one.
+    MissedHeartbeat,
     /// Stopped on purpose (fault injection, benchmarks).
     Killed,
 }
@@ -147,6 +153,7 @@ impl ServerFault {
             Self::TooManyMalformed { .. } => "too many malformed messages",
             Self::Hung { .. } => "hung: preempted repeatedly without yielding",
             Self::NoProgress => "hung: messages left unread past the deadline",
+            Self::MissedHeartbeat => "hung: no heartbeat within the deadline",
             Self::Killed => "killed",
         }
     }
@@ -221,6 +228,8 @@ pub struct Health {
     pub crash_loop: u32,
     /// When the last restart happened, ns.
     pub last_restart_ns: Option<u64>,
+    /// When this instance last sent a heartbeat, ns (none yet: no deadline).
+    pub last_heartbeat_ns: Option<u64>,
 }
 
 impl Health {
@@ -234,6 +243,7 @@ impl Health {
             busy_slices: 0,
             crash_loop: 0,
             last_restart_ns: None,
+            last_heartbeat_ns: None,
         }
     }
 
@@ -289,6 +299,19 @@ impl Health {
         (now_ns.saturating_sub(since) > PROGRESS_DEADLINE_NS).then_some(ServerFault::NoProgress)
     }
 
+    /// The instance sent a heartbeat at `now_ns`.
+    pub fn heartbeat(&mut self, now_ns: u64) {
+        self.last_heartbeat_ns = Some(now_ns);
+    }
+
+    /// The heartbeat check: once an instance has sent a heartbeat, a gap of
+    /// more than [`HEARTBEAT_DEADLINE_NS`] means it is hung, even if it keeps
+    /// reading its ring and yielding.
+    pub fn heartbeat_missed(&self, now_ns: u64) -> Option<ServerFault> {
+        let last = self.last_heartbeat_ns?;
+        (now_ns.saturating_sub(last) > HEARTBEAT_DEADLINE_NS).then_some(ServerFault::MissedHeartbeat)
+    }
+
     /// The instance was stopped and a new one starts: a new generation and
     /// fresh per-instance counters.
     pub fn restarted(&mut self) -> u32 {
@@ -296,6 +319,7 @@ impl Health {
         self.restarts += 1;
         self.malformed_in_a_row = 0;
         self.busy_slices = 0;
+        self.last_heartbeat_ns = None;
         self.generation
     }
 }
@@ -436,6 +460,19 @@ mod tests {
         assert_eq!(health.progress(Some(1_000), 1_000 + PROGRESS_DEADLINE_NS), None);
         assert_eq!(health.progress(Some(1_000), 1_001 + PROGRESS_DEADLINE_NS), Some(ServerFault::NoProgress));
         assert_eq!(health.progress(Some(u64::MAX), 0), None, "a clock going backwards is no fault");
+    }
+
+    #[test]
+    fn a_missed_heartbeat_is_a_hang_once_the_server_has_beaten() {
+        let mut health = Health::new();
+        assert_eq!(health.heartbeat_missed(10 * HEARTBEAT_DEADLINE_NS), None, "no heartbeat yet: no deadline");
+        health.heartbeat(1_000);
+        assert_eq!(health.heartbeat_missed(1_000 + HEARTBEAT_DEADLINE_NS), None);
+        assert_eq!(health.heartbeat_missed(1_001 + HEARTBEAT_DEADLINE_NS), Some(ServerFault::MissedHeartbeat));
+        health.heartbeat(2 * HEARTBEAT_DEADLINE_NS);
+        assert_eq!(health.heartbeat_missed(2 * HEARTBEAT_DEADLINE_NS + 5), None, "a new beat resets the deadline");
+        health.restarted();
+        assert_eq!(health.heartbeat_missed(u64::MAX), None, "a new instance starts without a deadline");
     }
 
     #[test]

@@ -154,6 +154,19 @@ pub fn start(start_info_address: u64) -> ! {
     if let RunMode::Bench { iterations } = bundle.manifest.mode {
         bench::run(&mut machine, iterations);
     }
+    if let Some(plan) = bundle.manifest.machine.faults {
+        let allowed = |kind: ipc::server::ServerKind| plan.servers & (1 << kind as u8) != 0;
+        let now_ns = cpu::rdtsc() / (calibration.tsc_hz / 1_000_000).max(1) * 1000;
+        machine.injector = hypervisor_core::injector::Injector::new(
+            plan.seed,
+            plan.kills,
+            allowed(ipc::server::ServerKind::Scheduler),
+            allowed(ipc::server::ServerKind::Pager),
+            u64::from(plan.interval_ms) * 1_000_000,
+            now_ns,
+        );
+        defmt::info!("fault injection: seed {=u64}, {=u32} kills, about one per {=u32} ms", plan.seed, plan.kills, plan.interval_ms);
+    }
     if bundle.manifest.machine.stop_after_ms > 0 {
         let ticks = u64::from(bundle.manifest.machine.stop_after_ms) * (calibration.tsc_hz / 1000);
         machine.stop_at = Some(cpu::rdtsc().saturating_add(ticks));

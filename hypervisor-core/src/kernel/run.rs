@@ -23,6 +23,7 @@ use super::server::{SchedulerInput, Server, ServerBuildError, ServerRun};
 use ipc::messages::scheduler::{self as sched_wire, Event};
 use super::vcpu::{DomainMemory, HaltRecord, KernelPlatform, Vcpu, VcpuView};
 use super::paging::{self, DomainPaging, GuestAccess, PagerLink, Touch};
+use hypervisor_core::injector::{self, Injector, Observation};
 
 fn ns_to_tsc(ns: u64) -> u64 {
     let khz = u128::from((lapic::tsc_hz() / 1000).max(1));
@@ -32,6 +33,15 @@ fn ns_to_tsc(ns: u64) -> u64 {
 fn tsc_to_ns(ticks: u64) -> u64 {
     let khz = u128::from((lapic::tsc_hz() / 1000).max(1));
     (u128::from(ticks) * 1_000_000 / khz) as u64
+}
+
+/// The injector's name for a server kind it may kill.
+fn injection_target(kind: ipc::server::ServerKind) -> Option<injector::Target> {
+    match kind {
+        ipc::server::ServerKind::Scheduler => Some(injector::Target::Scheduler),
+        ipc::server::ServerKind::Pager => Some(injector::Target::Pager),
+        ipc::server::ServerKind::Test => None,
+    }
 }
 
 /// Most vCPUs the machine holds.
@@ -118,6 +128,24 @@ pub struct Machine<'a> {
     control: super::control::ControlPort,
     /// The pager server's link.
     pub(super) pager: PagerLink,
+    /// The seeded fault injector of a fault campaign (issue #6), if any.
+    pub(super) injector: Option<Injector>,
+    /// A kill the injector decided, carried out at the next safe point.
+    pending_kill: Option<injector::Kill>,
+    /// CPU time per domain in windows that open one accounting period after
+    /// each scheduler restart (the campaign's "shares after recovery").
+    recovery: Recovery,
+}
+
+/// Per-domain CPU time measured after the scheduler recovered from kills.
+#[derive(Debug, Default)]
+struct Recovery {
+    /// When the next window opens (TSC), after a new scheduler took over.
+    opens_at: Option<u64>,
+    /// The open window's start: each domain's run ticks then.
+    start: Option<[u64; MAX_DOMAINS]>,
+    /// Run ticks inside closed windows, per domain.
+    total: [u64; MAX_DOMAINS],
 }
 
 impl<'a> Machine<'a> {
@@ -138,6 +166,9 @@ impl<'a> Machine<'a> {
             stop_at: None,
             control: super::control::ControlPort::default(),
             pager: PagerLink::default(),
+            injector: None,
+            pending_kill: None,
+            recovery: Recovery::default(),
         }
     }
 
@@ -542,7 +573,7 @@ impl<'a> Machine<'a> {
                 "server {=str} stopped: {=str} ({=u32} in a row); restarting as generation {=u32}",
                 name, fault.describe(), slices, next
             ),
-            ServerFault::Killed | ServerFault::NoProgress => {
+            ServerFault::Killed | ServerFault::NoProgress | ServerFault::MissedHeartbeat => {
                 defmt::warn!("server {=str} stopped: {=str}; restarting as generation {=u32}", name, fault.describe(), next)
             }
         }
@@ -647,6 +678,9 @@ impl<'a> Machine<'a> {
             defmt::warn!("domain {=str}: swap partition full: eviction stops, the guest keeps its frames", name);
         }
         for reply in replies {
+            if matches!(reply, ToServer::Nominated { .. }) {
+                self.observe(Observation::Nominated);
+            }
             self.pager_send(reply);
         }
         match effect {
@@ -781,6 +815,11 @@ impl<'a> Machine<'a> {
                 }
                 request.asked = true;
                 sent = true;
+                if let Some(injector) = self.injector.as_mut() {
+                    if let Some(kill) = injector.observe(Observation::PageInAsked, Self::ns_since_boot()) {
+                        self.pending_kill = self.pending_kill.or(Some(kill));
+                    }
+                }
             }
             for (domain, slot) in self.domains.iter_mut().enumerate() {
                 let Some(paging_state) = slot.paging.as_mut() else { continue };
@@ -814,6 +853,99 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// Feeds the fault injector; a kill it decides waits for
+    /// [`Self::carry_out_kill`].
+    fn observe(&mut self, observation: Observation) {
+        let Some(injector) = self.injector.as_mut() else { return };
+        if let Some(kill) = injector.observe(observation, Self::ns_since_boot()) {
+            self.pending_kill = self.pending_kill.or(Some(kill));
+        }
+    }
+
+    /// Carries out the injector's pending kill, at a point where no server
+    /// message is half-handled.
+    fn carry_out_kill(&mut self) {
+        let Some(kill) = self.pending_kill.take() else { return };
+        let kind = match kill.target {
+            injector::Target::Scheduler => ipc::server::ServerKind::Scheduler,
+            injector::Target::Pager => ipc::server::ServerKind::Pager,
+        };
+        let total = self.injector.as_ref().map_or(0, |injector| injector.kills());
+        let server = super::server_kind_name(kind);
+        match kill.point {
+            injector::Point::AtMessage(count) => {
+                defmt::warn!("fault injection: kill {=u32} of {=u32}: {=str} at message {=u32}", kill.number, total, server, count)
+            }
+            injector::Point::MidEviction => defmt::warn!("fault injection: kill {=u32} of {=u32}: {=str} mid-eviction", kill.number, total, server),
+            injector::Point::MidPageIn => defmt::warn!("fault injection: kill {=u32} of {=u32}: {=str} mid-page-in", kill.number, total, server),
+            injector::Point::Now => defmt::warn!("fault injection: kill {=u32} of {=u32}: {=str} now", kill.number, total, server),
+        }
+        if kind == ipc::server::ServerKind::Scheduler {
+            self.recovery_close();
+        }
+        if let Some(index) = self.servers.iter().position(|server| server.spec.kind == kind) {
+            self.restart_server(index, ServerFault::Killed);
+        }
+        if let Some(injector) = self.injector.as_ref().filter(|injector| injector.done() && injector.counts().scheduler + injector.counts().pager == kill.number) {
+            let counts = injector.counts();
+            defmt::info!(
+                "fault injection: done: {=u32} kills ({=u32} at a message, {=u32} mid-eviction, {=u32} mid-page-in, {=u32} now; {=u32} scheduler, {=u32} pager)",
+                kill.number, counts.at_message, counts.mid_eviction, counts.mid_page_in, counts.immediate, counts.scheduler, counts.pager
+            );
+        }
+    }
+
+    fn domain_run_ticks(&self) -> [u64; MAX_DOMAINS] {
+        let mut ticks = [0; MAX_DOMAINS];
+        for vcpu in &self.vcpus {
+            if let Some(total) = ticks.get_mut(vcpu.domain) {
+                *total += vcpu.run_ticks;
+            }
+        }
+        ticks
+    }
+
+    /// A new scheduler instance took over: the recovery window opens one
+    /// accounting period (a timeslice) later.
+    fn scheduler_recovered(&mut self) {
+        if self.injector.is_none() {
+            return;
+        }
+        let timeslice_ms = u64::from(self.scheduling.tunables.0);
+        self.recovery.opens_at = Some(cpu::rdtsc().saturating_add(lapic::tsc_hz() / 1000 * timeslice_ms));
+    }
+
+    fn recovery_tick(&mut self) {
+        if self.recovery.opens_at.is_some_and(|at| cpu::rdtsc() >= at) {
+            self.recovery.opens_at = None;
+            self.recovery.start = Some(self.domain_run_ticks());
+        }
+    }
+
+    /// Closes the open recovery window (a kill of the scheduler, or the end).
+    fn recovery_close(&mut self) {
+        self.recovery.opens_at = None;
+        let Some(start) = self.recovery.start.take() else { return };
+        let now = self.domain_run_ticks();
+        for ((total, now), start) in self.recovery.total.iter_mut().zip(now).zip(start) {
+            *total += now.saturating_sub(start);
+        }
+    }
+
+    /// Logs each domain's share of the CPU time measured after recoveries.
+    fn log_recovery_shares(&mut self) {
+        self.recovery_close();
+        let sum: u64 = self.recovery.total.iter().sum();
+        if self.injector.is_none() || sum == 0 {
+            return;
+        }
+        for (index, slot) in self.domains.iter().enumerate() {
+            let ticks = self.recovery.total.get(index).copied().unwrap_or(0);
+            let per_mille = (u128::from(ticks) * 1000 / u128::from(sum)) as u64;
+            defmt::info!("fault injection: share after recovery: {=str} {=u64} per mille ({=u64} us)", slot.devices.name, per_mille, tsc_to_ns(ticks) / 1000);
+        }
+    }
+
     fn ns_since_boot() -> u64 {
         let hz = u128::from(lapic::tsc_hz().max(1));
         (u128::from(cpu::rdtsc()) * 1_000_000_000 / hz) as u64
@@ -835,13 +967,33 @@ impl<'a> Machine<'a> {
         } else {
             None
         };
+        let generation = server.health.generation;
+        let kind = server.spec.kind;
         match server.drain(domains, max, input) {
             Ok(drained) => {
                 for message in &drained.pager {
                     self.pager_message(message);
                 }
+                if let Some(target) = injection_target(kind) {
+                    for _ in 0..drained.messages {
+                        self.observe(Observation::Message(target));
+                    }
+                }
                 if is_pager {
                     self.pump_pager();
+                }
+                if is_scheduler && drained.ready {
+                    self.scheduler_recovered();
+                }
+                if drained.heartbeat {
+                    let now = Self::ns_since_boot();
+                    if let Some(server) = self.servers.get_mut(index) {
+                        server.health.heartbeat(now);
+                    }
+                }
+                self.carry_out_kill();
+                if self.servers.get(index).is_none_or(|server| server.health.generation != generation) {
+                    return false;
                 }
                 if drained.needs_rebuild {
                     defmt::warn!("scheduler asked for a new rebuild stream");
@@ -1444,6 +1596,9 @@ impl<'a> Machine<'a> {
         self.wake_due_vcpus();
         self.tick_servers();
         self.pump_pager();
+        self.recovery_tick();
+        self.observe(Observation::Tick);
+        self.carry_out_kill();
     }
 
     /// Wakes every blocked vCPU whose timer or wake-up time has come.
@@ -1503,7 +1658,7 @@ impl<'a> Machine<'a> {
                 server.inbound_since = server.starts_at;
             }
             let since = server.inbound_since.filter(|_| !backing_off).map(tsc_to_ns);
-            server.health.progress(since, now_ns).map(|fault| (index, fault))
+            server.health.progress(since, now_ns).or_else(|| server.health.heartbeat_missed(now_ns)).map(|fault| (index, fault))
         });
         if let Some((index, fault)) = stalled {
             self.restart_server(index, fault);
@@ -1597,8 +1752,9 @@ impl<'a> Machine<'a> {
 
     /// `stop_after` ran out: report every running domain's CPU time and
     /// halt statistics, then stop the machine.
-    fn time_limit(&self) -> ! {
+    fn time_limit(&mut self) -> ! {
         defmt::info!("time limit reached");
+        self.log_recovery_shares();
         for (index, slot) in self.domains.iter().enumerate() {
             if slot.state == DomainState::Running {
                 self.log_cpu_time(index);
@@ -1609,7 +1765,8 @@ impl<'a> Machine<'a> {
         arch::exit_machine(ExitStatus::TimeLimit)
     }
 
-    fn finish(&self) -> ! {
+    fn finish(&mut self) -> ! {
+        self.log_recovery_shares();
         let failed = self.domains.iter().any(|slot| slot.state == DomainState::Failed);
         defmt::info!("all domains ended");
         arch::exit_machine(if failed { ExitStatus::DomainFailed } else { ExitStatus::AllPoweredOff })

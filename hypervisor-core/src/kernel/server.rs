@@ -284,6 +284,10 @@ impl<'a> Server<'a> {
 pub struct Drained {
     /// The server announced itself (first message of an instance).
     pub ready: bool,
+    /// Well-formed messages taken.
+    pub messages: u32,
+    /// A heartbeat was among them.
+    pub heartbeat: bool,
     /// Echo replies that matched.
     pub echoes: u32,
     /// Target verdicts from the pager: (domain, accepted, floor pages).
@@ -384,7 +388,10 @@ impl Server<'_> {
                                 Err(messages::ErrorCode::OutOfRange)
                             }
                         }
-                        Ok(test_server::ToCore::Heartbeat { .. }) => Ok(()),
+                        Ok(test_server::ToCore::Heartbeat { .. }) => {
+                            drained.heartbeat = true;
+                            Ok(())
+                        }
                         Err(error) => Err(error.code()),
                     }
                 }
@@ -395,7 +402,10 @@ impl Server<'_> {
                             drained.ready = true;
                             Ok(())
                         }
-                        Ok(pager::ToCore::Heartbeat { .. }) => Ok(()),
+                        Ok(pager::ToCore::Heartbeat { .. }) => {
+                            drained.heartbeat = true;
+                            Ok(())
+                        }
                         Ok(pager::ToCore::Target { domain, accepted, floor_pages }) => {
                             let _ = drained.targets.push((domain, accepted, floor_pages));
                             Ok(())
@@ -412,6 +422,7 @@ impl Server<'_> {
                     Some(input) => {
                         match messages::decode_from_server::<scheduler::ToCore>(bytes, generation, &input.shape) {
                             Ok(message) => {
+                                drained.heartbeat |= matches!(message, scheduler::ToCore::Heartbeat { .. });
                                 match input.link.accept(message, generation, input.vcpu_index) {
                                     super::scheduling::Accepted::Ready => drained.ready = true,
                                     super::scheduling::Accepted::NeedsRebuild => drained.needs_rebuild = true,
@@ -428,7 +439,10 @@ impl Server<'_> {
                 (_, Err(_)) => Err(messages::ErrorCode::BadLength),
             };
             match verdict {
-                Ok(()) => health.well_formed(),
+                Ok(()) => {
+                    health.well_formed();
+                    drained.messages += 1;
+                }
                 Err(code) => {
                     let _ = errors.push(code);
                     if let Some(limit) = health.malformed() {
