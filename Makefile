@@ -10,8 +10,12 @@ CARGO := $(shell command -v cargo 2>/dev/null)
 XTASK  = cargo xtask
 
 ARGS    ?=
+SEED    ?= 1
+KILLS   ?= 50
+SERVERS ?=
+INTERVAL_MS ?=
 
-.PHONY: run test scenario bench setup clean check-cargo hvctl
+.PHONY: run test scenario bench setup clean check-cargo hvctl fault-campaign
 
 check-cargo:
 ifndef CARGO
@@ -32,6 +36,13 @@ scenario: check-cargo
 
 bench: check-cargo
 	$(XTASK) bench
+
+# A seeded fault campaign (issue #6): memhog and two spinners while the core
+# kills the scheduler and the pager KILLS times; prints the report and fails
+# unless no page was lost. SERVERS=scheduler,pager and INTERVAL_MS=100 are
+# optional.
+fault-campaign: check-cargo
+	$(XTASK) campaign --seed $(SEED) --kills $(KILLS) $(if $(SERVERS),--servers $(SERVERS)) $(if $(INTERVAL_MS),--interval-ms $(INTERVAL_MS))
 
 # Talk to a running appliance: make hvctl ARGS="sched-credit -d heavy -w 512"
 hvctl: check-cargo

@@ -13,8 +13,12 @@ use ipc::server::{syscall, IMAGE_BASE, MAX_LOG_LEN, STACK_TOP};
 
 /// Malformed messages in a row that make the core restart a server.
 pub const MALFORMED_LIMIT: u32 = 8;
-/// Timer slices a server may be preempted in, in a row, before it counts as hung.
-pub const HANG_SLICES: u32 = 5;
+/// Whole timer slices (10 ms each) a server may run without yielding or
+/// waiting, in a row, before it counts as hung: 200 ms. Under TCG on a loaded
+/// host the guest-visible TSC runs on while QEMU's thread waits for a host
+/// CPU, so a pager busy with a batch of CRCs for 5 ms of host time can see
+/// 50 ms pass; 5 slices restarted a working pager in `memhog` runs.
+pub const HANG_SLICES: u32 = 20;
 /// How long messages may wait unread in a server's ring before the server
 /// counts as hung (no progress on its rings), ns.
 pub const PROGRESS_DEADLINE_NS: u64 = 1_000_000_000;

@@ -9,6 +9,16 @@
 //! vmexit_bare_median_ticks`, the cost of a CPUID exit handled by the core
 //! relative to the bare VMRUN → VMMCALL → #VMEXIT round trip; the goal is
 //! at most [`RATIO_GOAL`].
+//!
+//! Paging figures (issue #5 §7) come from a second boot, of
+//! `appliances/bench-paging.toml` with a swap disk: the core logs them when
+//! the paging domain ends ([`PAGING_FIGURES`]). `page_out_per_s` and
+//! `page_in_per_s` are end-to-end rates between the first and the last
+//! eviction (load): guest faults, the ring-3 pager and its virtio-blk I/O
+//! under QEMU TCG, and the guest's own work in between, all included. They
+//! are set against `copy_4k_per_s`, the core copying one 4 KiB host frame to
+//! another with the routine paging uses, timed at the end of the same boot:
+//! `page_in_over_copy_ratio` has the goal at least [`PAGE_IN_RATIO_GOAL`].
 
 use std::fmt;
 use std::path::Path;
@@ -30,9 +40,49 @@ pub const REQUIRED_CORE_FIGURES: [&str; 4] = [
 pub const RATIO_NAME: &str = "cpuid_over_bare_ratio";
 /// The ratio's goal (at most).
 pub const RATIO_GOAL: f64 = 1.10;
+/// Figures the paging boot must report.
+pub const PAGING_FIGURES: [&str; 5] = [
+    "page_out_per_s",
+    "page_in_per_s",
+    "page_in_median_ticks",
+    "page_in_p99_ticks",
+    "copy_4k_per_s",
+];
+/// Name of the page-in throughput over in-core copy throughput ratio.
+pub const PAGE_IN_RATIO_NAME: &str = "page_in_over_copy_ratio";
+/// Its goal (at least).
+pub const PAGE_IN_RATIO_GOAL: f64 = 0.5;
+
+/// Which side of its goal a derived figure must be on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Goal {
+    /// The value must be at most this.
+    AtMost(f64),
+    /// The value must be at least this.
+    AtLeast(f64),
+}
+
+impl Goal {
+    /// Whether `value` meets the goal.
+    pub fn met(self, value: f64) -> bool {
+        match self {
+            Self::AtMost(goal) => value <= goal,
+            Self::AtLeast(goal) => value >= goal,
+        }
+    }
+}
+
+impl fmt::Display for Goal {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AtMost(goal) => write!(formatter, "goal <= {goal:.2}"),
+            Self::AtLeast(goal) => write!(formatter, "goal >= {goal:.2}"),
+        }
+    }
+}
 
 /// A figure computed from two others: `numerator / denominator * scale`,
-/// with an optional goal (at most).
+/// with an optional goal.
 #[derive(Debug, Clone, Copy)]
 pub struct Derived {
     /// The derived figure's name.
@@ -43,18 +93,18 @@ pub struct Derived {
     pub denominator: &'static str,
     /// Multiplier applied to the quotient.
     pub scale: f64,
-    /// The goal, if there is one: the value must be at most this.
-    pub goal: Option<f64>,
+    /// The goal, if there is one.
+    pub goal: Option<Goal>,
 }
 
 /// Every derived figure, in table order.
-pub const DERIVED: [Derived; 4] = [
+pub const DERIVED: [Derived; 8] = [
     Derived {
         name: RATIO_NAME,
         numerator: "cpuid_exit_median_ticks",
         denominator: "vmexit_bare_median_ticks",
         scale: 1.0,
-        goal: Some(RATIO_GOAL),
+        goal: Some(Goal::AtMost(RATIO_GOAL)),
     },
     Derived {
         name: "ipc_over_vmexit_ratio",
@@ -75,6 +125,34 @@ pub const DERIVED: [Derived; 4] = [
         numerator: "server_restart_median_ticks",
         denominator: "tsc_mhz",
         scale: 0.001,
+        goal: None,
+    },
+    Derived {
+        name: "page_out_over_copy_ratio",
+        numerator: "page_out_per_s",
+        denominator: "copy_4k_per_s",
+        scale: 1.0,
+        goal: None,
+    },
+    Derived {
+        name: PAGE_IN_RATIO_NAME,
+        numerator: "page_in_per_s",
+        denominator: "copy_4k_per_s",
+        scale: 1.0,
+        goal: Some(Goal::AtLeast(PAGE_IN_RATIO_GOAL)),
+    },
+    Derived {
+        name: "page_in_median_us",
+        numerator: "page_in_median_ticks",
+        denominator: "paging_tsc_mhz",
+        scale: 1.0,
+        goal: None,
+    },
+    Derived {
+        name: "page_in_p99_us",
+        numerator: "page_in_p99_ticks",
+        denominator: "paging_tsc_mhz",
+        scale: 1.0,
         goal: None,
     },
 ];
@@ -104,9 +182,25 @@ impl fmt::Display for Figure {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Count(value) => write!(formatter, "{value}"),
-            Self::Real(value) => write!(formatter, "{value:.3}"),
+            Self::Real(value) => write!(formatter, "{value:.decimals$}", decimals = decimals(*value)),
         }
     }
+}
+
+/// Decimals a real figure is shown (and stored) with: 3, or as many as
+/// keep 3 significant digits of a value below 0.1 (ratios far from 1, such
+/// as paging's 0.00114, must not print as 0.001).
+fn decimals(value: f64) -> usize {
+    if value == 0.0 || !value.is_finite() || value.abs() >= 0.1 {
+        return 3;
+    }
+    (2 - value.abs().log10().floor() as i64).clamp(3, 12) as usize
+}
+
+/// `value` rounded to [`decimals`] places.
+fn round_to_decimals(value: f64) -> f64 {
+    let scale = 10f64.powi(decimals(value) as i32);
+    (value * scale).round() / scale
 }
 
 /// Parses a core message `bench NAME VALUE`. `None` when the message is not
@@ -171,18 +265,31 @@ impl BenchResults {
 
     /// Fails naming every required core figure that is missing.
     pub fn check_required(&self) -> Result<()> {
-        let missing: Vec<&str> = REQUIRED_CORE_FIGURES
+        self.check_present(&REQUIRED_CORE_FIGURES, "the core")
+    }
+
+    /// Fails naming every figure of `names` that is missing; `source` says
+    /// who should have reported them.
+    pub fn check_present(&self, names: &[&str], source: &str) -> Result<()> {
+        let missing: Vec<&str> = names
             .iter()
             .copied()
             .filter(|name| self.get(name).is_none())
             .collect();
         if !missing.is_empty() {
             bail!(
-                "the core did not report these bench figures: {}",
+                "{source} did not report these bench figures: {}",
                 missing.join(", ")
             );
         }
         Ok(())
+    }
+
+    /// Adds (or replaces) every figure of `other`, in its order.
+    pub fn merge(&mut self, other: &Self) {
+        for (name, figure) in &other.figures {
+            self.set(name, *figure);
+        }
     }
 
     /// Adds one [`Derived`] figure; returns it (None when an operand is
@@ -223,7 +330,7 @@ impl BenchResults {
             let value = match *figure {
                 Figure::Count(value) => serde_json::Value::from(value),
                 Figure::Real(value) => {
-                    serde_json::Number::from_f64((value * 1000.0).round() / 1000.0)
+                    serde_json::Number::from_f64(round_to_decimals(value))
                         .map_or(serde_json::Value::Null, serde_json::Value::Number)
                 }
             };
@@ -474,6 +581,41 @@ mod tests {
     }
 
     #[test]
+    fn paging_ratios_are_throughputs_over_the_copy_with_an_at_least_goal() {
+        let (paging, problems) = BenchResults::collect(&[
+            info("bench page_out_per_s 3000"),
+            info("bench page_in_per_s 2000"),
+            info("bench page_in_median_ticks 260000"),
+            info("bench page_in_p99_ticks 2600000"),
+            info("bench copy_4k_per_s 40000"),
+            info("bench paging_tsc_mhz 2600"),
+        ]);
+        assert!(problems.is_empty());
+        paging.check_present(&PAGING_FIGURES, "the paging boot").unwrap();
+        let mut results = BenchResults::default();
+        results.set("tsc_mhz", Figure::Count(2600));
+        results.merge(&paging);
+        assert_eq!(results.get("page_in_per_s"), Some(Figure::Count(2000)));
+        let value = |name: &str| {
+            let derived = DERIVED.iter().find(|derived| derived.name == name).unwrap();
+            (results.clone().derive(derived).unwrap(), derived.goal)
+        };
+        assert_eq!(value("page_out_over_copy_ratio"), (0.075, None));
+        let (ratio, goal) = value(PAGE_IN_RATIO_NAME);
+        assert_eq!(ratio, 0.05);
+        assert_eq!(goal, Some(Goal::AtLeast(PAGE_IN_RATIO_GOAL)));
+        assert!(!goal.unwrap().met(ratio));
+        assert!(goal.unwrap().met(0.5));
+        assert!(Goal::AtMost(RATIO_GOAL).met(1.0) && !Goal::AtMost(RATIO_GOAL).met(1.2));
+        assert_eq!(value("page_in_median_us").0, 100.0);
+        assert_eq!(value("page_in_p99_us").0, 1000.0);
+        assert_eq!(Goal::AtLeast(0.5).to_string(), "goal >= 0.50");
+
+        let error = BenchResults::default().check_present(&PAGING_FIGURES, "the paging boot").unwrap_err();
+        assert!(error.to_string().starts_with("the paging boot did not report"), "{error}");
+    }
+
+    #[test]
     fn json_is_a_flat_name_to_number_object() {
         let mut results = BenchResults::default();
         results.set("vmexit_bare_median_ticks", Figure::Count(23456));
@@ -493,6 +635,16 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(written, parsed);
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn small_reals_keep_three_significant_digits() {
+        assert_eq!(Figure::Real(2.5).to_string(), "2.500");
+        assert_eq!(Figure::Real(0.228).to_string(), "0.228");
+        assert_eq!(Figure::Real(0.0011407).to_string(), "0.00114");
+        assert_eq!(Figure::Real(0.0).to_string(), "0.000");
+        assert_eq!(round_to_decimals(0.0011407), 0.00114);
+        assert_eq!(round_to_decimals(31.2549), 31.255);
     }
 
     #[test]

@@ -241,7 +241,7 @@ pub fn build_bundle(
             cpus: appliance.machine.cpus,
             memory_mib: appliance.machine.memory_mib,
             stop_after_ms: appliance.machine.stop_after_ms,
-            faults: None,
+            faults: appliance.faults.map(|faults| faults.plan()),
         },
         domains,
         servers,
@@ -321,6 +321,32 @@ mod tests {
         .unwrap();
         assert_eq!(written, directory.join("demo.bundle"));
         assert!(Bundle::parse(&std::fs::read(written).unwrap()).is_ok());
+        std::fs::remove_dir_all(directory).unwrap();
+    }
+
+    #[test]
+    fn the_faults_table_reaches_the_manifest() {
+        let directory = scratch_directory("faults");
+        fake_elf(&directory, "hello", 100);
+        fake_elf(&directory, "pager-server", 100);
+        let text = "[[domain]]\nname='a'\nkernel='cairn:hello'\n\
+                    [[server]]\nname='pager'\nkind='pager'\nimage='cairn:pager-server'\n\
+                    [faults]\nseed=42\nkills=7\ninterval_ms=250\n";
+        let appliance = config::parse(text, "t.toml", &directory).unwrap();
+        let bundle_bytes = build_bundle(&appliance, RunMode::Normal, &directory).unwrap();
+        let bundle = Bundle::parse(&bundle_bytes).unwrap();
+        assert_eq!(
+            bundle.manifest.machine.faults,
+            Some(ipc::boot::FaultPlan {
+                seed: 42,
+                kills: 7,
+                servers: 1 << ipc::server::ServerKind::Pager as u8,
+                interval_ms: 250,
+            })
+        );
+        let plain = config::parse("[[domain]]\nname='a'\nkernel='cairn:hello'\n", "t.toml", &directory).unwrap();
+        let bundle_bytes = build_bundle(&plain, RunMode::Normal, &directory).unwrap();
+        assert_eq!(Bundle::parse(&bundle_bytes).unwrap().manifest.machine.faults, None);
         std::fs::remove_dir_all(directory).unwrap();
     }
 

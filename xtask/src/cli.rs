@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::campaign;
+use crate::config::{self, KILLABLE_SERVER_KINDS};
 use crate::qemu::MachineType;
 use crate::scenario::SWAP_MIB_MAX;
 
@@ -23,6 +25,13 @@ commands:
             (each boot gets a control socket of its own, printed as
             `xtask: control socket: PATH`)
   test      host unit tests, then every scenario; ends with `N passed, M failed`
+  campaign [--seed S] [--kills K] [--servers scheduler,pager] [--interval-ms M]
+            a seeded fault campaign: writes target/campaign/fault-campaign.toml
+            (memhog and two spinners, weights 1:2, under the core's injector;
+            default seed 1, 50 kills of both servers about every 100 ms),
+            boots it with a swap disk, prints the report and fails unless no
+            page was lost, every kill was made and answered, every guest
+            progressed after the last kill and the shares held
   bench     boot appliances/bench.toml in bench mode, print the figures and
             write target/bench.json
   setup     check and install the prerequisites (Rust target, QEMU)
@@ -50,6 +59,8 @@ pub enum Command {
     },
     /// `test`.
     Test,
+    /// `campaign`.
+    Campaign(campaign::Settings),
     /// `bench`.
     Bench,
     /// `setup`.
@@ -79,11 +90,87 @@ pub fn parse(arguments: &[String]) -> Result<Command, String> {
             )),
         },
         "test" => no_more(rest).map(|()| Command::Test),
+        "campaign" => parse_campaign(rest),
         "bench" => no_more(rest).map(|()| Command::Bench),
         "setup" => no_more(rest).map(|()| Command::Setup),
         "help" | "-h" | "--help" => Ok(Command::Help),
         other => Err(format!("unknown command `{other}`")),
     }
+}
+
+/// Splits `--option=value`, or takes `--option`'s value from the next argument.
+fn option_and_value<'a>(
+    argument: &'a str,
+    remaining: &mut std::slice::Iter<'_, String>,
+) -> (&'a str, Result<String, String>) {
+    let (option, value) = match argument.split_once('=') {
+        Some((option, value)) if option.starts_with("--") => (option, Some(value.to_owned())),
+        _ => (argument, remaining.next().cloned()),
+    };
+    let value = value
+        .filter(|value| !value.is_empty())
+        .ok_or_else(|| format!("`{option}` needs a value"));
+    (option, value)
+}
+
+fn parse_campaign(arguments: &[String]) -> Result<Command, String> {
+    let mut settings = campaign::Settings::default();
+    let mut remaining = arguments.iter();
+    while let Some(argument) = remaining.next() {
+        if !argument.starts_with("--") {
+            return Err(format!("unexpected argument `{argument}` for `campaign`"));
+        }
+        let (option, value) = option_and_value(argument, &mut remaining);
+        let known = ["--seed", "--kills", "--servers", "--interval-ms"];
+        if !known.contains(&option) {
+            return Err(format!("unknown option `{option}` for `campaign`"));
+        }
+        let text = value?;
+        match option {
+            "--seed" => {
+                settings.seed = text
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|seed| i64::try_from(*seed).is_ok())
+                    .ok_or_else(|| format!("--seed: `{text}` is not a number of 0..={}", i64::MAX))?;
+            }
+            "--kills" => {
+                settings.kills = text
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|kills| (1..=ipc::boot::MAX_FAULT_KILLS).contains(kills))
+                    .ok_or_else(|| {
+                        format!("--kills: `{text}` is not a number of 1..={}", ipc::boot::MAX_FAULT_KILLS)
+                    })?;
+            }
+            "--interval-ms" => {
+                settings.interval_ms = text
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|interval| config::FAULT_INTERVAL_RANGE_MS.contains(interval))
+                    .ok_or_else(|| {
+                        let range = config::FAULT_INTERVAL_RANGE_MS;
+                        format!("--interval-ms: `{text}` is not a number of {}..={} ms", range.start(), range.end())
+                    })?;
+            }
+            _ => {
+                let mut servers = Vec::new();
+                for name in text.split(',').map(str::trim) {
+                    let kind = KILLABLE_SERVER_KINDS
+                        .into_iter()
+                        .find(|kind| config::kind_name(*kind) == name)
+                        .ok_or_else(|| format!("--servers: `{name}` is not scheduler or pager"))?;
+                    if servers.contains(&kind) {
+                        return Err(format!("--servers: `{name}` is listed twice"));
+                    }
+                    servers.push(kind);
+                }
+                settings.servers = servers;
+            }
+        }
+    }
+    settings.check().map_err(|problem| format!("campaign: {problem}"))?;
+    Ok(Command::Campaign(settings))
 }
 
 fn parse_run(arguments: &[String]) -> Result<Command, String> {
@@ -215,6 +302,42 @@ mod tests {
         assert!(parse(&arguments("run --swap-mib 65537")).is_err());
         assert!(parse(&arguments("test extra")).is_err());
         assert!(parse(&arguments("scenario a b")).is_err());
+    }
+
+    #[test]
+    fn campaign_takes_its_options_with_defaults() {
+        use ipc::server::ServerKind;
+        assert_eq!(parse(&arguments("campaign")), Ok(Command::Campaign(campaign::Settings::default())));
+        assert_eq!(
+            parse(&arguments("campaign --seed 42 --kills=200 --servers pager --interval-ms 20")),
+            Ok(Command::Campaign(campaign::Settings {
+                seed: 42,
+                kills: 200,
+                servers: vec![ServerKind::Pager],
+                interval_ms: 20,
+            }))
+        );
+        let Ok(Command::Campaign(settings)) = parse(&arguments("campaign --servers=pager,scheduler")) else {
+            panic!("a campaign");
+        };
+        assert_eq!(settings.servers, vec![ServerKind::Pager, ServerKind::Scheduler]);
+        for (bad, named) in [
+            ("campaign --seed -1", "--seed"),
+            ("campaign --seed 9223372036854775808", "--seed"),
+            ("campaign --kills 0", "--kills"),
+            ("campaign --kills 100001", "--kills"),
+            ("campaign --kills", "--kills"),
+            ("campaign --kills=", "--kills"),
+            ("campaign --interval-ms 0", "--interval-ms"),
+            ("campaign --servers test", "test"),
+            ("campaign --servers pager,pager", "twice"),
+            ("campaign --fast", "--fast"),
+            ("campaign 5", "`5`"),
+            ("campaign --kills 100000 --interval-ms 60000", "too long"),
+        ] {
+            let problem = parse(&arguments(bad)).unwrap_err();
+            assert!(problem.contains(named), "{bad}: {problem}");
+        }
     }
 
     #[test]

@@ -29,21 +29,39 @@
 //! image = "cairn:test-server"  # required: cairn:NAME = server binary NAME of the
 //!                              # workspace, else a path relative to this file
 //! args = ""            # argument string, at most 255 bytes, default empty
+//!
+//! [faults]             # optional: a seeded fault campaign (issue #6)
+//! seed = 1             # required: the core injector's PRNG seed,
+//!                      # 0..=9223372036854775807 (a TOML integer)
+//! kills = 50           # required: kills to make, 1..=ipc::boot::MAX_FAULT_KILLS
+//! servers = ["scheduler", "pager"]  # which servers to kill, each listed once;
+//!                      # every one must be a [[server]] of the appliance
+//!                      # (default: the scheduler and the pager servers
+//!                      # the appliance has; a test server is never killed)
+//! interval_ms = 100    # mean ms between kills, 1..=60000, default 100
 //! ```
 //!
+//! With `[faults]`, the core's seeded injector (hypervisor-core's
+//! `injector`) kills the listed servers `kills` times, about one kill per
+//! `interval_ms`, at points drawn from `seed` (at a server's N-th message,
+//! mid-eviction, mid-page-in, or at once), and the servers restart as usual;
+//! the same seed against the same events gives the same kills. `cargo xtask
+//! campaign` (`make fault-campaign`) writes such an appliance and judges the
+//! run ([`crate::campaign`]).
+//!
 //! Parsing is pure ([`parse`]); it checks every key's type and range and
-//! refuses unknown keys, naming each key as `domain[1].memory` or
-//! `server[0].kind`. Whether the image files exist is checked later by
-//! [`crate::bundle`], after the runner has built the test guests and the
-//! servers. To add a key: add a field and one read call in [`parse_domain`],
-//! [`parse_server`] or [`parse_machine`].
+//! refuses unknown keys, naming each key as `domain[1].memory`,
+//! `server[0].kind` or `faults.servers[1]`. Whether the image files exist is
+//! checked later by [`crate::bundle`], after the runner has built the test
+//! guests and the servers. To add a key: add a field and one read call in
+//! [`parse_domain`], [`parse_server`], [`parse_machine`] or [`parse_faults`].
 
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use ipc::boot::{
-    MAX_CMDLINE_LEN, MAX_CPUS, MAX_DOMAINS, MAX_DOMAIN_MEMORY_MIB, MAX_NAME_LEN, MAX_SERVERS,
-    MAX_VCPUS, MIN_DOMAIN_MEMORY_MIB,
+    FaultPlan, MAX_CMDLINE_LEN, MAX_CPUS, MAX_DOMAINS, MAX_DOMAIN_MEMORY_MIB, MAX_FAULT_KILLS,
+    MAX_NAME_LEN, MAX_SERVERS, MAX_VCPUS, MIN_DOMAIN_MEMORY_MIB,
 };
 use ipc::server::{ServerKind, MAX_ARGUMENTS_LEN};
 
@@ -68,6 +86,14 @@ pub const SERVER_KINDS: [(&str, ServerKind); 3] = [
     ("pager", ServerKind::Pager),
     ("test", ServerKind::Test),
 ];
+
+/// Mean time between kills (ms) when `[faults]` gives no `interval_ms`.
+pub const DEFAULT_FAULT_INTERVAL_MS: u32 = 100;
+/// The `interval_ms` values `[faults]` accepts.
+pub const FAULT_INTERVAL_RANGE_MS: RangeInclusive<u32> = 1..=60_000;
+/// The server kinds a fault campaign may kill (`[faults] servers`), in the
+/// order the default lists them.
+pub const KILLABLE_SERVER_KINDS: [ServerKind; 2] = [ServerKind::Scheduler, ServerKind::Pager];
 
 /// Where an ELF image (a domain's kernel, a server's image) comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +155,51 @@ pub struct ServerConfig {
     pub args: String,
 }
 
+/// The `[faults]` table: a seeded fault-injection campaign against the
+/// appliance's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultsConfig {
+    /// Seed of the core injector's PRNG.
+    pub seed: u64,
+    /// Kills to make.
+    pub kills: u32,
+    /// Which servers may be killed: bit `1 << kind` per [`ServerKind`]
+    /// (scheduler and pager only), as in [`ipc::boot::FaultPlan`].
+    pub servers: u8,
+    /// Mean time between kills, ms.
+    pub interval_ms: u32,
+}
+
+impl FaultsConfig {
+    /// The bit of `kind` in [`Self::servers`].
+    pub fn server_bit(kind: ServerKind) -> u8 {
+        1 << kind as u8
+    }
+
+    /// Whether the campaign kills servers of `kind`.
+    pub fn kills_kind(&self, kind: ServerKind) -> bool {
+        self.servers & Self::server_bit(kind) != 0
+    }
+
+    /// The kinds killed, scheduler first.
+    pub fn kinds(&self) -> Vec<ServerKind> {
+        KILLABLE_SERVER_KINDS
+            .into_iter()
+            .filter(|kind| self.kills_kind(*kind))
+            .collect()
+    }
+
+    /// The plan the core receives in its manifest.
+    pub fn plan(&self) -> FaultPlan {
+        FaultPlan {
+            seed: self.seed,
+            kills: self.kills,
+            servers: self.servers,
+            interval_ms: self.interval_ms,
+        }
+    }
+}
+
 /// A parsed appliance file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appliance {
@@ -140,6 +211,8 @@ pub struct Appliance {
     pub domains: Vec<DomainConfig>,
     /// The servers, in file order (empty when the file has none).
     pub servers: Vec<ServerConfig>,
+    /// The fault campaign of the `[faults]` table, if any.
+    pub faults: Option<FaultsConfig>,
 }
 
 impl Appliance {
@@ -177,6 +250,7 @@ pub fn parse(text: &str, file: &str, base_directory: &Path) -> Result<Appliance,
     };
     let domain_tables = root.table_array("domain")?;
     let server_tables = root.table_array("server")?;
+    let faults_table = root.table("faults")?;
     root.finish()?;
 
     if domain_tables.is_empty() {
@@ -210,6 +284,10 @@ pub fn parse(text: &str, file: &str, base_directory: &Path) -> Result<Appliance,
     }
 
     let servers = parse_servers(server_tables, file, base_directory)?;
+    let faults = match faults_table {
+        Some(table) => Some(parse_faults(table, &servers)?),
+        None => None,
+    };
 
     let needed_mib: u64 = domains
         .iter()
@@ -230,6 +308,7 @@ pub fn parse(text: &str, file: &str, base_directory: &Path) -> Result<Appliance,
         machine,
         domains,
         servers,
+        faults,
     })
 }
 
@@ -244,6 +323,78 @@ fn parse_machine(mut table: TableReader<'_>) -> Result<MachineConfig, KeyError> 
     let stop_after_ms = table.integer_in("stop_after", 0..=3_600_000u32, " ms")?.unwrap_or(0);
     table.finish()?;
     Ok(MachineConfig { cpus, memory_mib, stop_after_ms })
+}
+
+/// Reads the `[faults]` table; `servers` are the appliance's servers, which
+/// the listed kinds (or the default) are checked against.
+fn parse_faults(mut table: TableReader<'_>, servers: &[ServerConfig]) -> Result<FaultsConfig, KeyError> {
+    let seed = table
+        .integer_in("seed", 0..=i64::MAX, "")?
+        .ok_or_else(|| table.error("seed", "missing (this key is required: the injector's PRNG seed)"))?;
+    let kills = table
+        .integer_in("kills", 1..=MAX_FAULT_KILLS, "")?
+        .ok_or_else(|| table.error("kills", "missing (this key is required: how many kills to make)"))?;
+    let interval_ms = table
+        .integer_in("interval_ms", FAULT_INTERVAL_RANGE_MS, " ms")?
+        .unwrap_or(DEFAULT_FAULT_INTERVAL_MS);
+    let listed = table.string_list("servers")?;
+    let has = |kind: ServerKind| servers.iter().any(|server| server.kind == kind);
+    let killable: Vec<&str> = KILLABLE_SERVER_KINDS.iter().map(|kind| kind_name(*kind)).collect();
+    let mut mask = 0u8;
+    match listed {
+        None => {
+            for kind in KILLABLE_SERVER_KINDS.into_iter().filter(|kind| has(*kind)) {
+                mask |= FaultsConfig::server_bit(kind);
+            }
+            if mask == 0 {
+                return Err(table.error(
+                    "servers",
+                    format!(
+                        "the appliance has no server to kill: add a [[server]] of kind {}",
+                        killable.join(" or ")
+                    ),
+                ));
+            }
+        }
+        Some(names) => {
+            if names.is_empty() {
+                return Err(table.error(
+                    "servers",
+                    format!("empty: list the servers to kill ({})", killable.join(", ")),
+                ));
+            }
+            for (index, name) in names.iter().enumerate() {
+                let key = format!("servers[{index}]");
+                let kind = KILLABLE_SERVER_KINDS
+                    .into_iter()
+                    .find(|kind| kind_name(*kind) == name)
+                    .ok_or_else(|| {
+                        table.error(
+                            &key,
+                            format!("`{name}` is not a server kind a campaign kills (known: {})", killable.join(", ")),
+                        )
+                    })?;
+                let bit = FaultsConfig::server_bit(kind);
+                if mask & bit != 0 {
+                    return Err(table.error(&key, format!("`{name}` is listed twice")));
+                }
+                if !has(kind) {
+                    return Err(table.error(
+                        &key,
+                        format!("the appliance has no server of kind `{name}` (add a [[server]] with kind = \"{name}\")"),
+                    ));
+                }
+                mask |= bit;
+            }
+        }
+    }
+    table.finish()?;
+    Ok(FaultsConfig {
+        seed: seed as u64,
+        kills,
+        servers: mask,
+        interval_ms,
+    })
 }
 
 /// Reads one `[[domain]]` table.
@@ -662,7 +813,7 @@ cmdline = "iterations=5"
     #[test]
     fn the_repository_appliances_parse_and_the_bad_one_is_refused() {
         let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("../appliances");
-        for name in ["default", "hello", "fault", "bench", "servers", "hostile"] {
+        for name in ["default", "hello", "fault", "bench", "servers", "hostile", "campaign"] {
             let path = directory.join(format!("{name}.toml"));
             let appliance = load(&path, name).unwrap_or_else(|error| panic!("{error}"));
             assert!(!appliance.domains.is_empty());
@@ -671,6 +822,10 @@ cmdline = "iterations=5"
         assert_eq!(hostile.servers.len(), 1);
         assert_eq!(hostile.servers[0].kind, ServerKind::Test);
         assert!(hostile.servers[0].args.contains("hostile"));
+        let campaign = load(&directory.join("campaign.toml"), "campaign").unwrap();
+        let faults = campaign.faults.expect("campaign.toml has a [faults] table");
+        assert_eq!(faults.kinds(), vec![ServerKind::Scheduler, ServerKind::Pager]);
+        assert!(faults.kills >= 50, "issue #6: at least 50 kills in make test");
         let error = load(&directory.join("bad-memory.toml"), "bad-memory.toml").unwrap_err();
         assert_eq!(error.key.as_deref(), Some("domain[0].memory"));
     }
@@ -781,6 +936,85 @@ cmdline = "iterations=5"
             .map(|index| one(&format!("s{index}"), "test"))
             .collect();
         assert_error_on(&format!("{DOMAIN}{many}"), "server");
+    }
+
+    const KILLABLE: &str = "[[server]]\nname='sched'\nkind='scheduler'\nimage='cairn:scheduler-server'\n\
+                            [[server]]\nname='pager'\nkind='pager'\nimage='cairn:pager-server'\n";
+
+    fn with_faults(servers: &str, faults: &str) -> String {
+        format!("{DOMAIN}{servers}[faults]\n{faults}")
+    }
+
+    #[test]
+    fn faults_parse_with_defaults_and_map_to_the_plan() {
+        assert_eq!(parse_text(DOMAIN).unwrap().faults, None);
+        let both = FaultsConfig::server_bit(ServerKind::Scheduler) | FaultsConfig::server_bit(ServerKind::Pager);
+        let appliance = parse_text(&with_faults(KILLABLE, "seed = 7\nkills = 50\n")).unwrap();
+        let faults = appliance.faults.unwrap();
+        assert_eq!(
+            faults,
+            FaultsConfig { seed: 7, kills: 50, servers: both, interval_ms: DEFAULT_FAULT_INTERVAL_MS }
+        );
+        assert_eq!(faults.kinds(), vec![ServerKind::Scheduler, ServerKind::Pager]);
+        assert_eq!(
+            faults.plan(),
+            FaultPlan { seed: 7, kills: 50, servers: 0b11, interval_ms: 100 },
+            "bit 1 << ServerKind as u8, as the core reads it"
+        );
+        let appliance = parse_text(&with_faults(
+            KILLABLE,
+            "seed = 9223372036854775807\nkills = 100000\nservers = ['pager']\ninterval_ms = 60000\n",
+        ))
+        .unwrap();
+        let faults = appliance.faults.unwrap();
+        assert_eq!((faults.seed, faults.kills, faults.interval_ms), (i64::MAX as u64, MAX_FAULT_KILLS, 60_000));
+        assert!(faults.kills_kind(ServerKind::Pager) && !faults.kills_kind(ServerKind::Scheduler));
+        assert_eq!(faults.plan().servers, 0b10);
+        let scheduler_only = "[[server]]\nname='s'\nkind='scheduler'\nimage='cairn:scheduler-server'\n\
+                              [[server]]\nname='t'\nkind='test'\nimage='cairn:test-server'\n";
+        let appliance = parse_text(&with_faults(scheduler_only, "seed = 0\nkills = 1\n")).unwrap();
+        assert_eq!(
+            appliance.faults.unwrap().kinds(),
+            vec![ServerKind::Scheduler],
+            "the default is the killable servers the appliance has"
+        );
+    }
+
+    #[test]
+    fn fault_errors_name_the_key() {
+        let error = assert_error_on(&with_faults(KILLABLE, "kills = 5\n"), "faults.seed");
+        assert!(error.message.contains("required"), "{error}");
+        assert_error_on(&with_faults(KILLABLE, "seed = 1\n"), "faults.kills");
+        assert_error_on(&with_faults(KILLABLE, "seed = -1\nkills = 5\n"), "faults.seed");
+        assert_error_on(&with_faults(KILLABLE, "seed = 'x'\nkills = 5\n"), "faults.seed");
+        let error = assert_error_on(&with_faults(KILLABLE, "seed = 1\nkills = 0\n"), "faults.kills");
+        assert_eq!(error.message, "0 is out of range 1..=100000");
+        assert_error_on(&with_faults(KILLABLE, "seed = 1\nkills = 100001\n"), "faults.kills");
+        let error = assert_error_on(&with_faults(KILLABLE, "seed = 1\nkills = 5\ninterval_ms = 0\n"), "faults.interval_ms");
+        assert_eq!(error.message, "0 is out of range 1..=60000 ms");
+        assert_error_on(&with_faults(KILLABLE, "seed = 1\nkills = 5\ninterval_ms = 60001\n"), "faults.interval_ms");
+        let error = assert_error_on(&with_faults(KILLABLE, "seed = 1\nkills = 5\nservers = ['pager', 'test']\n"), "faults.servers[1]");
+        assert!(error.message.contains("scheduler, pager"), "{error}");
+        let error = assert_error_on(&with_faults(KILLABLE, "seed = 1\nkills = 5\nservers = ['pager', 'pager']\n"), "faults.servers[1]");
+        assert!(error.message.contains("twice"), "{error}");
+        assert_error_on(&with_faults(KILLABLE, "seed = 1\nkills = 5\nservers = []\n"), "faults.servers");
+        assert_error_on(&with_faults(KILLABLE, "seed = 1\nkills = 5\nservers = 'pager'\n"), "faults.servers");
+        assert_error_on(&with_faults(KILLABLE, "seed = 1\nkills = 5\nservers = [1]\n"), "faults.servers[0]");
+        let error = assert_error_on(&with_faults(KILLABLE, "seed = 1\nkills = 5\nkill = 3\n"), "faults.kill");
+        assert!(error.message.contains("unknown key") && error.message.contains("interval_ms"), "{error}");
+        assert_error_on(&format!("faults = 3\n{DOMAIN}"), "faults");
+    }
+
+    #[test]
+    fn faults_refuse_a_server_kind_the_appliance_lacks() {
+        let pager_only = "[[server]]\nname='pager'\nkind='pager'\nimage='cairn:pager-server'\n";
+        let error = assert_error_on(&with_faults(pager_only, "seed = 1\nkills = 5\nservers = ['scheduler']\n"), "faults.servers[0]");
+        assert!(error.message.contains("no server of kind `scheduler`"), "{error}");
+        assert!(parse_text(&with_faults(pager_only, "seed = 1\nkills = 5\nservers = ['pager']\n")).is_ok());
+        let error = assert_error_on(&with_faults("", "seed = 1\nkills = 5\n"), "faults.servers");
+        assert!(error.message.contains("no server to kill"), "{error}");
+        let test_only = "[[server]]\nname='t'\nkind='test'\nimage='cairn:test-server'\n";
+        assert_error_on(&with_faults(test_only, "seed = 1\nkills = 5\n"), "faults.servers");
     }
 
     #[test]

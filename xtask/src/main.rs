@@ -27,6 +27,7 @@ macro_rules! say {
 
 mod bench;
 mod bundle;
+mod campaign;
 mod cli;
 mod commands;
 mod config;
@@ -71,6 +72,7 @@ fn main() -> ExitCode {
         } => commands::run(&workspace, config, duration, machine, swap_mib),
         Command::Scenario { name } => commands::scenario(&workspace, name.as_deref()),
         Command::Test => commands::test(&workspace),
+        Command::Campaign(settings) => commands::campaign(&workspace, &settings),
         Command::Bench => commands::bench(&workspace),
         Command::Setup => commands::setup(&workspace),
     };

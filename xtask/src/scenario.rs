@@ -38,6 +38,11 @@
 //! NAME` as usual, but `cargo xtask test` skips it and lists it as pending
 //! with the reason (for a test written before the feature it checks).
 //!
+//! A boot scenario whose appliance has a `[faults]` table is also judged by
+//! the fault campaign judge ([`crate::campaign::judge`]): every kill made
+//! and answered by a ready line, no page lost, every guest progressing after
+//! the last kill, the shares after recovery within ±3 points.
+//!
 //! A `control` step runs its `hvctl` command (checked when the file is
 //! loaded) `at` seconds after QEMU was spawned, over the boot's control
 //! socket ([`crate::control`]); its output lines join the transcript as
@@ -123,14 +128,17 @@ pub enum CpuCheck {
         /// Allowed deviation, percentage points.
         tolerance: f64,
     },
-    /// `counters = [{ line, field, min, max }]`: in the last output line
-    /// containing `line`, the number after the word `field` lies in
-    /// `min..=max` (e.g. the core's `domain NAME: paging: out N, in M, ...`).
+    /// `counters = [{ line, field, min, max, before }]`: in the last output
+    /// line containing `line`, the number after the word `field` (before it
+    /// with `before = true`) lies in `min..=max` (e.g. the core's
+    /// `domain NAME: paging: out N, in M, ...`).
     Counter {
         /// Text that picks the line.
         line: String,
-        /// The word the number follows.
+        /// The word the number follows (or precedes).
         field: String,
+        /// The number comes before the word (`12 mid-eviction`).
+        before: bool,
         /// Lowest allowed.
         min: f64,
         /// Highest allowed.
@@ -177,11 +185,12 @@ fn parse_cpu_checks(table: &mut TableReader<'_>) -> Result<Vec<CpuCheck>, KeyErr
         let field = entry.required_string("field")?.to_owned();
         let min = entry.number("min")?.unwrap_or(f64::MIN);
         let max = entry.number("max")?.unwrap_or(f64::MAX);
+        let before = entry.boolean("before")?.unwrap_or(false);
         if min > max {
             return Err(entry.error("min", format!("{min} is above max {max}")));
         }
         entry.finish()?;
-        checks.push(CpuCheck::Counter { line, field, min, max });
+        checks.push(CpuCheck::Counter { line, field, before, min, max });
     }
     for mut entry in table.table_array("wake_latency")? {
         let faster = entry.required_string("faster")?.to_owned();
@@ -193,12 +202,14 @@ fn parse_cpu_checks(table: &mut TableReader<'_>) -> Result<Vec<CpuCheck>, KeyErr
     Ok(checks)
 }
 
-/// The number after the word `field` in the last line containing `pattern`.
-fn counter(text: &[String], pattern: &str, field: &str) -> Option<f64> {
+/// The number after (or, with `before`, before) the word `field` in the
+/// last line containing `pattern`.
+fn counter(text: &[String], pattern: &str, field: &str, before: bool) -> Option<f64> {
     let line = text.iter().rev().find(|line| line.contains(pattern))?;
     let words: Vec<&str> = line.split_whitespace().map(|word| word.trim_matches(|c: char| c == ',' || c == ';' || c == '(' || c == ')')).collect();
     let at = words.iter().position(|word| *word == field)?;
-    words.get(at + 1)?.parse().ok()
+    let number = if before { words.get(at.checked_sub(1)?)? } else { words.get(at + 1)? };
+    number.parse().ok()
 }
 
 /// Median wake-to-run latency (ns) per domain, from the core's lines.
@@ -266,7 +277,7 @@ pub fn judge_cpu(text: &[String], checks: &[CpuCheck]) -> Vec<Failure> {
                     }
                 }
             }
-            CpuCheck::Counter { line, field, min, max } => match counter(text, line, field) {
+            CpuCheck::Counter { line, field, before, min, max } => match counter(text, line, field, *before) {
                 None => failures.push(Failure::Cpu(format!("no line with `{line}` and a number after `{field}`"))),
                 Some(value) if value < *min || value > *max => failures.push(Failure::Cpu(format!(
                     "`{line}` {field} {value} is outside {min}..={max}"
@@ -525,6 +536,9 @@ pub enum Failure {
     },
     /// A CPU-time check failed.
     Cpu(String),
+    /// The fault campaign judge ([`crate::campaign`]) failed the run (an
+    /// appliance with a `[faults]` table).
+    Campaign(String),
     /// The runner could not boot at all (build, bundle or QEMU start failed).
     Setup(String),
     /// A config_error scenario's config loaded fine.
@@ -575,6 +589,7 @@ impl std::fmt::Display for Failure {
                 index + 1
             ),
             Self::Cpu(message) => write!(formatter, "cpu time: {message}"),
+            Self::Campaign(message) => write!(formatter, "fault campaign: {message}"),
             Self::Setup(message) => write!(formatter, "could not boot: {message}"),
             Self::ConfigAccepted(file) => {
                 write!(
@@ -942,11 +957,15 @@ config_error = "domain[0].memory"
             "cairn  INFO domain m: paging: out 12, in 3, dropped 0".to_owned(),
             "cairn  INFO domain m: paging: out 3000, in 2900, dropped 4 (2 paged out)".to_owned(),
         ];
-        let count = |field: &str, min: f64, max: f64| CpuCheck::Counter { line: "domain m: paging:".into(), field: field.into(), min, max };
+        let count = |field: &str, min: f64, max: f64| CpuCheck::Counter { line: "domain m: paging:".into(), field: field.into(), before: false, min, max };
         assert!(judge_cpu(&paging, &[count("out", 2000.0, f64::MAX), count("in", 1.0, 3000.0), count("dropped", 4.0, 4.0)]).is_empty(), "the last line counts");
         assert_eq!(judge_cpu(&paging, &[count("out", 4000.0, f64::MAX)]).len(), 1);
         assert_eq!(judge_cpu(&paging, &[count("missing", 0.0, 1.0)]).len(), 1, "a missing field fails");
         assert_eq!(judge_cpu(&lines, &[count("out", 0.0, 1.0)]).len(), 1, "a missing line fails");
+        let done = vec!["cairn  INFO fault injection: done: 60 kills (20 at a message, 7 mid-eviction, 5 mid-page-in, 28 now; 29 scheduler, 31 pager)".to_owned()];
+        let before = |field: &str, min: f64| CpuCheck::Counter { line: "fault injection: done:".into(), field: field.into(), before: true, min, max: f64::MAX };
+        assert!(judge_cpu(&done, &[before("kills", 60.0), before("mid-eviction", 7.0), before("mid-page-in", 5.0), before("pager", 31.0)]).is_empty());
+        assert_eq!(judge_cpu(&done, &[before("mid-eviction", 8.0)]).len(), 1);
     }
 
     #[test]

@@ -133,6 +133,15 @@ impl<'a> TableReader<'a> {
         }
     }
 
+    /// An optional boolean.
+    pub fn boolean(&mut self, key: &'static str) -> Result<Option<bool>, KeyError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Boolean(value)) => Ok(Some(*value)),
+            Some(other) => Err(self.wrong_type(key, "true or false", other)),
+        }
+    }
+
     /// A string that must be present.
     pub fn required_string(&mut self, key: &'static str) -> Result<&'a str, KeyError> {
         self.string(key)?

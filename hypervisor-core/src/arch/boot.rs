@@ -11,7 +11,7 @@ use core::arch::global_asm;
 
 /// Size of the boot stack (the bootstrap processor's kernel stack).
 /// The machine's state lives in `kernel::start`'s frame, on this stack.
-pub const BOOT_STACK_SIZE: usize = 256 * 1024;
+pub const BOOT_STACK_SIZE: usize = 1024 * 1024;
 
 global_asm!(
     r#"

@@ -86,6 +86,15 @@ impl OwnedFrames {
         unsafe { core::ptr::write_volatile((frame_pointer(frame) as *mut u64).add(index), value) }
     }
 
+    /// Copies frame `from` onto frame `to` (distinct frames).
+    pub fn copy_frame(&mut self, from: HostPhysAddr, to: HostPhysAddr) {
+        assert!(from != to, "a frame copied onto itself");
+        // SAFETY: both frames are identity-mapped and owned by the core (or
+        // lent to a server, whose own copy of the bytes it then is); distinct
+        // page-aligned frames do not overlap.
+        unsafe { core::ptr::copy_nonoverlapping(frame_pointer(from), frame_pointer(to), PAGE_SIZE as usize) }
+    }
+
     /// Fills a frame with `byte`.
     pub fn fill(&mut self, frame: HostPhysAddr, byte: u8) {
         // SAFETY: as for `write`.

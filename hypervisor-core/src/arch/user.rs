@@ -7,7 +7,7 @@
 //! interrupt stub sees CPL 3 in the saved CS); both save the server's
 //! registers into the context, switch back to the core's page table, restore
 //! the core's stack and return from [`enter`]. The server's page table maps
-//! the core's first 2 MiB supervisor-only, so this entry code, the per-CPU
+//! the core's first 4 MiB supervisor-only, so this entry code, the per-CPU
 //! area, the contexts and the stacks are reachable at the moment of the
 //! switch; user code can touch none of it.
 
@@ -21,7 +21,7 @@ pub const USER_DATA_SELECTOR: u64 = 0x1b;
 /// User code selector (GDT index 4, RPL 3).
 pub const USER_CODE_SELECTOR: u64 = 0x23;
 /// The core must fit below this, as server page tables map only this much of it.
-pub const CORE_WINDOW: u64 = 2 << 20;
+pub const CORE_WINDOW: u64 = 4 << 20;
 
 const MSR_EFER: u32 = 0xc000_0080;
 const MSR_STAR: u32 = 0xc000_0081;
@@ -272,7 +272,7 @@ pub fn enter(context: &mut UserContext) {
     assert!(context.cr3 != 0, "server context without a page table");
     // SAFETY: `context.cr3` is a page table the core built for this server:
     // it maps this code, the per-CPU area, the boot stack and `context` (all
-    // in the core's first 2 MiB, supervisor-only) and the server's own pages.
+    // in the core's first 4 MiB, supervisor-only) and the server's own pages.
     // The stub restores every callee-saved register and the core's CR3 and
     // stack before it returns, and writes only to `*context` and the per-CPU
     // area.

@@ -100,7 +100,7 @@ pub fn start(start_info_address: u64) -> ! {
 
     let (_, kernel_end) = memory::kernel_image();
     if kernel_end > arch::user::CORE_WINDOW {
-        fail_boot("core image larger than the 2 MiB server page tables map");
+        fail_boot("core image larger than the window server page tables map (arch::user::CORE_WINDOW)");
     }
     arch::user::init();
     control::ControlPort::init();
@@ -125,6 +125,7 @@ pub fn start(start_info_address: u64) -> ! {
     let Some(maps) = PermissionMaps::new(&mut frames) else { fail_boot("no memory for permission maps") };
 
     let mut machine = Machine::new(host, maps, frames);
+    defmt::info!("machine state: {=usize} bytes on the boot stack of {=usize}", core::mem::size_of::<Machine<'_>>(), arch::boot::BOOT_STACK_SIZE);
     for spec in &bundle.manifest.servers {
         match machine.start_server(spec, bundle.image(spec.image)) {
             Ok(()) => defmt::info!("server {=str} loaded ({=str})", spec.name.as_str(), server_kind_name(spec.kind)),

@@ -25,6 +25,8 @@ use ipc::messages::pager::{self as wire, EvictFailure, PagedFrame, Refusal, ToCo
 use ipc::ring::SLOT_COUNT;
 
 use crate::arch::memory::OwnedFrames;
+use crate::arch::{cpu, lapic};
+use super::bench::{TickHistogram, TICK_HISTOGRAM_PAGES};
 use super::vcpu::DomainMemory;
 
 /// Buckets of the page-in latency histograms (log2 µs).
@@ -79,6 +81,62 @@ pub struct DomainPaging {
     /// Bumped whenever a mapping loses rights; vCPUs flush their ASID when
     /// they see a new value.
     pub tlb_generation: u64,
+    /// Measurements for `make bench` (never read by the mechanism).
+    pub figures: PagingFigures,
+}
+
+/// What `make bench` reports about one domain's paging (issue #5 §7),
+/// logged by [`log_bench`] when the domain ends. Everything lives in frames
+/// of its own (two words here: every domain slot holds one, and the machine
+/// lives on the boot stack).
+#[derive(Debug)]
+pub struct PagingFigures {
+    /// Page-in latency, first fault to the frame being back, TSC ticks.
+    latency_ticks: TickHistogram,
+    /// A frame with the TSC of the first and the last eviction (words 0, 1)
+    /// and load (words 2, 3), 0 before the first; then two scratch frames
+    /// to time the in-core copy on.
+    windows: HostPhysAddr,
+}
+
+/// Which window of [`PagingFigures`].
+#[derive(Debug, Clone, Copy)]
+enum Window {
+    Out = 0,
+    In = 2,
+}
+
+impl PagingFigures {
+    /// Frames [`Self::new`] takes: the histogram's, the windows', two scratch.
+    const PAGES: usize = TICK_HISTOGRAM_PAGES + 3;
+
+    fn new(frames: HostPhysAddr) -> Self {
+        let windows = HostPhysAddr::new_truncate(frames.as_u64() + TICK_HISTOGRAM_PAGES as u64 * PAGE_SIZE);
+        OwnedFrames.fill(windows, 0);
+        Self { latency_ticks: TickHistogram::new(frames), windows }
+    }
+
+    /// Records an event of `window` at `now` (TSC).
+    fn widen(&mut self, window: Window, now: u64) {
+        let mut memory = OwnedFrames;
+        let first = window as usize;
+        if memory.read_u64(self.windows, first) == 0 {
+            memory.write_u64(self.windows, first, now);
+        }
+        memory.write_u64(self.windows, first + 1, now);
+    }
+
+    /// The first and the last event of `window`, if there was one.
+    fn window(&self, window: Window) -> Option<(u64, u64)> {
+        let first = OwnedFrames.read_u64(self.windows, window as usize);
+        (first != 0).then(|| (first, OwnedFrames.read_u64(self.windows, window as usize + 1)))
+    }
+
+    /// The scratch frames.
+    fn scratch(&self) -> (HostPhysAddr, HostPhysAddr) {
+        let at = |page: u64| HostPhysAddr::new_truncate(self.windows.as_u64() + page * PAGE_SIZE);
+        (at(1), at(2))
+    }
 }
 
 /// Why a domain's paging state could not be set up.
@@ -100,6 +158,12 @@ impl DomainPaging {
         for page in 0..2 * bitmap_pages {
             memory.fill(HostPhysAddr::new_truncate(slot_maps.as_u64() + page * PAGE_SIZE), 0);
         }
+        let Some(figure_frames) = frames.allocate_contiguous(PagingFigures::PAGES, 1) else {
+            for page in 0..2 * bitmap_pages {
+                let _ = frames.free(HostPhysAddr::new_truncate(slot_maps.as_u64() + page * PAGE_SIZE));
+            }
+            return Err(OutOfMemory);
+        };
         Ok(Self {
             memory_pages,
             target_pages,
@@ -121,6 +185,7 @@ impl DomainPaging {
             latency: [0; LATENCY_BUCKETS],
             footprint_sent: None,
             tlb_generation: 0,
+            figures: PagingFigures::new(figure_frames),
         })
     }
 
@@ -181,6 +246,7 @@ impl DomainPaging {
         let micros = ticks.saturating_mul(1_000_000) / tsc_hz.max(1);
         let bucket = (64 - micros.leading_zeros() as usize).saturating_sub(1).min(LATENCY_BUCKETS - 1);
         self.latency[bucket] = self.latency[bucket].saturating_add(1);
+        self.figures.latency_ticks.add(ticks);
     }
 
     fn downgraded(&mut self) {
@@ -419,10 +485,7 @@ pub fn dma_page(dma: Option<(HostPhysAddr, u64)>, buffer: u16) -> Option<HostPhy
 }
 
 fn copy_frame(from: HostPhysAddr, to: HostPhysAddr) {
-    let mut page = [0u8; PAGE_SIZE as usize];
-    let mut memory = OwnedFrames;
-    memory.read(from, 0, &mut page);
-    memory.write(to, 0, &page);
+    OwnedFrames.copy_frame(from, to);
 }
 
 /// Handles one paging request of the pager for a domain; `reply` takes the
@@ -521,6 +584,7 @@ pub fn handle(
             paging.resident = paging.resident.saturating_sub(1);
             paging.paged += 1;
             paging.pages_out += 1;
+            paging.figures.widen(Window::Out, cpu::rdtsc());
             paging.swap_full = false;
             reply(ToServer::Evicted { domain, gfn, slot, ok: true });
             Effect::None
@@ -560,6 +624,7 @@ pub fn handle(
             paging.resident += 1;
             paging.paged = paging.paged.saturating_sub(1);
             paging.pages_in += 1;
+            paging.figures.widen(Window::In, cpu::rdtsc());
             reply(ToServer::Loaded { domain, gfn, slot });
             Effect::Loaded { domain, gfn }
         }
@@ -621,4 +686,62 @@ pub fn next_release(paging: &DomainPaging, cursor: u32) -> Option<u32> {
 /// The pager has been told `slot` is free.
 pub fn release_reported(paging: &mut DomainPaging, slot: u32) {
     paging.released_reported(slot);
+}
+
+/// In-core copies timed by [`log_bench`] (after [`COPY_WARMUP`] untimed).
+const COPY_ROUNDS: u64 = 2048;
+const COPY_WARMUP: u64 = 64;
+
+/// Events per second over a window of `count` events from `first` to
+/// `last` (TSC): `count - 1` intervals; 0 without an interval.
+fn per_second(count: u64, window: Option<(u64, u64)>, tsc_hz: u64) -> u64 {
+    match window {
+        Some((first, last)) if count > 1 && last > first => {
+            (u128::from(count - 1) * u128::from(tsc_hz) / u128::from(last - first)) as u64
+        }
+        _ => 0,
+    }
+}
+
+/// Logs a domain's paging figures as `bench NAME VALUE` lines (`cargo
+/// xtask bench` collects them), if it paged at all:
+///
+/// * `page_out_per_s`, `page_in_per_s`: evictions and loads per second
+///   between the first and the last of each, end to end (the guest's
+///   faults, the pager's decisions and its virtio-blk I/O included);
+/// * `page_in_median_ticks`, `page_in_p99_ticks`: fault to frame back;
+/// * `copy_4k_per_s`, `copy_4k_ticks`: [`COPY_ROUNDS`] copies of one host
+///   frame to another with [`copy_frame`], the routine every eviction and
+///   load uses, timed now, in the same run.
+///
+/// Never inlined, so whatever it keeps on the stack stays out of its
+/// callers' frames (among them `kernel::start`, which holds the whole
+/// machine on the boot stack).
+#[inline(never)]
+pub fn log_bench(paging: &DomainPaging) {
+    if paging.pages_out == 0 && paging.pages_in == 0 {
+        return;
+    }
+    let figures = &paging.figures;
+    let tsc_hz = lapic::tsc_hz();
+    let (from, to) = figures.scratch();
+    for _ in 0..COPY_WARMUP {
+        copy_frame(core::hint::black_box(from), core::hint::black_box(to));
+    }
+    let start = cpu::rdtsc();
+    for _ in 0..COPY_ROUNDS {
+        copy_frame(core::hint::black_box(from), core::hint::black_box(to));
+    }
+    let copy_ticks = cpu::rdtsc().saturating_sub(start).max(1);
+    let copy_per_s = (u128::from(COPY_ROUNDS) * u128::from(tsc_hz) / u128::from(copy_ticks)) as u64;
+    defmt::info!("bench paging_tsc_mhz {=u64}", tsc_hz / 1_000_000);
+    defmt::info!("bench paged_out_pages {=u64}", paging.pages_out);
+    defmt::info!("bench paged_in_pages {=u64}", paging.pages_in);
+    defmt::info!("bench page_out_per_s {=u64}", per_second(paging.pages_out, figures.window(Window::Out), tsc_hz));
+    defmt::info!("bench page_in_per_s {=u64}", per_second(paging.pages_in, figures.window(Window::In), tsc_hz));
+    defmt::info!("bench page_in_latency_samples {=u64}", figures.latency_ticks.count());
+    defmt::info!("bench page_in_median_ticks {=u64}", figures.latency_ticks.quantile(500));
+    defmt::info!("bench page_in_p99_ticks {=u64}", figures.latency_ticks.quantile(990));
+    defmt::info!("bench copy_4k_ticks {=u64}", copy_ticks / COPY_ROUNDS);
+    defmt::info!("bench copy_4k_per_s {=u64}", copy_per_s);
 }

@@ -358,6 +358,7 @@ impl<'a> Machine<'a> {
             paging.repopulated, paging.resident, paging.memory_pages, paging.target_pages,
             median_bucket.map_or(0, |bucket| 2u64 << bucket)
         );
+        paging::log_bench(paging);
     }
 
     fn log_stop_reason(&self, index: usize, reason: &str) {
@@ -974,6 +975,12 @@ impl<'a> Machine<'a> {
                 for message in &drained.pager {
                     self.pager_message(message);
                 }
+                if !drained.pager.is_empty() {
+                    // Replies to its requests: the pager has work again even
+                    // if it yielded (a yielded server otherwise runs only when
+                    // no vCPU wants the pCPU, and would stall its own I/O).
+                    self.wake_server(index, ipc::server::syscall::WAKE_MESSAGES);
+                }
                 if let Some(target) = injection_target(kind) {
                     for _ in 0..drained.messages {
                         self.observe(Observation::Message(target));
@@ -1043,8 +1050,16 @@ impl<'a> Machine<'a> {
         let call = match event {
             ServerEvent::Preempted { vector } => {
                 interrupts::acknowledge(vector);
-                if let Some(fault) = server.health.preempted() {
-                    self.restart_server(index, fault);
+                // A busy slice is a whole slice of running without yielding
+                // or waiting; timer interrupts for nearer deadlines (a
+                // server's own short poll, a guest's APIC timer) preempt too,
+                // but do not count.
+                let now = cpu::rdtsc();
+                if now.saturating_sub(server.busy_since) >= lapic::tsc_hz() / super::TICK_HZ {
+                    server.busy_since = now;
+                    if let Some(fault) = server.health.preempted() {
+                        self.restart_server(index, fault);
+                    }
                 }
                 return Step::TurnOver;
             }
@@ -1062,12 +1077,14 @@ impl<'a> Machine<'a> {
             Syscall::Yield => {
                 server.yielded = true;
                 server.health.cooperated();
+                server.busy_since = cpu::rdtsc();
                 server.context.rax = 0;
                 self.drain_server(index);
                 Step::TurnOver
             }
             Syscall::Wait { timeout_ns } => {
                 server.health.cooperated();
+                server.busy_since = cpu::rdtsc();
                 let deadline = timeout_ns.map(|ns| {
                     let ticks = u128::from(ns) * u128::from(lapic::tsc_hz()) / 1_000_000_000;
                     cpu::rdtsc().saturating_add(ticks.min(u128::from(u64::MAX)) as u64)
@@ -1431,7 +1448,10 @@ impl<'a> Machine<'a> {
         // nothing else wants the pCPU (so a yield loop cannot starve guests).
         for (entity, kind) in self.entities.iter().enumerate() {
             if let Entity::Server(index) = *kind {
-                let eager = self.servers.get(index).is_some_and(|server| !server.yielded);
+                // A server that yielded with messages still unread (its
+                // runtime yields after every full batch) has work: it stays
+                // eager. Only a yield with nothing to read waits for idle time.
+                let eager = self.servers.get(index).is_some_and(|server| !server.yielded || server.has_inbound());
                 if eager && self.scheduler.state(entity) == Some(RunState::Runnable) {
                     return Some((entity, *kind));
                 }

@@ -103,8 +103,15 @@ pub struct Server<'a> {
     injection: u64,
     /// Crash-loop backoff: the new instance may not run before this TSC value.
     pub starts_at: Option<u64>,
-    /// Since when (TSC) messages have waited unread in `to_server`.
+    /// Since when (TSC) messages have waited in `to_server` without the
+    /// server taking any.
     pub inbound_since: Option<u64>,
+    /// Messages this instance has been sent.
+    sent: u64,
+    /// TSC of its last yield or wait, or of the last busy slice counted.
+    pub busy_since: u64,
+    /// Messages it had taken at the last progress check.
+    taken_seen: u64,
     /// The server yielded and has not been woken since: it runs only when
     /// nothing else wants the pCPU.
     pub yielded: bool,
@@ -140,6 +147,9 @@ impl<'a> Server<'a> {
             injection: 0,
             starts_at: None,
             inbound_since: None,
+            sent: 0,
+            taken_seen: 0,
+            busy_since: 0,
             yielded: false,
             grant: None,
         };
@@ -174,8 +184,13 @@ impl<'a> Server<'a> {
 
         let space = PageTable::new(&mut memory, frames)?;
         self.space = Some(space);
-        // The core's first 2 MiB, supervisor-only: entry code, per-CPU data, stacks.
-        space.map(&mut memory, frames, 0, HostPhysAddr::new_truncate(0), PageSize::Size2MiB, EntryFlags::WRITABLE)?;
+        // The core's first CORE_WINDOW bytes, supervisor-only: entry code,
+        // per-CPU data, stacks.
+        let mut window = 0;
+        while window < crate::arch::user::CORE_WINDOW {
+            space.map(&mut memory, frames, window, HostPhysAddr::new_truncate(window), PageSize::Size2MiB, EntryFlags::WRITABLE)?;
+            window += PageSize::Size2MiB.bytes();
+        }
         let user = EntryFlags::USER;
         for segment in &self.executable.segments {
             let mut flags = user;
@@ -244,6 +259,9 @@ impl<'a> Server<'a> {
         self.echo.reset();
         self.injection = 0;
         self.inbound_since = None;
+        self.sent = 0;
+        self.taken_seen = 0;
+        self.busy_since = crate::arch::cpu::rdtsc();
         self.yielded = false;
         Ok(())
     }
@@ -324,17 +342,27 @@ impl Server<'_> {
             Ok(length) => self.to_server.try_send(&buffer[..length]).is_ok(),
             Err(_) => false,
         };
-        if sent && self.inbound_since.is_none() {
-            self.inbound_since = Some(crate::arch::cpu::rdtsc());
+        if sent {
+            self.sent += 1;
+            if self.inbound_since.is_none() {
+                self.inbound_since = Some(crate::arch::cpu::rdtsc());
+            }
         }
         sent
     }
 
-    /// Forgets the unread-since time once the server has read everything.
+    /// The progress check's clock: it stops when the server has read
+    /// everything, and starts over whenever it has taken any message since
+    /// the last check (a busy server whose ring is never empty is not hung).
     pub fn note_progress(&mut self) {
-        if !self.has_inbound() {
+        let pending = self.to_server.free_slots().map_or(SLOT_COUNT, |free| SLOT_COUNT - free) as u64;
+        let taken = self.sent.saturating_sub(pending);
+        if pending == 0 {
             self.inbound_since = None;
+        } else if taken != self.taken_seen {
+            self.inbound_since = Some(crate::arch::cpu::rdtsc());
         }
+        self.taken_seen = taken;
     }
 
     /// Sends a test-protocol message.
