@@ -94,6 +94,9 @@ pub enum MmioError {
     InstructionFetch,
     /// The guest's own page tables pointed into the APIC page.
     PageTableWalk,
+    /// The access was part of delivering an event (the guest's stack or a
+    /// descriptor table in the APIC page), not of the instruction at RIP.
+    EventDelivery,
     /// The bytes at RIP could not be read (RIP not mapped by the guest, or
     /// mapped outside its memory).
     Fetch(MemoryError),
@@ -113,6 +116,7 @@ impl MmioError {
         match self {
             Self::InstructionFetch => "local APIC access: instruction fetch from the APIC page",
             Self::PageTableWalk => "local APIC access: guest page tables in the APIC page",
+            Self::EventDelivery => "local APIC access: during event delivery (stack or descriptor table in the APIC page)",
             Self::Fetch(_) => "local APIC access: instruction bytes at RIP unreadable",
             Self::Decode(DecodeError::Truncated) => "local APIC access: instruction truncated",
             Self::Decode(DecodeError::TooLong) => "local APIC access: instruction longer than 15 bytes",
@@ -645,6 +649,7 @@ mod tests {
             assert_eq!(rig.registers, [0x1234; 16]);
             assert!(!error.describe().is_empty());
         }
+        assert!(MmioError::EventDelivery.describe().contains("event delivery"));
         let mut rig = Rig::new(&[0x8b, 0x08]);
         let mut fetch = fault(0x20, false);
         fetch.fetch = true;

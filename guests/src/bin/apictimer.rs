@@ -18,6 +18,11 @@
 //! `apictimer: tsc-deadline fired after N us (asked 5000)`,
 //! `apictimer: self-IPI delivered ...`, `apictimer: done`. A failed check
 //! prints `apictimer: ERROR ...` and reports a crash.
+//!
+//! With `mode=bad` on the command line it instead compares the timer's
+//! current count in memory (`cmp dword ptr [0xfee00390], 0`), an
+//! instruction the hypervisor's MMIO decoder refuses: the domain must be
+//! stopped, so a following `ERROR` line means it was not.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]
@@ -396,7 +401,19 @@ mod apictimer {
         console::print(&mut line);
     }
 
-    pub fn run(_boot: Boot) -> ! {
+    /// `mode=bad`: an APIC access the core does not emulate.
+    fn unsupported_access() -> ! {
+        console::print_str("reading the timer count with CMP, which is not emulated");
+        // SAFETY: a load from the identity-mapped APIC page; the flags it
+        // sets are declared clobbered.
+        unsafe { asm!("cmp dword ptr [{address}], 0", address = in(reg) APIC + CURRENT_COUNT, options(nostack)) };
+        fail("still running after an unsupported APIC access", 0)
+    }
+
+    pub fn run(boot: Boot) -> ! {
+        if guests::cmdline::value(boot.cmdline(), "mode") == Some("bad") {
+            unsupported_access();
+        }
         let leaf1 = core::arch::x86_64::__cpuid(1);
         let has_apic = leaf1.edx & (1 << 9) != 0;
         let has_deadline = leaf1.ecx & (1 << 24) != 0;

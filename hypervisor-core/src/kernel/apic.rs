@@ -36,7 +36,7 @@
 use core::num::NonZeroU64;
 
 use heapless::Vec;
-use hypervisor_core::apic_access::{self, GuestCode, HaltDecision, Injection, Readiness};
+use hypervisor_core::apic_access::{self, GuestCode, HaltDecision, Injection, MmioError, Readiness};
 use hypervisor_core::exit::{code, Exit, VmExit};
 use hypervisor_core::instruction::{ExecutionMode, Register, RegisterFile};
 use hypervisor_core::lapic::{self, Delivery, Destination, Lapic, LapicEffect};
@@ -181,7 +181,11 @@ pub fn handle_exit(exit: &Exit, vcpu: &mut Vcpu, memory: &DomainMemory) -> Optio
         VmExit::NestedPageFault(fault) if apic_access::is_apic_page(fault.address) => {
             let code = guest_code(vcpu);
             let mut registers = Registers { vmcb: &mut vcpu.vmcb, saved: &mut vcpu.registers };
-            match apic_access::emulate(&fault, &code, memory, &mut registers, &mut vcpu.apic.lapic, now) {
+            let result = match exit.interrupted {
+                Some(_) => Err(MmioError::EventDelivery),
+                None => apic_access::emulate(&fault, &code, memory, &mut registers, &mut vcpu.apic.lapic, now),
+            };
+            match result {
                 Ok(done) => {
                     vcpu.apic.counters.mmio += 1;
                     vcpu.apic.counters.dropped_writes += u64::from(done.dropped_write);
