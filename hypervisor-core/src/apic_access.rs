@@ -168,10 +168,13 @@ pub fn emulate(
     if fault.in_guest_walk {
         return Err(MmioError::PageTableWalk);
     }
-    let bytes = instruction::fetch(&code.paging, memory, code.linear_rip()).map_err(MmioError::Fetch)?;
+    let bytes =
+        instruction::fetch(&code.paging, memory, code.linear_rip()).map_err(MmioError::Fetch)?;
     let decoded = instruction::decode(bytes.as_slice(), code.mode).map_err(MmioError::Decode)?;
     if decoded.access.is_write() != fault.write {
-        return Err(MmioError::DirectionMismatch { decoded_write: decoded.access.is_write() });
+        return Err(MmioError::DirectionMismatch {
+            decoded_write: decoded.access.is_write(),
+        });
     }
     let offset = fault.address.as_u64() & (lapic::PAGE_BYTES - 1);
     let register = offset & !3;
@@ -185,7 +188,10 @@ pub fn emulate(
         }
         MmioAccess::Write(write) => {
             let value = write.value(registers);
-            let whole = matches!(write.size, instruction::AccessSize::Dword | instruction::AccessSize::Qword);
+            let whole = matches!(
+                write.size,
+                instruction::AccessSize::Dword | instruction::AccessSize::Qword
+            );
             if whole && shift == 0 {
                 effect = apic.write(register, value as u32, now);
             } else {
@@ -193,7 +199,11 @@ pub fn emulate(
             }
         }
     }
-    Ok(MmioCompletion { next_rip: decoded.next_rip(code.rip), effect, dropped_write })
+    Ok(MmioCompletion {
+        next_rip: decoded.next_rip(code.rip),
+        effect,
+        dropped_write,
+    })
 }
 
 /// Whether the guest can take an external interrupt at the next VM entry.
@@ -240,7 +250,9 @@ pub enum Injection {
 /// starts servicing it if the guest can take it (the lapic module's recipe).
 pub fn prepare_entry(apic: &mut Lapic, now: u64, readiness: Readiness) -> Injection {
     let _ = apic.advance(now);
-    let Some(vector) = apic.pending_interrupt() else { return Injection::Nothing };
+    let Some(vector) = apic.pending_interrupt() else {
+        return Injection::Nothing;
+    };
     if readiness.can_inject() && apic.start_servicing(vector) {
         Injection::Inject { vector }
     } else {
@@ -433,7 +445,10 @@ pub fn fuzz_mmio_access(data: &[u8]) -> bool {
         *slot = byte;
     }
     let base = 0x10_0000;
-    let memory = CodePage { base, bytes: &code_bytes };
+    let memory = CodePage {
+        base,
+        bytes: &code_bytes,
+    };
     let fault = NestedFault {
         address: GuestPhysAddr::new_truncate(APIC_PAGE + offset),
         present: false,
@@ -441,7 +456,12 @@ pub fn fuzz_mmio_access(data: &[u8]) -> bool {
         fetch: flags & 2 != 0 && flags & 0x80 != 0,
         in_guest_walk: flags & 4 != 0 && flags & 0x80 != 0,
     };
-    let code = GuestCode { rip: base, cs_base: 0, mode, paging: GuestPaging::default() };
+    let code = GuestCode {
+        rip: base,
+        cs_base: 0,
+        mode,
+        paging: GuestPaging::default(),
+    };
     let mut seed = 0xcbf2_9ce4_8422_2325u64;
     for &byte in data {
         seed = (seed ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
@@ -460,22 +480,37 @@ pub fn fuzz_mmio_access(data: &[u8]) -> bool {
     match result {
         Ok(done) => {
             let length = done.next_rip.wrapping_sub(base);
-            assert!((2..=instruction::MAX_LENGTH as u64).contains(&length), "length {length}");
+            assert!(
+                (2..=instruction::MAX_LENGTH as u64).contains(&length),
+                "length {length}"
+            );
             let decoded = instruction::decode(&code_bytes, mode).ok();
             match decoded.map(|decoded| decoded.access) {
                 Some(MmioAccess::Read(read)) => {
                     for register in instruction::Register::ALL {
                         if register != read.destination.register {
-                            assert_eq!(registers.register(register), before.register(register), "{register:?}");
+                            assert_eq!(
+                                registers.register(register),
+                                before.register(register),
+                                "{register:?}"
+                            );
                         }
                     }
                 }
-                Some(MmioAccess::Write(_)) => assert_eq!(registers, before, "a store changed a register"),
+                Some(MmioAccess::Write(_)) => {
+                    assert_eq!(registers, before, "a store changed a register")
+                }
                 None => panic!("emulated bytes that do not decode"),
             }
-            if let LapicEffect::SendIpi { destination, delivery } = done.effect {
+            if let LapicEffect::SendIpi {
+                destination,
+                delivery,
+            } = done.effect
+            {
                 let mut woken = 0;
-                let _ = deliver_ipi(destination, delivery, [(0u8, true, &mut apic)], |_| woken += 1);
+                let _ = deliver_ipi(destination, delivery, [(0u8, true, &mut apic)], |_| {
+                    woken += 1
+                });
                 assert!(woken <= 1);
             }
         }
@@ -493,8 +528,15 @@ pub fn fuzz_mmio_access(data: &[u8]) -> bool {
         Injection::Inject { vector } => {
             assert!(readiness.can_inject());
             assert!(vector >= lapic::FIRST_LEGAL_VECTOR);
-            let word = apic.read(lapic::offset::IN_SERVICE + u64::from(vector >> 5) * 0x10, now);
-            assert_ne!(word & (1 << (vector & 31)), 0, "injected vector not in service");
+            let word = apic.read(
+                lapic::offset::IN_SERVICE + u64::from(vector >> 5) * 0x10,
+                now,
+            );
+            assert_ne!(
+                word & (1 << (vector & 31)),
+                0,
+                "injected vector not in service"
+            );
         }
         Injection::RequestWindow { vector } => {
             let control = interrupt_control(0, Some(vector), apic.tpr());
@@ -520,7 +562,10 @@ mod tests {
 
     fn apic() -> Lapic {
         let mut apic = Lapic::new(0, NonZeroU64::new(TSC_HZ).unwrap());
-        assert_eq!(apic.write(lapic::offset::SPURIOUS_VECTOR, 0x1ff, 0), LapicEffect::None);
+        assert_eq!(
+            apic.write(lapic::offset::SPURIOUS_VECTOR, 0x1ff, 0),
+            LapicEffect::None
+        );
         apic
     }
 
@@ -546,13 +591,32 @@ mod tests {
     impl Rig {
         fn new(bytes: &[u8]) -> Self {
             let mut memory = FlatMemory(vec![0; 0x10000]);
-            memory.write(GuestPhysAddr::new_truncate(CODE), bytes).unwrap();
-            let code = GuestCode { rip: CODE, cs_base: 0, mode: ExecutionMode::Bits64, paging: GuestPaging::default() };
-            Self { memory, registers: [0; 16], apic: apic(), code }
+            memory
+                .write(GuestPhysAddr::new_truncate(CODE), bytes)
+                .unwrap();
+            let code = GuestCode {
+                rip: CODE,
+                cs_base: 0,
+                mode: ExecutionMode::Bits64,
+                paging: GuestPaging::default(),
+            };
+            Self {
+                memory,
+                registers: [0; 16],
+                apic: apic(),
+                code,
+            }
         }
 
         fn run(&mut self, offset: u64, write: bool, now: u64) -> Result<MmioCompletion, MmioError> {
-            emulate(&fault(offset, write), &self.code, &self.memory, &mut self.registers, &mut self.apic, now)
+            emulate(
+                &fault(offset, write),
+                &self.code,
+                &self.memory,
+                &mut self.registers,
+                &mut self.apic,
+                now,
+            )
         }
     }
 
@@ -571,7 +635,14 @@ mod tests {
         let mut rig = Rig::new(&[0xc7, 0x00, 0xff, 0x01, 0x00, 0x00]);
         rig.apic = Lapic::new(0, NonZeroU64::new(TSC_HZ).unwrap());
         let done = rig.run(0xf0, true, 0).unwrap();
-        assert_eq!(done, MmioCompletion { next_rip: CODE + 6, effect: LapicEffect::None, dropped_write: false });
+        assert_eq!(
+            done,
+            MmioCompletion {
+                next_rip: CODE + 6,
+                effect: LapicEffect::None,
+                dropped_write: false
+            }
+        );
         assert!(rig.apic.software_enabled());
         // mov ecx, dword ptr [rax]: zero-extends into rcx.
         let mut rig2 = Rig::new(&[0x8b, 0x08]);
@@ -584,7 +655,11 @@ mod tests {
         let mut rig3 = Rig::new(&[0x44, 0x8a, 0x08]);
         rig3.registers[Register::R9.number()] = 0xaaaa_aaaa_aaaa_aaaa;
         let _ = rig3.run(0x32, false, 0).unwrap();
-        assert_eq!(rig3.registers[Register::R9.number()], 0xaaaa_aaaa_aaaa_aa06, "max LVT 6");
+        assert_eq!(
+            rig3.registers[Register::R9.number()],
+            0xaaaa_aaaa_aaaa_aa06,
+            "max LVT 6"
+        );
     }
 
     #[test]
@@ -597,9 +672,21 @@ mod tests {
         let _ = rig.run(0x3e0, true, 0).unwrap();
         rig.registers[Register::Rdx.number()] = 1000; // 1000 ns = 2000 TSC ticks
         let done = rig.run(0x380, true, 100).unwrap();
-        assert_eq!(done.effect, LapicEffect::TimerChanged { deadline: Some(2100) });
-        assert_eq!(on_halt(&mut rig.apic, 2000), HaltDecision::BlockUntil { deadline: 2100 });
-        assert_eq!(on_halt(&mut rig.apic, 2100), HaltDecision::Resume, "expired: wakeup-waiting recheck");
+        assert_eq!(
+            done.effect,
+            LapicEffect::TimerChanged {
+                deadline: Some(2100)
+            }
+        );
+        assert_eq!(
+            on_halt(&mut rig.apic, 2000),
+            HaltDecision::BlockUntil { deadline: 2100 }
+        );
+        assert_eq!(
+            on_halt(&mut rig.apic, 2100),
+            HaltDecision::Resume,
+            "expired: wakeup-waiting recheck"
+        );
     }
 
     #[test]
@@ -625,10 +712,21 @@ mod tests {
         // mov dword ptr [rax], 0x40031: fixed, self shorthand, vector 0x31
         let mut rig = Rig::new(&[0xc7, 0x00, 0x31, 0x00, 0x04, 0x00]);
         let done = rig.run(0x300, true, 0).unwrap();
-        let LapicEffect::SendIpi { destination, delivery } = done.effect else { panic!("{done:?}") };
+        let LapicEffect::SendIpi {
+            destination,
+            delivery,
+        } = done.effect
+        else {
+            panic!("{done:?}")
+        };
         assert_eq!(destination, Destination::SelfOnly);
         let mut keys = Vec::new();
-        let report = deliver_ipi(destination, delivery, [(7usize, true, &mut rig.apic)], |key| keys.push(key));
+        let report = deliver_ipi(
+            destination,
+            delivery,
+            [(7usize, true, &mut rig.apic)],
+            |key| keys.push(key),
+        );
         assert_eq!((report.accepted, keys), (1, vec![7]));
         assert_eq!(rig.apic.pending_interrupt(), Some(0x31));
     }
@@ -636,11 +734,35 @@ mod tests {
     #[test]
     fn refusals_never_touch_registers() {
         let cases: [(&[u8], bool, MmioError); 5] = [
-            (&[0x89, 0x08], false, MmioError::DirectionMismatch { decoded_write: true }),
-            (&[0x8b, 0x08], true, MmioError::DirectionMismatch { decoded_write: false }),
-            (&[0x01, 0x08], true, MmioError::Decode(DecodeError::Unsupported { opcode: 0x01 })),
-            (&[0xf3, 0xa5], true, MmioError::Decode(DecodeError::UnsupportedPrefix { prefix: 0xf3 })),
-            (&[0x87, 0x08], true, MmioError::Decode(DecodeError::Unsupported { opcode: 0x87 })),
+            (
+                &[0x89, 0x08],
+                false,
+                MmioError::DirectionMismatch {
+                    decoded_write: true,
+                },
+            ),
+            (
+                &[0x8b, 0x08],
+                true,
+                MmioError::DirectionMismatch {
+                    decoded_write: false,
+                },
+            ),
+            (
+                &[0x01, 0x08],
+                true,
+                MmioError::Decode(DecodeError::Unsupported { opcode: 0x01 }),
+            ),
+            (
+                &[0xf3, 0xa5],
+                true,
+                MmioError::Decode(DecodeError::UnsupportedPrefix { prefix: 0xf3 }),
+            ),
+            (
+                &[0x87, 0x08],
+                true,
+                MmioError::Decode(DecodeError::Unsupported { opcode: 0x87 }),
+            ),
         ];
         for (bytes, write, error) in cases {
             let mut rig = Rig::new(bytes);
@@ -649,15 +771,31 @@ mod tests {
             assert_eq!(rig.registers, [0x1234; 16]);
             assert!(!error.describe().is_empty());
         }
-        assert!(MmioError::EventDelivery.describe().contains("event delivery"));
+        assert!(MmioError::EventDelivery
+            .describe()
+            .contains("event delivery"));
         let mut rig = Rig::new(&[0x8b, 0x08]);
         let mut fetch = fault(0x20, false);
         fetch.fetch = true;
-        let result = emulate(&fetch, &rig.code, &rig.memory, &mut rig.registers, &mut rig.apic, 0);
+        let result = emulate(
+            &fetch,
+            &rig.code,
+            &rig.memory,
+            &mut rig.registers,
+            &mut rig.apic,
+            0,
+        );
         assert_eq!(result, Err(MmioError::InstructionFetch));
         let mut walk = fault(0x20, false);
         walk.in_guest_walk = true;
-        let result = emulate(&walk, &rig.code, &rig.memory, &mut rig.registers, &mut rig.apic, 0);
+        let result = emulate(
+            &walk,
+            &rig.code,
+            &rig.memory,
+            &mut rig.registers,
+            &mut rig.apic,
+            0,
+        );
         assert_eq!(result, Err(MmioError::PageTableWalk));
         // RIP outside guest memory.
         rig.code.rip = 0xffff_0000;
@@ -667,41 +805,83 @@ mod tests {
     #[test]
     fn thirty_two_bit_code_uses_the_cs_base_and_wraps() {
         let mut rig = Rig::new(&[0x8b, 0x08]);
-        rig.code = GuestCode { rip: CODE - 0x1000, cs_base: 0x1000, mode: ExecutionMode::Bits32, paging: GuestPaging::default() };
+        rig.code = GuestCode {
+            rip: CODE - 0x1000,
+            cs_base: 0x1000,
+            mode: ExecutionMode::Bits32,
+            paging: GuestPaging::default(),
+        };
         let done = rig.run(0x30, false, 0).unwrap();
         assert_eq!(done.next_rip, CODE - 0x1000 + 2);
-        assert_eq!(rig.registers[Register::Rcx.number()], u64::from(lapic::VERSION));
-        let wrapping = GuestCode { rip: 0xffff_ffff, cs_base: 0x10, mode: ExecutionMode::Bits32, paging: GuestPaging::default() };
+        assert_eq!(
+            rig.registers[Register::Rcx.number()],
+            u64::from(lapic::VERSION)
+        );
+        let wrapping = GuestCode {
+            rip: 0xffff_ffff,
+            cs_base: 0x10,
+            mode: ExecutionMode::Bits32,
+            paging: GuestPaging::default(),
+        };
         assert_eq!(wrapping.linear_rip(), 0xf);
     }
 
     #[test]
     fn entry_injects_when_the_guest_can_take_it_and_asks_for_a_window_otherwise() {
         let mut apic = apic();
-        let ready = Readiness { interrupts_enabled: true, interrupt_shadow: false, event_queued: false };
+        let ready = Readiness {
+            interrupts_enabled: true,
+            interrupt_shadow: false,
+            event_queued: false,
+        };
         assert_eq!(prepare_entry(&mut apic, 0, ready), Injection::Nothing);
         assert!(apic.accept_interrupt(0x41));
         for blocked in [
-            Readiness { interrupts_enabled: false, ..ready },
-            Readiness { interrupt_shadow: true, ..ready },
-            Readiness { event_queued: true, ..ready },
+            Readiness {
+                interrupts_enabled: false,
+                ..ready
+            },
+            Readiness {
+                interrupt_shadow: true,
+                ..ready
+            },
+            Readiness {
+                event_queued: true,
+                ..ready
+            },
         ] {
-            assert_eq!(prepare_entry(&mut apic, 0, blocked), Injection::RequestWindow { vector: 0x41 });
+            assert_eq!(
+                prepare_entry(&mut apic, 0, blocked),
+                Injection::RequestWindow { vector: 0x41 }
+            );
         }
-        assert_eq!(prepare_entry(&mut apic, 0, ready), Injection::Inject { vector: 0x41 });
-        assert_eq!(prepare_entry(&mut apic, 0, ready), Injection::Nothing, "in service until EOI");
+        assert_eq!(
+            prepare_entry(&mut apic, 0, ready),
+            Injection::Inject { vector: 0x41 }
+        );
+        assert_eq!(
+            prepare_entry(&mut apic, 0, ready),
+            Injection::Nothing,
+            "in service until EOI"
+        );
         // A lower vector waits behind the one in service; EOI releases it.
         assert!(apic.accept_interrupt(0x35));
         assert_eq!(prepare_entry(&mut apic, 0, ready), Injection::Nothing);
         apic.end_of_interrupt();
-        assert_eq!(prepare_entry(&mut apic, 0, ready), Injection::Inject { vector: 0x35 });
+        assert_eq!(
+            prepare_entry(&mut apic, 0, ready),
+            Injection::Inject { vector: 0x35 }
+        );
         // TPR holds a class back.
         apic.end_of_interrupt();
         apic.set_tpr(0x50);
         assert!(apic.accept_interrupt(0x52));
         assert_eq!(prepare_entry(&mut apic, 0, ready), Injection::Nothing);
         apic.set_tpr(0x40);
-        assert_eq!(prepare_entry(&mut apic, 0, ready), Injection::Inject { vector: 0x52 });
+        assert_eq!(
+            prepare_entry(&mut apic, 0, ready),
+            Injection::Inject { vector: 0x52 }
+        );
     }
 
     #[test]
@@ -711,13 +891,26 @@ mod tests {
         let _ = apic.write_tsc_deadline(5000, 0);
         assert_eq!(read_msr(lapic::TSC_DEADLINE_MSR, &mut apic, 10), Some(5000));
         assert_eq!(read_msr(0x10, &mut apic, 10), None);
-        let ready = Readiness { interrupts_enabled: true, interrupt_shadow: false, event_queued: false };
+        let ready = Readiness {
+            interrupts_enabled: true,
+            interrupt_shadow: false,
+            event_queued: false,
+        };
         assert_eq!(prepare_entry(&mut apic, 4999, ready), Injection::Nothing);
-        assert_eq!(prepare_entry(&mut apic, 5000, ready), Injection::Inject { vector: 0x30 });
-        assert_eq!(read_msr(lapic::TSC_DEADLINE_MSR, &mut apic, 5001), Some(0), "fired: reads 0");
+        assert_eq!(
+            prepare_entry(&mut apic, 5000, ready),
+            Injection::Inject { vector: 0x30 }
+        );
+        assert_eq!(
+            read_msr(lapic::TSC_DEADLINE_MSR, &mut apic, 5001),
+            Some(0),
+            "fired: reads 0"
+        );
         assert_eq!(
             write_msr(lapic::TSC_DEADLINE_MSR, 9000, &mut apic, 5001),
-            Some(LapicEffect::TimerChanged { deadline: Some(9000) })
+            Some(LapicEffect::TimerChanged {
+                deadline: Some(9000)
+            })
         );
         assert_eq!(write_msr(0x1b, 0, &mut apic, 0), None);
     }
@@ -745,15 +938,20 @@ mod tests {
     #[test]
     fn ipis_reach_the_addressed_apics_of_the_domain() {
         let tsc = NonZeroU64::new(TSC_HZ).unwrap();
-        let mut apics: Vec<Lapic> = (0..3).map(|id| {
-            let mut apic = Lapic::new(id, tsc);
-            let _ = apic.write(lapic::offset::SPURIOUS_VECTOR, 0x1ff, 0);
-            apic
-        }).collect();
+        let mut apics: Vec<Lapic> = (0..3)
+            .map(|id| {
+                let mut apic = Lapic::new(id, tsc);
+                let _ = apic.write(lapic::offset::SPURIOUS_VECTOR, 0x1ff, 0);
+                apic
+            })
+            .collect();
         apics[2] = Lapic::new(2, tsc); // software-disabled: refuses fixed IPIs
         let deliver = |destination: Destination, delivery: Delivery, apics: &mut [Lapic]| {
             let mut keys = Vec::new();
-            let recipients = apics.iter_mut().enumerate().map(|(key, apic)| (key, key == 0, apic));
+            let recipients = apics
+                .iter_mut()
+                .enumerate()
+                .map(|(key, apic)| (key, key == 0, apic));
             let report = deliver_ipi(destination, delivery, recipients, |key| keys.push(key));
             (report, keys)
         };
@@ -762,9 +960,21 @@ mod tests {
         assert_eq!((report.accepted, report.refused, keys), (1, 0, vec![1]));
         let (report, keys) = deliver(Destination::AllExcludingSelf, fixed, &mut apics);
         assert_eq!((report.accepted, report.refused, keys), (1, 1, vec![1]));
-        let (report, keys) = deliver(Destination::AllIncludingSelf, Delivery::LowestPriority { vector: 0x50 }, &mut apics);
-        assert_eq!((report.accepted, keys), (1, vec![0]), "lowest priority: one recipient");
-        let (report, keys) = deliver(Destination::Physical(lapic::BROADCAST), Delivery::Nmi, &mut apics);
+        let (report, keys) = deliver(
+            Destination::AllIncludingSelf,
+            Delivery::LowestPriority { vector: 0x50 },
+            &mut apics,
+        );
+        assert_eq!(
+            (report.accepted, keys),
+            (1, vec![0]),
+            "lowest priority: one recipient"
+        );
+        let (report, keys) = deliver(
+            Destination::Physical(lapic::BROADCAST),
+            Delivery::Nmi,
+            &mut apics,
+        );
         assert!(report.unsupported && keys.is_empty());
         let (report, _) = deliver(Destination::Physical(9), fixed, &mut apics);
         assert_eq!(report, IpiReport::default(), "nobody has APIC ID 9");
@@ -775,8 +985,12 @@ mod tests {
     #[test]
     fn fuzz_body_handles_a_few_shapes() {
         assert!(!fuzz_mmio_access(&[]));
-        assert!(fuzz_mmio_access(&[0x00, 0x03, 0x01, 0x00, 0xc7, 0x00, 0x31, 0x00, 0x04, 0x00]));
-        assert!(fuzz_mmio_access(&[0x20, 0x03, 0x09, 0x00, 0xc7, 0x00, 0x30, 0x00, 0x00, 0x00]));
+        assert!(fuzz_mmio_access(&[
+            0x00, 0x03, 0x01, 0x00, 0xc7, 0x00, 0x31, 0x00, 0x04, 0x00
+        ]));
+        assert!(fuzz_mmio_access(&[
+            0x20, 0x03, 0x09, 0x00, 0xc7, 0x00, 0x30, 0x00, 0x00, 0x00
+        ]));
         assert!(fuzz_mmio_access(&[0x80, 0x00, 0x08, 0x01, 0x8b, 0x08]));
         assert!(!fuzz_mmio_access(&[0xff, 0xff, 0xff, 0xff, 0xff]));
     }

@@ -47,17 +47,22 @@ fn seeds() -> Vec<Vec<u8>> {
     };
     vec![
         with(0xf0, 0x09, 0, &[0xc7, 0x00, 0xff, 0x01, 0x00, 0x00]), // mov dword [rax], 0x1ff
-        with(0x320, 0x09, 0, &[0x89, 0x10]),                          // mov [rax], edx
+        with(0x320, 0x09, 0, &[0x89, 0x10]),                        // mov [rax], edx
         with(0x380, 0x09, 0, &[0xc7, 0x40, 0x10, 0x10, 0x27, 0x00, 0x00]), // mov dword [rax+0x10], 10000
-        with(0x300, 0x09, 0, &[0xc7, 0x00, 0x31, 0x00, 0x04, 0x00]), // ICR: self-IPI 0x31
-        with(0x300, 0x09, 0, &[0xc7, 0x00, 0x32, 0x00, 0x0c, 0x00]), // ICR: all-but-self
-        with(0xb0, 0x09, 0, &[0x89, 0x08]),                           // EOI
-        with(0x80, 0x09, 1, &[0x89, 0x0d, 0x80, 0x00, 0xe0, 0xfe]),  // mov [0xfee00080], ecx (32-bit)
-        with(0x390, 0x08, 0, &[0x8b, 0x00]),                          // mov eax, [rax]
-        with(0x392, 0x08, 0, &[0x0f, 0xb7, 0x00]),                    // movzx eax, word [rax]
-        with(0x20, 0x08, 0, &[0x48, 0x63, 0x00]),                     // movsxd rax, dword [rax]
-        with(0x30, 0x00, 1, &[0xa1, 0x30, 0x00, 0xe0, 0xfe]),         // mov eax, [moffs32]
-        with(0x200, 0x00, 0, &[0x48, 0x8b, 0x04, 0x25, 0x00, 0x02, 0xe0, 0xfe]), // mov rax, [disp32]
+        with(0x300, 0x09, 0, &[0xc7, 0x00, 0x31, 0x00, 0x04, 0x00]),       // ICR: self-IPI 0x31
+        with(0x300, 0x09, 0, &[0xc7, 0x00, 0x32, 0x00, 0x0c, 0x00]),       // ICR: all-but-self
+        with(0xb0, 0x09, 0, &[0x89, 0x08]),                                // EOI
+        with(0x80, 0x09, 1, &[0x89, 0x0d, 0x80, 0x00, 0xe0, 0xfe]), // mov [0xfee00080], ecx (32-bit)
+        with(0x390, 0x08, 0, &[0x8b, 0x00]),                        // mov eax, [rax]
+        with(0x392, 0x08, 0, &[0x0f, 0xb7, 0x00]),                  // movzx eax, word [rax]
+        with(0x20, 0x08, 0, &[0x48, 0x63, 0x00]),                   // movsxd rax, dword [rax]
+        with(0x30, 0x00, 1, &[0xa1, 0x30, 0x00, 0xe0, 0xfe]),       // mov eax, [moffs32]
+        with(
+            0x200,
+            0x00,
+            0,
+            &[0x48, 0x8b, 0x04, 0x25, 0x00, 0x02, 0xe0, 0xfe],
+        ), // mov rax, [disp32]
     ]
 }
 
@@ -73,7 +78,8 @@ fn mutate(random: &mut Random, mut input: Vec<u8>) -> Vec<u8> {
                 input[at] = random.next() as u8;
             }
             2 if input.len() > 4 => {
-                const PREFIXES: [u8; 10] = [0x66, 0x67, 0xf0, 0xf2, 0xf3, 0x2e, 0x65, 0x40, 0x48, 0x4c];
+                const PREFIXES: [u8; 10] =
+                    [0x66, 0x67, 0xf0, 0xf2, 0xf3, 0x2e, 0x65, 0x40, 0x48, 0x4c];
                 input.insert(4, PREFIXES[random.below(PREFIXES.len())]);
             }
             3 => input.truncate(random.below(input.len() + 1)),
@@ -97,7 +103,10 @@ fn apic_access_path_survives_random_and_mutated_input() {
     let seeds = seeds();
     let mut random = Random(0x5eed_a91c_0ff1_ce00);
     for seed in &seeds {
-        assert!(apic_access::fuzz_mmio_access(seed), "seed {seed:02x?} not emulated");
+        assert!(
+            apic_access::fuzz_mmio_access(seed),
+            "seed {seed:02x?} not emulated"
+        );
     }
     let mut emulated = 0usize;
     for round in 0..INPUTS {
@@ -111,8 +120,14 @@ fn apic_access_path_survives_random_and_mutated_input() {
         emulated += usize::from(apic_access::fuzz_mmio_access(&input));
     }
     // The mutations keep many inputs valid, so the emulation paths run too.
-    assert!(emulated > INPUTS / 10, "only {emulated} of {INPUTS} inputs emulated");
-    eprintln!("{INPUTS} inputs, {emulated} emulated, in {:?}", started.elapsed());
+    assert!(
+        emulated > INPUTS / 10,
+        "only {emulated} of {INPUTS} inputs emulated"
+    );
+    eprintln!(
+        "{INPUTS} inputs, {emulated} emulated, in {:?}",
+        started.elapsed()
+    );
 }
 
 /// A guest's whole timer sequence through the fuzzed path, then random

@@ -156,7 +156,8 @@ mod apictimer {
     /// A present 64-bit interrupt gate (type 0xE, DPL 0) to `handler` in the
     /// entry code's 64-bit code segment (selector 0x08).
     fn gate(handler: u64) -> [u64; 2] {
-        let low = (handler & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | (((handler >> 16) & 0xffff) << 48);
+        let low =
+            (handler & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | (((handler >> 16) & 0xffff) << 48);
         [low, handler >> 32]
     }
 
@@ -175,11 +176,16 @@ mod apictimer {
             idt.0[vector * 2] = low;
             idt.0[vector * 2 + 1] = high;
         }
-        let pointer = IdtPointer { limit: (core::mem::size_of::<Idt>() - 1) as u16, base: idt.0.as_ptr() as u64 };
+        let pointer = IdtPointer {
+            limit: (core::mem::size_of::<Idt>() - 1) as u16,
+            base: idt.0.as_ptr() as u64,
+        };
         // SAFETY: the table lives in a static for the program's life and its
         // gates point at the handlers above, which preserve every register
         // they use and end with IRETQ.
-        unsafe { asm!("lidt [{}]", in(reg) &raw const pointer, options(readonly, nostack, preserves_flags)) };
+        unsafe {
+            asm!("lidt [{}]", in(reg) &raw const pointer, options(readonly, nostack, preserves_flags))
+        };
     }
 
     // APIC registers are reached with plain `mov`s in inline assembly, as
@@ -192,19 +198,25 @@ mod apictimer {
         // SAFETY: the entry code identity-maps the first 4 GiB, the APIC page
         // included; a 32-bit aligned load from an APIC register has no
         // effect on this program's memory.
-        unsafe { asm!("mov {value:e}, dword ptr [{address}]", address = in(reg) APIC + offset, value = out(reg) value, options(nostack, preserves_flags)) };
+        unsafe {
+            asm!("mov {value:e}, dword ptr [{address}]", address = in(reg) APIC + offset, value = out(reg) value, options(nostack, preserves_flags))
+        };
         value
     }
 
     fn apic_write(offset: u64, value: u32) {
         // SAFETY: as for `apic_read`; the store reaches the (virtual) APIC.
-        unsafe { asm!("mov dword ptr [{address}], {value:e}", address = in(reg) APIC + offset, value = in(reg) value, options(nostack, preserves_flags)) };
+        unsafe {
+            asm!("mov dword ptr [{address}], {value:e}", address = in(reg) APIC + offset, value = in(reg) value, options(nostack, preserves_flags))
+        };
     }
 
     fn rdmsr(msr: u32) -> u64 {
         let (low, high): (u32, u32);
         // SAFETY: reads an MSR the hypervisor emulates; no memory touched.
-        unsafe { asm!("rdmsr", in("ecx") msr, out("eax") low, out("edx") high, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("rdmsr", in("ecx") msr, out("eax") low, out("edx") high, options(nomem, nostack, preserves_flags))
+        };
         (u64::from(high) << 32) | u64::from(low)
     }
 
@@ -246,7 +258,11 @@ mod apictimer {
 
     fn fail(what: &str, value: u64) -> ! {
         let mut line = Line::new();
-        line.push_str("ERROR ").push_str(what).push_str(" (").push_decimal(value).push_str(")");
+        line.push_str("ERROR ")
+            .push_str(what)
+            .push_str(" (")
+            .push_decimal(value)
+            .push_str(")");
         console::print(&mut line);
         hypercall::crash("apictimer: failed")
     }
@@ -281,7 +297,11 @@ mod apictimer {
 
     /// Checks a timer that was armed at `start` for `asked_us` fired in time.
     fn check_elapsed(what: &str, start: u64, fired: u64, asked_us: u64, khz: u64) -> u64 {
-        check(fired >= start + ticks(asked_us, khz), what, micros(fired.wrapping_sub(start), khz));
+        check(
+            fired >= start + ticks(asked_us, khz),
+            what,
+            micros(fired.wrapping_sub(start), khz),
+        );
         let elapsed = micros(fired - start, khz);
         check(elapsed <= asked_us + TOLERANCE_US, what, elapsed);
         elapsed
@@ -299,14 +319,40 @@ mod apictimer {
         let start = rdtsc();
         apic_write(INITIAL_COUNT, 10 * COUNTS_PER_MS_DIV16);
         let running = apic_read(CURRENT_COUNT);
-        check(running > 0 && running <= 10 * COUNTS_PER_MS_DIV16, "one-shot current count while running", u64::from(running));
-        let fired = wait_for(&APICTIMER_TIMER_COUNT, before + 1, start + ticks(asked_us + TOLERANCE_US, khz));
+        check(
+            running > 0 && running <= 10 * COUNTS_PER_MS_DIV16,
+            "one-shot current count while running",
+            u64::from(running),
+        );
+        let fired = wait_for(
+            &APICTIMER_TIMER_COUNT,
+            before + 1,
+            start + ticks(asked_us + TOLERANCE_US, khz),
+        );
         check(fired, "one-shot timer never fired", asked_us);
-        let elapsed = check_elapsed("one-shot fired out of time", start, APICTIMER_TIMER_TSC.load(Ordering::SeqCst), asked_us, khz);
-        check(apic_read(CURRENT_COUNT) == 0, "one-shot current count after expiry", u64::from(apic_read(CURRENT_COUNT)));
-        check(!in_vector_set(ISR, TIMER_VECTOR), "EOI left the timer vector in service", 0);
+        let elapsed = check_elapsed(
+            "one-shot fired out of time",
+            start,
+            APICTIMER_TIMER_TSC.load(Ordering::SeqCst),
+            asked_us,
+            khz,
+        );
+        check(
+            apic_read(CURRENT_COUNT) == 0,
+            "one-shot current count after expiry",
+            u64::from(apic_read(CURRENT_COUNT)),
+        );
+        check(
+            !in_vector_set(ISR, TIMER_VECTOR),
+            "EOI left the timer vector in service",
+            0,
+        );
         let mut line = Line::new();
-        line.push_str("one-shot fired after ").push_decimal(elapsed).push_str(" us (asked ").push_decimal(asked_us).push_str(")");
+        line.push_str("one-shot fired after ")
+            .push_decimal(elapsed)
+            .push_str(" us (asked ")
+            .push_decimal(asked_us)
+            .push_str(")");
         console::print(&mut line);
     }
 
@@ -318,7 +364,11 @@ mod apictimer {
         let start = rdtsc();
         apic_write(INITIAL_COUNT, 2 * COUNTS_PER_MS_DIV16);
         let asked_us = period_us * ticks_wanted;
-        let fired = wait_for(&APICTIMER_TIMER_COUNT, before + ticks_wanted, start + ticks(asked_us + TOLERANCE_US, khz));
+        let fired = wait_for(
+            &APICTIMER_TIMER_COUNT,
+            before + ticks_wanted,
+            start + ticks(asked_us + TOLERANCE_US, khz),
+        );
         let last = APICTIMER_TIMER_TSC.load(Ordering::SeqCst);
         apic_write(INITIAL_COUNT, 0); // stops the timer
         let got = APICTIMER_TIMER_COUNT.load(Ordering::SeqCst) - before;
@@ -335,10 +385,19 @@ mod apictimer {
         }
         disable_interrupts();
         let extra = APICTIMER_TIMER_COUNT.load(Ordering::SeqCst) - stopped;
-        check(extra == 0, "periodic timer ticked after it was stopped", extra);
+        check(
+            extra == 0,
+            "periodic timer ticked after it was stopped",
+            extra,
+        );
         let mut line = Line::new();
-        line.push_str("periodic ").push_decimal(got).push_str(" ticks in ").push_decimal(elapsed)
-            .push_str(" us (period ").push_decimal(period_us).push_str(" us)");
+        line.push_str("periodic ")
+            .push_decimal(got)
+            .push_str(" ticks in ")
+            .push_decimal(elapsed)
+            .push_str(" us (period ")
+            .push_decimal(period_us)
+            .push_str(" us)");
         console::print(&mut line);
     }
 
@@ -349,16 +408,35 @@ mod apictimer {
         let start = rdtsc();
         let deadline = start + ticks(asked_us, khz);
         wrmsr(TSC_DEADLINE_MSR, deadline);
-        check(rdmsr(TSC_DEADLINE_MSR) == deadline, "TSC_DEADLINE does not read back while armed", rdmsr(TSC_DEADLINE_MSR));
-        let fired = wait_for(&APICTIMER_TIMER_COUNT, before + 1, start + ticks(asked_us + TOLERANCE_US, khz));
+        check(
+            rdmsr(TSC_DEADLINE_MSR) == deadline,
+            "TSC_DEADLINE does not read back while armed",
+            rdmsr(TSC_DEADLINE_MSR),
+        );
+        let fired = wait_for(
+            &APICTIMER_TIMER_COUNT,
+            before + 1,
+            start + ticks(asked_us + TOLERANCE_US, khz),
+        );
         check(fired, "tsc-deadline timer never fired", asked_us);
         let at = APICTIMER_TIMER_TSC.load(Ordering::SeqCst);
-        check(at >= deadline, "tsc-deadline fired before the deadline", deadline - at.min(deadline));
+        check(
+            at >= deadline,
+            "tsc-deadline fired before the deadline",
+            deadline - at.min(deadline),
+        );
         let elapsed = check_elapsed("tsc-deadline fired out of time", start, at, asked_us, khz);
-        check(rdmsr(TSC_DEADLINE_MSR) == 0, "TSC_DEADLINE not 0 after firing", rdmsr(TSC_DEADLINE_MSR));
+        check(
+            rdmsr(TSC_DEADLINE_MSR) == 0,
+            "TSC_DEADLINE not 0 after firing",
+            rdmsr(TSC_DEADLINE_MSR),
+        );
         apic_write(LVT_TIMER, u32::from(TIMER_VECTOR) | LVT_MASKED);
         let mut line = Line::new();
-        line.push_str("tsc-deadline fired after ").push_decimal(elapsed).push_str(" us (asked ").push_decimal(asked_us)
+        line.push_str("tsc-deadline fired after ")
+            .push_decimal(elapsed)
+            .push_str(" us (asked ")
+            .push_decimal(asked_us)
             .push_str("), MSR reads 0 after");
         console::print(&mut line);
     }
@@ -370,24 +448,48 @@ mod apictimer {
         apic_write(ICR_HIGH, 0);
         apic_write(ICR_LOW, ICR_SELF | u32::from(IPI_VECTOR));
         check(in_vector_set(IRR, IPI_VECTOR), "self-IPI not in IRR", 0);
-        check(APICTIMER_IPI_COUNT.load(Ordering::SeqCst) == before, "self-IPI delivered with IF = 0", 0);
+        check(
+            APICTIMER_IPI_COUNT.load(Ordering::SeqCst) == before,
+            "self-IPI delivered with IF = 0",
+            0,
+        );
         interrupt_window();
-        check(APICTIMER_IPI_COUNT.load(Ordering::SeqCst) == before + 1, "self-IPI not delivered", 0);
-        check(!in_vector_set(IRR, IPI_VECTOR) && !in_vector_set(ISR, IPI_VECTOR), "self-IPI left in IRR or ISR", 0);
+        check(
+            APICTIMER_IPI_COUNT.load(Ordering::SeqCst) == before + 1,
+            "self-IPI not delivered",
+            0,
+        );
+        check(
+            !in_vector_set(IRR, IPI_VECTOR) && !in_vector_set(ISR, IPI_VECTOR),
+            "self-IPI left in IRR or ISR",
+            0,
+        );
         console::print_str("self-IPI delivered (held in IRR while IF = 0)");
 
         // TPR 0x40 masks priority classes 0-4: vector 0x31 (class 3) waits.
         apic_write(TPR, 0x40);
-        check(apic_read(PPR) == 0x40, "PPR does not follow TPR", u64::from(apic_read(PPR)));
+        check(
+            apic_read(PPR) == 0x40,
+            "PPR does not follow TPR",
+            u64::from(apic_read(PPR)),
+        );
         apic_write(ICR_LOW, ICR_SELF | u32::from(IPI_VECTOR));
         for _ in 0..100 {
             interrupt_window();
         }
-        check(APICTIMER_IPI_COUNT.load(Ordering::SeqCst) == before + 1, "TPR 0x40 did not hold vector 0x31", 0);
+        check(
+            APICTIMER_IPI_COUNT.load(Ordering::SeqCst) == before + 1,
+            "TPR 0x40 did not hold vector 0x31",
+            0,
+        );
         enable_interrupts();
         apic_write(TPR, 0); // delivered as soon as the TPR drops
         disable_interrupts();
-        check(APICTIMER_IPI_COUNT.load(Ordering::SeqCst) == before + 2, "vector 0x31 not delivered after TPR 0", 0);
+        check(
+            APICTIMER_IPI_COUNT.load(Ordering::SeqCst) == before + 2,
+            "vector 0x31 not delivered after TPR 0",
+            0,
+        );
         console::print_str("TPR 0x40 held vector 0x31 until lowered to 0");
 
         // A fixed IPI to its own APIC ID (physical destination, no shorthand).
@@ -395,9 +497,15 @@ mod apictimer {
         apic_write(ICR_HIGH, id << 24);
         apic_write(ICR_LOW, ICR_LEVEL_ASSERT | u32::from(IPI_VECTOR));
         interrupt_window();
-        check(APICTIMER_IPI_COUNT.load(Ordering::SeqCst) == before + 3, "IPI to own APIC ID not delivered", u64::from(id));
+        check(
+            APICTIMER_IPI_COUNT.load(Ordering::SeqCst) == before + 3,
+            "IPI to own APIC ID not delivered",
+            u64::from(id),
+        );
         let mut line = Line::new();
-        line.push_str("IPI to APIC ID ").push_decimal(u64::from(id)).push_str(" delivered");
+        line.push_str("IPI to APIC ID ")
+            .push_decimal(u64::from(id))
+            .push_str(" delivered");
         console::print(&mut line);
     }
 
@@ -406,7 +514,9 @@ mod apictimer {
         console::print_str("reading the timer count with CMP, which is not emulated");
         // SAFETY: a load from the identity-mapped APIC page; the flags it
         // sets are declared clobbered.
-        unsafe { asm!("cmp dword ptr [{address}], 0", address = in(reg) APIC + CURRENT_COUNT, options(nostack)) };
+        unsafe {
+            asm!("cmp dword ptr [{address}], 0", address = in(reg) APIC + CURRENT_COUNT, options(nostack))
+        };
         fail("still running after an unsupported APIC access", 0)
     }
 
@@ -419,8 +529,13 @@ mod apictimer {
         let has_deadline = leaf1.ecx & (1 << 24) != 0;
         let khz = pv::tsc_khz();
         let mut line = Line::new();
-        line.push_str("cpuid apic=").push_decimal(u64::from(has_apic)).push_str(" tsc-deadline=")
-            .push_decimal(u64::from(has_deadline)).push_str(", TSC ").push_decimal(khz / 1000).push_str(" MHz");
+        line.push_str("cpuid apic=")
+            .push_decimal(u64::from(has_apic))
+            .push_str(" tsc-deadline=")
+            .push_decimal(u64::from(has_deadline))
+            .push_str(", TSC ")
+            .push_decimal(khz / 1000)
+            .push_str(" MHz");
         console::print(&mut line);
         check(has_apic && khz > 0, "no APIC or no TSC rate in CPUID", khz);
 
@@ -428,14 +543,25 @@ mod apictimer {
         let mut line = Line::new();
         line.push_str("APIC_BASE ").push_hex(base);
         console::print(&mut line);
-        check(base & !0xfff == APIC && base & (1 << 11) != 0, "APIC_BASE not 0xfee00000, enabled", base);
+        check(
+            base & !0xfff == APIC && base & (1 << 11) != 0,
+            "APIC_BASE not 0xfee00000, enabled",
+            base,
+        );
 
         install_idt();
         apic_write(SVR, 0x100 | u32::from(SPURIOUS_VECTOR));
-        check(apic_read(SVR) == 0x100 | u32::from(SPURIOUS_VECTOR), "SVR does not read back", u64::from(apic_read(SVR)));
+        check(
+            apic_read(SVR) == 0x100 | u32::from(SPURIOUS_VECTOR),
+            "SVR does not read back",
+            u64::from(apic_read(SVR)),
+        );
         let mut line = Line::new();
-        line.push_str("local APIC id ").push_decimal(u64::from(apic_read(ID) >> 24)).push_str(" version ")
-            .push_hex(u64::from(apic_read(VERSION) & 0xff)).push_str(" enabled");
+        line.push_str("local APIC id ")
+            .push_decimal(u64::from(apic_read(ID) >> 24))
+            .push_str(" version ")
+            .push_hex(u64::from(apic_read(VERSION) & 0xff))
+            .push_str(" enabled");
         console::print(&mut line);
 
         one_shot(khz);
@@ -451,7 +577,11 @@ mod apictimer {
         let errors = apic_read(ESR);
         let spurious = APICTIMER_SPURIOUS_COUNT.load(Ordering::SeqCst);
         let other = APICTIMER_OTHER_COUNT.load(Ordering::SeqCst);
-        check(errors == 0 && spurious == 0 && other == 0, "APIC errors, spurious or unexpected vectors", u64::from(errors) | spurious << 8 | other << 16);
+        check(
+            errors == 0 && spurious == 0 && other == 0,
+            "APIC errors, spurious or unexpected vectors",
+            u64::from(errors) | spurious << 8 | other << 16,
+        );
         console::print_str("done");
         hypercall::poweroff()
     }

@@ -36,17 +36,19 @@
 use core::num::NonZeroU64;
 
 use heapless::Vec;
-use hypervisor_core::apic_access::{self, GuestCode, HaltDecision, Injection, MmioError, Readiness};
+use hypervisor_core::apic_access::{
+    self, GuestCode, HaltDecision, Injection, MmioError, Readiness,
+};
 use hypervisor_core::exit::{code, Exit, VmExit};
 use hypervisor_core::instruction::{ExecutionMode, Register, RegisterFile};
 use hypervisor_core::lapic::{self, Delivery, Destination, Lapic, LapicEffect};
 use hypervisor_core::round_robin::RunState;
 use hypervisor_core::vcpu::{Gpr, Outcome, StopReason, VcpuState};
 
-use crate::arch::cpu;
-use crate::arch::svm::{offset, GuestRegisters, Vmcb};
 use super::run::{Machine, MAX_VCPUS_TOTAL};
 use super::vcpu::{DomainMemory, Vcpu, VcpuView};
+use crate::arch::cpu;
+use crate::arch::svm::{offset, GuestRegisters, Vmcb};
 
 /// The shortest time from now for which the core arms its timer on behalf of
 /// a running guest's APIC timer: a guest may program a 1 ns periodic timer,
@@ -89,7 +91,11 @@ impl VcpuApic {
     /// The APIC of vCPU `id` in its power-up state (software-disabled).
     pub fn new(id: u8) -> Self {
         let tsc_hz = NonZeroU64::new(crate::arch::lapic::tsc_hz()).unwrap_or(NonZeroU64::MIN);
-        Self { lapic: Lapic::new(id, tsc_hz), tpr_written: 0, counters: ApicCounters::default() }
+        Self {
+            lapic: Lapic::new(id, tsc_hz),
+            tpr_written: 0,
+            counters: ApicCounters::default(),
+        }
     }
 }
 
@@ -150,7 +156,11 @@ impl RegisterFile for Registers<'_> {
 /// APIC stays reachable beside it).
 macro_rules! view {
     ($vcpu:expr) => {
-        VcpuView { vmcb: &mut $vcpu.vmcb, registers: &mut $vcpu.registers, timer: &mut $vcpu.timer }
+        VcpuView {
+            vmcb: &mut $vcpu.vmcb,
+            registers: &mut $vcpu.registers,
+            timer: &mut $vcpu.timer,
+        }
     };
 }
 
@@ -159,8 +169,18 @@ fn guest_code(vcpu: &mut Vcpu) -> GuestCode {
     let cs = vcpu.vmcb.segment(offset::CS);
     let view = view!(vcpu);
     let paging = view.paging();
-    let mode = ExecutionMode::from_guest_state(paging.cr0, paging.efer, view.vmcb.read_u64(offset::RFLAGS), cs.attributes);
-    GuestCode { rip: view.rip(), cs_base: cs.base, mode, paging }
+    let mode = ExecutionMode::from_guest_state(
+        paging.cr0,
+        paging.efer,
+        view.vmcb.read_u64(offset::RFLAGS),
+        cs.attributes,
+    );
+    GuestCode {
+        rip: view.rip(),
+        cs_base: cs.base,
+        mode,
+        paging,
+    }
 }
 
 /// After a #VMEXIT: a CR8 write the guest made (in V_TPR, under
@@ -175,15 +195,29 @@ pub fn after_exit(vcpu: &mut Vcpu) {
 
 /// The exits the APIC owns, handled in full; `None` for every other exit.
 /// Also returns what the APIC asks of the machine (an IPI).
-pub fn handle_exit(exit: &Exit, vcpu: &mut Vcpu, memory: &DomainMemory) -> Option<(Outcome, LapicEffect)> {
+pub fn handle_exit(
+    exit: &Exit,
+    vcpu: &mut Vcpu,
+    memory: &DomainMemory,
+) -> Option<(Outcome, LapicEffect)> {
     let now = cpu::rdtsc();
     let handled = match exit.reason {
         VmExit::NestedPageFault(fault) if apic_access::is_apic_page(fault.address) => {
             let code = guest_code(vcpu);
-            let mut registers = Registers { vmcb: &mut vcpu.vmcb, saved: &mut vcpu.registers };
+            let mut registers = Registers {
+                vmcb: &mut vcpu.vmcb,
+                saved: &mut vcpu.registers,
+            };
             let result = match exit.interrupted {
                 Some(_) => Err(MmioError::EventDelivery),
-                None => apic_access::emulate(&fault, &code, memory, &mut registers, &mut vcpu.apic.lapic, now),
+                None => apic_access::emulate(
+                    &fault,
+                    &code,
+                    memory,
+                    &mut registers,
+                    &mut vcpu.apic.lapic,
+                    now,
+                ),
             };
             match result {
                 Ok(done) => {
@@ -192,9 +226,13 @@ pub fn handle_exit(exit: &Exit, vcpu: &mut Vcpu, memory: &DomainMemory) -> Optio
                     view!(vcpu).set_rip(done.next_rip);
                     (Outcome::Resume, done.effect)
                 }
-                Err(error) => {
-                    (Outcome::Stop(StopReason::ApicAccess { address: fault.address, error }), LapicEffect::None)
-                }
+                Err(error) => (
+                    Outcome::Stop(StopReason::ApicAccess {
+                        address: fault.address,
+                        error,
+                    }),
+                    LapicEffect::None,
+                ),
             }
         }
         // The interrupt window opened: the next entry injects.
@@ -242,7 +280,9 @@ pub fn block_deadline(vcpu: &Vcpu, pv_deadline: Option<u64>) -> Option<u64> {
 /// a vCPU woken at that time finds its APIC deadline passed.
 pub fn deadline_ns(tsc: u64) -> u64 {
     let khz = u128::from((crate::arch::lapic::tsc_hz() / 1000).max(1));
-    (u128::from(tsc) * 1_000_000).div_ceil(khz).min(u128::from(u64::MAX)) as u64
+    (u128::from(tsc) * 1_000_000)
+        .div_ceil(khz)
+        .min(u128::from(u64::MAX)) as u64
 }
 
 fn min_timer_ticks() -> u64 {
@@ -268,7 +308,9 @@ impl Machine<'_> {
     /// a window, load V_TPR, and make sure the host timer fires by the
     /// APIC's next deadline.
     pub(super) fn apic_before_entry(&mut self, index: usize) {
-        let Some(vcpu) = self.vcpus.get_mut(index) else { return };
+        let Some(vcpu) = self.vcpus.get_mut(index) else {
+            return;
+        };
         let now = cpu::rdtsc();
         let vmcb = &mut vcpu.vmcb;
         let readiness = Readiness {
@@ -280,7 +322,10 @@ impl Machine<'_> {
         let window = match apic_access::prepare_entry(&mut apic.lapic, now, readiness) {
             Injection::Nothing => None,
             Injection::Inject { vector } => {
-                vmcb.write_u64(offset::EVENT_INJECTION, apic_access::event_injection(vector));
+                vmcb.write_u64(
+                    offset::EVENT_INJECTION,
+                    apic_access::event_injection(vector),
+                );
                 apic.counters.injected += 1;
                 None
             }
@@ -291,7 +336,10 @@ impl Machine<'_> {
         };
         let tpr = apic.lapic.tpr();
         let control = vmcb.read_u64(offset::INTERRUPT_CONTROL);
-        vmcb.write_u64(offset::INTERRUPT_CONTROL, apic_access::interrupt_control(control, window, tpr));
+        vmcb.write_u64(
+            offset::INTERRUPT_CONTROL,
+            apic_access::interrupt_control(control, window, tpr),
+        );
         apic.tpr_written = tpr;
         if let Some(deadline) = apic.lapic.next_deadline() {
             let deadline = deadline.max(now.saturating_add(min_timer_ticks()));
@@ -322,14 +370,19 @@ impl Machine<'_> {
         match effect {
             // The next entry pulls the host timer in (`apic_before_entry`).
             LapicEffect::None | LapicEffect::TimerChanged { .. } => {}
-            LapicEffect::SendIpi { destination, delivery } => self.deliver_ipi(index, destination, delivery),
+            LapicEffect::SendIpi {
+                destination,
+                delivery,
+            } => self.deliver_ipi(index, destination, delivery),
         }
     }
 
     /// An IPI from vCPU `sender`: into the IRR of every addressed vCPU of
     /// its domain; each recipient that was blocked or halted wakes up.
     fn deliver_ipi(&mut self, sender: usize, destination: Destination, delivery: Delivery) {
-        let Some(domain) = self.vcpus.get(sender).map(|vcpu| vcpu.domain) else { return };
+        let Some(domain) = self.vcpus.get(sender).map(|vcpu| vcpu.domain) else {
+            return;
+        };
         let mut accepted: Vec<usize, MAX_VCPUS_TOTAL> = Vec::new();
         let recipients = self
             .vcpus
@@ -354,8 +407,13 @@ impl Machine<'_> {
         }
         let mut woke = false;
         for index in accepted {
-            let Some(entity) = self.entity_of_vcpu(index) else { continue };
-            if matches!(self.scheduler.state(entity), Some(RunState::Halted | RunState::Waiting)) {
+            let Some(entity) = self.entity_of_vcpu(index) else {
+                continue;
+            };
+            if matches!(
+                self.scheduler.state(entity),
+                Some(RunState::Halted | RunState::Waiting)
+            ) {
                 self.scheduler.set_state(entity, RunState::Runnable);
                 if let Some(vcpu) = self.vcpus.get_mut(index) {
                     vcpu.wake_at = None;
