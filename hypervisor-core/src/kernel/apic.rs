@@ -40,6 +40,7 @@ use hypervisor_core::apic_access::{
     self, GuestCode, HaltDecision, Injection, MmioError, Readiness,
 };
 use hypervisor_core::exit::{code, Exit, VmExit};
+use hypervisor_core::guest_memory::MemoryError;
 use hypervisor_core::instruction::{ExecutionMode, Register, RegisterFile};
 use hypervisor_core::lapic::{self, Delivery, Destination, Lapic, LapicEffect};
 use hypervisor_core::round_robin::RunState;
@@ -226,6 +227,12 @@ pub fn handle_exit(
                     view!(vcpu).set_rip(done.next_rip);
                     (Outcome::Resume, done.effect)
                 }
+                // The code or a guest page table at RIP is paged out: leave
+                // RIP alone; the run loop sees `memory.not_resident`, brings
+                // the frame back and the guest executes the access again.
+                Err(MmioError::Fetch(MemoryError::NotResident(_))) => {
+                    (Outcome::Resume, LapicEffect::None)
+                }
                 Err(error) => (
                     Outcome::Stop(StopReason::ApicAccess {
                         address: fault.address,
@@ -410,10 +417,18 @@ impl Machine<'_> {
             let Some(entity) = self.entity_of_vcpu(index) else {
                 continue;
             };
-            if matches!(
-                self.scheduler.state(entity),
-                Some(RunState::Halted | RunState::Waiting)
-            ) {
+            // A vCPU waiting for a page-in stays waiting: the interrupt is
+            // in its IRR and is injected when it runs again.
+            let paging = self
+                .vcpus
+                .get(index)
+                .is_some_and(|vcpu| vcpu.page_wait.is_some());
+            if !paging
+                && matches!(
+                    self.scheduler.state(entity),
+                    Some(RunState::Halted | RunState::Waiting)
+                )
+            {
                 self.scheduler.set_state(entity, RunState::Runnable);
                 if let Some(vcpu) = self.vcpus.get_mut(index) {
                     vcpu.wake_at = None;
