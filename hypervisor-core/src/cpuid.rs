@@ -3,8 +3,9 @@
 //!
 //! Host values pass through a mask: features the core does not virtualize
 //! (SVM/VMX, MONITOR, x2APIC, XSAVE/AVX state, RDTSCP, MTRR, performance
-//! counters) are hidden, the "hypervisor present" bit is set, and the APIC ID
-//! is the vCPU's. Leaves `0x4000_0000..=0x4000_0002` are Xen's (signature,
+//! counters) are hidden, the "hypervisor present" bit is set, the APIC ID
+//! is the vCPU's, and the virtual xAPIC with its TSC-deadline timer
+//! (`crate::lapic`) is advertised. Leaves `0x4000_0000..=0x4000_0002` are Xen's (signature,
 //! version, hypercall-page MSR; `xen/include/public/arch-x86/cpuid.h`), and
 //! `0x4000_0100..=0x4000_0101` are cairn's own (signature, ABI version).
 
@@ -32,11 +33,15 @@ pub const CAIRN_ABI_VERSION: u32 = 1;
 const LEAF1_ECX_HIDDEN: u32 = (1 << 3) // MONITOR/MWAIT
     | (1 << 5)  // VMX
     | (1 << 21) // x2APIC
-    | (1 << 24) // TSC-deadline (no virtual LAPIC timer yet)
     | (1 << 26) // XSAVE
     | (1 << 27) // OSXSAVE
     | (1 << 28); // AVX
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// TSC-deadline mode of the virtual local APIC's timer (`crate::lapic`),
+/// offered whatever the host has.
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// The on-chip APIC: every vCPU has a virtual xAPIC at 0xFEE0_0000.
+const LEAF1_EDX_APIC: u32 = 1 << 9;
 const LEAF1_EDX_HIDDEN: u32 = (1 << 12) // MTRR
     | (1 << 22); // ACPI thermal MSRs
 /// Leaf 7 EBX features safe to pass through (no extended state needed).
@@ -65,8 +70,8 @@ pub fn filter(leaf: u32, subleaf: u32, host: CpuidResult, vcpu: u8, vcpus: u8, t
             eax: host.eax,
             // APIC ID in 31:24, logical processor count in 23:16.
             ebx: (host.ebx & 0x0000_ffff) | (u32::from(vcpu) << 24) | (u32::from(vcpus) << 16),
-            ecx: (host.ecx & !LEAF1_ECX_HIDDEN) | LEAF1_ECX_HYPERVISOR,
-            edx: host.edx & !LEAF1_EDX_HIDDEN,
+            ecx: (host.ecx & !LEAF1_ECX_HIDDEN) | LEAF1_ECX_HYPERVISOR | LEAF1_ECX_TSC_DEADLINE,
+            edx: (host.edx & !LEAF1_EDX_HIDDEN) | LEAF1_EDX_APIC,
         },
         0x7 if subleaf == 0 => CpuidResult { eax: 0, ebx: host.ebx & LEAF7_EBX_ALLOWED, ecx: 0, edx: 0 },
         0x2 | 0x4 => host,
@@ -120,6 +125,14 @@ mod tests {
         assert_eq!(filter(0x8000_000a, 0, ALL, 0, 1, 2_600_000), CpuidResult::default(), "no SVM leaf");
         assert_eq!(filter(0, 0, ALL, 0, 1, 2_600_000).eax, 0xd, "max basic leaf clamped");
         assert_eq!(filter(7, 0, ALL, 0, 1, 2_600_000).ebx & (1 << 5), 0, "AVX2 hidden");
+    }
+
+    #[test]
+    fn advertises_the_virtual_apic_and_its_tsc_deadline_timer() {
+        let leaf1 = filter(1, 0, CpuidResult::default(), 0, 1, 2_600_000);
+        assert_ne!(leaf1.edx & (1 << 9), 0, "APIC");
+        assert_ne!(leaf1.ecx & (1 << 24), 0, "TSC-deadline");
+        assert_eq!(filter(1, 0, ALL, 0, 1, 2_600_000).ecx & (1 << 21), 0, "x2APIC stays hidden");
     }
 
     #[test]

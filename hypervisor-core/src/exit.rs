@@ -32,6 +32,9 @@ pub mod code {
     pub const INTR: u64 = 0x60;
     /// NMI.
     pub const NMI: u64 = 0x61;
+    /// Virtual interrupt window (VINTR): the guest can take the virtual
+    /// interrupt V_IRQ announced; the local APIC's injection waits for it.
+    pub const VINTR: u64 = 0x64;
     /// CPUID.
     pub const CPUID: u64 = 0x72;
     /// HLT.

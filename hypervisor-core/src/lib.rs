@@ -19,6 +19,9 @@
 //! * [`halt_poll`]: KVM-style adaptive halt polling (window and statistics).
 //! * [`lapic`]: the virtual local APIC (xAPIC registers, one-shot, periodic
 //!   and TSC-deadline timer, interrupt priority, IPIs), one per vCPU.
+//! * [`apic_access`]: how guests reach it: MMIO to the APIC page decoded and
+//!   emulated, interrupt injection or an interrupt window at VM entry, HLT
+//!   against a pending or armed interrupt, IPI routing, `IA32_TSC_DEADLINE`.
 //! * [`round_robin`]: the built-in scheduler the core uses when no scheduler
 //!   server has published decisions.
 //!
@@ -32,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+pub mod apic_access;
 pub mod console;
 pub mod cpuid;
 pub mod dma_guard;

@@ -4,7 +4,9 @@
 //! (FS/GS bases, the SYSCALL and SYSENTER MSRs) pass through without an exit:
 //! [`PASS_THROUGH`]. The rest exit, and [`read`]/[`write`] decide: an MSR on
 //! the allow-list is emulated, any other gets `#GP(0)` injected, as on a CPU
-//! that lacks it.
+//! that lacks it. `IA32_TSC_DEADLINE` (0x6E0) is not on this list: it
+//! belongs to the vCPU's local APIC, and the core hands it to
+//! `apic_access::read_msr`/`write_msr` before this module sees it.
 
 use ipc::hypercall::HYPERCALL_PAGE_MSR;
 

@@ -139,6 +139,13 @@ pub enum StopReason {
         /// The port.
         port: u16,
     },
+    /// An access to the local APIC page the core could not emulate.
+    ApicAccess {
+        /// The faulting guest-physical address.
+        address: GuestPhysAddr,
+        /// Why.
+        error: crate::apic_access::MmioError,
+    },
 }
 
 impl StopReason {
@@ -150,6 +157,7 @@ impl StopReason {
             Self::InvalidState => "VMRUN refused the vCPU state",
             Self::UnhandledExit { .. } => "unhandled exit",
             Self::StringIo { .. } => "string port I/O is not emulated",
+            Self::ApicAccess { error, .. } => error.describe(),
         }
     }
 }

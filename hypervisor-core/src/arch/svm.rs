@@ -91,6 +91,7 @@ pub mod offset {
     pub const ASID: usize = 0x058;
     pub const TLB_CONTROL: usize = 0x05c;
     pub const INTERRUPT_CONTROL: usize = 0x060;
+    pub const INTERRUPT_SHADOW: usize = 0x068;
     pub const EXIT_CODE: usize = 0x070;
     pub const EXIT_INFO1: usize = 0x078;
     pub const EXIT_INFO2: usize = 0x080;

@@ -131,6 +131,7 @@ pub fn load_kernel(
 /// Intercepts (AMD APM vol. 2, appendix B, VMCB offsets 0x0C and 0x10).
 const INTERCEPT_MISC1: u32 = (1 << 0) // INTR
     | (1 << 1)  // NMI
+    | (1 << 4)  // VINTR: exits only while V_IRQ is set (the local APIC's interrupt window)
     | (1 << 18) // CPUID
     | (1 << 22) // INVD
     | (1 << 24) // HLT
@@ -224,5 +225,6 @@ pub fn build_boot_vcpu(frames: &mut FrameAllocator<'_>, maps: &PermissionMaps, m
         wake_reported: false,
         page_wait: None,
         tlb_seen: 0,
+        apic: super::apic::VcpuApic::new(0),
     })
 }

@@ -1,5 +1,6 @@
 //! The core's boot sequence and run loop, in safe code over `arch`.
 
+mod apic;
 mod bench;
 mod control;
 mod domain;

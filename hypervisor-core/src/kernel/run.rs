@@ -3,7 +3,9 @@
 //! round-robin picks the next vCPU and a timer tick ends each slice.
 
 use heapless::Vec;
+use hypervisor_core::apic_access::HaltDecision;
 use hypervisor_core::exit;
+use hypervisor_core::lapic::LapicEffect;
 use hypervisor_core::frame::FrameAllocator;
 use hypervisor_core::round_robin::{RoundRobin, RunState};
 use hypervisor_core::vcpu::{self as exits, DomainDevices, Outcome, StopReason};
@@ -115,7 +117,7 @@ pub struct Machine<'a> {
     pub(super) vcpus: Vec<Vcpu, MAX_VCPUS_TOTAL>,
     pub(super) servers: Vec<Server<'a>, MAX_SERVERS>,
     entities: Vec<Entity, MAX_ENTITIES>,
-    scheduler: RoundRobin<MAX_ENTITIES>,
+    pub(super) scheduler: RoundRobin<MAX_ENTITIES>,
     /// Which vCPU last ran with each ASID (`usize::MAX`: none).
     asid_owner: [usize; MAX_VCPUS_TOTAL + 1],
     /// Halt-polling tunables (KVM's defaults until `hvctl halt-poll`).
@@ -135,6 +137,11 @@ pub struct Machine<'a> {
     /// CPU time per domain in windows that open one accounting period after
     /// each scheduler restart (the campaign's "shares after recovery").
     recovery: Recovery,
+    /// The TSC value the one-shot timer was armed for at the switch point.
+    pub(super) slice_event: u64,
+    /// The TSC value it is armed for now: earlier than `slice_event` while
+    /// the running vCPU's local APIC timer is due first (`super::apic`).
+    pub(super) armed_event: u64,
 }
 
 /// Per-domain CPU time measured after the scheduler recovered from kills.
@@ -169,6 +176,8 @@ impl<'a> Machine<'a> {
             injector: None,
             pending_kill: None,
             recovery: Recovery::default(),
+            slice_event: 0,
+            armed_event: 0,
         }
     }
 
@@ -384,6 +393,13 @@ impl<'a> Machine<'a> {
                 code,
                 rip
             ),
+            StopReason::ApicAccess { address, .. } => defmt::warn!(
+                "domain {=str} stopped: {=str} at GPA {=u64:#x} (rip {=u64:#x})",
+                name,
+                reason.describe(),
+                address.as_u64(),
+                rip
+            ),
             StopReason::StringIo { port } => defmt::warn!(
                 "domain {=str} stopped: {=str} (port {=u16:#x}, rip {=u64:#x})",
                 name,
@@ -419,8 +435,9 @@ impl<'a> Machine<'a> {
     }
 
     /// The guest-running part of a slice; says how it ended.
-    fn vcpu_slice(&mut self, entity: usize, index: usize, slice_start: u64) -> SliceEnd {
+    fn vcpu_slice(&mut self, entity: usize, index: usize, mut slice_start: u64) -> SliceEnd {
         loop {
+            self.apic_before_entry(index);
             let Some(vcpu) = self.vcpus.get_mut(index) else { return SliceEnd::Ended };
             let generation = self.domains.get(vcpu.domain).and_then(|slot| slot.paging.as_ref()).map_or(0, |paging| paging.tlb_generation);
             if vcpu.tlb_seen != generation {
@@ -432,6 +449,7 @@ impl<'a> Machine<'a> {
             let entered = cpu::rdtsc();
             svm::run(&self.host, &mut vcpu.vmcb, &mut vcpu.registers);
             vcpu.run_ticks += cpu::rdtsc().wrapping_sub(entered);
+            super::apic::after_exit(vcpu);
             let exit = exit::decode(&vcpu.vmcb.raw_exit());
             vcpu.vmcb.write_u64(svm::offset::EVENT_INJECTION, 0);
             vcpu.vmcb.write_u8(svm::offset::TLB_CONTROL, 0);
@@ -448,12 +466,19 @@ impl<'a> Machine<'a> {
                 _ => None,
             };
             let saved = (vcpu.vmcb.read_u64(svm::offset::RIP), vcpu.vmcb.read_u64(svm::offset::RAX));
+            // The local APIC's exits (its MMIO page, which lies above guest
+            // RAM, the interrupt window, its MSR) before `vcpu::handle`.
+            let apic = match paging_fault {
+                Some(_) => None,
+                None => super::apic::handle_exit(&exit, vcpu, memory),
+            };
             let mut view = VcpuView { vmcb: &mut vcpu.vmcb, registers: &mut vcpu.registers, timer: &mut vcpu.timer };
-            let outcome = match paging_fault {
-                Some(_) => Outcome::Resume,
-                None => {
+            let (outcome, apic_effect) = match (paging_fault, apic) {
+                (Some(_), _) => (Outcome::Resume, LapicEffect::None),
+                (None, Some(handled)) => handled,
+                (None, None) => {
                     let mut access = GuestAccess { memory, paging: paging_state, frames: &mut self.frames };
-                    exits::handle(&exit, &mut view, &mut access, &mut slot.devices, &mut KernelPlatform, vcpu_number)
+                    (exits::handle(&exit, &mut view, &mut access, &mut slot.devices, &mut KernelPlatform, vcpu_number), LapicEffect::None)
                 }
             };
             let Some(memory) = slot.memory.as_ref() else { return SliceEnd::Ended };
@@ -496,13 +521,24 @@ impl<'a> Machine<'a> {
                 Outcome::HostInterrupt => cpu::take_pending_interrupts(),
                 Outcome::Yield => return SliceEnd::Yielded,
                 Outcome::Halt => {
-                    let deadline = vcpu.timer;
+                    // Xen's wakeup-waiting recheck against the local APIC: a
+                    // pending interrupt ends the HLT at once; an armed APIC
+                    // timer blocks the vCPU until its deadline.
+                    let (state, deadline) = match super::apic::on_halt(vcpu) {
+                        HaltDecision::Resume => continue,
+                        HaltDecision::BlockUntil { deadline } => {
+                            let wake = super::apic::deadline_ns(deadline);
+                            vcpu.wake_at = Some(wake);
+                            (RunState::Waiting, Some(vcpu.timer.map_or(wake, |timer| timer.min(wake))))
+                        }
+                        HaltDecision::Park => (RunState::Halted, vcpu.timer),
+                    };
                     self.begin_halt(index, deadline);
-                    self.scheduler.set_state(entity, RunState::Halted);
+                    self.scheduler.set_state(entity, state);
                     return SliceEnd::Blocked;
                 }
                 Outcome::Block { deadline_ns } => {
-                    vcpu.wake_at = deadline_ns;
+                    vcpu.wake_at = super::apic::block_deadline(vcpu, deadline_ns);
                     let deadline = deadline_ns.or(vcpu.timer);
                     self.begin_halt(index, deadline);
                     self.scheduler.set_state(entity, RunState::Waiting);
@@ -546,8 +582,13 @@ impl<'a> Machine<'a> {
                     return SliceEnd::Ended;
                 }
             }
+            self.apic_effect(index, apic_effect);
             if interrupts::ticks() != slice_start {
-                return SliceEnd::Preempted;
+                // The running vCPU's own APIC timer does not end its slice.
+                if !self.apic_timer_tick() {
+                    return SliceEnd::Preempted;
+                }
+                slice_start = interrupts::ticks();
             }
         }
     }
@@ -1355,7 +1396,7 @@ impl<'a> Machine<'a> {
         self.entities.iter().position(|entity| *entity == Entity::Server(index))
     }
 
-    fn entity_of_vcpu(&self, index: usize) -> Option<usize> {
+    pub(super) fn entity_of_vcpu(&self, index: usize) -> Option<usize> {
         self.entities.iter().position(|entity| *entity == Entity::Vcpu(index))
     }
 
@@ -1599,6 +1640,7 @@ impl<'a> Machine<'a> {
                     name, vcpu.index, median, vcpu.wake_latency.count()
                 );
             }
+            super::apic::log_stats(name, vcpu);
         }
     }
 
@@ -1647,7 +1689,7 @@ impl<'a> Machine<'a> {
     }
 
     /// Reports every vCPU that became runnable since it blocked.
-    fn report_wakes(&mut self, now: u64) {
+    pub(super) fn report_wakes(&mut self, now: u64) {
         let mut woken: Vec<sched_wire::Vcpu, MAX_VCPUS_TOTAL> = Vec::new();
         for (entity_index, entity) in self.entities.iter().enumerate() {
             let Entity::Vcpu(index) = *entity else { continue };
@@ -1729,7 +1771,7 @@ impl<'a> Machine<'a> {
     }
 
     /// Runs until every domain has ended, then exits the machine.
-    pub fn run(mut self) -> ! {
+    pub fn run(&mut self) -> ! {
         let mut last_tick = interrupts::ticks();
         let mut last_housekeeping = cpu::rdtsc();
         loop {
@@ -1756,6 +1798,8 @@ impl<'a> Machine<'a> {
             // above cannot consume the timer this slice relies on.
             let event = self.next_event();
             lapic::arm_oneshot(event);
+            self.slice_event = event;
+            self.armed_event = event;
             match picked {
                 Some((entity, Entity::Vcpu(index))) => self.run_vcpu_slice(entity, index),
                 Some((_, Entity::Server(index))) => self.run_server_slice(index),

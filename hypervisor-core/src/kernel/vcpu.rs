@@ -43,6 +43,8 @@ pub struct Vcpu {
     /// The domain's TLB generation this vCPU's ASID last saw; the core
     /// flushes the ASID at the next VMRUN when the domain's has moved on.
     pub tlb_seen: u64,
+    /// Its virtual local APIC (`super::apic`).
+    pub apic: super::apic::VcpuApic,
 }
 
 /// One halt in progress (TSC values).
@@ -163,6 +165,9 @@ impl VcpuState for VcpuView<'_> {
 
     fn set_rip(&mut self, rip: u64) {
         self.vmcb.write_u64(offset::RIP, rip);
+        // The emulated instruction completed: an STI or MOV SS shadow that
+        // covered it has ended (AMD APM vol. 2 §15.21.5).
+        self.vmcb.write_u64(offset::INTERRUPT_SHADOW, 0);
     }
 
     fn efer(&self) -> u64 {
