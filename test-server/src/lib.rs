@@ -68,6 +68,16 @@ pub const CORE_LOG_LENGTH: u64 = 16;
 pub const SURVIVED_EXIT_CODE: u64 = 110;
 /// The word in the argument string that turns on hostile mode.
 pub const HOSTILE_ARGUMENT: &str = "hostile";
+/// The word that turns on crash-loop mode (the core's backoff, issue #6).
+pub const CRASH_LOOP_ARGUMENT: &str = "crashloop";
+/// The word that turns on mute mode (the core's heartbeat deadline).
+pub const MUTE_ARGUMENT: &str = "mute";
+/// Generations that exit at once in crash-loop mode.
+pub const CRASH_LOOP_GENERATIONS: u32 = 7;
+/// Exit code of a crash-loop generation.
+pub const CRASH_LOOP_EXIT_CODE: u64 = 3;
+/// Heartbeats a mute generation sends before it falls silent.
+pub const MUTE_AFTER_HEARTBEATS: u64 = 3;
 
 /// How the server behaves, from its argument string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +86,12 @@ pub enum Mode {
     Echo,
     /// Echo, heartbeats, and one attempt per generation.
     Hostile,
+    /// Generations 1..=[`CRASH_LOOP_GENERATIONS`] exit as soon as they
+    /// start; later ones echo.
+    CrashLoop,
+    /// Generation 1 stops its heartbeats after [`MUTE_AFTER_HEARTBEATS`]
+    /// while it keeps reading and answering; later ones echo.
+    Mute,
 }
 
 impl Mode {
@@ -83,6 +99,10 @@ impl Mode {
     pub fn from_arguments(arguments: &str) -> Self {
         if arguments.contains(HOSTILE_ARGUMENT) {
             Self::Hostile
+        } else if arguments.contains(CRASH_LOOP_ARGUMENT) {
+            Self::CrashLoop
+        } else if arguments.contains(MUTE_ARGUMENT) {
+            Self::Mute
         } else {
             Self::Echo
         }
@@ -93,6 +113,8 @@ impl Mode {
         match self {
             Self::Echo => "echo",
             Self::Hostile => "hostile",
+            Self::CrashLoop => "crash-loop",
+            Self::Mute => "mute",
         }
     }
 }
@@ -137,7 +159,7 @@ impl Attack {
 /// behaves from generation 7 on.
 pub fn attack_for(mode: Mode, generation: u32) -> Option<Attack> {
     match (mode, generation) {
-        (Mode::Echo, _) => None,
+        (Mode::Echo | Mode::CrashLoop | Mode::Mute, _) => None,
         (Mode::Hostile, 1) => Some(Attack::ReadCoreMemory),
         (Mode::Hostile, 2) => Some(Attack::WriteReadOnlyText),
         (Mode::Hostile, 3) => Some(Attack::SendMalformed),
@@ -315,6 +337,12 @@ impl Handler for TestServer {
             .push_str(self.mode.name())
             .push_str(" mode");
         context.log_line(&line);
+        if self.mode == Mode::CrashLoop && self.generation <= CRASH_LOOP_GENERATIONS {
+            let mut line = LogLine::new();
+            line.push_str("test-server: gen ").push_decimal(u64::from(self.generation)).push_str(": exiting at once");
+            context.log_line(&line);
+            context.raw().syscall(ipc::server::syscall::EXIT, [CRASH_LOOP_EXIT_CODE, 0, 0, 0, 0]);
+        }
         if self.mode == Mode::Hostile && self.attack.is_none() {
             let mut line = self.hostile_line();
             line.push_str("behaving from now on");
@@ -345,7 +373,14 @@ impl Handler for TestServer {
     /// [`HEARTBEATS_BEFORE_ATTACK`]th heartbeat.
     fn notified(&mut self, context: &mut Context<'_, ToCore>) {
         let now = context.now();
-        if now >= self.next_heartbeat {
+        let mute = self.mode == Mode::Mute && self.generation == 1 && self.heartbeats >= MUTE_AFTER_HEARTBEATS;
+        if now >= self.next_heartbeat && mute {
+            if self.heartbeats == MUTE_AFTER_HEARTBEATS {
+                self.heartbeats += 1;
+                context.log_line(LogLine::new().push_str("test-server: gen 1: no more heartbeats, still reading"));
+            }
+            self.next_heartbeat = now.saturating_add(HEARTBEAT_INTERVAL_NS);
+        } else if now >= self.next_heartbeat {
             self.heartbeats = self.heartbeats.saturating_add(1);
             let _ = context.send(ToCore::Heartbeat {
                 count: self.heartbeats,

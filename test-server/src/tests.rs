@@ -40,6 +40,9 @@ fn the_phase_table() {
     assert_eq!(Mode::from_arguments("verbose"), Mode::Echo);
     assert_eq!(Mode::from_arguments("hostile"), Mode::Hostile);
     assert_eq!(Mode::from_arguments("mode=hostile x=1"), Mode::Hostile);
+    assert_eq!(Mode::from_arguments("crashloop"), Mode::CrashLoop);
+    assert_eq!(Mode::from_arguments("mute"), Mode::Mute);
+    assert_eq!(attack_for(Mode::CrashLoop, 1), None, "crash-loop mode exits, it does not attack");
     for generation in [0, 1, 2, 5, 6, 1000] {
         assert_eq!(attack_for(Mode::Echo, generation), None);
     }
