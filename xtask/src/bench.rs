@@ -222,6 +222,8 @@ pub fn parse_bench_message(message: &str) -> Option<Result<(String, u64), String
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BenchResults {
     figures: Vec<(String, Figure)>,
+    /// Units (or notes) shown after a figure's value in the table.
+    units: Vec<(String, String)>,
 }
 
 impl BenchResults {
@@ -252,6 +254,14 @@ impl BenchResults {
         match self.figures.iter_mut().find(|(known, _)| known == name) {
             Some(entry) => entry.1 = figure,
             None => self.figures.push((name.to_owned(), figure)),
+        }
+    }
+
+    /// Sets the unit (or a short note) the table shows after a figure.
+    pub fn set_unit(&mut self, name: &str, unit: &str) {
+        match self.units.iter_mut().find(|(known, _)| known == name) {
+            Some(entry) => entry.1 = unit.to_owned(),
+            None => self.units.push((name.to_owned(), unit.to_owned())),
         }
     }
 
@@ -290,6 +300,9 @@ impl BenchResults {
         for (name, figure) in &other.figures {
             self.set(name, *figure);
         }
+        for (name, unit) in &other.units {
+            self.set_unit(name, unit);
+        }
     }
 
     /// Adds one [`Derived`] figure; returns it (None when an operand is
@@ -318,7 +331,13 @@ impl BenchResults {
         let mut text = format!("{:<width$}  {:>14}\n", "figure", "value");
         text.push_str(&format!("{}  {}\n", "-".repeat(width), "-".repeat(14)));
         for (name, figure) in &self.figures {
-            text.push_str(&format!("{name:<width$}  {:>14}\n", figure.to_string()));
+            let unit = self
+                .units
+                .iter()
+                .find(|(known, _)| known == name)
+                .map(|(_, unit)| format!("  {unit}"))
+                .unwrap_or_default();
+            text.push_str(&format!("{name:<width$}  {:>14}{unit}\n", figure.to_string()));
         }
         text
     }
@@ -402,6 +421,181 @@ pub fn restart_gap_figures(text: &[String]) -> Vec<(&'static str, f64)> {
         }
     }
     figures
+}
+
+/// One guest-progress boot's figures (issue #6 §6), from its transcript:
+/// what the spinners got done by the machine's time limit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpinnerProgress {
+    /// Per spinner: its `NAME: progress N` lines.
+    pub lines: Vec<(String, u64)>,
+    /// Per spinner: the CPU time of its `domain NAME: cpu time X us in Y
+    /// us` core line, µs (`None`: the core printed none).
+    pub cpu_us: Vec<(String, Option<u64>)>,
+    /// The injector's `fault injection: kill N of K` lines.
+    pub kills: u64,
+    /// Whether the core printed `time limit reached` (the boot ran its
+    /// whole `stop_after`).
+    pub time_limit: bool,
+}
+
+impl SpinnerProgress {
+    /// Reads a transcript (lines as printed) for the domains `spinners`.
+    pub fn read(text: &[String], spinners: &[&str]) -> Self {
+        let mut progress = Self {
+            lines: spinners.iter().map(|name| ((*name).to_owned(), 0)).collect(),
+            cpu_us: spinners.iter().map(|name| ((*name).to_owned(), None)).collect(),
+            ..Self::default()
+        };
+        for line in text {
+            let line = line.trim();
+            if line.starts_with("cairn ") {
+                if line.contains(" fault injection: kill ") {
+                    progress.kills += 1;
+                } else if line.ends_with(" time limit reached") {
+                    progress.time_limit = true;
+                }
+                for (name, cpu) in &mut progress.cpu_us {
+                    let marker = format!(" domain {name}: cpu time ");
+                    if let Some(micros) = line
+                        .split_once(&marker)
+                        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+                    {
+                        *cpu = Some(micros);
+                    }
+                }
+            } else if let Some((name, rest)) = line.split_once(": ") {
+                if rest.starts_with("progress ") {
+                    if let Some((_, count)) = progress.lines.iter_mut().find(|(known, _)| known == name) {
+                        *count += 1;
+                    }
+                }
+            }
+        }
+        progress
+    }
+
+    /// Progress lines, summed over the spinners.
+    pub fn total_lines(&self) -> u64 {
+        self.lines.iter().map(|(_, count)| count).sum()
+    }
+
+    /// CPU time, µs, summed over the spinners; `None` if one has no line.
+    pub fn total_cpu_us(&self) -> Option<u64> {
+        self.cpu_us.iter().map(|(_, micros)| *micros).sum()
+    }
+}
+
+/// Guest progress lost per kill (issue #6 §6): `with` is the boot of the
+/// campaign's appliance under the injector, `baselines` boots of the same
+/// appliance for the same time without it (at least one). Figures, with
+/// their unit:
+///
+/// * `campaign_spinner_progress_with_kills` / `..._without_kills`:
+///   progress lines of the two spinners, summed (without: the baselines'
+///   mean), and `campaign_spinner_progress_baseline_N` per baseline;
+/// * `progress_lost_per_kill`: (without − with) / kills made, in spinner
+///   progress lines (one line: [`crate::campaign::SPINNER_WORK`] busy-loop
+///   iterations);
+/// * `campaign_spinner_cpu_us_with_kills` / `..._without_kills`,
+///   `cpu_time_lost_per_kill_us`: the same from the spinners' CPU time
+///   (spinners only: memhog's work is fixed and it ends early);
+/// * with two baselines or more, the noise: `progress_noise_per_kill` and
+///   `cpu_time_noise_per_kill_us`, the baselines' spread (max − min) per
+///   kill: a loss no larger than that is within run-to-run noise.
+pub fn progress_lost_figures(
+    with: &SpinnerProgress,
+    baselines: &[SpinnerProgress],
+) -> Vec<(&'static str, f64, &'static str)> {
+    const LINES: &str = "spinner progress lines (light + heavy)";
+    const LOST_LINES: &str = "spinner progress lines lost per kill";
+    const MICROS: &str = "us of CPU (light + heavy)";
+    const LOST_MICROS: &str = "us of spinner CPU lost per kill";
+    let mut figures = Vec::new();
+    if baselines.is_empty() {
+        return figures;
+    }
+    let kills = with.kills as f64;
+    figures.push(("campaign_kills_made", kills, "kills in the boot with kills"));
+    let spread = |values: &[f64]| {
+        let max = values.iter().copied().fold(f64::MIN, f64::max);
+        let min = values.iter().copied().fold(f64::MAX, f64::min);
+        max - min
+    };
+    let per_kill = |value: f64| if kills > 0.0 { Some(value / kills) } else { None };
+
+    let base_lines: Vec<f64> = baselines.iter().map(|base| base.total_lines() as f64).collect();
+    let mean_lines = base_lines.iter().sum::<f64>() / base_lines.len() as f64;
+    figures.push(("campaign_spinner_progress_with_kills", with.total_lines() as f64, LINES));
+    figures.push(("campaign_spinner_progress_without_kills", mean_lines, "spinner progress lines (light + heavy), mean of the baselines"));
+    const BASE_NAMES: [&str; 3] = [
+        "campaign_spinner_progress_baseline_1",
+        "campaign_spinner_progress_baseline_2",
+        "campaign_spinner_progress_baseline_3",
+    ];
+    for (name, value) in BASE_NAMES.iter().zip(&base_lines) {
+        figures.push((name, *value, LINES));
+    }
+    if let Some(lost) = per_kill(mean_lines - with.total_lines() as f64) {
+        figures.push(("progress_lost_per_kill", lost, LOST_LINES));
+    }
+    if base_lines.len() >= 2 {
+        if let Some(noise) = per_kill(spread(&base_lines)) {
+            figures.push(("progress_noise_per_kill", noise, "baselines' spread per kill, progress lines"));
+        }
+    }
+
+    let base_cpu: Option<Vec<f64>> = baselines
+        .iter()
+        .map(|base| base.total_cpu_us().map(|micros| micros as f64))
+        .collect();
+    if let (Some(with_cpu), Some(base_cpu)) = (with.total_cpu_us(), base_cpu) {
+        let mean_cpu = base_cpu.iter().sum::<f64>() / base_cpu.len() as f64;
+        figures.push(("campaign_spinner_cpu_us_with_kills", with_cpu as f64, MICROS));
+        figures.push(("campaign_spinner_cpu_us_without_kills", mean_cpu, "us of CPU (light + heavy), mean of the baselines"));
+        const CPU_NAMES: [&str; 3] = [
+            "campaign_spinner_cpu_us_baseline_1",
+            "campaign_spinner_cpu_us_baseline_2",
+            "campaign_spinner_cpu_us_baseline_3",
+        ];
+        for (name, value) in CPU_NAMES.iter().zip(&base_cpu) {
+            figures.push((name, *value, MICROS));
+        }
+        if let Some(lost) = per_kill(mean_cpu - with_cpu as f64) {
+            figures.push(("cpu_time_lost_per_kill_us", lost, LOST_MICROS));
+        }
+        if base_cpu.len() >= 2 {
+            if let Some(noise) = per_kill(spread(&base_cpu)) {
+                figures.push(("cpu_time_noise_per_kill_us", noise, "baselines' spread per kill, us of spinner CPU"));
+            }
+        }
+    }
+    figures
+}
+
+/// A sentence on whether a per-kill loss stands out of the noise: `lost`
+/// and `noise` per kill (same unit), `noise` from the baselines' spread.
+/// Two baselines give a crude spread, so only a loss beyond twice it is
+/// called one; up to twice it is "comparable to" the noise.
+pub fn noise_verdict(name: &str, lost: f64, noise: Option<f64>) -> String {
+    match noise {
+        None => format!("{name}: {} (one baseline only: run-to-run noise not measured)", Figure::Real(lost)),
+        Some(noise) if lost.abs() <= noise => format!(
+            "{name}: {}, within run-to-run noise (the baselines alone differ by {} per kill): no loss measurable",
+            Figure::Real(lost),
+            Figure::Real(noise)
+        ),
+        Some(noise) if lost.abs() <= 2.0 * noise => format!(
+            "{name}: {}, comparable to run-to-run noise (the baselines alone differ by {} per kill): not a clear loss",
+            Figure::Real(lost),
+            Figure::Real(noise)
+        ),
+        Some(noise) => format!(
+            "{name}: {}, beyond twice the run-to-run noise (the baselines differ by {} per kill)",
+            Figure::Real(lost),
+            Figure::Real(noise)
+        ),
+    }
 }
 
 /// Sizes of an ELF image's loadable segments, by kind: `text` (executable),
@@ -540,6 +734,95 @@ mod tests {
             restart_gap_figures(&text),
             vec![("scheduler_restart_gap_median_ms", 8.0), ("pager_restart_gap_median_ms", 1.0)]
         );
+    }
+
+    /// A transcript of a guest-progress boot: `light` and `heavy` print
+    /// `light_lines` and `heavy_lines` progress lines, `kills` kill lines,
+    /// and the cpu time lines at the time limit.
+    fn progress_transcript(light_lines: u64, heavy_lines: u64, kills: u64, light_us: u64, heavy_us: u64) -> Vec<String> {
+        let mut text = vec!["cairn  INFO cairn core starting".to_owned()];
+        for kill in 1..=kills {
+            text.push(format!("cairn  WARN fault injection: kill {kill} of {kills}: scheduler now"));
+            text.push(format!("cairn  WARN server scheduler stopped: killed; restarting as generation {}", kill + 1));
+        }
+        for count in 1..=light_lines.max(heavy_lines) {
+            if count <= light_lines {
+                text.push(format!("light: progress {count}"));
+            }
+            if count <= heavy_lines {
+                text.push(format!("heavy: progress {count}"));
+            }
+        }
+        text.push("memhog: progress of a non-spinner 1".to_owned());
+        text.push("cairn  INFO domain memhog: cpu time 264307 us in 13503723 us, 19 per mille of a pCPU".to_owned());
+        text.push("cairn  INFO time limit reached".to_owned());
+        text.push(format!("cairn  INFO domain light: cpu time {light_us} us in 20050176 us, 248 per mille of a pCPU"));
+        text.push(format!("cairn  INFO domain heavy: cpu time {heavy_us} us in 20026371 us, 459 per mille of a pCPU"));
+        text
+    }
+
+    #[test]
+    fn progress_lost_per_kill_is_the_baselines_mean_minus_the_kills_run_per_kill() {
+        let spinners = ["light", "heavy"];
+        let with = SpinnerProgress::read(&progress_transcript(95, 186, 40, 4_800_000, 9_000_000), &spinners);
+        assert_eq!(with.lines, vec![("light".to_owned(), 95), ("heavy".to_owned(), 186)]);
+        assert_eq!(with.cpu_us, vec![("light".to_owned(), Some(4_800_000)), ("heavy".to_owned(), Some(9_000_000))]);
+        assert_eq!((with.kills, with.time_limit, with.total_lines(), with.total_cpu_us()), (40, true, 281, Some(13_800_000)));
+        let base_1 = SpinnerProgress::read(&progress_transcript(100, 200, 0, 5_000_000, 9_600_000), &spinners);
+        let base_2 = SpinnerProgress::read(&progress_transcript(99, 199, 0, 4_960_000, 9_600_000), &spinners);
+        assert_eq!(base_1.kills, 0);
+
+        let figures = progress_lost_figures(&with, &[base_1.clone(), base_2]);
+        let get = |name: &str| figures.iter().find(|(known, ..)| *known == name).map(|(_, value, _)| *value);
+        assert_eq!(get("campaign_kills_made"), Some(40.0));
+        assert_eq!(get("campaign_spinner_progress_with_kills"), Some(281.0));
+        assert_eq!(get("campaign_spinner_progress_baseline_1"), Some(300.0));
+        assert_eq!(get("campaign_spinner_progress_baseline_2"), Some(298.0));
+        assert_eq!(get("campaign_spinner_progress_without_kills"), Some(299.0));
+        // (299 - 281) / 40 lines; the baselines differ by 2 lines: 0.05 a kill.
+        assert_eq!(get("progress_lost_per_kill"), Some(0.45));
+        assert_eq!(get("progress_noise_per_kill"), Some(0.05));
+        // (14 580 000 - 13 800 000) / 40 µs; baselines 40 000 µs apart.
+        assert_eq!(get("campaign_spinner_cpu_us_without_kills"), Some(14_580_000.0));
+        assert_eq!(get("cpu_time_lost_per_kill_us"), Some(19_500.0));
+        assert_eq!(get("cpu_time_noise_per_kill_us"), Some(1_000.0));
+        let (_, _, unit) = figures.iter().find(|(name, ..)| *name == "progress_lost_per_kill").unwrap();
+        assert!(unit.contains("progress lines"), "{unit}");
+
+        assert!(noise_verdict("x", 0.45, Some(0.05)).contains("beyond twice the run-to-run noise"));
+        assert!(noise_verdict("x", 4883.85, Some(4844.35)).contains("comparable to run-to-run noise"));
+        assert!(noise_verdict("x", 0.04, Some(0.05)).contains("within run-to-run noise"));
+        assert!(noise_verdict("x", -0.05, Some(0.05)).contains("within"));
+        assert!(noise_verdict("x", 0.45, None).contains("not measured"));
+
+        // One baseline: no noise figures; no kills: no per-kill figures;
+        // a spinner without a cpu time line: no cpu figures.
+        let one = progress_lost_figures(&with, std::slice::from_ref(&base_1));
+        assert!(one.iter().all(|(name, ..)| !name.contains("noise")));
+        assert!(one.iter().any(|(name, ..)| *name == "progress_lost_per_kill"));
+        let no_kills = progress_lost_figures(&base_1, std::slice::from_ref(&base_1));
+        assert!(no_kills.iter().all(|(name, ..)| !name.contains("per_kill")));
+        let mut cut = progress_transcript(95, 186, 40, 1, 1);
+        cut.pop();
+        let cut = SpinnerProgress::read(&cut, &spinners);
+        assert_eq!(cut.total_cpu_us(), None);
+        assert!(progress_lost_figures(&cut, &[base_1]).iter().all(|(name, ..)| !name.contains("cpu")));
+        assert!(progress_lost_figures(&with, &[]).is_empty());
+    }
+
+    #[test]
+    fn units_show_in_the_table_only() {
+        let mut results = BenchResults::default();
+        results.set("lost", Figure::Real(0.5));
+        results.set_unit("lost", "lines per kill");
+        results.set("plain", Figure::Count(3));
+        let table = results.table();
+        assert!(table.contains(&format!("{:<6}  {:>14}  lines per kill\n", "lost", "0.500")), "{table}");
+        assert!(table.ends_with(&format!("{:<6}  {:>14}\n", "plain", "3")), "{table}");
+        let mut merged = BenchResults::default();
+        merged.merge(&results);
+        assert_eq!(merged.table(), table);
+        assert!(!results.to_json().contains("lines per kill"));
     }
 
     #[test]

@@ -234,6 +234,26 @@ interval_ms = {}
     text
 }
 
+/// The campaign's appliance for `cargo xtask bench`'s guest-progress
+/// figures (issue #6 §6): [`appliance_text`]'s appliance with `stop_after`
+/// set to `stop_after_ms`, and with its `[faults]` table when `faults`, or
+/// without it (the same machine, guests and servers, no injector) when not.
+pub fn progress_appliance_text(settings: &Settings, faults: bool, stop_after_ms: u64) -> String {
+    let timing = Timing::of(settings.kills, settings.interval_ms);
+    let mut text = appliance_text(settings).replacen(
+        &format!("\nstop_after = {}\n", timing.stop_after_ms),
+        &format!("\nstop_after = {stop_after_ms}\n"),
+        1,
+    );
+    if !faults {
+        if let Some(at) = text.find("\n[faults]\n") {
+            text.truncate(at + 1);
+        }
+        text.push_str("\n# No [faults] table: the same appliance without the injector (the baseline).\n");
+    }
+    text
+}
+
 /// What a campaign's transcript is judged against.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Expectations {
@@ -1698,6 +1718,33 @@ mod tests {
         assert_eq!(expectations.shares.len(), 2);
         // More kills, longer runs.
         assert!(Timing::of(1000, 100).stop_after_ms > Timing::of(50, 100).stop_after_ms);
+    }
+
+    #[test]
+    fn the_progress_appliances_differ_only_in_faults_and_duration() {
+        let settings = Settings {
+            kills: 40,
+            ..Settings::default()
+        };
+        let parse = |faults| {
+            config::parse(
+                &progress_appliance_text(&settings, faults, 20_000),
+                "p.toml",
+                Path::new("/"),
+            )
+            .unwrap()
+        };
+        let (with, without) = (parse(true), parse(false));
+        assert_eq!(with.machine.stop_after_ms, 20_000);
+        assert_eq!(with.faults.unwrap().kills, 40);
+        assert_eq!(without.faults, None);
+        assert_eq!(
+            Appliance {
+                faults: None,
+                ..with
+            },
+            without
+        );
     }
 
     #[test]

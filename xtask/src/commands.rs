@@ -578,6 +578,11 @@ pub fn bench(workspace: &Workspace) -> Result<bool> {
         results.set(name, Figure::Real(value));
     }
 
+    // Guest progress lost per kill: the fault campaign's appliance booted
+    // for the same time with the injector and (twice, before and after)
+    // without it.
+    bench_progress(workspace, &images, &mut results)?;
+
     // Paging: memhog held below its size pages through the ring-3 pager to
     // a fresh virtio-blk swap disk; the core logs throughput, page-in
     // latency and its own 4 KiB copy rate when the domain ends.
@@ -615,6 +620,110 @@ pub fn bench(workspace: &Workspace) -> Result<bool> {
     results.write_json(&json_path)?;
     say!("xtask: wrote {}", display(&json_path));
     Ok(true)
+}
+
+/// Kills of the guest-progress boot with the injector.
+const PROGRESS_KILLS: u32 = 40;
+/// Mean ms between those kills.
+const PROGRESS_INTERVAL_MS: u32 = 100;
+/// `stop_after` of every guest-progress boot, ms: the kills are over within
+/// about 7 s (see `campaign::Timing`), and three boots stay near a minute.
+const PROGRESS_STOP_AFTER_MS: u64 = 20_000;
+
+/// Guest progress lost per kill (issue #6 §6): the campaign's appliance
+/// (memhog and the spinners `light` and `heavy` under the scheduler and
+/// pager servers) booted three times for [`PROGRESS_STOP_AFTER_MS`], each
+/// with a fresh swap disk: without the injector, with [`PROGRESS_KILLS`]
+/// kills of both servers, and without again. The figures come from the
+/// spinners' progress lines and cpu time lines
+/// ([`bench::progress_lost_figures`]); a boot that did not run to its time
+/// limit is reported and leaves the figures out.
+fn bench_progress(workspace: &Workspace, images: &Images, results: &mut BenchResults) -> Result<()> {
+    let settings = campaign::Settings {
+        kills: PROGRESS_KILLS,
+        interval_ms: PROGRESS_INTERVAL_MS,
+        ..campaign::Settings::default()
+    };
+    let directory = workspace.target_directory().join("bench");
+    std::fs::create_dir_all(&directory).with_context(|| format!("cannot create {}", display(&directory)))?;
+    let spinners: Vec<&str> = campaign::SPINNERS.iter().map(|(name, _)| *name).collect();
+    say!(
+        "xtask: bench: guest progress: booting the campaign appliance 3 times for {} s each (without kills, with {PROGRESS_KILLS} kills about every {PROGRESS_INTERVAL_MS} ms, without kills)",
+        PROGRESS_STOP_AFTER_MS / 1000
+    );
+    let mut boots = Vec::new();
+    for (label, faults) in [("baseline-1", false), ("kills", true), ("baseline-2", false)] {
+        let config_path = directory.join(format!("progress-{label}.toml"));
+        std::fs::write(&config_path, campaign::progress_appliance_text(&settings, faults, PROGRESS_STOP_AFTER_MS))
+            .with_context(|| format!("cannot write {}", display(&config_path)))?;
+        let prepared = prepare(workspace, &config_path, RunMode::Normal)?;
+        let swap_image = directory.join("progress-swap.img");
+        qemu::create_swap_image(&swap_image, campaign::SWAP_MIB)?;
+        let report = boot(
+            workspace,
+            images,
+            &prepared,
+            MachineType::Microvm,
+            StopRule::Timeout(Duration::from_millis(PROGRESS_STOP_AFTER_MS) + Duration::from_secs(60)),
+            false,
+            &per_run_socket(workspace)?,
+            &[],
+            Some(&swap_image),
+        )?;
+        let text: Vec<String> = report.lines.iter().map(ToString::to_string).collect();
+        let log_path = directory.join(format!("progress-{label}.log"));
+        std::fs::write(&log_path, text.join("\n") + "\n")
+            .with_context(|| format!("cannot write {}", display(&log_path)))?;
+        let progress = bench::SpinnerProgress::read(&text, &spinners);
+        say!(
+            "xtask: bench: guest progress, {label}: {} kills; progress lines {}; cpu time {} ({}; log {})",
+            progress.kills,
+            progress
+                .lines
+                .iter()
+                .map(|(name, count)| format!("{name} {count}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            progress
+                .cpu_us
+                .iter()
+                .map(|(name, micros)| match micros {
+                    Some(micros) => format!("{name} {micros} us"),
+                    None => format!("{name} none"),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            report.ending,
+            display(&log_path)
+        );
+        if !progress.time_limit {
+            say!("xtask: bench: guest progress: the {label} boot did not reach its time limit ({}): no progress figures", report.ending);
+            return Ok(());
+        }
+        if faults && progress.kills < u64::from(PROGRESS_KILLS) {
+            say!(
+                "xtask: bench: guest progress: note: {} of {PROGRESS_KILLS} kills made; the figures are per kill made",
+                progress.kills
+            );
+        }
+        boots.push(progress);
+    }
+    let with = boots.remove(1);
+    let figures = bench::progress_lost_figures(&with, &boots);
+    for (name, value, unit) in &figures {
+        results.set(name, Figure::Real(*value));
+        results.set_unit(name, unit);
+    }
+    let get = |name: &str| figures.iter().find(|(known, ..)| *known == name).map(|(_, value, _)| *value);
+    for (lost, noise) in [
+        ("progress_lost_per_kill", "progress_noise_per_kill"),
+        ("cpu_time_lost_per_kill_us", "cpu_time_noise_per_kill_us"),
+    ] {
+        if let Some(value) = get(lost) {
+            say!("xtask: bench: {}", bench::noise_verdict(lost, value, get(noise)));
+        }
+    }
+    Ok(())
 }
 
 /// The paging figures: one boot of `appliances/bench-paging.toml` with a
