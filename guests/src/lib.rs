@@ -177,6 +177,12 @@ pub mod cmdline {
         found
     }
 
+    /// The value of `key` as a number above 0, else `default` (missing,
+    /// malformed or 0).
+    pub fn positive(cmdline: &str, key: &str, default: u64) -> u64 {
+        value(cmdline, key).and_then(parse_u64).filter(|&number| number > 0).unwrap_or(default)
+    }
+
     /// Parses a decimal or `0x`-prefixed hexadecimal number; `None` if empty,
     /// malformed or above `u64::MAX`.
     pub fn parse_u64(text: &str) -> Option<u64> {
@@ -579,12 +585,7 @@ pub mod memhog {
         /// Reads the settings; a malformed, zero or missing value keeps its
         /// default (any seed is accepted).
         pub fn parse(line: &str) -> Self {
-            let positive = |key: &str, default: u64| {
-                cmdline::value(line, key)
-                    .and_then(cmdline::parse_u64)
-                    .filter(|&value| value > 0)
-                    .unwrap_or(default)
-            };
+            let positive = |key: &str, default: u64| cmdline::positive(line, key, default);
             Self {
                 settle_ms: positive("settle_ms", 0).min(60_000),
                 mib: positive("memhog_mib", DEFAULT_MIB).min(1 << 20),
@@ -639,12 +640,7 @@ pub mod balloon {
         /// Reads the settings; a malformed, zero or missing value keeps its
         /// default (any seed is accepted).
         pub fn parse(line: &str) -> Self {
-            let positive = |key: &str, default: u64| {
-                cmdline::value(line, key)
-                    .and_then(cmdline::parse_u64)
-                    .filter(|&value| value > 0)
-                    .unwrap_or(default)
-            };
+            let positive = |key: &str, default: u64| cmdline::positive(line, key, default);
             Self {
                 pause_ms: positive("pause_ms", 0).min(60_000),
                 pages: positive("balloon_pages", DEFAULT_PAGES),
