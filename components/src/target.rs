@@ -153,6 +153,13 @@ impl Platform for Hardware {
     }
 
     fn spin(&mut self) {
+        // With the direction flag set, as a server preempted inside a
+        // backward memmove has it: the core must not inherit it when the
+        // timer takes the CPU back (a regression test of the `cld` in the
+        // core's return path; `scenario hostile`, generation 5).
+        // SAFETY: `std` only sets RFLAGS.DF; this loop never returns and
+        // makes no call or string operation that DF would affect.
+        unsafe { core::arch::asm!("std", options(nomem, nostack)) };
         loop {
             core::hint::spin_loop();
         }

@@ -222,6 +222,13 @@ user_interrupt_entry:
     mov qword ptr [rax + 0x98], 1
 
 user_return_to_core:
+    /* The direction flag is the server's: SYSCALL clears it (SFMASK), but an
+       interrupt or exception taken in ring 3 does not, and a server preempted
+       inside a backward memmove (std; rep movsb; cld) has DF=1. The Rust ABI
+       needs DF=0: left set, the core's next rep movs/stos runs backwards and
+       corrupts its stack (found by the fault campaign: returns to
+       Some(scheduler generation)). */
+    cld
     mov rax, gs:[0x18]
     mov cr3, rax
     mov rsp, gs:[0x00]

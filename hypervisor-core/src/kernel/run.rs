@@ -1771,7 +1771,7 @@ impl<'a> Machine<'a> {
     }
 
     /// Runs until every domain has ended, then exits the machine.
-    pub fn run(mut self) -> ! {
+    pub fn run(&mut self) -> ! {
         let mut last_tick = interrupts::ticks();
         let mut last_housekeeping = cpu::rdtsc();
         loop {
