@@ -1267,6 +1267,26 @@ mod boot {
         pub fn ram(&self) -> RamSummary {
             memory::summarize(self.memmap())
         }
+
+        /// Up to `want_pages` of free RAM above this image, below every
+        /// module and inside the identity map (the region memhog and balloon
+        /// write); `None` if there is none.
+        pub fn free_region(&self, want_pages: u64) -> Option<memory::Region> {
+            let mut reserved = [(0u64, 0u64); 16];
+            let mut count = 0;
+            for module in self.modules() {
+                let start = module.as_ptr() as u64;
+                reserved[count] = (start, start + module.len() as u64);
+                count += 1;
+            }
+            memory::free_region(
+                self.memmap(),
+                crate::physical::image_end(),
+                &reserved[..count],
+                want_pages,
+                crate::IDENTITY_MAP_END,
+            )
+        }
     }
 }
 

@@ -30,17 +30,15 @@ guests::entry!(balloon::run);
 #[cfg(target_os = "none")]
 mod balloon {
     use guests::balloon::{Settings, MAX_DROPPED};
-    use guests::memory::{self, Region, PAGE_SIZE};
+    use guests::memory::{Region, PAGE_SIZE};
     use guests::pattern::{self, Mismatch};
-    use guests::physical::{self, PhysicalPage};
+    use guests::physical::PhysicalPage;
     use guests::text::Line;
-    use guests::{console, hypercall, Boot, IDENTITY_MAP_END};
+    use guests::{console, hypercall, Boot};
     use ipc::hypercall::ShutdownReason;
 
     /// Most `BAD` lines printed.
     const MAX_BAD_LINES: u64 = 4;
-    /// Most modules taken into account.
-    const MAX_MODULES: usize = 16;
 
     pub fn run(boot: Boot) -> ! {
         let settings = Settings::parse(boot.cmdline());
@@ -134,21 +132,8 @@ mod balloon {
 
     /// The pages to fill: free RAM above the image, below any module.
     fn find_region(boot: &Boot, want_pages: u64) -> Region {
-        let mut reserved = [(0u64, 0u64); MAX_MODULES];
-        let mut count = 0;
-        for module in boot.modules().take(MAX_MODULES) {
-            let start = module.as_ptr() as u64;
-            reserved[count] = (start, start + module.len() as u64);
-            count += 1;
-        }
-        memory::free_region(
-            boot.memmap(),
-            physical::image_end(),
-            &reserved[..count],
-            want_pages,
-            IDENTITY_MAP_END,
-        )
-        .unwrap_or_else(|| hypercall::crash("no free RAM above the image"))
+        boot.free_region(want_pages)
+            .unwrap_or_else(|| hypercall::crash("no free RAM above the image"))
     }
 
     fn page(region: &Region, index: u64) -> PhysicalPage {

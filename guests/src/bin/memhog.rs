@@ -32,17 +32,15 @@ guests::entry!(memhog::run);
 #[cfg(target_os = "none")]
 mod memhog {
     use guests::memhog::{Settings, MAX_BAD_LINES};
-    use guests::memory::{self, Region, PAGE_SIZE};
+    use guests::memory::{Region, PAGE_SIZE};
     use guests::pattern::{self, Mismatch};
-    use guests::physical::{self, PhysicalPage};
+    use guests::physical::PhysicalPage;
     use guests::text::Line;
-    use guests::{console, hypercall, Boot, IDENTITY_MAP_END};
+    use guests::{console, hypercall, Boot};
     use ipc::hypercall::ShutdownReason;
 
     /// Pages per MiB.
     const PAGES_PER_MIB: u64 = (1 << 20) / PAGE_SIZE;
-    /// Most modules taken into account.
-    const MAX_MODULES: usize = 16;
 
     pub fn run(boot: Boot) -> ! {
         let settings = Settings::parse(boot.cmdline());
@@ -102,20 +100,7 @@ mod memhog {
 
     /// The pages to touch: free RAM above the image, below any module.
     fn find_region(boot: &Boot, want_pages: u64) -> Region {
-        let mut reserved = [(0u64, 0u64); MAX_MODULES];
-        let mut count = 0;
-        for module in boot.modules().take(MAX_MODULES) {
-            let start = module.as_ptr() as u64;
-            reserved[count] = (start, start + module.len() as u64);
-            count += 1;
-        }
-        let Some(region) = memory::free_region(
-            boot.memmap(),
-            physical::image_end(),
-            &reserved[..count],
-            want_pages,
-            IDENTITY_MAP_END,
-        ) else {
+        let Some(region) = boot.free_region(want_pages) else {
             hypercall::crash("no free RAM above the image")
         };
         if region.pages < want_pages {

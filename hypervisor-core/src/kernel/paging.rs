@@ -227,18 +227,27 @@ impl DomainPaging {
         }
     }
 
-    /// The next slot whose release must be reported, from `from` on.
-    fn next_pending_release(&self, from: u32) -> Option<u32> {
+    /// The next slot whose release must be reported: from `cursor` on, then
+    /// from the start.
+    pub fn next_release(&self, cursor: u32) -> Option<u32> {
         if self.pending_releases == 0 {
             return None;
         }
-        (u64::from(from)..self.memory_pages).map(|slot| slot as u32).find(|&slot| self.map_bit(1, slot))
+        let from = |start: u32| (u64::from(start)..self.memory_pages).map(|slot| slot as u32).find(|&slot| self.map_bit(1, slot));
+        from(cursor).or_else(|| from(0))
     }
 
-    fn released_reported(&mut self, slot: u32) {
+    /// The pager has been told `slot` is free.
+    pub fn release_reported(&mut self, slot: u32) {
         self.set_map_bit(1, slot, false);
         self.free_slot(slot);
         self.pending_releases = self.pending_releases.saturating_sub(1);
+    }
+
+    /// Drops `gfn` from the nominations in flight; whether it was there.
+    fn forget_nomination(&mut self, gfn: u64) -> bool {
+        let position = self.nominated.iter().position(|&nominated| nominated == gfn);
+        position.map(|position| self.nominated.swap_remove(position)).is_some()
     }
 
     /// Counts one page-in that took `ticks` at `tsc_hz`.
@@ -288,8 +297,7 @@ impl GuestMemory for GuestAccess<'_, '_> {
         self.paging.downgraded();
         match state {
             FrameState::Ram(frame) | FrameState::PagingOut(frame) => {
-                if let Some(position) = self.paging.nominated.iter().position(|&nominated| nominated == gfn) {
-                    self.paging.nominated.swap_remove(position);
+                if self.paging.forget_nomination(gfn) {
                     self.paging.evict_failures += 1;
                 }
                 let _ = self.frames.free(HostPhysAddr::new_truncate(frame));
@@ -339,9 +347,7 @@ pub fn touch(memory: &DomainMemory, paging: &mut DomainPaging, frames: &mut Fram
                 // Xen's rule: a frame the guest writes while it is being
                 // paged out stays resident; the eviction will fail.
                 set_state(table, index, FrameState::Ram(frame));
-                if let Some(position) = paging.nominated.iter().position(|&nominated| nominated == gfn) {
-                    paging.nominated.swap_remove(position);
-                }
+                paging.forget_nomination(gfn);
                 paging.evict_failures += 1;
             }
             paging.downgraded();
@@ -551,9 +557,8 @@ pub fn handle(
         }
         ToCore::Evict { domain, gfn, slot } => {
             let failed = ToServer::Evicted { domain, gfn, slot, ok: false };
-            let position = paging.nominated.iter().position(|&nominated| nominated == gfn);
-            let entry = memory.frame_state(gfn * PAGE_SIZE);
-            let (Some(position), Some((table, index, state))) = (position, entry) else {
+            let entry = memory.frame_state(gfn * PAGE_SIZE).filter(|_| paging.nominated.contains(&gfn));
+            let Some((table, index, state)) = entry else {
                 // The guest wrote it (or gave it back) meanwhile.
                 reply(failed);
                 return Effect::None;
@@ -564,7 +569,7 @@ pub fn handle(
                 if let Ok(back) = state.cancel() {
                     set_state(table, index, back);
                 }
-                paging.nominated.swap_remove(position);
+                paging.forget_nomination(gfn);
                 paging.evict_failures += 1;
                 reply(failed);
                 return Effect::Unexpected;
@@ -573,7 +578,7 @@ pub fn handle(
                 reply(failed);
                 return Effect::None;
             };
-            paging.nominated.swap_remove(position);
+            paging.forget_nomination(gfn);
             set_state(table, index, next);
             paging.downgraded();
             paging.take_slot(slot);
@@ -590,8 +595,7 @@ pub fn handle(
             Effect::None
         }
         ToCore::EvictFailed { gfn, reason, .. } => {
-            if let Some(position) = paging.nominated.iter().position(|&nominated| nominated == gfn) {
-                paging.nominated.swap_remove(position);
+            if paging.forget_nomination(gfn) {
                 if let Some((table, index, state)) = memory.frame_state(gfn * PAGE_SIZE) {
                     if let Ok(back) = state.cancel() {
                         set_state(table, index, back);
@@ -678,15 +682,6 @@ pub fn paged_batch(memory: &DomainMemory, paging: &DomainPaging, from: u64) -> (
     (frames, None)
 }
 
-/// The next release to report for a domain, from the link's cursor.
-pub fn next_release(paging: &DomainPaging, cursor: u32) -> Option<u32> {
-    paging.next_pending_release(cursor).or_else(|| paging.next_pending_release(0))
-}
-
-/// The pager has been told `slot` is free.
-pub fn release_reported(paging: &mut DomainPaging, slot: u32) {
-    paging.released_reported(slot);
-}
 
 /// In-core copies timed by [`log_bench`] (after [`COPY_WARMUP`] untimed).
 const COPY_ROUNDS: u64 = 2048;

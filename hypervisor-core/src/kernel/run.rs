@@ -867,12 +867,12 @@ impl<'a> Machine<'a> {
                 let Some(paging_state) = slot.paging.as_mut() else { continue };
                 let mut cursor = self.pager.release_cursor.get(domain).copied().unwrap_or(0);
                 while room {
-                    let Some(released) = paging::next_release(paging_state, cursor) else { break };
+                    let Some(released) = paging_state.next_release(cursor) else { break };
                     if !server.send(ToServer::Released { domain: domain as u16, slot: released }) {
                         room = false;
                         break;
                     }
-                    paging::release_reported(paging_state, released);
+                    paging_state.release_reported(released);
                     cursor = released;
                     sent = true;
                 }
