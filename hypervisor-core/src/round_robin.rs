@@ -23,6 +23,7 @@ pub enum RunState {
 pub struct RoundRobin<const N: usize> {
     states: heapless::Vec<RunState, N>,
     last: usize,
+    wakeups: u64,
 }
 
 impl<const N: usize> Default for RoundRobin<N> {
@@ -34,7 +35,7 @@ impl<const N: usize> Default for RoundRobin<N> {
 impl<const N: usize> RoundRobin<N> {
     /// No vCPUs yet.
     pub const fn new() -> Self {
-        Self { states: heapless::Vec::new(), last: usize::MAX }
+        Self { states: heapless::Vec::new(), last: usize::MAX, wakeups: 0 }
     }
 
     /// Adds a runnable vCPU; returns its index, or `None` when full.
@@ -52,6 +53,9 @@ impl<const N: usize> RoundRobin<N> {
     pub fn set_state(&mut self, index: usize, state: RunState) {
         if let Some(slot) = self.states.get_mut(index) {
             if *slot != RunState::Stopped {
+                if state == RunState::Runnable && *slot != RunState::Runnable {
+                    self.wakeups += 1;
+                }
                 *slot = state;
             }
         }
@@ -69,11 +73,30 @@ impl<const N: usize> RoundRobin<N> {
         Some(found)
     }
 
+    /// Like [`Self::pick`], skipping entries `allowed` refuses (on SMP: a
+    /// vCPU another pCPU runs). The rotation moves past refused entries.
+    pub fn pick_where(&mut self, allowed: impl Fn(usize) -> bool) -> Option<usize> {
+        let count = self.states.len();
+        let start = if self.last >= count { 0 } else { self.last + 1 };
+        let found = (0..count)
+            .map(|step| (start + step) % count)
+            .find(|&index| self.states[index] == RunState::Runnable && allowed(index))?;
+        self.last = found;
+        Some(found)
+    }
+
+    /// How many times an entry became runnable (the run loop compares it
+    /// to see whether an idle pCPU may have work now).
+    pub fn wakeups(&self) -> u64 {
+        self.wakeups
+    }
+
     /// A timer tick: every halted vCPU becomes runnable again.
     pub fn tick(&mut self) {
         for state in self.states.iter_mut() {
             if *state == RunState::Halted {
                 *state = RunState::Runnable;
+                self.wakeups += 1;
             }
         }
     }
@@ -118,6 +141,27 @@ mod tests {
         scheduler.set_state(1, RunState::Stopped);
         scheduler.set_state(2, RunState::Stopped);
         assert!(scheduler.all_stopped());
+    }
+
+    #[test]
+    fn pick_where_skips_refused_entries_and_counts_wakeups() {
+        let mut scheduler: RoundRobin<4> = RoundRobin::new();
+        for _ in 0..3 {
+            scheduler.add().unwrap();
+        }
+        // Entry 1 runs on another pCPU.
+        assert_eq!(scheduler.pick_where(|index| index != 1), Some(0));
+        assert_eq!(scheduler.pick_where(|index| index != 1), Some(2));
+        assert_eq!(scheduler.pick_where(|index| index != 1), Some(0));
+        assert_eq!(scheduler.pick_where(|_| false), None, "everything refused: idle");
+        let before = scheduler.wakeups();
+        scheduler.set_state(2, RunState::Waiting);
+        scheduler.set_state(2, RunState::Runnable);
+        scheduler.set_state(2, RunState::Runnable);
+        assert_eq!(scheduler.wakeups(), before + 1, "only a change to runnable counts");
+        scheduler.set_state(0, RunState::Halted);
+        scheduler.tick();
+        assert_eq!(scheduler.wakeups(), before + 2);
     }
 
     #[test]

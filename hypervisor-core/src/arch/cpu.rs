@@ -152,16 +152,43 @@ pub fn load_descriptor_tables() -> Selectors {
     }
 }
 
-/// Loads the core's GDT on an application processor, without the TSS (its
-/// descriptor is the bootstrap CPU's; per-CPU TSSs come with per-CPU work).
-pub fn load_shared_tables() {
-    // SAFETY: the GDT was built by `load_descriptor_tables` before any AP
-    // started and is never written again; the selectors are its own.
+/// Each application processor's own GDT (same layout and selectors as the
+/// bootstrap CPU's) and TSS (a TSS descriptor is marked busy by the CPU that
+/// loads it, so CPUs cannot share one), with its own double-fault stack.
+struct ApTables {
+    gdt: GlobalDescriptorTable,
+    tss: TaskStateSegment,
+    double_fault_stack: Stack,
+}
+
+const MAX_APS: usize = super::smp::MAX_CPUS - 1;
+static mut AP_TABLES: [ApTables; MAX_APS] = [const {
+    ApTables { gdt: GlobalDescriptorTable::new(), tss: TaskStateSegment::new(), double_fault_stack: Stack([0; DOUBLE_FAULT_STACK_SIZE]) }
+}; MAX_APS];
+
+/// Builds and loads application processor `cpu`'s GDT and TSS (`cpu` in
+/// `1..MAX_CPUS`). The kernel selectors equal the bootstrap CPU's, so the
+/// shared IDT's gates are valid here. APs never run servers: their TSS has
+/// no ring-0 stack for ring 3, only the double-fault stack.
+pub fn load_ap_tables(cpu: usize) {
+    let Some(index) = cpu.checked_sub(1).filter(|&index| index < MAX_APS) else { return };
+    // SAFETY: each AP writes only its own entry, once, before it enables
+    // interrupts; the bootstrap CPU never touches AP_TABLES.
     unsafe {
-        (&*(&raw const GDT)).load();
-        CS::set_reg(SegmentSelector(0x08));
-        SS::set_reg(SegmentSelector(0x10));
-        DS::set_reg(SegmentSelector(0x10));
-        ES::set_reg(SegmentSelector(0x10));
+        let tables = &mut *(&raw mut AP_TABLES[index]);
+        let stack_start = (&raw const tables.double_fault_stack) as u64;
+        tables.tss.interrupt_stack_table[DOUBLE_FAULT_IST as usize] =
+            VirtAddr::new(stack_start + DOUBLE_FAULT_STACK_SIZE as u64);
+        let kernel_code = tables.gdt.append(Descriptor::kernel_code_segment());
+        let kernel_data = tables.gdt.append(Descriptor::kernel_data_segment());
+        tables.gdt.append(Descriptor::user_data_segment());
+        tables.gdt.append(Descriptor::user_code_segment());
+        let tss_selector = tables.gdt.append(Descriptor::tss_segment(&*(&raw const tables.tss)));
+        (&*(&raw const tables.gdt)).load();
+        CS::set_reg(kernel_code);
+        SS::set_reg(kernel_data);
+        DS::set_reg(kernel_data);
+        ES::set_reg(kernel_data);
+        load_tss(tss_selector);
     }
 }

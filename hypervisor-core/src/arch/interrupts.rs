@@ -14,12 +14,15 @@ use super::{cpu, lapic};
 pub const TIMER_VECTOR: u8 = 0x20;
 /// Vector of spurious local APIC interrupts.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
+/// Vector of the IPI one CPU sends another to make it reach a switch point.
+pub const KICK_VECTOR: u8 = 0xf0;
 
-static TICKS: AtomicU64 = AtomicU64::new(0);
+/// Timer interrupts per CPU (by local APIC ID).
+static TICKS: [AtomicU64; super::smp::MAX_CPUS] = [const { AtomicU64::new(0) }; super::smp::MAX_CPUS];
 
-/// Timer ticks since the timer started.
+/// This CPU's timer interrupts since its timer started.
 pub fn ticks() -> u64 {
-    TICKS.load(Ordering::Relaxed)
+    TICKS.get(usize::from(lapic::id())).map_or(0, |ticks| ticks.load(Ordering::Relaxed))
 }
 
 // Stubs: push a zero error code where the CPU pushes none, push the vector,
@@ -74,6 +77,7 @@ interrupt_stub_\vector:
     STUB_ERR 30
     STUB_NOERR 31
     STUB_NOERR 32
+    STUB_NOERR 240
     STUB_NOERR 255
 
 interrupt_common:
@@ -116,7 +120,7 @@ interrupt_stub_table:
     .quad interrupt_stub_20, interrupt_stub_21, interrupt_stub_22, interrupt_stub_23
     .quad interrupt_stub_24, interrupt_stub_25, interrupt_stub_26, interrupt_stub_27
     .quad interrupt_stub_28, interrupt_stub_29, interrupt_stub_30, interrupt_stub_31
-    .quad interrupt_stub_32, interrupt_stub_255
+    .quad interrupt_stub_32, interrupt_stub_240, interrupt_stub_255
 "#
 );
 
@@ -145,7 +149,12 @@ struct InterruptFrame {
 /// ring-3 path returns to the core without running the handler).
 pub fn acknowledge(vector: u8) {
     if vector == TIMER_VECTOR {
-        TICKS.fetch_add(1, Ordering::Relaxed);
+        if let Some(ticks) = TICKS.get(usize::from(lapic::id())) {
+            ticks.fetch_add(1, Ordering::Relaxed);
+        }
+        lapic::end_of_interrupt();
+    } else if vector == KICK_VECTOR {
+        // The kick's work is done at the switch point it forces.
         lapic::end_of_interrupt();
     }
 }
@@ -153,7 +162,7 @@ pub fn acknowledge(vector: u8) {
 #[unsafe(no_mangle)]
 extern "C" fn interrupt_dispatch(frame: &InterruptFrame) {
     match frame.vector as u8 {
-        TIMER_VECTOR => acknowledge(TIMER_VECTOR),
+        vector @ (TIMER_VECTOR | KICK_VECTOR) => acknowledge(vector),
         SPURIOUS_VECTOR => {}
         vector => {
             defmt::error!(
@@ -187,7 +196,7 @@ const EMPTY_GATE: Gate =
 static mut IDT: [Gate; 256] = [EMPTY_GATE; 256];
 
 unsafe extern "C" {
-    static interrupt_stub_table: [u64; 34];
+    static interrupt_stub_table: [u64; 35];
 }
 
 /// Fills and loads the IDT. Call once per CPU after its GDT is loaded.
@@ -210,7 +219,8 @@ pub fn load_idt(kernel_code: x86_64::structures::gdt::SegmentSelector) {
             let ist = if vector == 8 { cpu::DOUBLE_FAULT_IST as u8 + 1 } else { 0 };
             idt[vector] = gate(stubs[vector], ist);
         }
-        idt[SPURIOUS_VECTOR as usize] = gate(stubs[33], 0);
+        idt[KICK_VECTOR as usize] = gate(stubs[33], 0);
+        idt[SPURIOUS_VECTOR as usize] = gate(stubs[34], 0);
         let pointer = DescriptorTablePointer {
             limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16,
             base: VirtAddr::new((&raw const IDT) as u64),

@@ -4,9 +4,10 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use super::cpu;
-use super::interrupts::{SPURIOUS_VECTOR, TIMER_VECTOR};
+use super::interrupts::{KICK_VECTOR, SPURIOUS_VECTOR, TIMER_VECTOR};
 
 const BASE: u64 = 0xfee0_0000;
+const REGISTER_ID: u64 = 0x20;
 const REGISTER_EOI: u64 = 0xb0;
 const REGISTER_SPURIOUS: u64 = 0xf0;
 const REGISTER_LVT_TIMER: u64 = 0x320;
@@ -30,6 +31,12 @@ fn read(register: u64) -> u32 {
 fn write(register: u64, value: u32) {
     // SAFETY: as for `read`.
     unsafe { core::ptr::write_volatile((BASE + register) as *mut u32, value) }
+}
+
+/// This CPU's local APIC ID: the core's index of the CPU (QEMU numbers
+/// them `0..smp`, and the core starts APs by those IDs).
+pub fn id() -> u8 {
+    (read(REGISTER_ID) >> 24) as u8
 }
 
 /// Signals end of interrupt.
@@ -142,6 +149,15 @@ pub fn send_ipi(apic_id: u8, command: u32) {
 pub fn enable_local() {
     write(REGISTER_SPURIOUS, 0x100 | u32::from(SPURIOUS_VECTOR));
     write(REGISTER_LVT_TIMER, TIMER_MASKED | u32::from(TIMER_VECTOR));
+    // The divider calibration measured on the bootstrap CPU.
+    write(REGISTER_TIMER_DIVIDE, DIVIDE_BY_16);
+}
+
+/// Interrupts CPU `apic_id` with the kick vector: a guest it runs exits, an
+/// idle HLT returns, and the CPU reaches its next switch point (tickles,
+/// wake-ups, TLB shootdowns). Fixed delivery, physical destination, assert.
+pub fn kick(apic_id: u8) {
+    send_ipi(apic_id, 0x0000_4000 | u32::from(KICK_VECTOR));
 }
 
 /// A delay on the TSC, through `embedded-hal`'s timer trait (used where the

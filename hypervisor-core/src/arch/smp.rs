@@ -2,21 +2,22 @@
 //! xAPIC (TCG has no x2APIC), a real-mode trampoline copied below 1 MiB that
 //! takes each AP to long mode on the core's page tables, and a per-AP stack.
 //!
-//! An AP that comes up loads the core's GDT and IDT, enables its local APIC
-//! and SVM, says it is online and, for now, idles with interrupts off: the
-//! per-pCPU run queues that give it work come next.
+//! An AP that comes up loads its own GDT and TSS and the shared IDT, enables
+//! its local APIC, says it is online and waits, interrupts off, until the
+//! bootstrap CPU has built the machine and hands it its SVM save areas; it
+//! then enables SVM and enters the kernel's per-CPU loop.
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use embedded_hal::delay::DelayNs;
 
-use super::{cpu, interrupts, lapic};
+use super::{cpu, interrupts, lapic, svm};
 
 /// Where the trampoline runs (page 8: STARTUP vector 0x08).
 const TRAMPOLINE: u64 = 0x8000;
 /// Most CPUs the core starts.
 pub const MAX_CPUS: usize = ipc::boot::MAX_CPUS as usize;
-const AP_STACK_SIZE: usize = 32 * 1024;
+const AP_STACK_SIZE: usize = 64 * 1024;
 
 #[repr(C, align(16))]
 struct Stacks([[u8; AP_STACK_SIZE]; MAX_CPUS - 1]);
@@ -167,20 +168,123 @@ pub fn start_application_processors(cpus: u8) -> u32 {
     ONLINE.load(Ordering::Acquire).count_ones()
 }
 
+/// The bootstrap CPU's go-ahead: the kernel's per-CPU loop, as an address.
+static GO: AtomicUsize = AtomicUsize::new(0);
+/// Each AP's SVM save areas, written before `GO` is set.
+static mut AP_HOSTS: [Option<svm::HostState>; MAX_CPUS] = [None; MAX_CPUS];
+
+/// Whether CPU `cpu` came online.
+pub fn is_online(cpu: usize) -> bool {
+    cpu < 32 && ONLINE.load(Ordering::Acquire) & (1 << cpu) != 0
+}
+
+/// Lets every online AP enable SVM with its save areas (`hosts[cpu]`) and
+/// enter `entry(cpu, host)`, the kernel's per-CPU loop.
+pub fn release_application_processors(hosts: &[Option<svm::HostState>], entry: fn(usize, svm::HostState) -> !) {
+    // SAFETY: APs read AP_HOSTS only after GO is set (acquire), which
+    // happens after these writes (release); nothing writes it afterwards.
+    unsafe {
+        let slots = &mut *(&raw mut AP_HOSTS);
+        for (slot, host) in slots.iter_mut().zip(hosts) {
+            *slot = *host;
+        }
+    }
+    GO.store(entry as usize, Ordering::Release);
+}
+
 /// Where an AP arrives in long mode, on its own stack.
 extern "C" fn ap_entry(cpu: u32) -> ! {
-    cpu::load_shared_tables();
+    let cpu = cpu as usize;
+    cpu::load_ap_tables(cpu);
     interrupts::load_shared_idt();
     lapic::enable_local();
-    let svm = cpu::cpuid(0x8000_0001, 0).ecx & (1 << 2) != 0;
-    if svm {
-        // SAFETY: SVM exists (checked above); setting EFER.SVME only permits
-        // SVM instructions on this CPU, which nothing runs yet.
-        unsafe { cpu::wrmsr(0xc000_0080, cpu::rdmsr(0xc000_0080) | (1 << 12)) };
-    }
     ONLINE.fetch_or(1 << cpu, Ordering::AcqRel);
-    loop {
-        cpu::disable_interrupts();
-        cpu::halt();
+    // Wait, interrupts off, for the machine to be built.
+    let entry = loop {
+        let entry = GO.load(Ordering::Acquire);
+        if entry != 0 {
+            break entry;
+        }
+        core::hint::spin_loop();
+    };
+    // SAFETY: GO was set after AP_HOSTS was written (see above).
+    let host = unsafe { (*(&raw const AP_HOSTS)).get(cpu).copied().flatten() };
+    let Some(host) = host else {
+        loop {
+            cpu::disable_interrupts();
+            cpu::halt();
+        }
+    };
+    svm::enable_here(&host);
+    // SAFETY: GO holds the address of a `fn(usize, HostState) -> !` (the
+    // only value `release_application_processors` stores).
+    let entry: fn(usize, svm::HostState) -> ! = unsafe { core::mem::transmute::<usize, fn(usize, svm::HostState) -> !>(entry) };
+    entry(cpu, host)
+}
+
+/// A value every pCPU reaches through one spin lock: the machine. The
+/// holder gets `&mut T` for the duration of a closure; interrupts are off in
+/// the core, so a holder is never interrupted into taking it again.
+pub struct Shared<T> {
+    value: AtomicPtr<T>,
+    locked: AtomicBool,
+}
+
+// SAFETY: access to the value is serialised by the lock.
+unsafe impl<T: Send> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// Nothing published yet.
+    pub const fn new() -> Self {
+        Self { value: AtomicPtr::new(core::ptr::null_mut()), locked: AtomicBool::new(false) }
+    }
+
+    /// Publishes the value (once; it lives for ever).
+    pub fn publish(&self, value: &'static mut T) {
+        self.value.store(value, Ordering::Release);
+    }
+
+    /// Runs `work` on the value with the lock held; `None` if nothing has
+    /// been published.
+    pub fn with<R>(&self, work: impl FnOnce(&mut T) -> R) -> Option<R> {
+        while self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            core::hint::spin_loop();
+        }
+        let pointer = self.value.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer came from a `&'static mut T` handed
+        // over in `publish`, and the lock makes this the only reference to
+        // it until the lock is released below.
+        let result = (!pointer.is_null()).then(|| work(unsafe { &mut *pointer }));
+        self.locked.store(false, Ordering::Release);
+        result
+    }
+}
+
+/// A static slot filled once at boot with a value that lives for ever
+/// (what `static_cell` does, in a dozen lines): the bundle and the machine,
+/// which every pCPU reaches for the whole run.
+pub struct BootCell<T> {
+    value: core::cell::UnsafeCell<core::mem::MaybeUninit<T>>,
+    taken: AtomicBool,
+}
+
+// SAFETY: the value is handed out once, as the only reference to it.
+unsafe impl<T: Send> Sync for BootCell<T> {}
+
+impl<T> BootCell<T> {
+    /// Empty.
+    pub const fn new() -> Self {
+        Self { value: core::cell::UnsafeCell::new(core::mem::MaybeUninit::uninit()), taken: AtomicBool::new(false) }
+    }
+
+    /// Moves `value` in and returns it for ever; `None` on a second call.
+    #[allow(clippy::mut_from_ref, reason = "handed out once: the swap below admits one caller")]
+    pub fn init(&'static self, value: T) -> Option<&'static mut T> {
+        if self.taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        // SAFETY: the swap above lets exactly one caller through, so this
+        // is the only reference ever made to the slot.
+        Some(unsafe { (*self.value.get()).write(value) })
     }
 }

@@ -48,13 +48,15 @@ impl SvmError {
 /// Per-CPU SVM state the world switch needs.
 #[derive(Debug, Clone, Copy)]
 pub struct HostState {
+    /// The CPU's VM_HSAVE_PA area.
+    hsave: HostPhysAddr,
     /// The VMCB-format page holding the host's VMLOAD/VMSAVE state.
     host_save: HostPhysAddr,
     /// Number of ASIDs the CPU supports.
     pub asid_count: u32,
 }
 
-/// Detects and enables SVM on this CPU.
+/// Detects and enables SVM on this (the bootstrap) CPU.
 pub fn enable(frames: &mut FrameAllocator<'_>) -> Result<HostState, SvmError> {
     if cpu::cpuid(0x8000_0001, 0).ecx & (1 << 2) == 0 {
         return Err(SvmError::NotSupported);
@@ -66,19 +68,34 @@ pub fn enable(frames: &mut FrameAllocator<'_>) -> Result<HostState, SvmError> {
     if cpu::rdmsr(MSR_VM_CR) & (1 << 4) != 0 {
         return Err(SvmError::DisabledByFirmware);
     }
+    let host = host_state(frames, features.ebx)?;
+    enable_here(&host);
+    Ok(host)
+}
+
+/// The save areas of one more CPU (an application processor, which calls
+/// [`enable_here`] with them once it runs).
+pub fn host_state(frames: &mut FrameAllocator<'_>, asid_count: u32) -> Result<HostState, SvmError> {
     let hsave = frames.allocate().ok_or(SvmError::OutOfMemory)?;
     let host_save = frames.allocate().ok_or(SvmError::OutOfMemory)?;
     let mut memory = OwnedFrames;
     memory.fill(hsave, 0);
     memory.fill(host_save, 0);
-    // SAFETY: SVM exists and is not disabled (checked above); HSAVE points at
-    // a zeroed frame the core owns and never reuses.
+    Ok(HostState { hsave, host_save, asid_count })
+}
+
+/// Enables SVM on the calling CPU with its own save areas, and saves its
+/// host state (TR, FS/GS bases, SYSCALL MSRs) for the world switch to
+/// restore after every `#VMEXIT`.
+pub fn enable_here(host: &HostState) {
+    // SAFETY: SVM exists and is not disabled (checked by `enable` on the
+    // bootstrap CPU; every CPU of the machine is the same model); HSAVE
+    // points at a zeroed frame owned by this CPU alone and never reused.
     unsafe {
         cpu::wrmsr(MSR_EFER, cpu::rdmsr(MSR_EFER) | EFER_SVME);
-        cpu::wrmsr(MSR_VM_HSAVE_PA, hsave.as_u64());
-        core::arch::asm!("vmsave rax", in("rax") host_save.as_u64(), options(nostack));
+        cpu::wrmsr(MSR_VM_HSAVE_PA, host.hsave.as_u64());
+        core::arch::asm!("vmsave rax", in("rax") host.host_save.as_u64(), options(nostack));
     }
-    Ok(HostState { host_save, asid_count: features.ebx })
 }
 
 /// Offsets in the VMCB.
@@ -331,11 +348,18 @@ unsafe extern "C" {
 /// `#VMEXIT`. Returns with interrupts disabled and GIF set; a physical
 /// interrupt that caused the exit is still pending.
 pub fn run(host: &HostState, vmcb: &mut Vmcb, registers: &mut GuestRegisters) {
+    run_at(host, vmcb.physical_address(), registers);
+}
+
+/// [`run`] for a VMCB the caller holds by address: a pCPU runs a vCPU
+/// without the machine's lock, and the vCPU is marked as running on it, so
+/// nothing else touches its VMCB meanwhile.
+pub fn run_at(host: &HostState, vmcb: HostPhysAddr, registers: &mut GuestRegisters) {
     // SAFETY: SVM is enabled on this CPU (a `HostState` exists only after
     // `enable`), the VMCB frame is owned by `vmcb`, and `registers` is a live
     // exclusive reference in the layout the stub expects. The stub preserves
     // all callee-saved registers and restores host state with VMLOAD.
     unsafe {
-        svm_world_switch(registers, vmcb.physical_address().as_u64(), host.host_save.as_u64());
+        svm_world_switch(registers, vmcb.as_u64(), host.host_save.as_u64());
     }
 }

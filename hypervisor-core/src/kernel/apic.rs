@@ -49,6 +49,7 @@ use hypervisor_core::vcpu::{Gpr, Outcome, StopReason, VcpuState};
 use super::run::{Machine, MAX_VCPUS_TOTAL};
 use super::vcpu::{DomainMemory, Vcpu, VcpuView};
 use crate::arch::cpu;
+use crate::arch::smp::MAX_CPUS;
 use crate::arch::svm::{offset, GuestRegisters, Vmcb};
 
 /// The shortest time from now for which the core arms its timer on behalf of
@@ -350,9 +351,10 @@ impl Machine<'_> {
         apic.tpr_written = tpr;
         if let Some(deadline) = apic.lapic.next_deadline() {
             let deadline = deadline.max(now.saturating_add(min_timer_ticks()));
-            if deadline < self.armed_event {
+            let here = &mut self.pcpus[self.cpu % MAX_CPUS];
+            if deadline < here.armed_event {
                 crate::arch::lapic::arm_oneshot(deadline);
-                self.armed_event = deadline;
+                here.armed_event = deadline;
             }
         }
     }
@@ -363,9 +365,10 @@ impl Machine<'_> {
     /// slice goes on: the next entry injects the guest's interrupt, and the
     /// pCPU is not taken from the vCPU its own timer was for.
     pub(super) fn apic_timer_tick(&mut self) -> bool {
-        if self.armed_event < self.slice_event && cpu::rdtsc() < self.slice_event {
-            crate::arch::lapic::arm_oneshot(self.slice_event);
-            self.armed_event = self.slice_event;
+        let here = &mut self.pcpus[self.cpu % MAX_CPUS];
+        if here.armed_event < here.slice_event && cpu::rdtsc() < here.slice_event {
+            crate::arch::lapic::arm_oneshot(here.slice_event);
+            here.armed_event = here.slice_event;
             true
         } else {
             false
@@ -414,6 +417,11 @@ impl Machine<'_> {
         }
         let mut woke = false;
         for index in accepted {
+            // A recipient another pCPU runs takes the interrupt at its next
+            // entry: make it exit now.
+            if let Some(cpu) = self.running_on(index) {
+                super::smp::kick(cpu, self.cpu);
+            }
             let Some(entity) = self.entity_of_vcpu(index) else {
                 continue;
             };

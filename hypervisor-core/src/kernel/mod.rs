@@ -8,6 +8,7 @@ mod paging;
 mod run;
 mod scheduling;
 mod server;
+mod smp;
 mod vcpu;
 
 fn server_kind_name(kind: ipc::server::ServerKind) -> &'static str {
@@ -112,10 +113,13 @@ pub fn start(start_info_address: u64) -> ! {
     }
     defmt::info!("timer: TSC {=u64} MHz, APIC timer {=u64} kHz", calibration.tsc_hz / 1_000_000, calibration.timer_hz / 1000);
 
+    static BUNDLE: arch::smp::BootCell<Bundle<'static>> = arch::smp::BootCell::new();
     let bundle = match Bundle::parse(bundle_bytes) {
         Ok(bundle) => bundle,
         Err(error) => fail_boot(error.reason()),
     };
+    let Some(bundle) = BUNDLE.init(bundle) else { fail_boot("bundle parsed twice") };
+    let bundle: &'static Bundle<'static> = bundle;
     let online = arch::smp::start_application_processors(bundle.manifest.machine.cpus);
     defmt::info!("pCPUs online: {=u32} of {=u8}", online, bundle.manifest.machine.cpus);
     let host = match svm::enable(&mut frames) {
@@ -125,8 +129,23 @@ pub fn start(start_info_address: u64) -> ! {
     defmt::info!("SVM enabled with nested paging, {=u32} ASIDs", host.asid_count);
     let Some(maps) = PermissionMaps::new(&mut frames) else { fail_boot("no memory for permission maps") };
 
-    let mut machine = Machine::new(host, maps, frames);
-    defmt::info!("machine state: {=usize} bytes on the boot stack of {=usize}", core::mem::size_of::<Machine<'_>>(), arch::boot::BOOT_STACK_SIZE);
+    // Every AP's SVM save areas, from the same allocator, before the
+    // machine takes it.
+    let mut hosts = [None; arch::smp::MAX_CPUS];
+    for (cpu, slot) in hosts.iter_mut().enumerate().skip(1) {
+        if arch::smp::is_online(cpu) {
+            match svm::host_state(&mut frames, host.asid_count) {
+                Ok(state) => *slot = Some(state),
+                Err(error) => fail_boot(error.reason()),
+            }
+        }
+    }
+    static MACHINE: arch::smp::BootCell<Machine<'static>> = arch::smp::BootCell::new();
+    let Some(machine) = MACHINE.init(Machine::new(host, maps, frames)) else { fail_boot("machine built twice") };
+    // The APs are numbered 0..online by their APIC IDs (QEMU's numbering).
+    machine.online = (0..arch::smp::MAX_CPUS).take_while(|&cpu| arch::smp::is_online(cpu)).count().max(1);
+    machine.scheduling.pcpus = machine.online as u8;
+    defmt::info!("machine state: {=usize} bytes (static), boot stack {=usize}", core::mem::size_of::<Machine<'_>>(), arch::boot::BOOT_STACK_SIZE);
     for spec in &bundle.manifest.servers {
         match machine.start_server(spec, bundle.image(spec.image)) {
             Ok(()) => defmt::info!("server {=str} loaded ({=str})", spec.name.as_str(), server_kind_name(spec.kind)),
@@ -138,9 +157,6 @@ pub fn start(start_info_address: u64) -> ! {
         let state = match machine.build_domain(index, spec, bundle.image(spec.kernel), ramdisk) {
             Ok(()) => {
                 defmt::info!("domain {=str}: {=u32} MiB, {=u8} vCPU(s), started", spec.name.as_str(), spec.memory_mib, spec.vcpus);
-                if spec.vcpus > 1 {
-                    defmt::warn!("domain {=str}: only vCPU 0 runs; secondary vCPUs need SMP support", spec.name.as_str());
-                }
                 DomainState::Running
             }
             Err(error) => {
@@ -154,7 +170,7 @@ pub fn start(start_info_address: u64) -> ! {
         machine.introduce_server(index);
     }
     if let RunMode::Bench { iterations } = bundle.manifest.mode {
-        bench::run(&mut machine, iterations);
+        bench::run(machine, iterations);
     }
     if let Some(plan) = bundle.manifest.machine.faults {
         let allowed = |kind: ipc::server::ServerKind| plan.servers & (1 << kind as u8) != 0;
@@ -173,7 +189,7 @@ pub fn start(start_info_address: u64) -> ! {
         let ticks = u64::from(bundle.manifest.machine.stop_after_ms) * (calibration.tsc_hz / 1000);
         machine.stop_at = Some(cpu::rdtsc().saturating_add(ticks));
     }
-    machine.run()
+    smp::start(machine, &hosts)
 }
 
 const _: () = assert!(MAX_VCPUS_TOTAL >= MAX_DOMAINS);

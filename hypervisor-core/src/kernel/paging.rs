@@ -81,6 +81,8 @@ pub struct DomainPaging {
     /// Bumped whenever a mapping loses rights; vCPUs flush their ASID when
     /// they see a new value.
     pub tlb_generation: u64,
+    /// The domain's index (for TLB shootdowns).
+    domain: usize,
     /// Measurements for `make bench` (never read by the mechanism).
     pub figures: PagingFigures,
 }
@@ -151,7 +153,7 @@ fn bit_location(base: HostPhysAddr, bit: u64) -> (HostPhysAddr, usize, u64) {
 
 impl DomainPaging {
     /// Paging state for a domain of `memory_pages`, all resident.
-    pub fn new(frames: &mut FrameAllocator<'_>, memory_pages: u64, target_pages: u64) -> Result<Self, OutOfMemory> {
+    pub fn new(frames: &mut FrameAllocator<'_>, domain: usize, memory_pages: u64, target_pages: u64) -> Result<Self, OutOfMemory> {
         let bitmap_pages = memory_pages.div_ceil(8 * PAGE_SIZE).max(1);
         let slot_maps = frames.allocate_contiguous(2 * bitmap_pages as usize, 1).ok_or(OutOfMemory)?;
         let mut memory = OwnedFrames;
@@ -185,6 +187,7 @@ impl DomainPaging {
             latency: [0; LATENCY_BUCKETS],
             footprint_sent: None,
             tlb_generation: 0,
+            domain,
             figures: PagingFigures::new(figure_frames),
         })
     }
@@ -258,8 +261,13 @@ impl DomainPaging {
         self.figures.latency_ticks.add(ticks);
     }
 
+    /// A nested mapping of the domain lost rights: every vCPU flushes
+    /// before it enters again, and those running on other pCPUs are forced
+    /// out first, so none keeps writing through a stale TLB entry (the
+    /// caller copies the frame next).
     fn downgraded(&mut self) {
         self.tlb_generation = self.tlb_generation.wrapping_add(1);
+        super::smp::shoot_down(self.domain);
     }
 }
 
@@ -542,9 +550,9 @@ pub fn handle(
                 reply(refuse(Refusal::NotRam));
                 return Effect::None;
             };
-            // Read-only first, then copy: the core runs the domain's vCPUs
-            // on this pCPU only, and the flush happens before any of them
-            // runs again, so the copy is of the frame as it will be evicted
+            // Read-only first, then copy: `downgraded` forces the domain's
+            // vCPUs on other pCPUs out, and each flushes before it runs
+            // again, so the copy is of the frame as it will be evicted
             // unless a write cancels the nomination.
             set_state(table, index, next);
             paging.downgraded();

@@ -18,6 +18,7 @@ use hypervisor_core::server::{self as supervision, ServerEvent, ServerFault, Sys
 use ipc::boot::{ServerSpec, MAX_SERVERS};
 use ipc::server::{syscall, MAX_LOG_LEN};
 
+use crate::arch::smp::MAX_CPUS;
 use crate::arch::{self, cpu, interrupts, lapic, svm, user};
 use super::domain::{self, BuildError, PermissionMaps};
 use super::scheduling::{SchedulerLink, VcpuFacts};
@@ -82,6 +83,61 @@ pub enum Step {
     TurnOver,
 }
 
+/// What a pCPU does after its switch point (`super::smp::cpu_loop`).
+pub enum Action {
+    /// Look again: a server ran, or the picked vCPU could not enter.
+    Again,
+    /// Enter vCPU `index` with `entry` (outside the lock).
+    Guest {
+        /// The vCPU.
+        index: usize,
+        /// What VMRUN needs.
+        entry: Entry,
+    },
+    /// Halt polling: spin for vCPU `index`'s wake-up until TSC `until` or
+    /// a kick.
+    Poll {
+        /// The halted vCPU polled for.
+        index: usize,
+        /// When polling stops.
+        until: u64,
+    },
+    /// Nothing to run: halt the pCPU until an interrupt.
+    Sleep,
+}
+
+/// What entering a vCPU takes, carried outside the lock: its VMCB (marked
+/// as running on this pCPU, so no one else touches it) and a copy of its
+/// registers, written back after the exit.
+pub struct Entry {
+    /// The VMCB's address.
+    pub vmcb: hypervisor_core::addr::HostPhysAddr,
+    /// The registers VMRUN does not hold.
+    pub registers: svm::GuestRegisters,
+}
+
+/// One pCPU as the machine sees it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Pcpu {
+    /// The scheduler entity and vCPU it runs, from its pick to its slice end.
+    running: Option<(usize, usize)>,
+    /// Its timer interrupts when the slice started (the next one ends it).
+    slice_ticks: u64,
+    /// The vCPU's run ticks when the slice started.
+    ran_before: u64,
+    /// Nothing to run at its last switch point.
+    idle: bool,
+    /// The TSC value the one-shot timer was armed for at the switch point.
+    pub(super) slice_event: u64,
+    /// The TSC value it is armed for now: earlier than `slice_event` while
+    /// the running vCPU's local APIC timer is due first (`super::apic`).
+    pub(super) armed_event: u64,
+    /// pCPU 0's housekeeping clock: its timer interrupts and TSC at the last
+    /// housekeeping.
+    last_tick: u64,
+    last_housekeeping: u64,
+}
+
 /// Where a domain is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DomainState {
@@ -118,8 +174,20 @@ pub struct Machine<'a> {
     pub(super) servers: Vec<Server<'a>, MAX_SERVERS>,
     entities: Vec<Entity, MAX_ENTITIES>,
     pub(super) scheduler: RoundRobin<MAX_ENTITIES>,
-    /// Which vCPU last ran with each ASID (`usize::MAX`: none).
-    asid_owner: [usize; MAX_VCPUS_TOTAL + 1],
+    /// Per pCPU, which vCPU last ran with each ASID (`usize::MAX`: none).
+    asid_owner: [[usize; MAX_VCPUS_TOTAL + 1]; MAX_CPUS],
+    /// The pCPU holding the lock (`super::smp::locked` sets it).
+    pub(super) cpu: usize,
+    /// Online pCPUs.
+    pub(super) online: usize,
+    /// Every pCPU's state.
+    pub(super) pcpus: [Pcpu; MAX_CPUS],
+    /// Per vCPU: the pCPU running it, if any.
+    running_on: [Option<u8>; MAX_VCPUS_TOTAL],
+    /// Per vCPU: the pCPU it last ran on (its timers are that pCPU's).
+    last_pcpu: [u8; MAX_VCPUS_TOTAL],
+    /// The round-robin's wake-up count the last kick check saw.
+    wakeups_seen: u64,
     /// Halt-polling tunables (KVM's defaults until `hvctl halt-poll`).
     halt_poll: HaltPollParameters,
     /// The scheduler server's link.
@@ -137,11 +205,6 @@ pub struct Machine<'a> {
     /// CPU time per domain in windows that open one accounting period after
     /// each scheduler restart (the campaign's "shares after recovery").
     recovery: Recovery,
-    /// The TSC value the one-shot timer was armed for at the switch point.
-    pub(super) slice_event: u64,
-    /// The TSC value it is armed for now: earlier than `slice_event` while
-    /// the running vCPU's local APIC timer is due first (`super::apic`).
-    pub(super) armed_event: u64,
 }
 
 /// Per-domain CPU time measured after the scheduler recovered from kills.
@@ -167,7 +230,13 @@ impl<'a> Machine<'a> {
             servers: Vec::new(),
             entities: Vec::new(),
             scheduler: RoundRobin::new(),
-            asid_owner: [usize::MAX; MAX_VCPUS_TOTAL + 1],
+            asid_owner: [[usize::MAX; MAX_VCPUS_TOTAL + 1]; MAX_CPUS],
+            cpu: 0,
+            online: 1,
+            pcpus: [Pcpu::default(); MAX_CPUS],
+            running_on: [None; MAX_VCPUS_TOTAL],
+            last_pcpu: [0; MAX_VCPUS_TOTAL],
+            wakeups_seen: 0,
             halt_poll: HaltPollParameters::default(),
             scheduling: SchedulerLink::default(),
             stop_at: None,
@@ -176,8 +245,6 @@ impl<'a> Machine<'a> {
             injector: None,
             pending_kill: None,
             recovery: Recovery::default(),
-            slice_event: 0,
-            armed_event: 0,
         }
     }
 
@@ -245,10 +312,14 @@ impl<'a> Machine<'a> {
 
     /// Before running vCPU `index`: if another vCPU used its ASID since it
     /// last ran, have VMRUN flush that ASID's TLB entries.
+    /// A vCPU that last ran on another pCPU is flushed too: this pCPU's
+    /// TLB may hold its ASID's entries from before (ASIDs are per pCPU).
     fn claim_asid(&mut self, index: usize) {
         let asid = self.asid_for(index);
-        let Some(owner) = self.asid_owner.get_mut(asid as usize) else { return };
-        let mut flush = *owner != index;
+        let cpu = self.cpu % MAX_CPUS;
+        let migrated = self.last_pcpu.get(index).is_none_or(|&last| usize::from(last) != cpu);
+        let Some(owner) = self.asid_owner[cpu].get_mut(asid as usize) else { return };
+        let mut flush = *owner != index || migrated;
         *owner = index;
         if let Some(vcpu) = self.vcpus.get_mut(index) {
             // The domain's nested mappings lost rights since this vCPU last
@@ -282,7 +353,7 @@ impl<'a> Machine<'a> {
             let vcpu = domain::build_boot_vcpu(frames, &self.maps, &memory, index, asid, entry)?;
             let pages = bytes / hypervisor_core::addr::PAGE_SIZE;
             let target = spec.memory_target_mib.map_or(pages, |mib| (u64::from(mib) << 20) / hypervisor_core::addr::PAGE_SIZE);
-            slot.paging = Some(DomainPaging::new(frames, pages, target.min(pages)).map_err(|_| BuildError::OutOfMemory)?);
+            slot.paging = Some(DomainPaging::new(frames, index, pages, target.min(pages)).map_err(|_| BuildError::OutOfMemory)?);
             slot.memory = Some(memory);
             Ok(vcpu)
         })();
@@ -344,6 +415,10 @@ impl<'a> Machine<'a> {
             if let Entity::Vcpu(vcpu) = *entity {
                 if self.vcpus.get(vcpu).is_some_and(|vcpu| vcpu.domain == index) {
                     self.scheduler.set_state(entity_index, RunState::Stopped);
+                    // Its vCPUs on other pCPUs leave at their next entry.
+                    if let Some(cpu) = self.running_on(vcpu) {
+                        super::smp::kick(cpu, self.cpu);
+                    }
                 }
             }
         }
@@ -411,21 +486,50 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// Runs vCPU `index` (scheduler entity `entity`) until its slice ends (a
-    /// timer tick), it yields, halts, or its domain ends.
-    fn run_vcpu_slice(&mut self, entity: usize, index: usize) {
-        let slice_start = interrupts::ticks();
+    /// pCPU `self.cpu` starts a slice of vCPU `index` (scheduler entity
+    /// `entity`): marks it running here, reports the dispatch, and prepares
+    /// the first entry.
+    fn begin_vcpu_slice(&mut self, entity: usize, index: usize) -> Action {
+        let cpu = self.cpu;
         self.claim_asid(index);
         self.end_halt(index);
+        if let Some(slot) = self.running_on.get_mut(index) {
+            *slot = Some(cpu as u8);
+        }
+        if let Some(slot) = self.last_pcpu.get_mut(index) {
+            *slot = cpu as u8;
+        }
+        let ran_before = self.vcpus.get(index).map_or(0, |vcpu| vcpu.run_ticks);
+        let here = self.here();
+        here.running = Some((entity, index));
+        here.slice_ticks = interrupts::ticks();
+        here.ran_before = ran_before;
         let now = super::vcpu::system_time_ns();
         let wire = self.wire_vcpu(index);
-        self.report(Event::Dispatched { pcpu: 0, vcpu: wire, at: now });
-        let ran_before = self.vcpus.get(index).map_or(0, |vcpu| vcpu.run_ticks);
-        let reason = self.vcpu_slice(entity, index, slice_start);
-        let ran = self.vcpus.get(index).map_or(0, |vcpu| vcpu.run_ticks) - ran_before;
+        self.report(Event::Dispatched { pcpu: cpu as u8, vcpu: wire, at: now });
+        match self.prepare_entry(index) {
+            Some(entry) => Action::Guest { index, entry },
+            None => {
+                self.end_vcpu_slice(SliceEnd::Ended);
+                Action::Again
+            }
+        }
+    }
+
+    /// The slice on this pCPU ended `reason`: report it and free the vCPU
+    /// for any pCPU.
+    fn end_vcpu_slice(&mut self, reason: SliceEnd) {
+        let here = self.here();
+        let Some((_, index)) = here.running.take() else { return };
+        let ran_before = here.ran_before;
+        let cpu = self.cpu as u8;
+        if let Some(slot) = self.running_on.get_mut(index) {
+            *slot = None;
+        }
+        let ran = self.vcpus.get(index).map_or(0, |vcpu| vcpu.run_ticks).saturating_sub(ran_before);
         let now = super::vcpu::system_time_ns();
-        if let Some(vcpu) = wire {
-            self.report(Event::Ran { vcpu, pcpu: 0, ns: tsc_to_ns(ran) });
+        if let Some(vcpu) = self.wire_vcpu(index) {
+            self.report(Event::Ran { vcpu, pcpu: cpu, ns: tsc_to_ns(ran) });
             match reason {
                 SliceEnd::Blocked => self.report(Event::Blocked { vcpu, at: now }),
                 SliceEnd::Yielded => self.report(Event::Yielded { vcpu }),
@@ -434,163 +538,191 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// The guest-running part of a slice; says how it ended.
-    fn vcpu_slice(&mut self, entity: usize, index: usize, mut slice_start: u64) -> SliceEnd {
-        loop {
-            self.apic_before_entry(index);
-            let Some(vcpu) = self.vcpus.get_mut(index) else { return SliceEnd::Ended };
-            let generation = self.domains.get(vcpu.domain).and_then(|slot| slot.paging.as_ref()).map_or(0, |paging| paging.tlb_generation);
-            if vcpu.tlb_seen != generation {
-                // Paging took rights away from a nested mapping since the
-                // last entry: flush this ASID's translations.
-                vcpu.tlb_seen = generation;
-                vcpu.vmcb.write_u8(svm::offset::TLB_CONTROL, 1);
+    /// Everything before VMRUN of vCPU `index` on this pCPU: the APIC's
+    /// injection, a TLB flush if the domain's nested mappings lost rights
+    /// since the vCPU last entered, and the pCPU's guest mark (see
+    /// [`super::smp::shoot_down`]). `None` if its domain has ended.
+    fn prepare_entry(&mut self, index: usize) -> Option<Entry> {
+        let domain = self.vcpus.get(index)?.domain;
+        if self.domains.get(domain).is_none_or(|slot| slot.state != DomainState::Running) {
+            return None;
+        }
+        self.apic_before_entry(index);
+        let vcpu = self.vcpus.get_mut(index)?;
+        let generation = self.domains.get(domain).and_then(|slot| slot.paging.as_ref()).map_or(0, |paging| paging.tlb_generation);
+        if vcpu.tlb_seen != generation {
+            // Paging took rights away from a nested mapping since the
+            // last entry: flush this ASID's translations.
+            vcpu.tlb_seen = generation;
+            vcpu.vmcb.write_u8(svm::offset::TLB_CONTROL, 1);
+        }
+        super::smp::entering_guest(self.cpu, domain);
+        Some(Entry { vmcb: vcpu.vmcb.physical_address(), registers: vcpu.registers })
+    }
+
+    /// After vCPU `index` exited on this pCPU, having run `ran` TSC ticks
+    /// with `registers`: handles the exit. Returns the next entry if the
+    /// slice goes on, `None` when it ended (it has been reported).
+    pub(super) fn after_exit(&mut self, index: usize, registers: &svm::GuestRegisters, ran: u64) -> Option<Entry> {
+        if let Some(vcpu) = self.vcpus.get_mut(index) {
+            vcpu.registers = *registers;
+            vcpu.run_ticks += ran;
+        }
+        let entity = self.here().running.map_or(usize::MAX, |(entity, _)| entity);
+        let next = match self.handle_exit(entity, index) {
+            None => match self.prepare_entry(index) {
+                Some(entry) => return Some(entry),
+                None => SliceEnd::Ended,
+            },
+            Some(end) => end,
+        };
+        self.end_vcpu_slice(next);
+        self.kick_for_work();
+        None
+    }
+
+    /// Handles the exit vCPU `index` just took; `Some` when the slice ends.
+    fn handle_exit(&mut self, entity: usize, index: usize) -> Option<SliceEnd> {
+        let Some(vcpu) = self.vcpus.get_mut(index) else { return Some(SliceEnd::Ended) };
+        super::apic::after_exit(vcpu);
+        let exit = exit::decode(&vcpu.vmcb.raw_exit());
+        vcpu.vmcb.write_u64(svm::offset::EVENT_INJECTION, 0);
+        vcpu.vmcb.write_u8(svm::offset::TLB_CONTROL, 0);
+        let domain_index = vcpu.domain;
+        let vcpu_number = vcpu.index;
+        let Some(slot) = self.domains.get_mut(domain_index) else { return Some(SliceEnd::Ended) };
+        let (Some(memory), Some(paging_state)) = (slot.memory.as_mut(), slot.paging.as_mut()) else { return Some(SliceEnd::Ended) };
+        // A nested page fault inside guest RAM is paging's: the frame is
+        // paged out, being paged out, or was given back.
+        let paging_fault = match exit.reason {
+            exit::VmExit::NestedPageFault(fault) if fault.address.as_u64() < slot.devices.memory_bytes => {
+                Some((fault.address.as_u64(), fault.write))
             }
-            let entered = cpu::rdtsc();
-            svm::run(&self.host, &mut vcpu.vmcb, &mut vcpu.registers);
-            vcpu.run_ticks += cpu::rdtsc().wrapping_sub(entered);
-            super::apic::after_exit(vcpu);
-            let exit = exit::decode(&vcpu.vmcb.raw_exit());
-            vcpu.vmcb.write_u64(svm::offset::EVENT_INJECTION, 0);
-            vcpu.vmcb.write_u8(svm::offset::TLB_CONTROL, 0);
-            let domain_index = vcpu.domain;
-            let vcpu_number = vcpu.index;
-            let Some(slot) = self.domains.get_mut(domain_index) else { return SliceEnd::Ended };
-            let (Some(memory), Some(paging_state)) = (slot.memory.as_mut(), slot.paging.as_mut()) else { return SliceEnd::Ended };
-            // A nested page fault inside guest RAM is paging's: the frame is
-            // paged out, being paged out, or was given back.
-            let paging_fault = match exit.reason {
-                exit::VmExit::NestedPageFault(fault) if fault.address.as_u64() < slot.devices.memory_bytes => {
-                    Some((fault.address.as_u64(), fault.write))
-                }
-                _ => None,
-            };
-            let saved = (vcpu.vmcb.read_u64(svm::offset::RIP), vcpu.vmcb.read_u64(svm::offset::RAX));
-            // The local APIC's exits (its MMIO page, which lies above guest
-            // RAM, the interrupt window, its MSR) before `vcpu::handle`.
-            let apic = match paging_fault {
-                Some(_) => None,
-                None => super::apic::handle_exit(&exit, vcpu, memory),
-            };
-            let mut view = VcpuView { vmcb: &mut vcpu.vmcb, registers: &mut vcpu.registers, timer: &mut vcpu.timer };
-            let (outcome, apic_effect) = match (paging_fault, apic) {
-                (Some(_), _) => (Outcome::Resume, LapicEffect::None),
-                (None, Some(handled)) => handled,
-                (None, None) => {
-                    let mut access = GuestAccess { memory, paging: paging_state, frames: &mut self.frames };
-                    (exits::handle(&exit, &mut view, &mut access, &mut slot.devices, &mut KernelPlatform, vcpu_number), LapicEffect::None)
-                }
-            };
-            let Some(memory) = slot.memory.as_ref() else { return SliceEnd::Ended };
-            let Some(paging_state) = slot.paging.as_mut() else { return SliceEnd::Ended };
-            // An access on the guest's behalf (a hypercall argument) found a
-            // frame not resident: undo the exit's effects, bring the frame
-            // back, and run the instruction again.
-            let retried = memory.not_resident.take().filter(|_| paging_fault.is_none());
-            if retried.is_some() {
-                view.vmcb.write_u64(svm::offset::RIP, saved.0);
-                view.vmcb.write_u64(svm::offset::RAX, saved.1);
+            _ => None,
+        };
+        let saved = (vcpu.vmcb.read_u64(svm::offset::RIP), vcpu.vmcb.read_u64(svm::offset::RAX));
+        // The local APIC's exits (its MMIO page, which lies above guest
+        // RAM, the interrupt window, its MSR) before `vcpu::handle`.
+        let apic = match paging_fault {
+            Some(_) => None,
+            None => super::apic::handle_exit(&exit, vcpu, memory),
+        };
+        let mut view = VcpuView { vmcb: &mut vcpu.vmcb, registers: &mut vcpu.registers, timer: &mut vcpu.timer };
+        let (outcome, apic_effect) = match (paging_fault, apic) {
+            (Some(_), _) => (Outcome::Resume, LapicEffect::None),
+            (None, Some(handled)) => handled,
+            (None, None) => {
+                let mut access = GuestAccess { memory, paging: paging_state, frames: &mut self.frames };
+                (exits::handle(&exit, &mut view, &mut access, &mut slot.devices, &mut KernelPlatform, vcpu_number), LapicEffect::None)
             }
-            if let Some((address, write)) = paging_fault.or(retried.map(|address| (address, true))) {
-                match paging::touch(memory, paging_state, &mut self.frames, address, write) {
-                    Touch::Retry => {}
-                    Touch::Wait => {
-                        let gfn = address / hypervisor_core::addr::PAGE_SIZE;
-                        vcpu.page_wait = Some(gfn);
-                        self.pager.request(domain_index as u16, gfn, cpu::rdtsc());
-                        self.scheduler.set_state(entity, RunState::Waiting);
-                        self.pump_pager();
-                        return SliceEnd::Blocked;
-                    }
-                    Touch::Fail(reason) => {
-                        let rip = view.vmcb.read_u64(svm::offset::RIP);
-                        let name = slot.devices.name;
-                        defmt::warn!("domain {=str} stopped: {=str} at GPA {=u64:#x} (rip {=u64:#x})", name, reason, address, rip);
-                        self.end_domain(domain_index, DomainState::Failed);
-                        return SliceEnd::Ended;
-                    }
-                }
-                if interrupts::ticks() != slice_start {
-                    return SliceEnd::Preempted;
-                }
-                continue;
-            }
-            let rip = view.vmcb.read_u64(svm::offset::RIP);
-            match outcome {
-                Outcome::Resume => {}
-                Outcome::HostInterrupt => cpu::take_pending_interrupts(),
-                Outcome::Yield => return SliceEnd::Yielded,
-                Outcome::Halt => {
-                    // Xen's wakeup-waiting recheck against the local APIC: a
-                    // pending interrupt ends the HLT at once; an armed APIC
-                    // timer blocks the vCPU until its deadline.
-                    let (state, deadline) = match super::apic::on_halt(vcpu) {
-                        HaltDecision::Resume => continue,
-                        HaltDecision::BlockUntil { deadline } => {
-                            let wake = super::apic::deadline_ns(deadline);
-                            vcpu.wake_at = Some(wake);
-                            (RunState::Waiting, Some(vcpu.timer.map_or(wake, |timer| timer.min(wake))))
-                        }
-                        HaltDecision::Park => (RunState::Halted, vcpu.timer),
-                    };
-                    self.begin_halt(index, deadline);
-                    self.scheduler.set_state(entity, state);
-                    return SliceEnd::Blocked;
-                }
-                Outcome::Block { deadline_ns } => {
-                    vcpu.wake_at = super::apic::block_deadline(vcpu, deadline_ns);
-                    let deadline = deadline_ns.or(vcpu.timer);
-                    self.begin_halt(index, deadline);
+        };
+        let Some(memory) = slot.memory.as_ref() else { return Some(SliceEnd::Ended) };
+        let Some(paging_state) = slot.paging.as_mut() else { return Some(SliceEnd::Ended) };
+        // An access on the guest's behalf (a hypercall argument) found a
+        // frame not resident: undo the exit's effects, bring the frame
+        // back, and run the instruction again.
+        let retried = memory.not_resident.take().filter(|_| paging_fault.is_none());
+        if retried.is_some() {
+            view.vmcb.write_u64(svm::offset::RIP, saved.0);
+            view.vmcb.write_u64(svm::offset::RAX, saved.1);
+        }
+        if let Some((address, write)) = paging_fault.or(retried.map(|address| (address, true))) {
+            match paging::touch(memory, paging_state, &mut self.frames, address, write) {
+                Touch::Retry => {}
+                Touch::Wait => {
+                    let gfn = address / hypervisor_core::addr::PAGE_SIZE;
+                    vcpu.page_wait = Some(gfn);
+                    self.pager.request(domain_index as u16, gfn, cpu::rdtsc());
                     self.scheduler.set_state(entity, RunState::Waiting);
-                    return SliceEnd::Blocked;
+                    self.pump_pager();
+                    return Some(SliceEnd::Blocked);
                 }
-                Outcome::Down => {
-                    defmt::warn!("domain {=str}: vCPU {=u8} is down (HLT with interrupts disabled)", slot.devices.name, vcpu_number);
-                    self.scheduler.set_state(entity, RunState::Stopped);
-                    let domain_vcpus_left = self.entities.iter().enumerate().any(|(entity_index, entity)| {
-                        matches!(*entity, Entity::Vcpu(other) if self.vcpus.get(other).is_some_and(|vcpu| vcpu.domain == domain_index))
-                            && self.scheduler.state(entity_index) != Some(RunState::Stopped)
-                    });
-                    if !domain_vcpus_left {
-                        self.log_stop_reason(domain_index, "every vCPU is down");
-                        self.end_domain(domain_index, DomainState::Failed);
-                    }
-                    return SliceEnd::Ended;
-                }
-                Outcome::Shutdown(reason) => {
+                Touch::Fail(reason) => {
+                    let rip = view.vmcb.read_u64(svm::offset::RIP);
                     let name = slot.devices.name;
-                    let state = match reason {
-                        ShutdownReason::Poweroff => {
-                            defmt::info!("domain {=str} powered off", name);
-                            DomainState::PoweredOff
-                        }
-                        ShutdownReason::Crash => {
-                            defmt::warn!("domain {=str} crashed (guest reported SHUTDOWN_crash)", name);
-                            DomainState::Failed
-                        }
-                        _ => {
-                            defmt::warn!("domain {=str} asked for reboot/suspend/watchdog, which is not supported: stopped", name);
-                            DomainState::Failed
-                        }
-                    };
-                    self.end_domain(domain_index, state);
-                    return SliceEnd::Ended;
-                }
-                Outcome::Stop(reason) => {
-                    self.log_stop(domain_index, reason, rip);
+                    defmt::warn!("domain {=str} stopped: {=str} at GPA {=u64:#x} (rip {=u64:#x})", name, reason, address, rip);
                     self.end_domain(domain_index, DomainState::Failed);
-                    return SliceEnd::Ended;
+                    return Some(SliceEnd::Ended);
                 }
             }
-            self.apic_effect(index, apic_effect);
-            if interrupts::ticks() != slice_start {
-                // The running vCPU's own APIC timer does not end its slice.
-                if !self.apic_timer_tick() {
-                    return SliceEnd::Preempted;
+            return (interrupts::ticks() != self.here().slice_ticks).then_some(SliceEnd::Preempted);
+        }
+        let rip = view.vmcb.read_u64(svm::offset::RIP);
+        match outcome {
+            Outcome::Resume => {}
+            Outcome::HostInterrupt => cpu::take_pending_interrupts(),
+            Outcome::Yield => return Some(SliceEnd::Yielded),
+            Outcome::Halt => {
+                // Xen's wakeup-waiting recheck against the local APIC: a
+                // pending interrupt ends the HLT at once; an armed APIC
+                // timer blocks the vCPU until its deadline.
+                let (state, deadline) = match super::apic::on_halt(vcpu) {
+                    HaltDecision::Resume => return None,
+                    HaltDecision::BlockUntil { deadline } => {
+                        let wake = super::apic::deadline_ns(deadline);
+                        vcpu.wake_at = Some(wake);
+                        (RunState::Waiting, Some(vcpu.timer.map_or(wake, |timer| timer.min(wake))))
+                    }
+                    HaltDecision::Park => (RunState::Halted, vcpu.timer),
+                };
+                self.begin_halt(index, deadline);
+                self.scheduler.set_state(entity, state);
+                return Some(SliceEnd::Blocked);
+            }
+            Outcome::Block { deadline_ns } => {
+                vcpu.wake_at = super::apic::block_deadline(vcpu, deadline_ns);
+                let deadline = deadline_ns.or(vcpu.timer);
+                self.begin_halt(index, deadline);
+                self.scheduler.set_state(entity, RunState::Waiting);
+                return Some(SliceEnd::Blocked);
+            }
+            Outcome::Down => {
+                defmt::warn!("domain {=str}: vCPU {=u8} is down (HLT with interrupts disabled)", slot.devices.name, vcpu_number);
+                self.scheduler.set_state(entity, RunState::Stopped);
+                let domain_vcpus_left = self.entities.iter().enumerate().any(|(entity_index, entity)| {
+                    matches!(*entity, Entity::Vcpu(other) if self.vcpus.get(other).is_some_and(|vcpu| vcpu.domain == domain_index))
+                        && self.scheduler.state(entity_index) != Some(RunState::Stopped)
+                });
+                if !domain_vcpus_left {
+                    self.log_stop_reason(domain_index, "every vCPU is down");
+                    self.end_domain(domain_index, DomainState::Failed);
                 }
-                slice_start = interrupts::ticks();
+                return Some(SliceEnd::Ended);
+            }
+            Outcome::Shutdown(reason) => {
+                let name = slot.devices.name;
+                let state = match reason {
+                    ShutdownReason::Poweroff => {
+                        defmt::info!("domain {=str} powered off", name);
+                        DomainState::PoweredOff
+                    }
+                    ShutdownReason::Crash => {
+                        defmt::warn!("domain {=str} crashed (guest reported SHUTDOWN_crash)", name);
+                        DomainState::Failed
+                    }
+                    _ => {
+                        defmt::warn!("domain {=str} asked for reboot/suspend/watchdog, which is not supported: stopped", name);
+                        DomainState::Failed
+                    }
+                };
+                self.end_domain(domain_index, state);
+                return Some(SliceEnd::Ended);
+            }
+            Outcome::Stop(reason) => {
+                self.log_stop(domain_index, reason, rip);
+                self.end_domain(domain_index, DomainState::Failed);
+                return Some(SliceEnd::Ended);
             }
         }
+        self.apic_effect(index, apic_effect);
+        if interrupts::ticks() != self.here().slice_ticks {
+            // The running vCPU's own APIC timer does not end its slice.
+            if !self.apic_timer_tick() {
+                return Some(SliceEnd::Preempted);
+            }
+            self.here().slice_ticks = interrupts::ticks();
+        }
+        None
     }
 
     /// Stops server `index` for `fault` and starts its next generation.
@@ -1381,7 +1513,7 @@ impl<'a> Machine<'a> {
 
     /// The machine as the scheduler protocol describes it.
     fn shape(&self) -> sched_wire::Shape {
-        let mut shape = sched_wire::Shape::new(1);
+        let mut shape = sched_wire::Shape::new(self.online as u8);
         for (domain, slot) in self.domains.iter().enumerate() {
             shape = shape.with_domain(domain as u16, slot.devices.vcpu_count.min(1));
         }
@@ -1394,6 +1526,11 @@ impl<'a> Machine<'a> {
 
     fn entity_of_server(&self, index: usize) -> Option<usize> {
         self.entities.iter().position(|entity| *entity == Entity::Server(index))
+    }
+
+    /// The pCPU running vCPU `index`, if another one than the lock holder.
+    pub(super) fn running_on(&self, index: usize) -> Option<usize> {
+        self.running_on.get(index).copied().flatten().map(usize::from).filter(|&cpu| cpu != self.cpu)
     }
 
     pub(super) fn entity_of_vcpu(&self, index: usize) -> Option<usize> {
@@ -1436,6 +1573,7 @@ impl<'a> Machine<'a> {
                 index: vcpu_index,
                 runnable: state == Some(RunState::Runnable),
                 run_time_ns: tsc_to_ns(vcpu.run_ticks),
+                pcpu: self.last_pcpu.get(vcpu_index).copied().unwrap_or(0),
             });
         }
         self.scheduling.events.clear();
@@ -1485,6 +1623,10 @@ impl<'a> Machine<'a> {
     /// runnable vCPU of the scheduler server's published run list, and the
     /// built-in round-robin when no decision is in force.
     fn pick_next(&mut self) -> Option<(usize, Entity)> {
+        if self.cpu != 0 {
+            // Servers run on pCPU 0 only.
+            return self.pick_vcpu();
+        }
         // Servers with work first; a server that only yielded waits until
         // nothing else wants the pCPU (so a yield loop cannot starve guests).
         for (entity, kind) in self.entities.iter().enumerate() {
@@ -1517,35 +1659,44 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// The next vCPU: the scheduler server's decision when it is in charge,
-    /// else the built-in round-robin.
+    /// The next vCPU for this pCPU: the first runnable vCPU of its run
+    /// queue as the scheduler server published it when the server is in
+    /// charge, else the built-in round-robin. A vCPU another pCPU runs is
+    /// never picked.
     fn pick_vcpu(&mut self) -> Option<(usize, Entity)> {
-        let generation = self.scheduling.server.and_then(|index| self.servers.get(index)).map(|server| server.health.generation);
-        if let (Some(generation), Some((run, _))) = (generation, self.scheduling.decision.as_ref()) {
-            if self.scheduling.in_charge(generation) {
-                for wire in run {
-                    let found = self.vcpus.iter().position(|vcpu| vcpu.domain as u16 == wire.domain && vcpu.index == wire.index);
-                    if let Some(entity) = found.and_then(|index| self.entity_of_vcpu(index)) {
-                        if self.scheduler.state(entity) == Some(RunState::Runnable) {
-                            return Some((entity, Entity::Vcpu(found.unwrap_or(0))));
-                        }
+        let cpu = self.cpu;
+        let free = |running_on: &[Option<u8>; MAX_VCPUS_TOTAL], index: usize| {
+            running_on.get(index).copied().flatten().is_none_or(|other| usize::from(other) == cpu)
+        };
+        if self.scheduler_in_charge() {
+            let run = self.scheduling.decisions.get(cpu).and_then(Option::as_ref).map(|(run, _)| run);
+            for wire in run.into_iter().flatten() {
+                let found = self.vcpus.iter().position(|vcpu| vcpu.domain as u16 == wire.domain && vcpu.index == wire.index);
+                if let Some((index, entity)) = found.and_then(|index| Some((index, self.entity_of_vcpu(index)?))) {
+                    if self.scheduler.state(entity) == Some(RunState::Runnable) && free(&self.running_on, index) {
+                        return Some((entity, Entity::Vcpu(index)));
                     }
                 }
-                // Nothing in the list can run: the pCPU idles. A vCPU left
-                // out is parked (a cap) or not yet placed after a wake-up;
-                // the server hears of every change and publishes again.
-                return None;
             }
+            // Nothing in the list can run: the pCPU idles. A vCPU left
+            // out is parked (a cap) or not yet placed after a wake-up;
+            // the server hears of every change and publishes again.
+            return None;
         }
         // Round-robin over vCPUs (servers are picked above).
-        for _ in 0..self.entities.len() {
-            let entity = self.scheduler.pick()?;
-            let kind = *self.entities.get(entity)?;
-            if matches!(kind, Entity::Vcpu(_)) {
-                return Some((entity, kind));
-            }
-        }
-        None
+        let entities = &self.entities;
+        let running_on = &self.running_on;
+        let entity = self.scheduler.pick_where(|entity| match entities.get(entity) {
+            Some(Entity::Vcpu(index)) => free(running_on, *index),
+            _ => false,
+        })?;
+        Some((entity, *self.entities.get(entity)?))
+    }
+
+    /// Whether the scheduler server's decisions are in force.
+    fn scheduler_in_charge(&self) -> bool {
+        let generation = self.scheduling.server.and_then(|index| self.servers.get(index)).map(|server| server.health.generation);
+        generation.is_some_and(|generation| self.scheduling.in_charge(generation))
     }
 
     /// The halt-polling max for vCPU `index`'s domain, ns.
@@ -1586,41 +1737,84 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// The pCPU has nothing to run. Polls for the most recently halted vCPU
-    /// while its window lasts (KVM's halt polling: a wake-up that comes soon
-    /// is caught without sleeping the pCPU), else sleeps until the timer.
-    fn idle(&mut self, event: u64) {
+    /// This pCPU has nothing to run. Polls for the most recently halted
+    /// vCPU that last ran here while its window lasts (KVM's halt polling:
+    /// a wake-up that comes soon is caught without sleeping the pCPU), else
+    /// sleeps until its timer or a kick.
+    fn idle_action(&mut self, event: u64) -> Action {
+        let cpu = self.cpu;
+        let last_pcpu = &self.last_pcpu;
+        let here = |index: usize| last_pcpu.get(index).is_some_and(|&last| usize::from(last) == cpu);
         let candidate = self
             .vcpus
             .iter()
             .enumerate()
+            .filter(|(index, _)| here(*index))
             .filter_map(|(index, vcpu)| Some((index, vcpu.halt?)))
             .max_by_key(|(_, halt)| halt.started);
         if let Some((index, halt)) = candidate {
-            let start = cpu::rdtsc();
-            let budget_end = start.saturating_add(halt.window.saturating_sub(halt.polled));
-            let mut now = start;
-            while now < event && now < budget_end {
-                core::hint::spin_loop();
-                now = cpu::rdtsc();
-            }
-            if let Some(record) = self.vcpus.get_mut(index).and_then(|vcpu| vcpu.halt.as_mut()) {
-                record.polled += now - start;
-            }
-            if now >= event {
-                // The wake-up came while polling: wake the vCPU now instead of
-                // waiting for the timer interrupt to be delivered (that delay
-                // is what polling saves).
-                self.wake_due_vcpus();
-                return;
+            let budget_end = cpu::rdtsc().saturating_add(halt.window.saturating_sub(halt.polled));
+            if budget_end > cpu::rdtsc() {
+                return Action::Poll { index, until: event.min(budget_end) };
             }
         }
-        for vcpu in self.vcpus.iter_mut() {
+        for (_, vcpu) in self.vcpus.iter_mut().enumerate().filter(|(index, _)| here(*index)) {
             if let Some(halt) = vcpu.halt.as_mut() {
                 halt.waited = true;
             }
         }
-        cpu::wait_for_interrupt();
+        Action::Sleep
+    }
+
+    /// This pCPU polled `ticks` for vCPU `index`. A wake-up that came while
+    /// polling is taken now instead of when the timer interrupt is
+    /// delivered (that delay is what polling saves).
+    pub(super) fn polled(&mut self, index: usize, ticks: u64) {
+        if let Some(record) = self.vcpus.get_mut(index).and_then(|vcpu| vcpu.halt.as_mut()) {
+            record.polled += ticks;
+        }
+        self.wake_due_vcpus();
+        self.kick_for_work();
+    }
+
+    /// Kicks the pCPUs that have something new to do: those the scheduler
+    /// server tickled, idle ones whose run queue it changed, an idle one
+    /// when the round-robin has a new runnable vCPU, and pCPU 0 when a
+    /// server it runs has work while it runs a guest.
+    fn kick_for_work(&mut self) {
+        let me = self.cpu;
+        let idle = |pcpus: &[Pcpu; MAX_CPUS], cpu: usize| pcpus.get(cpu).is_some_and(|pcpu| pcpu.idle);
+        let mut mask = core::mem::take(&mut self.scheduling.tickled);
+        let decided = core::mem::take(&mut self.scheduling.decided);
+        for cpu in 0..self.online {
+            if decided & (1 << cpu) != 0 && idle(&self.pcpus, cpu) {
+                mask |= 1 << cpu;
+            }
+        }
+        if !self.scheduler_in_charge() && self.scheduler.wakeups() != self.wakeups_seen {
+            self.wakeups_seen = self.scheduler.wakeups();
+            if let Some(cpu) = (0..self.online).find(|&cpu| cpu != me && idle(&self.pcpus, cpu)) {
+                mask |= 1 << cpu;
+            }
+        }
+        if me != 0 && self.pcpus[0].running.is_some() {
+            let server_work = self.entities.iter().enumerate().any(|(entity, kind)| {
+                matches!(*kind, Entity::Server(index) if self.servers.get(index).is_some_and(|server| !server.yielded || server.has_inbound()))
+                    && self.scheduler.state(entity) == Some(RunState::Runnable)
+            });
+            if server_work {
+                mask |= 1;
+            }
+        }
+        for cpu in 0..self.online {
+            if mask & (1 << cpu) != 0 {
+                super::smp::kick(cpu, me);
+            }
+        }
+    }
+
+    fn here(&mut self) -> &mut Pcpu {
+        &mut self.pcpus[self.cpu % MAX_CPUS]
     }
 
     /// Logs a vCPU's halt-polling statistics and wake-to-run latency.
@@ -1741,46 +1935,51 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// The earliest TSC value at which something must happen: the end of a
-    /// slice started now, a blocked vCPU's wake-up, or a waiting server's
-    /// timeout.
+    /// The earliest TSC value at which something must happen on this pCPU:
+    /// the end of a slice started now, the wake-up of a blocked vCPU that
+    /// last ran here, and on pCPU 0 a waiting server's timeout and the
+    /// appliance's time limit.
     fn next_event(&self) -> u64 {
         let now = cpu::rdtsc();
         let to_tsc = ns_to_tsc;
         let mut earliest = now.saturating_add(lapic::tsc_hz() / super::TICK_HZ);
-        if let Some(stop) = self.stop_at {
-            earliest = earliest.min(stop);
+        let cpu = self.cpu;
+        if cpu == 0 {
+            if let Some(stop) = self.stop_at {
+                earliest = earliest.min(stop);
+            }
+            for server in &self.servers {
+                if let ServerRun::Waiting { deadline: Some(deadline) } = server.run {
+                    earliest = earliest.min(deadline);
+                }
+            }
         }
         for (index, vcpu) in self.vcpus.iter().enumerate() {
             // Only a blocked vCPU's timer is an event for the pCPU; a running
             // one's due timer waits for its next block.
             let blocked = self.entity_of_vcpu(index).is_some_and(|entity| self.scheduler.state(entity) == Some(RunState::Waiting));
-            if !blocked || vcpu.page_wait.is_some() {
+            let mine = self.last_pcpu.get(index).is_some_and(|&last| usize::from(last) == cpu);
+            if !blocked || !mine || vcpu.page_wait.is_some() {
                 continue;
             }
             for deadline in [vcpu.wake_at, vcpu.timer].into_iter().flatten() {
                 earliest = earliest.min(to_tsc(deadline));
             }
         }
-        for server in &self.servers {
-            if let ServerRun::Waiting { deadline: Some(deadline) } = server.run {
-                earliest = earliest.min(deadline);
-            }
-        }
         earliest
     }
 
-    /// Runs until every domain has ended, then exits the machine.
-    pub fn run(&mut self) -> ! {
-        let mut last_tick = interrupts::ticks();
-        let mut last_housekeeping = cpu::rdtsc();
-        loop {
-            cpu::take_pending_interrupts();
+    /// One switch point of this pCPU: pCPU 0's housekeeping (ticks,
+    /// servers, the pager, `hvctl`, the end of the run), wake-ups, then the
+    /// pick, the timer for the slice, and what to do until the next one.
+    pub(super) fn switch_point(&mut self) -> Action {
+        if self.cpu == 0 {
             let now = interrupts::ticks();
             let slice = lapic::tsc_hz() / super::TICK_HZ;
-            if now != last_tick || cpu::rdtsc().wrapping_sub(last_housekeeping) >= slice {
-                last_tick = now;
-                last_housekeeping = cpu::rdtsc();
+            let here = self.here();
+            if now != here.last_tick || cpu::rdtsc().wrapping_sub(here.last_housekeeping) >= slice {
+                here.last_tick = now;
+                here.last_housekeeping = cpu::rdtsc();
                 self.on_tick();
             }
             if self.domains_ended() {
@@ -1792,20 +1991,29 @@ impl<'a> Machine<'a> {
             self.poll_control();
             self.settle_page_ins();
             self.pump_pager();
-            self.flush_events();
-            let picked = self.pick_next();
-            // Armed after the tick work and the pick, so an interrupt taken
-            // above cannot consume the timer this slice relies on.
-            let event = self.next_event();
-            lapic::arm_oneshot(event);
-            self.slice_event = event;
-            self.armed_event = event;
-            match picked {
-                Some((entity, Entity::Vcpu(index))) => self.run_vcpu_slice(entity, index),
-                Some((_, Entity::Server(index))) => self.run_server_slice(index),
-                None => self.idle(event),
-            }
+        } else {
+            self.wake_due_vcpus();
         }
+        self.flush_events();
+        let picked = self.pick_next();
+        // Armed after the tick work and the pick, so an interrupt taken
+        // above cannot consume the timer this slice relies on.
+        let event = self.next_event();
+        lapic::arm_oneshot(event);
+        let here = self.here();
+        here.slice_event = event;
+        here.armed_event = event;
+        here.idle = picked.is_none();
+        let action = match picked {
+            Some((entity, Entity::Vcpu(index))) => self.begin_vcpu_slice(entity, index),
+            Some((_, Entity::Server(index))) => {
+                self.run_server_slice(index);
+                Action::Again
+            }
+            None => self.idle_action(event),
+        };
+        self.kick_for_work();
+        action
     }
 
     /// Whether every domain has ended (servers serve domains: once none is

@@ -25,8 +25,16 @@ pub struct SchedulerLink {
     pub server: Option<usize>,
     /// The generation whose `Ready` arrived (decisions count only then).
     pub ready_generation: Option<u32>,
-    /// pCPU 0's published decision: its run list and slice.
-    pub decision: Option<(Vec<Vcpu, RUN_LIST_LEN>, u64)>,
+    /// Each pCPU's published decision, its run queue: the ordered run
+    /// list and the slice.
+    pub decisions: [Option<(Vec<Vcpu, RUN_LIST_LEN>, u64)>; crate::arch::smp::MAX_CPUS],
+    /// pCPUs the server tickled since the run loop last looked (bit per
+    /// pCPU): they are kicked to their switch point.
+    pub tickled: u32,
+    /// pCPUs whose run queue the server changed since then: kicked if idle.
+    pub decided: u32,
+    /// Online pCPUs (`0..pcpus`), as the server is told.
+    pub pcpus: u8,
     /// Events not yet sent.
     pub events: Vec<Event, EVENT_BATCH_LEN>,
     /// Events had to be dropped: the server needs a fresh rebuild stream.
@@ -48,7 +56,10 @@ impl Default for SchedulerLink {
         Self {
             server: None,
             ready_generation: None,
-            decision: None,
+            decisions: [const { None }; crate::arch::smp::MAX_CPUS],
+            tickled: 0,
+            decided: 0,
+            pcpus: 1,
             events: Vec::new(),
             lost_events: false,
             credits: [None; MAX_VCPUS_TOTAL],
@@ -71,19 +82,21 @@ pub struct VcpuFacts {
     pub runnable: bool,
     /// CPU time used so far, ns.
     pub run_time_ns: u64,
+    /// The pCPU it runs or last ran on.
+    pub pcpu: u8,
 }
 
 impl SchedulerLink {
     /// Whether the server's decisions are in force.
     pub fn in_charge(&self, generation: u32) -> bool {
-        self.ready_generation == Some(generation) && self.decision.is_some()
+        self.ready_generation == Some(generation) && self.decisions.iter().any(Option::is_some)
     }
 
     /// Forgets everything of the previous instance except what survives a
     /// restart (credits, tunables, weights live in the core).
     pub fn instance_stopped(&mut self) {
         self.ready_generation = None;
-        self.decision = None;
+        self.decisions = [const { None }; crate::arch::smp::MAX_CPUS];
         self.events.clear();
         self.lost_events = false;
     }
@@ -113,7 +126,7 @@ impl SchedulerLink {
             timeslice_ms,
             ratelimit_us,
             accounted_at: self.accounted_at,
-            pcpus: 1,
+            pcpus: u8::try_from((1u32 << self.pcpus.min(8)) - 1).unwrap_or(u8::MAX),
         });
         for chunk in domains.chunks(REBUILD_DOMAIN_BATCH_LEN) {
             let records = chunk
@@ -129,7 +142,7 @@ impl SchedulerLink {
                 .iter()
                 .map(|facts| VcpuRecord {
                     vcpu: facts.vcpu,
-                    state: if facts.runnable { VcpuState::Runnable { pcpu: 0 } } else { VcpuState::Blocked },
+                    state: if facts.runnable { VcpuState::Runnable { pcpu: facts.pcpu } } else { VcpuState::Blocked },
                     run_time_ns: facts.run_time_ns,
                     published: self.credits.get(facts.index).copied().flatten(),
                 })
@@ -149,11 +162,16 @@ impl SchedulerLink {
                 self.ready_generation = Some(generation);
                 return Accepted::Ready;
             }
-            ToCore::Decision { pcpu: 0, run, slice_ns } => {
-                self.decision = Some((run, slice_ns));
+            ToCore::Decision { pcpu, run, slice_ns } => {
+                // The shape checked `pcpu < pcpus`.
+                if let Some(slot) = self.decisions.get_mut(usize::from(pcpu)) {
+                    *slot = Some((run, slice_ns));
+                    self.decided |= 1 << pcpu;
+                }
                 self.decisions_received += 1;
             }
-            ToCore::Decision { .. } | ToCore::Tickle { .. } | ToCore::Heartbeat { .. } => {}
+            ToCore::Tickle { pcpu, .. } => self.tickled |= 1 << pcpu,
+            ToCore::Heartbeat { .. } => {}
             ToCore::Credits { accounted_at, entries } => {
                 self.accounted_at = accounted_at.or(self.accounted_at);
                 for entry in entries {
