@@ -47,6 +47,13 @@ fn injection_target(kind: ipc::server::ServerKind) -> Option<injector::Target> {
     }
 }
 
+/// The built-in round-robin's slice (and the longest a pCPU sleeps), ns.
+const ROUND_ROBIN_SLICE_NS: u64 = 1_000_000_000 / super::TICK_HZ;
+/// Bounds on the slice a scheduler decision asks for, ns (Xen's timeslice
+/// range, 1..1000 ms).
+const MIN_SLICE_NS: u64 = 1_000_000;
+const MAX_SLICE_NS: u64 = 1_000_000_000;
+
 /// Most vCPUs the machine holds.
 pub const MAX_VCPUS_TOTAL: usize = 64;
 /// Most schedulable entities: vCPUs and servers.
@@ -104,6 +111,13 @@ pub enum Action {
     },
     /// Nothing to run: halt the pCPU until an interrupt.
     Sleep,
+    /// Run server `index` (pCPU 0 only) from `context`, outside the lock.
+    Server {
+        /// The server.
+        index: usize,
+        /// A copy of its registers, written back when it returns.
+        context: user::UserContext,
+    },
 }
 
 /// What entering a vCPU takes, carried outside the lock: its VMCB (marked
@@ -1219,6 +1233,38 @@ impl<'a> Machine<'a> {
     pub(super) fn step_server(&mut self, index: usize) -> Step {
         let Some(server) = self.servers.get_mut(index) else { return Step::TurnOver };
         user::enter(&mut server.context);
+        self.server_returned(index)
+    }
+
+    /// pCPU 0 starts a slice of server `index`: it runs outside the lock,
+    /// on a copy of its context (in the core's window, which every server
+    /// maps: the copy lives on pCPU 0's boot stack).
+    fn begin_server_slice(&mut self, index: usize) -> Action {
+        self.here().slice_ticks = interrupts::ticks();
+        match self.servers.get(index) {
+            Some(server) => Action::Server { index, context: server.context },
+            None => Action::Again,
+        }
+    }
+
+    /// Server `index` came back to the core with `context`: carries out
+    /// what it asked. Returns its context for the next step if its slice
+    /// goes on, `None` when its turn is over.
+    pub(super) fn after_server(&mut self, index: usize, context: &user::UserContext) -> Option<user::UserContext> {
+        let server = self.servers.get_mut(index)?;
+        server.context = *context;
+        let step = self.server_returned(index);
+        let goes_on = step == Step::Continue && interrupts::ticks() == self.here().slice_ticks;
+        let next = if goes_on { self.servers.get(index).map(|server| server.context) } else { None };
+        if next.is_none() {
+            self.kick_for_work();
+        }
+        next
+    }
+
+    /// Carries out what server `index` asked for when it came back.
+    fn server_returned(&mut self, index: usize) -> Step {
+        let Some(server) = self.servers.get_mut(index) else { return Step::TurnOver };
         let event = supervision::decode(&server.context.exit());
         let call = match event {
             ServerEvent::Preempted { vector } => {
@@ -1838,13 +1884,6 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// Runs server `index` (entity `entity`) until its turn is over or the
-    /// slice ends.
-    fn run_server_slice(&mut self, index: usize) {
-        let slice_start = interrupts::ticks();
-        while self.step_server(index) == Step::Continue && interrupts::ticks() == slice_start {}
-    }
-
     /// Work done once per timer tick: park/unpark, server wake-ups, and the
     /// echo check of test servers.
     fn on_tick(&mut self) {
@@ -1939,10 +1978,10 @@ impl<'a> Machine<'a> {
     /// the end of a slice started now, the wake-up of a blocked vCPU that
     /// last ran here, and on pCPU 0 a waiting server's timeout and the
     /// appliance's time limit.
-    fn next_event(&self) -> u64 {
+    fn next_event(&self, slice_ns: u64) -> u64 {
         let now = cpu::rdtsc();
         let to_tsc = ns_to_tsc;
-        let mut earliest = now.saturating_add(lapic::tsc_hz() / super::TICK_HZ);
+        let mut earliest = now.saturating_add(ns_to_tsc(slice_ns));
         let cpu = self.cpu;
         if cpu == 0 {
             if let Some(stop) = self.stop_at {
@@ -1998,7 +2037,18 @@ impl<'a> Machine<'a> {
         let picked = self.pick_next();
         // Armed after the tick work and the pick, so an interrupt taken
         // above cannot consume the timer this slice relies on.
-        let event = self.next_event();
+        // The slice: the scheduler server's (Xen's timeslice; it tickles
+        // the pCPU when its queue changes sooner), else the round-robin's.
+        let slice_ns = match picked {
+            Some((_, Entity::Vcpu(_))) if self.scheduler_in_charge() => self
+                .scheduling
+                .decisions
+                .get(self.cpu)
+                .and_then(Option::as_ref)
+                .map_or(ROUND_ROBIN_SLICE_NS, |(_, slice)| (*slice).clamp(MIN_SLICE_NS, MAX_SLICE_NS)),
+            _ => ROUND_ROBIN_SLICE_NS,
+        };
+        let event = self.next_event(slice_ns);
         lapic::arm_oneshot(event);
         let here = self.here();
         here.slice_event = event;
@@ -2006,10 +2056,7 @@ impl<'a> Machine<'a> {
         here.idle = picked.is_none();
         let action = match picked {
             Some((entity, Entity::Vcpu(index))) => self.begin_vcpu_slice(entity, index),
-            Some((_, Entity::Server(index))) => {
-                self.run_server_slice(index);
-                Action::Again
-            }
+            Some((_, Entity::Server(index))) => self.begin_server_slice(index),
             None => self.idle_action(event),
         };
         self.kick_for_work();
@@ -2027,6 +2074,7 @@ impl<'a> Machine<'a> {
     fn time_limit(&mut self) -> ! {
         defmt::info!("time limit reached");
         self.log_recovery_shares();
+        self.log_pcpu_time();
         for (index, slot) in self.domains.iter().enumerate() {
             if slot.state == DomainState::Running {
                 self.log_cpu_time(index);
@@ -2037,8 +2085,24 @@ impl<'a> Machine<'a> {
         arch::exit_machine(ExitStatus::TimeLimit)
     }
 
+    /// Logs each pCPU's time in guests and outside them (the core, the
+    /// servers, idling, waiting for the lock) since it started.
+    fn log_pcpu_time(&self) {
+        for cpu in 0..self.online {
+            if let Some(time) = super::smp::guest_time(cpu) {
+                let outside_ppm = time.total.saturating_sub(time.guest).saturating_mul(1_000_000) / time.total.max(1);
+                defmt::info!(
+                    "pCPU {=usize}: {=u64} us in guests of {=u64} us, {=u64} ppm outside; lock held {=u64} us, waited {=u64} us; {=u64} exits",
+                    cpu, tsc_to_ns(time.guest) / 1000, tsc_to_ns(time.total) / 1000, outside_ppm,
+                    tsc_to_ns(time.lock_held) / 1000, tsc_to_ns(time.lock_wait) / 1000, time.exits
+                );
+            }
+        }
+    }
+
     fn finish(&mut self) -> ! {
         self.log_recovery_shares();
+        self.log_pcpu_time();
         let failed = self.domains.iter().any(|slot| slot.state == DomainState::Failed);
         defmt::info!("all domains ended");
         arch::exit_machine(if failed { ExitStatus::DomainFailed } else { ExitStatus::AllPoweredOff })

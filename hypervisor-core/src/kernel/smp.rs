@@ -1,12 +1,13 @@
 //! Every pCPU's loop, and what the pCPUs share.
 //!
 //! The machine (domains, vCPUs, servers, run queues) is one structure behind
-//! one lock, taken by a pCPU at each of its switch points and after each of
-//! its guest's exits, and released while the guest runs. Only guest
-//! execution is parallel; exit handling, which the slow world switch under
-//! TCG dwarfs, is serialised. Servers run on pCPU 0 only (their ring-3
-//! entry state, GS base and SYSCALL MSRs, is set up there); the other pCPUs
-//! run vCPUs and idle.
+//! one lock, taken by a pCPU at each of its switch points, after each exit
+//! of its guest and after each syscall of a server, and released while the
+//! guest or the server runs: guests and servers run in parallel; exit
+//! handling, syscalls and switch points are serialised. Servers run on
+//! pCPU 0 only (their ring-3 entry state, GS base and SYSCALL MSRs, is set
+//! up there, and only pCPU 0 restarts them, so a server is never restarted
+//! while it runs); the other pCPUs run vCPUs and idle.
 //!
 //! A pCPU that is about to enter, or is inside, a guest publishes that in
 //! [`GUEST_SEQUENCE`] (odd while in the guest section) and the guest's
@@ -28,14 +29,30 @@ static MACHINE: Shared<Machine<'static>> = Shared::new();
 static GUEST_SEQUENCE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// Per pCPU: the domain of the guest it runs (valid while the sequence is odd).
 static GUEST_DOMAIN: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(usize::MAX) }; MAX_CPUS];
+/// Per pCPU: TSC ticks spent inside `svm::run_at` (guest time, the world
+/// switch included), and the TSC when the pCPU entered its loop.
+static GUEST_TICKS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Per pCPU: the TSC at its current guest entry (0 outside guests), so a
+/// reading counts the guest run in progress.
+static GUEST_ENTERED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static LOOP_START: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Per pCPU: TSC ticks spent waiting for the machine's lock, and holding it.
+static LOCK_WAIT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static LOCK_HELD: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static EXITS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// Per pCPU: kicks sent to it (a polling pCPU stops when this moves).
 static KICKS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 /// Runs `work` on the machine with the lock held, as pCPU `cpu`.
 fn locked<R>(cpu: usize, work: impl FnOnce(&mut Machine<'static>) -> R) -> R {
+    let asked = cpu::rdtsc();
     let result = MACHINE.with(|machine| {
+        let got = cpu::rdtsc();
+        LOCK_WAIT[cpu % MAX_CPUS].fetch_add(got - asked, Ordering::Relaxed);
         machine.cpu = cpu;
-        work(machine)
+        let result = work(machine);
+        LOCK_HELD[cpu % MAX_CPUS].fetch_add(cpu::rdtsc() - got, Ordering::Relaxed);
+        result
     });
     match result {
         Some(result) => result,
@@ -66,6 +83,37 @@ pub fn kick(cpu: usize, from: usize) {
 /// Kicks received by pCPU `cpu` so far.
 pub fn kicks(cpu: usize) -> u64 {
     KICKS.get(cpu).map_or(0, |kicks| kicks.load(Ordering::Acquire))
+}
+
+/// pCPU `cpu`'s time so far: (TSC ticks in guests, TSC ticks since it
+/// entered its loop); `None` if it never did.
+pub fn guest_time(cpu: usize) -> Option<PcpuTime> {
+    let start = LOOP_START.get(cpu)?.load(Ordering::Acquire);
+    let now = cpu::rdtsc();
+    let entered = GUEST_ENTERED[cpu].load(Ordering::Relaxed);
+    let running = if entered == 0 { 0 } else { now.saturating_sub(entered) };
+    (start != 0).then(|| PcpuTime {
+        guest: GUEST_TICKS[cpu].load(Ordering::Relaxed) + running,
+        total: now.saturating_sub(start),
+        lock_wait: LOCK_WAIT[cpu].load(Ordering::Relaxed),
+        lock_held: LOCK_HELD[cpu].load(Ordering::Relaxed),
+        exits: EXITS[cpu].load(Ordering::Relaxed),
+    })
+}
+
+/// Where a pCPU's time went (TSC ticks), for the logs and `make bench`.
+#[derive(Debug, Clone, Copy)]
+pub struct PcpuTime {
+    /// Inside `svm::run_at` (the world switch included).
+    pub guest: u64,
+    /// Since it entered its loop.
+    pub total: u64,
+    /// Waiting for the machine's lock.
+    pub lock_wait: u64,
+    /// Holding it (exit handling, switch points, servers on pCPU 0).
+    pub lock_held: u64,
+    /// Guest exits taken.
+    pub exits: u64,
 }
 
 /// Forces every other pCPU that runs a vCPU of `domain` out of the guest
@@ -112,15 +160,20 @@ fn left_guest(cpu: usize) {
 
 /// One pCPU's life: switch points under the lock, guests and idling outside.
 fn cpu_loop(cpu: usize, host: svm::HostState) -> ! {
+    LOOP_START[cpu % MAX_CPUS].store(cpu::rdtsc(), Ordering::Release);
     loop {
         cpu::take_pending_interrupts();
         match locked(cpu, |machine| machine.switch_point()) {
             Action::Again => {}
             Action::Guest { index, mut entry } => loop {
                 let entered = cpu::rdtsc();
+                GUEST_ENTERED[cpu % MAX_CPUS].store(entered, Ordering::Relaxed);
                 svm::run_at(&host, entry.vmcb, &mut entry.registers);
                 let exited = cpu::rdtsc();
+                GUEST_ENTERED[cpu % MAX_CPUS].store(0, Ordering::Relaxed);
                 left_guest(cpu);
+                GUEST_TICKS[cpu % MAX_CPUS].fetch_add(exited.wrapping_sub(entered), Ordering::Relaxed);
+                EXITS[cpu % MAX_CPUS].fetch_add(1, Ordering::Relaxed);
                 match locked(cpu, |machine| machine.after_exit(index, &entry.registers, exited.wrapping_sub(entered))) {
                     Some(next) => entry = next,
                     None => break,
@@ -137,6 +190,13 @@ fn cpu_loop(cpu: usize, host: svm::HostState) -> ! {
                 locked(cpu, |machine| machine.polled(index, now - start));
             }
             Action::Sleep => cpu::wait_for_interrupt(),
+            Action::Server { index, mut context } => loop {
+                crate::arch::user::enter(&mut context);
+                match locked(cpu, |machine| machine.after_server(index, &context)) {
+                    Some(next) => context = next,
+                    None => break,
+                }
+            },
         }
     }
 }
