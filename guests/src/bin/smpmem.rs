@@ -120,7 +120,8 @@ mod smpmem {
 
         /// Tally counter `word`.
         fn tally(&self, word: usize) -> &'static AtomicU64 {
-            let address = self.start + self.layout.tally_page() * PAGE_SIZE + 8 * (word % TALLY_WORDS) as u64;
+            let address =
+                self.start + self.layout.tally_page() * PAGE_SIZE + 8 * (word % TALLY_WORDS) as u64;
             // SAFETY: the tally page is region RAM as in `page`, 8-byte
             // aligned, and is only ever accessed through these atomics
             // (vCPU 0 zeroes it before any other vCPU starts).
@@ -210,7 +211,10 @@ mod smpmem {
         }
         report(0, &work);
 
-        let mut bad: u64 = SHARED_BAD.iter().map(|count| count.load(Ordering::Acquire)).sum();
+        let mut bad: u64 = SHARED_BAD
+            .iter()
+            .map(|count| count.load(Ordering::Acquire))
+            .sum();
         let mut bad_lines = 0;
         for word in 0..TALLY_WORDS {
             let expected = work.layout.expected_tally(word, work.passes);
@@ -231,9 +235,14 @@ mod smpmem {
             }
         }
         let mut line = Line::new();
-        line.push_str("shared region verified, ").push_decimal(bad).push_str(" bad");
+        line.push_str("shared region verified, ")
+            .push_decimal(bad)
+            .push_str(" bad");
         console::print(&mut line);
-        let private_bad: u64 = PRIVATE_BAD.iter().map(|count| count.load(Ordering::Acquire)).sum();
+        let private_bad: u64 = PRIVATE_BAD
+            .iter()
+            .map(|count| count.load(Ordering::Acquire))
+            .sum();
         if bad == 0 && private_bad == 0 {
             hypercall::poweroff()
         }
@@ -308,13 +317,22 @@ mod smpmem {
                 if step < owned {
                     let page = layout.shared_page(vcpu + step * layout.vcpus);
                     pattern::fill(&mut work.page(page), work.gfn(page), pass, work.seed);
-                    work.tally(step as usize % TALLY_WORDS).fetch_add(1, Ordering::AcqRel);
+                    work.tally(step as usize % TALLY_WORDS)
+                        .fetch_add(1, Ordering::AcqRel);
                 }
             }
             meet(index, work, pass);
             let mut lines = 0;
             let private_bad = (0..layout.private_pages)
-                .filter(|&step| !verify(index, work, layout.private_page(vcpu, step), pass, &mut lines))
+                .filter(|&step| {
+                    !verify(
+                        index,
+                        work,
+                        layout.private_page(vcpu, step),
+                        pass,
+                        &mut lines,
+                    )
+                })
                 .count() as u64;
             // Each vCPU starts reading the shared pages at a different place.
             let first = layout.shared_pages * vcpu / layout.vcpus;
@@ -348,13 +366,20 @@ mod smpmem {
     fn verify(index: u8, work: &Work, page: u64, pass: u64, lines: &mut u64) -> bool {
         let gfn = work.gfn(page);
         let words = work.page(page);
-        let Some(mismatch) = pattern::check(&words, gfn, pass, work.seed) else { return true };
+        let Some(mismatch) = pattern::check(&words, gfn, pass, work.seed) else {
+            return true;
+        };
         if *lines < MAX_BAD_LINES {
             *lines += 1;
             let mut prefix = Line::new();
-            prefix.push_str("vCPU ").push_decimal(u64::from(index)).push_str(": ");
+            prefix
+                .push_str("vCPU ")
+                .push_decimal(u64::from(index))
+                .push_str(": ");
             let prefix = core::str::from_utf8(prefix.as_bytes()).unwrap_or("");
-            console::print(&mut pattern::bad_line(prefix, &words, gfn, pass, work.seed, &mismatch));
+            console::print(&mut pattern::bad_line(
+                prefix, &words, gfn, pass, work.seed, &mismatch,
+            ));
         }
         false
     }
