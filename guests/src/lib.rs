@@ -5,8 +5,10 @@
 //! path, then powers off), `spinner` (counts and prints its progress),
 //! `fault` (writes outside its memory), `sleeper` and `pvcalls` (the PV timer
 //! and hypercall interface), `memhog` (writes and verifies a checksummed
-//! pattern over many MiB, for the pager) and `balloon` (gives frames back
-//! with `XENMEM_decrease_reservation` and checks they return as zeros). This
+//! pattern over many MiB, for the pager), `balloon` (gives frames back
+//! with `XENMEM_decrease_reservation` and checks they return as zeros),
+//! `smpspin` (every vCPU counts for a while) and `smpmem` (several vCPUs
+//! write and verify private and shared pages at once, for the pager). This
 //! library is everything they share:
 //!
 //! * the 32-bit PVH entry and the switch to long mode (target only): a
@@ -22,8 +24,12 @@
 //!   number formatting, [`cmdline`] parsing, the RAM summary of a memory map
 //!   ([`memory`]) and the free region above the image
 //!   ([`memory::free_region`]), CPUID signatures ([`signature`]), the page
-//!   pattern of memhog and balloon ([`pattern`]) and the settings of the
-//!   spinner ([`spinner`]), memhog ([`memhog`]) and balloon ([`balloon`]);
+//!   pattern of memhog, balloon and smpmem ([`pattern`]) and the settings of
+//!   the spinner ([`spinner`]), memhog ([`memhog`]), balloon ([`balloon`]),
+//!   smpspin ([`smpspin`]) and smpmem ([`smpmem`], with its layout);
+//! * secondary vCPUs ([`smp`]): the 64-bit `VCPUOP_initialise` start state,
+//!   `smp::start_vcpu` with a trampoline and a 16 KiB stack per vCPU (target
+//!   only), and a barrier;
 //! * the guest's own RAM as volatile 64-bit pages and the end of its image
 //!   (`physical`, target only), and `XENMEM_decrease_reservation`
 //!   (`hypercall::decrease_reservation`).
@@ -34,15 +40,20 @@
 //! else the UART, so the guests also run on bare QEMU); the spinner reads
 //! `iterations=`, `label=`, `work=` ([`spinner`]); `fault` reads `address=`;
 //! memhog `memhog_mib=`, `passes=`, `progress_mib=`, `seed=` ([`memhog`]);
-//! balloon `balloon_pages=`, `drop_every=`, `seed=` ([`balloon`]).
+//! balloon `balloon_pages=`, `drop_every=`, `seed=` ([`balloon`]); smpspin
+//! `vcpus=`, `spin_ms=`, `wait_ms=` ([`smpspin`]); smpmem `vcpus=`,
+//! `private_mib=`, `shared_mib=`, `passes=`, `seed=`, `settle_ms=`,
+//! `wait_ms=` ([`smpmem`]).
 //!
 //! Principles: no allocator, no `core::fmt` on the output path, `unsafe` only
 //! for instructions and raw physical memory, each with its `// SAFETY:`. The
 //! guests trust nothing but the identity map they built themselves: a start
 //! info or memory map that does not decode ends the guest with a crash report.
 //!
-//! Not in this crate: interrupts, timers, SMP, a hypercall page (guests use
-//! `vmmcall` directly), or anything the core does for the guest.
+//! Not in this crate: interrupts, timers, a hypercall page (guests use
+//! `vmmcall` directly), or anything the core does for the guest. SMP is the
+//! bare minimum: secondary vCPUs share the boot vCPU's page tables, GDT and
+//! empty IDT, and talk through atomics.
 
 #![cfg_attr(not(test), no_std)]
 
@@ -464,6 +475,56 @@ pub mod pattern {
             })
         })
     }
+
+    /// What a page that failed [`check`] for `(gfn, pass, seed)` most
+    /// likely is: `zeroed page`, `stale page from the previous pass`, `whole
+    /// page from elsewhere` (self-consistent but another frame's or run's)
+    /// or `corrupt page` (torn or damaged).
+    pub fn classify(
+        page: &impl PageWords,
+        gfn: u64,
+        pass: u64,
+        seed: u64,
+        mismatch: &Mismatch,
+    ) -> &'static str {
+        if check_zero(page).is_none() {
+            "zeroed page"
+        } else if pass > 1 && check(page, gfn, pass - 1, seed).is_none() {
+            "stale page from the previous pass"
+        } else if mismatch.self_consistent {
+            "whole page from elsewhere"
+        } else {
+            "corrupt page"
+        }
+    }
+
+    /// The report of a bad page: `PREFIXBAD gfn 0xG offset 0xO expected 0xE
+    /// found 0xF (pass K, WHAT)`, WHAT from [`classify`].
+    pub fn bad_line(
+        prefix: &str,
+        page: &impl PageWords,
+        gfn: u64,
+        pass: u64,
+        seed: u64,
+        mismatch: &Mismatch,
+    ) -> crate::text::Line {
+        let mut line = crate::text::Line::new();
+        line.push_str(prefix)
+            .push_str("BAD gfn ")
+            .push_hex(gfn)
+            .push_str(" offset ")
+            .push_hex(mismatch.offset)
+            .push_str(" expected ")
+            .push_hex(mismatch.expected)
+            .push_str(" found ")
+            .push_hex(mismatch.found)
+            .push_str(" (pass ")
+            .push_decimal(pass)
+            .push_str(", ")
+            .push_str(classify(page, gfn, pass, seed, mismatch))
+            .push_str(")");
+        line
+    }
 }
 
 pub mod signature {
@@ -659,6 +720,420 @@ pub mod balloon {
     }
 }
 
+pub mod smpspin {
+    //! `smpspin`'s settings, from its command line:
+    //!
+    //! | key | meaning | default |
+    //! |---|---|---|
+    //! | `vcpus=N` | vCPUs to run, 1..=[`smp::MAX_VCPUS`](crate::smp::MAX_VCPUS) (the domain's `vcpus` should match) | [`DEFAULT_VCPUS`] |
+    //! | `spin_ms=N` | how long each vCPU counts, guest system time | [`DEFAULT_SPIN_MS`] |
+    //! | `wait_ms=N` | how long vCPU 0 waits for the others after its own count | [`DEFAULT_WAIT_MS`] |
+
+    use crate::cmdline;
+
+    /// vCPUs when the command line names none.
+    pub const DEFAULT_VCPUS: u8 = 2;
+    /// Counting time when the command line names none, ms.
+    pub const DEFAULT_SPIN_MS: u64 = 3000;
+    /// How long vCPU 0 waits for the others, ms.
+    pub const DEFAULT_WAIT_MS: u64 = 30_000;
+
+    /// What smpspin does.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Settings {
+        /// vCPUs, 1..=8.
+        pub vcpus: u8,
+        /// Counting time, ms, at least 1.
+        pub spin_ms: u64,
+        /// Waiting time for the others, ms, at least 1.
+        pub wait_ms: u64,
+    }
+
+    impl Settings {
+        /// Reads the settings; a malformed, zero or missing value keeps its
+        /// default, and `vcpus` is capped at 8.
+        pub fn parse(line: &str) -> Self {
+            let positive = |key: &str, default: u64| cmdline::positive(line, key, default);
+            Self {
+                vcpus: crate::smp::vcpus(positive("vcpus", u64::from(DEFAULT_VCPUS))),
+                spin_ms: positive("spin_ms", DEFAULT_SPIN_MS).min(3_600_000),
+                wait_ms: positive("wait_ms", DEFAULT_WAIT_MS).min(3_600_000),
+            }
+        }
+    }
+}
+
+pub mod smpmem {
+    //! `smpmem`'s settings and the layout of the RAM it touches.
+    //!
+    //! | key | meaning | default |
+    //! |---|---|---|
+    //! | `vcpus=N` | vCPUs taking part, 1..=8 (the domain's `vcpus` should match) | [`DEFAULT_VCPUS`] |
+    //! | `private_mib=N` | MiB each vCPU writes and verifies alone | [`DEFAULT_PRIVATE_MIB`] |
+    //! | `shared_mib=N` | MiB all vCPUs share (its first page holds the tally counters) | [`DEFAULT_SHARED_MIB`] |
+    //! | `passes=N` | write-then-verify passes, each with new contents | [`DEFAULT_PASSES`] |
+    //! | `seed=N` | mixed into every page's contents | [`DEFAULT_SEED`] |
+    //! | `settle_ms=N` | sleep first, so the pager has its swap device before memory fills | 0 |
+    //! | `wait_ms=N` | longest wait at a barrier before giving up (a vCPU that never ran) | [`DEFAULT_WAIT_MS`] |
+    //!
+    //! The region (free RAM above the image, [`Layout`]) holds, in order,
+    //! each vCPU's private pages, then the shared region: one tally page of
+    //! [`TALLY_WORDS`] counters, then the shared pattern pages. Shared
+    //! pattern page `j` is written by vCPU `j % vcpus` (so neighbouring pages
+    //! are written by different vCPUs at once) and read back by every vCPU.
+    //! After writing its `s`-th shared page, a vCPU adds 1 to tally word
+    //! `s % TALLY_WORDS` with a locked add, so all vCPUs hit the same words
+    //! of the same page at once; [`Layout::expected_tally`] is what each word
+    //! holds after all passes.
+
+    use crate::cmdline;
+
+    /// vCPUs when the command line names none.
+    pub const DEFAULT_VCPUS: u8 = 2;
+    /// Private MiB per vCPU when the command line names none.
+    pub const DEFAULT_PRIVATE_MIB: u64 = 4;
+    /// Shared MiB when the command line names none.
+    pub const DEFAULT_SHARED_MIB: u64 = 4;
+    /// Passes when the command line names none.
+    pub const DEFAULT_PASSES: u64 = 2;
+    /// The default seed ("smpmem").
+    pub const DEFAULT_SEED: u64 = 0x736d_706d_656d;
+    /// Longest barrier wait when the command line names none, ms.
+    pub const DEFAULT_WAIT_MS: u64 = 120_000;
+    /// Counters in the tally page (one page of 64-bit words).
+    pub const TALLY_WORDS: usize = 512;
+    /// Most `BAD` lines each vCPU prints per pass.
+    pub const MAX_BAD_LINES: u64 = 4;
+    /// Pages per MiB.
+    const PAGES_PER_MIB: u64 = (1 << 20) / crate::memory::PAGE_SIZE;
+
+    /// What smpmem does.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Settings {
+        /// vCPUs taking part, 1..=8.
+        pub vcpus: u8,
+        /// Private MiB per vCPU, at least 1.
+        pub private_mib: u64,
+        /// Shared MiB, at least 1.
+        pub shared_mib: u64,
+        /// Passes, at least 1.
+        pub passes: u64,
+        /// Seed of the contents.
+        pub seed: u64,
+        /// Sleep before starting, ms.
+        pub settle_ms: u64,
+        /// Longest barrier wait, ms.
+        pub wait_ms: u64,
+    }
+
+    impl Settings {
+        /// Reads the settings; a malformed, zero or missing value keeps its
+        /// default (any seed is accepted), `vcpus` is capped at 8.
+        pub fn parse(line: &str) -> Self {
+            let positive = |key: &str, default: u64| cmdline::positive(line, key, default);
+            Self {
+                vcpus: crate::smp::vcpus(positive("vcpus", u64::from(DEFAULT_VCPUS))),
+                private_mib: positive("private_mib", DEFAULT_PRIVATE_MIB).min(1 << 12),
+                shared_mib: positive("shared_mib", DEFAULT_SHARED_MIB).min(1 << 12),
+                passes: positive("passes", DEFAULT_PASSES),
+                seed: cmdline::value(line, "seed")
+                    .and_then(cmdline::parse_u64)
+                    .unwrap_or(DEFAULT_SEED),
+                settle_ms: positive("settle_ms", 0).min(60_000),
+                wait_ms: positive("wait_ms", DEFAULT_WAIT_MS).min(3_600_000),
+            }
+        }
+
+        /// The layout of the region these settings ask for.
+        pub fn layout(&self) -> Layout {
+            Layout {
+                vcpus: u64::from(self.vcpus),
+                private_pages: self.private_mib * PAGES_PER_MIB,
+                // The tally page comes out of the shared MiB.
+                shared_pages: self.shared_mib * PAGES_PER_MIB - 1,
+            }
+        }
+    }
+
+    /// Where each part of smpmem's region lies, in pages from its start.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Layout {
+        /// vCPUs taking part, at least 1.
+        pub vcpus: u64,
+        /// Private pages per vCPU.
+        pub private_pages: u64,
+        /// Shared pattern pages (the tally page not counted).
+        pub shared_pages: u64,
+    }
+
+    impl Layout {
+        /// Pages of the whole region.
+        pub fn total_pages(&self) -> u64 {
+            self.vcpus * self.private_pages + 1 + self.shared_pages
+        }
+
+        /// Page `index` of vCPU `vcpu`'s private part.
+        pub fn private_page(&self, vcpu: u64, index: u64) -> u64 {
+            vcpu * self.private_pages + index
+        }
+
+        /// The tally page.
+        pub fn tally_page(&self) -> u64 {
+            self.vcpus * self.private_pages
+        }
+
+        /// Shared pattern page `index` (< [`shared_pages`](Self::shared_pages)).
+        pub fn shared_page(&self, index: u64) -> u64 {
+            self.tally_page() + 1 + index
+        }
+
+        /// The vCPU that writes shared pattern page `index`.
+        pub fn shared_owner(&self, index: u64) -> u64 {
+            index % self.vcpus
+        }
+
+        /// How many shared pattern pages vCPU `vcpu` writes; its `step`-th
+        /// one is shared page `vcpu + step * vcpus`.
+        pub fn owned_shared_pages(&self, vcpu: u64) -> u64 {
+            (self.shared_pages + self.vcpus - 1 - vcpu) / self.vcpus
+        }
+
+        /// What tally word `word` holds after `passes` passes: every vCPU
+        /// added 1 for each of its steps `s` with `s % TALLY_WORDS == word`.
+        pub fn expected_tally(&self, word: usize, passes: u64) -> u64 {
+            let words = TALLY_WORDS as u64;
+            let per_pass: u64 = (0..self.vcpus)
+                .map(|vcpu| {
+                    let steps = self.owned_shared_pages(vcpu);
+                    steps / words + u64::from((word as u64) < steps % words)
+                })
+                .sum();
+            per_pass * passes
+        }
+    }
+}
+
+pub mod smp {
+    //! Starting secondary vCPUs as a PVH guest does on Xen:
+    //! `VCPUOP_initialise` with a 64-bit `vcpu_hvm_context`
+    //! ([`ipc::hypercall::HvmContext64`]), then `VCPUOP_up`. The new vCPU
+    //! starts in long mode on this guest's page tables at a small trampoline
+    //! (`guest_secondary_entry`, target only) that loads the guest's GDT and
+    //! empty IDT and its segments, then calls the [`Entry`] in RSI with the
+    //! vCPU's index in RDI, on a 16 KiB stack of its own (`start_vcpu`, target only).
+    //! Also a [`Barrier`] for the vCPUs of one guest.
+
+    use core::sync::atomic::{AtomicU32, Ordering};
+
+    use ipc::hypercall::HvmContext64;
+
+    /// Most vCPUs a guest has ([`ipc::boot::MAX_VCPUS`]).
+    pub const MAX_VCPUS: usize = ipc::boot::MAX_VCPUS as usize;
+    /// Bytes of each secondary vCPU's stack.
+    pub const STACK_SIZE: usize = 16 * 1024;
+
+    /// What a secondary vCPU runs: called with its index, never returns.
+    pub type Entry = extern "C" fn(u8) -> !;
+
+    /// A vCPU count from the command line, held to 1..=[`MAX_VCPUS`].
+    pub fn vcpus(requested: u64) -> u8 {
+        requested.clamp(1, MAX_VCPUS as u64) as u8
+    }
+
+    /// The start state of secondary vCPU `index`: the caller's control
+    /// registers (same page tables, long mode), RIP at `trampoline`, RSP at
+    /// `stack_top`, RDI = `index`, RSI = `entry`, RFLAGS with only bit 1
+    /// (interrupts off).
+    pub fn start_context(
+        index: u8,
+        trampoline: u64,
+        entry: u64,
+        stack_top: u64,
+        control: [u64; 4],
+    ) -> HvmContext64 {
+        let [cr0, cr3, cr4, efer] = control;
+        HvmContext64 {
+            rdi: u64::from(index),
+            rsi: entry,
+            rsp: stack_top,
+            rip: trampoline,
+            rflags: 0x2,
+            cr0,
+            cr3,
+            cr4,
+            efer,
+            ..HvmContext64::default()
+        }
+    }
+
+    /// A reusable barrier for `parties` vCPUs (the generation counter
+    /// distinguishes one use from the next).
+    #[derive(Debug)]
+    pub struct Barrier {
+        arrived: AtomicU32,
+        generation: AtomicU32,
+    }
+
+    impl Default for Barrier {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl Barrier {
+        /// A barrier nobody has reached.
+        pub const fn new() -> Self {
+            Self {
+                arrived: AtomicU32::new(0),
+                generation: AtomicU32::new(0),
+            }
+        }
+
+        /// Waits until `parties` callers have arrived; while waiting calls
+        /// `keep_waiting` (which yields the pCPU, say) and gives up when it
+        /// returns false. True when everyone arrived; after false the
+        /// barrier is unusable (the guest is expected to crash).
+        pub fn wait(&self, parties: u32, mut keep_waiting: impl FnMut() -> bool) -> bool {
+            let generation = self.generation.load(Ordering::Acquire);
+            if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 >= parties {
+                self.arrived.store(0, Ordering::Relaxed);
+                self.generation.fetch_add(1, Ordering::Release);
+                return true;
+            }
+            while self.generation.load(Ordering::Acquire) == generation {
+                if !keep_waiting() {
+                    return false;
+                }
+            }
+            true
+        }
+    }
+
+    /// Why [`start_vcpu`] failed.
+    #[cfg(target_os = "none")]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum StartError {
+        /// No stack for that index (vCPU 0, or 8 and above): nothing was called.
+        NoStack,
+        /// `VCPUOP_initialise` returned this (negative Xen errno).
+        Initialise(i64),
+        /// `VCPUOP_up` returned this (negative Xen errno).
+        Up(i64),
+    }
+
+    #[cfg(target_os = "none")]
+    impl StartError {
+        /// The call that failed.
+        pub fn call(&self) -> &'static str {
+            match self {
+                Self::NoStack => "no stack",
+                Self::Initialise(_) => "VCPUOP_initialise",
+                Self::Up(_) => "VCPUOP_up",
+            }
+        }
+
+        /// The hypercall's result (0 for [`StartError::NoStack`]).
+        pub fn code(&self) -> i64 {
+            match self {
+                Self::NoStack => 0,
+                Self::Initialise(code) | Self::Up(code) => *code,
+            }
+        }
+    }
+
+    /// The stacks of vCPUs 1..[`MAX_VCPUS`], in `.bss`. Only their
+    /// addresses are taken: each is used by its vCPU alone, as a raw stack.
+    #[cfg(target_os = "none")]
+    #[repr(C, align(16))]
+    struct Stacks([[u8; STACK_SIZE]; MAX_VCPUS - 1]);
+
+    #[cfg(target_os = "none")]
+    static mut STACKS: Stacks = Stacks([[0; STACK_SIZE]; MAX_VCPUS - 1]);
+
+    /// The top of vCPU `index`'s stack (16-byte aligned), if it has one.
+    #[cfg(target_os = "none")]
+    fn stack_top(index: u8) -> Option<u64> {
+        let slot = usize::from(index).checked_sub(1).filter(|&slot| slot < MAX_VCPUS - 1)?;
+        let base = (&raw mut STACKS) as u64;
+        Some(base + ((slot + 1) * STACK_SIZE) as u64)
+    }
+
+    #[cfg(target_os = "none")]
+    extern "C" {
+        /// The trampoline in `entry` a secondary vCPU starts at.
+        fn guest_secondary_entry();
+    }
+
+    /// This vCPU's CR0, CR3, CR4 and EFER.
+    #[cfg(target_os = "none")]
+    fn control_registers() -> [u64; 4] {
+        let (cr0, cr3, cr4): (u64, u64, u64);
+        // SAFETY: reading control registers changes nothing; the guest runs
+        // at CPL 0.
+        unsafe {
+            core::arch::asm!(
+                "mov {0}, cr0",
+                "mov {1}, cr3",
+                "mov {2}, cr4",
+                out(reg) cr0,
+                out(reg) cr3,
+                out(reg) cr4,
+                options(nomem, nostack, preserves_flags),
+            );
+        }
+        let (low, high): (u32, u32);
+        // SAFETY: RDMSR of EFER, which exists on every x86-64 CPU (and which
+        // cairn emulates); it changes nothing.
+        unsafe {
+            core::arch::asm!(
+                "rdmsr",
+                in("ecx") 0xc000_0080u32,
+                out("eax") low,
+                out("edx") high,
+                options(nomem, nostack, preserves_flags),
+            );
+        }
+        [cr0, cr3, cr4, (u64::from(high) << 32) | u64::from(low)]
+    }
+
+    /// Starts secondary vCPU `index` (1..[`MAX_VCPUS`]) running `entry(index)`
+    /// on its own static stack, with this vCPU's paging: `VCPUOP_initialise`
+    /// with [`start_context`], then `VCPUOP_up`. `Ok` once both returned 0
+    /// (the vCPU is runnable; when it runs is up to the hypervisor). A
+    /// vCPU must be started once: its stack is not shared.
+    #[cfg(target_os = "none")]
+    pub fn start_vcpu(index: u8, entry: Entry) -> Result<(), StartError> {
+        let stack_top = stack_top(index).ok_or(StartError::NoStack)?;
+        let context = start_context(
+            index,
+            guest_secondary_entry as *const () as u64,
+            entry as usize as u64,
+            stack_top,
+            control_registers(),
+        );
+        let result = crate::hypercall::vcpu_initialise(index, &context);
+        if result < 0 {
+            return Err(StartError::Initialise(result));
+        }
+        let result = crate::hypercall::vcpu_up(index);
+        if result < 0 {
+            return Err(StartError::Up(result));
+        }
+        Ok(())
+    }
+
+    /// Parks this vCPU for good without taking it down (`SCHEDOP_block`
+    /// with no timer; a HLT with interrupts off would make the core warn):
+    /// for a secondary vCPU whose work is done.
+    #[cfg(target_os = "none")]
+    pub fn park() -> ! {
+        loop {
+            crate::pv::set_timer(0);
+            crate::pv::block();
+        }
+    }
+}
+
 /// The guest's own RAM as pages of 64-bit words, and where its image ends.
 #[cfg(target_os = "none")]
 pub mod physical {
@@ -807,6 +1282,35 @@ mod entry {
         hlt
         jmp .Lhalt
 
+        /* A secondary vCPU (smp::start_vcpu): 64-bit mode on the boot
+           vCPU's page tables, rdi = its index, rsi = its entry, rsp = its
+           stack top; GDTR and IDTR are the hypervisor's zeros. */
+        .section .text.guest_secondary_entry, "ax", @progbits
+        .code64
+        .globl guest_secondary_entry
+    guest_secondary_entry:
+        cli
+        cld
+        lgdt guest_gdt_pointer64(%rip)
+        lidt guest_idt_pointer64(%rip)
+        movw $0x10, %ax
+        movw %ax, %ds
+        movw %ax, %es
+        movw %ax, %ss
+        movw %ax, %fs
+        movw %ax, %gs
+        pushq $0x08                 /* reload CS from this GDT */
+        leaq .Lsecondary_cs(%rip), %rax
+        pushq %rax
+        lretq
+    .Lsecondary_cs:
+        xorl %ebp, %ebp
+        call *%rsi                  /* entry(index), never returns */
+    .Lsecondary_halt:
+        cli
+        hlt
+        jmp .Lsecondary_halt
+
         .section .rodata.guest_gdt, "a", @progbits
         .p2align 3
     guest_gdt:
@@ -820,6 +1324,13 @@ mod entry {
     guest_idt_pointer:
         .word 0
         .long 0
+        /* The same, in the 10-byte form LGDT/LIDT read in 64-bit mode. */
+    guest_gdt_pointer64:
+        .word guest_gdt_end - guest_gdt - 1
+        .quad guest_gdt
+    guest_idt_pointer64:
+        .word 0
+        .quad 0
 
         .section .bss.guest_page_tables, "aw", @nobits
         .p2align 12
@@ -1059,6 +1570,34 @@ pub mod hypercall {
         }
     }
 
+    /// `vcpu_op(VCPUOP_initialise, index, &vcpu_hvm_context)` with a 64-bit
+    /// start state: 0 or a negative Xen errno.
+    pub fn vcpu_initialise(index: u8, context: &ipc::hypercall::HvmContext64) -> i64 {
+        let raw = context.encode();
+        // SAFETY: the argument points at a live 128-byte `vcpu_hvm_context`
+        // on this stack, which the hypervisor only reads.
+        unsafe {
+            call3(
+                ipc::hypercall::VCPU_OP,
+                ipc::hypercall::VCPUOP_INITIALISE,
+                u64::from(index),
+                raw.as_ptr() as u64,
+            )
+        }
+    }
+
+    /// `vcpu_op(VCPUOP_up, index)`: 0 or a negative Xen errno.
+    pub fn vcpu_up(index: u8) -> i64 {
+        // SAFETY: no pointer arguments.
+        unsafe { call3(ipc::hypercall::VCPU_OP, ipc::hypercall::VCPUOP_UP, u64::from(index), 0) }
+    }
+
+    /// `vcpu_op(VCPUOP_is_up, index)`: 1, 0 or a negative Xen errno.
+    pub fn vcpu_is_up(index: u8) -> i64 {
+        // SAFETY: no pointer arguments.
+        unsafe { call3(ipc::hypercall::VCPU_OP, ipc::hypercall::VCPUOP_IS_UP, u64::from(index), 0) }
+    }
+
     /// Powers the domain off: its work is done.
     pub fn poweroff() -> ! {
         shutdown(ShutdownReason::Poweroff)
@@ -1068,6 +1607,13 @@ pub mod hypercall {
     /// `SHUTDOWN_crash`.
     pub fn crash(line: &str) -> ! {
         crate::console::print_str(line);
+        shutdown(ShutdownReason::Crash)
+    }
+
+    /// Reports a crash with a built line: prints it and shuts down with
+    /// `SHUTDOWN_crash`.
+    pub fn crash_line(line: &mut crate::text::Line) -> ! {
+        crate::console::print(line);
         shutdown(ShutdownReason::Crash)
     }
 }
@@ -1649,6 +2195,193 @@ mod tests {
             balloon::Settings::parse("drop_every=0").drop_every,
             balloon::DEFAULT_DROP_EVERY
         );
+    }
+
+    #[test]
+    fn bad_pages_are_classified_and_reported() {
+        let (gfn, seed) = (0x500, 3);
+        let mut page = [0u64; pattern::WORDS];
+        let zero = pattern::check(&page, gfn, 2, seed).unwrap();
+        assert_eq!(pattern::classify(&page, gfn, 2, seed, &zero), "zeroed page");
+        pattern::fill(&mut page, gfn, 1, seed);
+        let stale = pattern::check(&page, gfn, 2, seed).unwrap();
+        assert_eq!(
+            pattern::classify(&page, gfn, 2, seed, &stale),
+            "stale page from the previous pass"
+        );
+        pattern::fill(&mut page, gfn + 9, 2, seed);
+        let elsewhere = pattern::check(&page, gfn, 2, seed).unwrap();
+        assert_eq!(
+            pattern::classify(&page, gfn, 2, seed, &elsewhere),
+            "whole page from elsewhere"
+        );
+        pattern::fill(&mut page, gfn, 2, seed);
+        page[7] = 1;
+        let torn = pattern::check(&page, gfn, 2, seed).unwrap();
+        assert_eq!(pattern::classify(&page, gfn, 2, seed, &torn), "corrupt page");
+        let mut line = pattern::bad_line("vCPU 1: ", &page, gfn, 2, seed, &torn);
+        let expected = format!(
+            "vCPU 1: BAD gfn 0x500 offset 0x38 expected {:#x} found 0x1 (pass 2, corrupt page)",
+            torn.expected
+        );
+        assert_eq!(line.as_bytes(), expected.as_bytes());
+        assert_eq!(line.with_newline().last(), Some(&b'\n'));
+    }
+
+    #[test]
+    fn smpspin_settings() {
+        let defaults = smpspin::Settings::parse("");
+        assert_eq!(
+            defaults,
+            smpspin::Settings {
+                vcpus: 2,
+                spin_ms: 3000,
+                wait_ms: smpspin::DEFAULT_WAIT_MS
+            }
+        );
+        let custom = smpspin::Settings::parse("vcpus=4 spin_ms=500 wait_ms=0x10");
+        assert_eq!((custom.vcpus, custom.spin_ms, custom.wait_ms), (4, 500, 16));
+        assert_eq!(smpspin::Settings::parse("vcpus=0 spin_ms=x"), defaults);
+        assert_eq!(smpspin::Settings::parse("vcpus=255").vcpus, 8, "capped");
+        assert_eq!(smpspin::Settings::parse("vcpus=99999999999999999999").vcpus, 2, "malformed");
+        assert_eq!(smp::vcpus(1), 1);
+        assert_eq!(smp::vcpus(u64::MAX), 8);
+    }
+
+    #[test]
+    fn smpmem_settings_and_layout() {
+        let defaults = smpmem::Settings::parse("");
+        assert_eq!(
+            (defaults.vcpus, defaults.private_mib, defaults.shared_mib, defaults.passes),
+            (2, 4, 4, 2)
+        );
+        assert_eq!(defaults.seed, smpmem::DEFAULT_SEED);
+        let layout = defaults.layout();
+        assert_eq!(
+            layout,
+            smpmem::Layout {
+                vcpus: 2,
+                private_pages: 1024,
+                shared_pages: 1023
+            }
+        );
+        assert_eq!(layout.total_pages(), 3072, "12 MiB, like memhog");
+        assert_eq!(layout.private_page(0, 0), 0);
+        assert_eq!(layout.private_page(1, 5), 1029);
+        assert_eq!(layout.tally_page(), 2048);
+        assert_eq!(layout.shared_page(0), 2049);
+        assert_eq!(layout.shared_page(1022), 3071, "the last page of the region");
+        assert_eq!((layout.owned_shared_pages(0), layout.owned_shared_pages(1)), (512, 511));
+        let custom = smpmem::Settings::parse(
+            "vcpus=3 private_mib=1 shared_mib=2 passes=5 seed=7 settle_ms=100 wait_ms=9",
+        );
+        assert_eq!(
+            custom,
+            smpmem::Settings {
+                vcpus: 3,
+                private_mib: 1,
+                shared_mib: 2,
+                passes: 5,
+                seed: 7,
+                settle_ms: 100,
+                wait_ms: 9
+            }
+        );
+        assert_eq!(smpmem::Settings::parse("vcpus=12").vcpus, 8);
+    }
+
+    #[test]
+    fn smpmem_owners_cover_the_shared_pages_and_the_tally_adds_up() {
+        for (vcpus, shared_pages) in [(1, 1), (2, 1023), (3, 1100), (8, 5), (8, 4095)] {
+            let layout = smpmem::Layout {
+                vcpus,
+                private_pages: 3,
+                shared_pages,
+            };
+            // What the vCPUs do: vCPU v writes shared pages v, v + vcpus, …
+            // and adds 1 to tally word `step % TALLY_WORDS` after each.
+            let mut written = vec![0u32; shared_pages as usize];
+            let mut tally = [0u64; smpmem::TALLY_WORDS];
+            for vcpu in 0..vcpus {
+                for step in 0..layout.owned_shared_pages(vcpu) {
+                    let index = vcpu + step * vcpus;
+                    assert_eq!(layout.shared_owner(index), vcpu);
+                    written[index as usize] += 1;
+                    tally[step as usize % smpmem::TALLY_WORDS] += 1;
+                }
+            }
+            assert!(written.iter().all(|&count| count == 1), "every page once ({vcpus}, {shared_pages})");
+            for (word, &count) in tally.iter().enumerate() {
+                assert_eq!(layout.expected_tally(word, 1), count, "word {word}");
+                assert_eq!(layout.expected_tally(word, 3), 3 * count);
+            }
+            let total: u64 = (0..smpmem::TALLY_WORDS).map(|word| layout.expected_tally(word, 1)).sum();
+            assert_eq!(total, shared_pages);
+        }
+    }
+
+    #[test]
+    fn secondary_start_context() {
+        let context = smp::start_context(3, 0x10_2000, 0x10_3000, 0x20_4000, [0x8000_0011, 0x11_2000, 0x20, 0x500]);
+        assert_eq!(
+            context,
+            ipc::hypercall::HvmContext64 {
+                rdi: 3,
+                rsi: 0x10_3000,
+                rsp: 0x20_4000,
+                rip: 0x10_2000,
+                rflags: 0x2,
+                cr0: 0x8000_0011,
+                cr3: 0x11_2000,
+                cr4: 0x20,
+                efer: 0x500,
+                ..Default::default()
+            }
+        );
+        let raw = context.encode();
+        assert_eq!(ipc::hypercall::HvmContext64::mode(&raw), Some(ipc::hypercall::VCPU_HVM_MODE_64B));
+    }
+
+    #[test]
+    fn barrier_holds_every_party_until_the_last_arrives() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        const PARTIES: u32 = 4;
+        const ROUNDS: u64 = 200;
+        let barrier = Arc::new(smp::Barrier::new());
+        let arrived = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..PARTIES)
+            .map(|_| {
+                let (barrier, arrived) = (barrier.clone(), arrived.clone());
+                std::thread::spawn(move || {
+                    for round in 1..=ROUNDS {
+                        arrived.fetch_add(1, Ordering::SeqCst);
+                        assert!(barrier.wait(PARTIES, || {
+                            std::thread::yield_now();
+                            true
+                        }));
+                        // Nobody passes before all arrived for this round.
+                        assert!(arrived.load(Ordering::SeqCst) >= round * u64::from(PARTIES));
+                        assert!(barrier.wait(PARTIES, || {
+                            std::thread::yield_now();
+                            true
+                        }));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        // Alone, a party gives up when told to.
+        let lonely = smp::Barrier::new();
+        let mut polls = 0;
+        assert!(!lonely.wait(2, || {
+            polls += 1;
+            polls < 10
+        }));
+        assert_eq!(polls, 10);
+        assert!(smp::Barrier::new().wait(1, || unreachable!()), "one party never waits");
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub const PASS_THROUGH: [u32; 10] = [
 ];
 
 /// EFER bits a guest may set: SCE, LME, LMA, NXE.
-const EFER_GUEST_BITS: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11);
+pub const EFER_GUEST_BITS: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11);
 /// `EFER.SVME`: forced on in the VMCB (VMRUN requires it), hidden from the guest.
 pub const EFER_SVME: u64 = 1 << 12;
 

@@ -7,6 +7,11 @@
 //! handler returns a `#[must_use]` [`Outcome`] that tells the run loop what to
 //! do next. A guest's mistake is charged to the guest: an exception injected,
 //! an error code returned, or the domain stopped with a [`StopReason`].
+//!
+//! Secondary vCPUs are brought up as on Xen: `VCPUOP_initialise` records a
+//! checked 64-bit start state in the domain's [`BringUp`], `VCPUOP_up` turns
+//! it into a start request, and the run loop takes it with
+//! [`DomainDevices::take_start_request`] and builds the vCPU.
 
 use crate::addr::{GuestPhysAddr, PAGE_SIZE};
 use crate::console::LineBuffer;
@@ -15,7 +20,7 @@ use crate::exit::{instruction_length, Exit, IoAccess, IoWidth, VmExit};
 use crate::guest_memory::{GuestMemory, GuestPaging, Release};
 use crate::msr::{self, MsrContext, MsrWrite};
 use crate::uart::{Uart16550, COM1_BASE, REGISTER_COUNT};
-use ipc::hypercall::{self as hc, errno, ShutdownReason};
+use ipc::hypercall::{self as hc, errno, HvmContext64, ShutdownReason};
 
 /// The general-purpose registers the exit stub saves (RAX and RSP live in the VMCB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,18 +106,198 @@ pub struct DomainDevices<'a> {
     pub memory_bytes: u64,
     /// Number of vCPUs in the domain.
     pub vcpu_count: u8,
+    /// Which vCPUs are initialised and up, and the start requests not yet
+    /// taken by the run loop.
+    pub bring_up: BringUp,
 }
 
 impl<'a> DomainDevices<'a> {
-    /// Devices in reset state.
+    /// Devices in reset state; vCPU 0 is up, the others are not initialised.
     pub fn new(name: &'a str, memory_bytes: u64, vcpu_count: u8) -> Self {
-        Self { name, uart: Uart16550::new(), console: LineBuffer::new(), memory_bytes, vcpu_count }
+        Self {
+            name,
+            uart: Uart16550::new(),
+            console: LineBuffer::new(),
+            memory_bytes,
+            vcpu_count,
+            bring_up: BringUp::new(vcpu_count),
+        }
+    }
+
+    /// The next secondary vCPU the guest brought up with `VCPUOP_up` whose
+    /// VMCB the run loop has not built yet: its index and its checked start
+    /// state (build it with `kernel::domain::build_secondary_vcpu`, then
+    /// make it runnable). Each request is returned once, lowest index first;
+    /// `None` when there is none.
+    pub fn take_start_request(&mut self) -> Option<(u8, HvmContext64)> {
+        self.bring_up.take_start_request()
     }
 
     fn console_byte(&mut self, byte: u8, platform: &mut impl Platform) {
         let name = self.name;
         self.console.push(byte, &mut |line| platform.console_line(name, line));
     }
+}
+
+/// Most vCPUs a domain may have ([`ipc::boot::MAX_VCPUS`]).
+pub const MAX_DOMAIN_VCPUS: usize = ipc::boot::MAX_VCPUS as usize;
+
+/// A domain's vCPU bring-up state (`VCPUOP_initialise`, `VCPUOP_up`,
+/// `VCPUOP_is_up`). vCPU 0 is up from the start (the core builds it with the
+/// domain); every other vCPU is down until the guest initialises it and
+/// brings it up. vCPUs never go down again (`VCPUOP_down` is not offered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BringUp {
+    /// vCPUs in the domain, at most [`MAX_DOMAIN_VCPUS`].
+    count: u8,
+    /// The start state of each initialised vCPU (already checked).
+    contexts: [Option<HvmContext64>; MAX_DOMAIN_VCPUS],
+    /// Bit `i`: vCPU `i` is up.
+    up: u8,
+    /// Bit `i`: vCPU `i` was brought up and the run loop has not taken it yet.
+    requests: u8,
+}
+
+impl BringUp {
+    /// State of a domain of `vcpu_count` vCPUs (capped at
+    /// [`MAX_DOMAIN_VCPUS`]): vCPU 0 up, no other initialised.
+    pub fn new(vcpu_count: u8) -> Self {
+        Self {
+            count: vcpu_count.min(MAX_DOMAIN_VCPUS as u8),
+            contexts: [None; MAX_DOMAIN_VCPUS],
+            up: 1,
+            requests: 0,
+        }
+    }
+
+    /// The vCPU a guest names, if the domain has it.
+    fn index(&self, vcpu: u64) -> Result<u8, i64> {
+        if vcpu < u64::from(self.count) { Ok(vcpu as u8) } else { Err(-errno::ENOENT) }
+    }
+
+    /// Whether vCPU `index` is up (false for one the domain does not have).
+    pub fn is_up(&self, index: u8) -> bool {
+        index < self.count && self.up & (1 << index) != 0
+    }
+
+    /// The start state recorded for vCPU `index`, if it was initialised.
+    pub fn context(&self, index: u8) -> Option<&HvmContext64> {
+        self.contexts.get(usize::from(index))?.as_ref()
+    }
+
+    /// Whether a start request is waiting for the run loop.
+    pub fn has_start_request(&self) -> bool {
+        self.requests != 0
+    }
+
+    /// Takes the lowest-numbered start request (see
+    /// [`DomainDevices::take_start_request`]).
+    pub fn take_start_request(&mut self) -> Option<(u8, HvmContext64)> {
+        while self.requests != 0 {
+            let index = self.requests.trailing_zeros() as u8;
+            self.requests &= !(1 << index);
+            if let Some(context) = self.context(index) {
+                return Some((index, *context));
+            }
+        }
+        None
+    }
+
+    /// The run loop could not build vCPU `index` after taking its request:
+    /// it is down again (`VCPUOP_is_up` says 0) and a later `VCPUOP_up` asks
+    /// again with the same start state.
+    pub fn start_failed(&mut self, index: u8) {
+        if index != 0 && index < self.count {
+            self.up &= !(1 << index);
+            self.requests &= !(1 << index);
+        }
+    }
+
+    /// `VCPUOP_initialise` with an already decoded and checked start state:
+    /// `-ENOENT` for a vCPU the domain does not have, `-EEXIST` for one that
+    /// is up; otherwise records (or replaces) its start state.
+    fn initialise(&mut self, vcpu: u64, context: HvmContext64) -> i64 {
+        match self.index(vcpu) {
+            Err(error) => error,
+            Ok(index) if self.is_up(index) => -errno::EEXIST,
+            Ok(index) => {
+                self.contexts[usize::from(index)] = Some(context);
+                0
+            }
+        }
+    }
+
+    /// `VCPUOP_up`: `-ENOENT` for a vCPU the domain does not have, `-EINVAL`
+    /// for one never initialised, 0 for one already up; otherwise marks it
+    /// up and queues its start request.
+    fn up(&mut self, vcpu: u64) -> i64 {
+        match self.index(vcpu) {
+            Err(error) => error,
+            Ok(index) if self.is_up(index) => 0,
+            Ok(index) if self.context(index).is_none() => -errno::EINVAL,
+            Ok(index) => {
+                self.up |= 1 << index;
+                self.requests |= 1 << index;
+                0
+            }
+        }
+    }
+
+    /// `VCPUOP_is_up`: 1 or 0, `-ENOENT` for a vCPU the domain does not have.
+    fn is_up_call(&self, vcpu: u64) -> i64 {
+        self.index(vcpu).map_or_else(|error| error, |index| i64::from(self.is_up(index)))
+    }
+}
+
+const CR0_PE: u64 = 1 << 0;
+const CR0_NW: u64 = 1 << 29;
+const CR0_CD: u64 = 1 << 30;
+const CR0_PG: u64 = 1 << 31;
+/// CR0 bits that exist: PE, MP, EM, TS, ET, NE, WP, AM, NW, CD, PG.
+const CR0_DEFINED: u64 = 0x3f | (1 << 16) | (1 << 18) | CR0_NW | CR0_CD | CR0_PG;
+const CR4_PAE: u64 = 1 << 5;
+/// CR4 bits a started vCPU may have: VME … UMIP (0-11), FSGSBASE, PCIDE,
+/// OSXSAVE, SMEP, SMAP, PKE, CET. LA57 (bit 12) is refused: the core walks
+/// only 4-level tables.
+const CR4_ALLOWED: u64 = 0xfff | (1 << 16) | (1 << 17) | (1 << 18) | (0xf << 20);
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+/// RFLAGS bits that exist (bit 1 is the fixed one).
+const RFLAGS_DEFINED: u64 = 0x3f_7fd5;
+const RFLAGS_IF: u64 = 1 << 9;
+const RFLAGS_VM: u64 = 1 << 17;
+
+/// Whether `address` is canonical for 48-bit virtual addresses.
+fn canonical(address: u64) -> bool {
+    (((address << 16) as i64) >> 16) as u64 == address
+}
+
+/// Checks a `VCPU_HVM_MODE_64B` start state, as `VCPUOP_initialise` does
+/// before recording it: RIP and RSP canonical; CR0 with PE and PG and no
+/// undefined bit (and not NW without CD); CR4 with PAE and only
+/// [`CR4_ALLOWED`] bits; EFER with LME and LMA and only the bits a guest may
+/// set; CR3 page-aligned inside the domain's `memory_bytes`. `-EINVAL`
+/// otherwise. RFLAGS is not checked: [`start_rflags`] cleans it.
+pub fn check_start_context(context: &HvmContext64, memory_bytes: u64) -> Result<(), i64> {
+    let cr0_ok = context.cr0 & (CR0_PE | CR0_PG) == CR0_PE | CR0_PG
+        && context.cr0 & !CR0_DEFINED == 0
+        && context.cr0 & (CR0_NW | CR0_CD) != CR0_NW;
+    let cr4_ok = context.cr4 & CR4_PAE != 0 && context.cr4 & !CR4_ALLOWED == 0;
+    let efer_ok = context.efer & (EFER_LME | EFER_LMA) == EFER_LME | EFER_LMA
+        && context.efer & !msr::EFER_GUEST_BITS == 0;
+    let cr3_ok = context.cr3 & (PAGE_SIZE - 1) == 0 && context.cr3 < memory_bytes;
+    if cr0_ok && cr4_ok && efer_ok && cr3_ok && canonical(context.rip) && canonical(context.rsp) {
+        Ok(())
+    } else {
+        Err(-errno::EINVAL)
+    }
+}
+
+/// The RFLAGS a secondary vCPU starts with: the guest's defined flags with
+/// bit 1 set and IF and VM clear (interrupts stay off until the guest is
+/// ready for them).
+pub fn start_rflags(rflags: u64) -> u64 {
+    (rflags & RFLAGS_DEFINED & !(RFLAGS_IF | RFLAGS_VM)) | 0x2
 }
 
 /// Why the core stopped a domain.
@@ -406,6 +591,9 @@ fn hypercall(
             (hc::VCPU_OP, hc::VCPUOP_SET_SINGLESHOT_TIMER) => {
                 single_shot(vcpu, memory, platform, arg2, arg3, vcpu_index)
             }
+            (hc::VCPU_OP, hc::VCPUOP_INITIALISE) => initialise(vcpu, memory, devices, arg2, arg3),
+            (hc::VCPU_OP, hc::VCPUOP_UP) => devices.bring_up.up(arg2),
+            (hc::VCPU_OP, hc::VCPUOP_IS_UP) => devices.bring_up.is_up_call(arg2),
             (hc::VCPU_OP, hc::VCPUOP_STOP_SINGLESHOT_TIMER) => {
                 if arg2 != u64::from(vcpu_index) {
                     -errno::EINVAL
@@ -467,6 +655,39 @@ fn poll(vcpu: &impl VcpuState, memory: &impl GuestMemory, pointer: u64) -> Resul
         }
     }
     Ok((timeout != 0).then_some(timeout))
+}
+
+/// `VCPUOP_initialise(vcpu, &struct vcpu_hvm_context)`: checks the vCPU
+/// (`-ENOENT` beyond the domain's, `-EEXIST` if up), reads the whole
+/// structure (`-EFAULT`), accepts only `VCPU_HVM_MODE_64B` (`-EINVAL`; a
+/// 32-bit start state is not offered) and a state [`check_start_context`]
+/// passes, then records it. Nothing changes before the read succeeds, so a
+/// read of a paged-out frame can be retried.
+fn initialise(
+    vcpu: &impl VcpuState,
+    memory: &impl GuestMemory,
+    devices: &mut DomainDevices<'_>,
+    target: u64,
+    pointer: u64,
+) -> i64 {
+    let bring_up = &mut devices.bring_up;
+    match bring_up.index(target) {
+        Err(error) => return error,
+        Ok(index) if bring_up.is_up(index) => return -errno::EEXIST,
+        Ok(_) => {}
+    }
+    let mut raw = [0u8; HvmContext64::SIZE];
+    if vcpu.paging().read_virtual(memory, pointer, &mut raw).is_err() {
+        return -errno::EFAULT;
+    }
+    if HvmContext64::mode(&raw) != Some(hc::VCPU_HVM_MODE_64B) {
+        return -errno::EINVAL;
+    }
+    let Some(context) = HvmContext64::decode(&raw) else { return -errno::EFAULT };
+    if let Err(error) = check_start_context(&context, devices.memory_bytes) {
+        return error;
+    }
+    bring_up.initialise(target, context)
 }
 
 /// `VCPUOP_set_singleshot_timer` for the calling vCPU.
@@ -679,21 +900,27 @@ mod tests {
         vcpu: TestVcpu,
         memory: FlatMemory,
         platform: TestPlatform,
+        devices: DomainDevices<'static>,
     }
 
     impl Rig {
         fn new() -> Self {
+            Self::with_vcpus(2)
+        }
+
+        /// A rig whose domain has `vcpus` vCPUs; the exits come from vCPU 1.
+        fn with_vcpus(vcpus: u8) -> Self {
             Self {
                 vcpu: TestVcpu { rip: 0x1000, efer: msr::EFER_SVME, long_mode: true, ..TestVcpu::default() },
                 memory: FlatMemory(vec![0; 0x10_0000]),
                 platform: TestPlatform::default(),
+                devices: DomainDevices::new("dom", 0x10_0000, vcpus),
             }
         }
 
         fn run(&mut self, code: u64, info1: u64, info2: u64) -> Outcome {
-            let mut devices = DomainDevices::new("dom", 0x10_0000, 2);
             let exit = decode(&RawExit { code, info1, info2, interrupt_info: 0 });
-            handle(&exit, &mut self.vcpu, &mut self.memory, &mut devices, &mut self.platform, 1)
+            handle(&exit, &mut self.vcpu, &mut self.memory, &mut self.devices, &mut self.platform, 1)
         }
 
         fn hypercall(&mut self, number: u64, args: [u64; 3]) -> (Outcome, i64) {
@@ -742,8 +969,8 @@ mod tests {
             rig.vcpu.set_gpr(Gpr::Rax, u64::from(byte));
             let _ = rig.run(0x7b, (0x3f8 << 16) | (1 << 4), 0x2000);
         }
-        // Each exit builds fresh devices in this rig, so feed one line per exit
-        // through the debug port instead to check line assembly end to end.
+        // Check line assembly end to end through the debug port, with
+        // devices of its own.
         let mut devices = DomainDevices::new("dom", 0x10_0000, 1);
         for &byte in b"ok\n" {
             rig.vcpu.set_gpr(Gpr::Rax, u64::from(byte));
@@ -909,6 +1136,179 @@ mod tests {
         assert_eq!(rig.run(0x78, 0, 0), Outcome::Halt);
         rig.vcpu.interrupts = false;
         assert_eq!(rig.run(0x78, 0, 0), Outcome::Down);
+    }
+
+    /// A start state that passes every check: long mode, paging on, tables
+    /// at 0x2000, entry at 0x10_0000 - 0x1000 (the rig's memory is 1 MiB).
+    fn good_context() -> HvmContext64 {
+        HvmContext64 {
+            rdi: 3,
+            rsi: 0x8_1234,
+            rsp: 0xf_f000,
+            rip: 0x9_0000,
+            rflags: 0x2,
+            cr0: 0x8000_0011,
+            cr3: 0x2000,
+            cr4: 0x20,
+            efer: 0x500,
+            ..HvmContext64::default()
+        }
+    }
+
+    /// Where the rig's tests put the `vcpu_hvm_context`.
+    const CONTEXT_AT: u64 = 0xc000;
+
+    impl Rig {
+        fn initialise(&mut self, vcpu: u64, context: &HvmContext64) -> i64 {
+            self.memory.write(GuestPhysAddr::new_truncate(CONTEXT_AT), &context.encode()).unwrap();
+            self.hypercall(hc::VCPU_OP, [hc::VCPUOP_INITIALISE, vcpu, CONTEXT_AT]).1
+        }
+
+        fn up(&mut self, vcpu: u64) -> i64 {
+            self.hypercall(hc::VCPU_OP, [hc::VCPUOP_UP, vcpu, 0]).1
+        }
+
+        fn is_up(&mut self, vcpu: u64) -> i64 {
+            self.hypercall(hc::VCPU_OP, [hc::VCPUOP_IS_UP, vcpu, 0]).1
+        }
+    }
+
+    #[test]
+    fn secondary_vcpus_initialise_then_come_up_once() {
+        let mut rig = Rig::with_vcpus(4);
+        assert_eq!(rig.is_up(0), 1, "vCPU 0 is up from the start");
+        assert_eq!(rig.is_up(1), 0);
+        assert_eq!(rig.up(0), 0, "up on an up vCPU is a no-op");
+        assert_eq!(rig.devices.take_start_request(), None, "vCPU 0 is never requested");
+
+        let context = good_context();
+        assert_eq!(rig.initialise(2, &context), 0);
+        assert_eq!(rig.devices.bring_up.context(2), Some(&context));
+        assert_eq!(rig.is_up(2), 0, "initialised is not up");
+        assert!(!rig.devices.bring_up.has_start_request());
+        // Initialising again before up replaces the start state.
+        let later = HvmContext64 { rip: 0x9_1000, ..context };
+        assert_eq!(rig.initialise(2, &later), 0);
+        // A refused initialise leaves the recorded state alone.
+        assert_eq!(rig.initialise(2, &HvmContext64 { cr3: 0x2001, ..context }), -errno::EINVAL);
+        assert_eq!(rig.initialise(1, &context), 0);
+
+        assert_eq!(rig.up(2), 0);
+        assert_eq!(rig.up(1), 0);
+        assert_eq!((rig.is_up(1), rig.is_up(2), rig.is_up(3)), (1, 1, 0));
+        assert!(rig.devices.bring_up.has_start_request());
+        assert_eq!(rig.devices.take_start_request(), Some((1, context)), "lowest index first");
+        assert_eq!(rig.devices.take_start_request(), Some((2, later)));
+        assert_eq!(rig.devices.take_start_request(), None, "each request once");
+        assert_eq!(rig.up(2), 0, "up again: no-op");
+        assert_eq!(rig.devices.take_start_request(), None, "and no second request");
+        assert_eq!(rig.initialise(2, &context), -errno::EEXIST, "up vCPUs keep their state");
+        assert_eq!(rig.initialise(0, &context), -errno::EEXIST, "vCPU 0 is up");
+
+        // The run loop could not build vCPU 1: it is down and may be asked again.
+        rig.devices.bring_up.start_failed(1);
+        assert_eq!(rig.is_up(1), 0);
+        assert_eq!(rig.up(1), 0);
+        assert_eq!(rig.devices.take_start_request(), Some((1, context)));
+        rig.devices.bring_up.start_failed(0);
+        assert_eq!(rig.is_up(0), 1, "vCPU 0 cannot be marked down");
+    }
+
+    #[test]
+    fn bring_up_refuses_vcpus_the_domain_lacks() {
+        let mut rig = Rig::with_vcpus(2);
+        let context = good_context();
+        for vcpu in [2, 8, 255, 4096, 1 << 32, u64::MAX] {
+            assert_eq!(rig.initialise(vcpu, &context), -errno::ENOENT, "initialise {vcpu}");
+            assert_eq!(rig.up(vcpu), -errno::ENOENT, "up {vcpu}");
+            assert_eq!(rig.is_up(vcpu), -errno::ENOENT, "is_up {vcpu}");
+        }
+        assert_eq!(rig.up(1), -errno::EINVAL, "up before initialise");
+        assert_eq!(rig.devices.take_start_request(), None);
+        // A domain claiming more vCPUs than the core supports is held to 8.
+        let mut big = Rig::with_vcpus(200);
+        assert_eq!(big.initialise(7, &context), 0);
+        assert_eq!(big.initialise(8, &context), -errno::ENOENT);
+        assert_eq!(big.initialise(199, &context), -errno::ENOENT);
+        // Other vCPU operations stay unimplemented.
+        for command in [2, 4, 5, 6, 7, 10, 99] {
+            assert_eq!(rig.hypercall(hc::VCPU_OP, [command, 1, 0]).1, -errno::ENOSYS, "VCPUOP {command}");
+        }
+    }
+
+    #[test]
+    fn initialise_refuses_bad_pointers_and_modes() {
+        let mut rig = Rig::with_vcpus(2);
+        // The structure runs past the end of the 1 MiB of memory.
+        for pointer in [0x10_0000 - 64, 0x10_0000, 0xfff0_0000, u64::MAX - 8, u64::MAX] {
+            assert_eq!(
+                rig.hypercall(hc::VCPU_OP, [hc::VCPUOP_INITIALISE, 1, pointer]).1,
+                -errno::EFAULT,
+                "pointer {pointer:#x}"
+            );
+        }
+        // Exactly at the end is fine.
+        let at_end = 0x10_0000 - HvmContext64::SIZE as u64;
+        rig.memory.write(GuestPhysAddr::new_truncate(at_end), &good_context().encode()).unwrap();
+        assert_eq!(rig.hypercall(hc::VCPU_OP, [hc::VCPUOP_INITIALISE, 1, at_end]).1, 0);
+
+        let mut rig = Rig::with_vcpus(2);
+        for mode in [hc::VCPU_HVM_MODE_32B, 2, u32::MAX] {
+            let mut raw = good_context().encode();
+            raw[0..4].copy_from_slice(&mode.to_le_bytes());
+            rig.memory.write(GuestPhysAddr::new_truncate(CONTEXT_AT), &raw).unwrap();
+            assert_eq!(rig.hypercall(hc::VCPU_OP, [hc::VCPUOP_INITIALISE, 1, CONTEXT_AT]).1, -errno::EINVAL, "mode {mode}");
+        }
+        assert_eq!(rig.devices.bring_up.context(1), None, "nothing recorded");
+        assert_eq!(rig.up(1), -errno::EINVAL);
+    }
+
+    #[test]
+    fn initialise_checks_the_start_state() {
+        let mut rig = Rig::with_vcpus(2);
+        let good = good_context();
+        let bad = [
+            ("non-canonical rip", HvmContext64 { rip: 0x0000_8000_0000_0000, ..good }),
+            ("non-canonical rip (high)", HvmContext64 { rip: 0xffff_7fff_ffff_ffff, ..good }),
+            ("non-canonical rsp", HvmContext64 { rsp: 0x1234_5678_9abc_def0, ..good }),
+            ("cr0 without PG", HvmContext64 { cr0: 0x11, ..good }),
+            ("cr0 without PE", HvmContext64 { cr0: 0x8000_0010, ..good }),
+            ("cr0 with a bit above 31", HvmContext64 { cr0: (1 << 32) | 0x8000_0011, ..good }),
+            ("cr0 with an undefined bit", HvmContext64 { cr0: (1 << 20) | 0x8000_0011, ..good }),
+            ("cr0 NW without CD", HvmContext64 { cr0: CR0_NW | 0x8000_0011, ..good }),
+            ("efer without LME", HvmContext64 { efer: 0x400, ..good }),
+            ("efer without LMA", HvmContext64 { efer: 0x100, ..good }),
+            ("efer with SVME", HvmContext64 { efer: 0x500 | msr::EFER_SVME, ..good }),
+            ("efer with a reserved bit", HvmContext64 { efer: 0x500 | (1 << 40), ..good }),
+            ("cr4 without PAE", HvmContext64 { cr4: 0x10, ..good }),
+            ("cr4 with LA57", HvmContext64 { cr4: 0x20 | (1 << 12), ..good }),
+            ("cr4 with a reserved bit", HvmContext64 { cr4: 0x20 | (1 << 40), ..good }),
+            ("cr3 not page-aligned", HvmContext64 { cr3: 0x2008, ..good }),
+            ("cr3 at the end of memory", HvmContext64 { cr3: 0x10_0000, ..good }),
+            ("cr3 far outside memory", HvmContext64 { cr3: 0xffff_ffff_ffff_f000, ..good }),
+        ];
+        for (what, context) in bad {
+            assert_eq!(rig.initialise(1, &context), -errno::EINVAL, "{what}");
+            assert_eq!(check_start_context(&context, 0x10_0000), Err(-errno::EINVAL), "{what}");
+        }
+        assert_eq!(rig.devices.bring_up.context(1), None);
+        let fine = [
+            good,
+            HvmContext64 { rip: 0xffff_8000_0000_0000, rsp: 0x7fff_ffff_fff0, ..good },
+            HvmContext64 { cr0: 0xe005_003f, cr4: 0x20 | (1 << 7) | (1 << 9) | (1 << 10), efer: 0xd01, ..good },
+            HvmContext64 { cr3: 0xf_f000, rflags: u64::MAX, ..good },
+        ];
+        for context in fine {
+            assert_eq!(rig.initialise(1, &context), 0, "{context:x?}");
+        }
+    }
+
+    #[test]
+    fn start_rflags_sets_bit_1_and_clears_if() {
+        assert_eq!(start_rflags(0), 0x2);
+        assert_eq!(start_rflags(0x202), 0x2, "IF cleared");
+        assert_eq!(start_rflags(0x246), 0x46);
+        assert_eq!(start_rflags(u64::MAX), 0x3f_7fd7 & !(RFLAGS_IF | RFLAGS_VM), "undefined bits and VM dropped");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The guest hypercall ABI, which is Xen's.
 //!
 //! Numbers and layouts come from Xen's public headers (`xen/include/public/xen.h`,
-//! `sched.h`, `version.h`, `arch-x86/cpuid.h`), so a PV-aware guest written for
+//! `sched.h`, `version.h`, `vcpu.h`, `hvm/hvm_vcpu.h`, `arch-x86/cpuid.h`), so a PV-aware guest written for
 //! Xen finds what it expects. Calling convention (HVM/PVH, AMD): the guest
 //! executes `VMMCALL` (directly or through the hypercall page) with
 //!
@@ -38,6 +38,18 @@ pub const SCHEDOP_SHUTDOWN: u64 = 2;
 /// `SCHEDOP_poll`.
 pub const SCHEDOP_POLL: u64 = 3;
 
+/// `VCPUOP_initialise`: arg2 = vCPU id, arg3 points at a
+/// `struct vcpu_hvm_context` ([`HvmContext64`]): the state the vCPU starts in.
+pub const VCPUOP_INITIALISE: u64 = 0;
+/// `VCPUOP_up`: arg2 = vCPU id; makes an initialised vCPU runnable.
+pub const VCPUOP_UP: u64 = 1;
+/// `VCPUOP_is_up`: arg2 = vCPU id; returns 1 if it is up, else 0.
+pub const VCPUOP_IS_UP: u64 = 3;
+/// `VCPU_HVM_MODE_32B`: `vcpu_hvm_context.mode` for a 32-bit start state.
+pub const VCPU_HVM_MODE_32B: u32 = 0;
+/// `VCPU_HVM_MODE_64B`: `vcpu_hvm_context.mode` for a 64-bit (long mode)
+/// start state.
+pub const VCPU_HVM_MODE_64B: u32 = 1;
 /// `VCPUOP_set_singleshot_timer`: arg2 = vCPU id (must be the caller),
 /// arg3 points at `struct vcpu_set_singleshot_timer { u64 timeout_abs_ns; u32 flags; }`.
 pub const VCPUOP_SET_SINGLESHOT_TIMER: u64 = 8;
@@ -138,6 +150,112 @@ impl MemoryReservation {
     }
 }
 
+/// The 64-bit start state of `VCPUOP_initialise`: `struct vcpu_hvm_context`
+/// (`xen/include/public/hvm/hvm_vcpu.h`) with `mode` =
+/// [`VCPU_HVM_MODE_64B`], whose union holds `struct vcpu_hvm_x86_64`.
+///
+/// | field | offset | size |
+/// |---|---|---|
+/// | `mode` (u32) | 0 | 4 |
+/// | `pad` (u32) | 4 | 4 |
+/// | `rax`, `rcx`, `rdx`, `rbx`, `rsp`, `rbp`, `rsi`, `rdi` | 8, 16, … 64 | 8 each |
+/// | `rip`, `rflags` | 72, 80 | 8 each |
+/// | `cr0`, `cr3`, `cr4`, `efer` | 88, 96, 104, 112 | 8 each |
+/// | size (the union is as large as `vcpu_hvm_x86_32`, 120 bytes) | | 128 |
+///
+/// The segments are implied: a vCPU started this way runs in 64-bit mode
+/// with flat segments (Xen's rule for `VCPU_HVM_MODE_64B`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HvmContext64 {
+    /// RAX.
+    pub rax: u64,
+    /// RCX.
+    pub rcx: u64,
+    /// RDX.
+    pub rdx: u64,
+    /// RBX.
+    pub rbx: u64,
+    /// RSP.
+    pub rsp: u64,
+    /// RBP.
+    pub rbp: u64,
+    /// RSI.
+    pub rsi: u64,
+    /// RDI.
+    pub rdi: u64,
+    /// RIP.
+    pub rip: u64,
+    /// RFLAGS.
+    pub rflags: u64,
+    /// CR0.
+    pub cr0: u64,
+    /// CR3.
+    pub cr3: u64,
+    /// CR4.
+    pub cr4: u64,
+    /// EFER.
+    pub efer: u64,
+}
+
+impl HvmContext64 {
+    /// Size of `struct vcpu_hvm_context`, what a guest passes (whatever its mode).
+    pub const SIZE: usize = 128;
+    /// Offset of the register block (`cpu_regs`).
+    const REGISTERS: usize = 8;
+
+    /// The `mode` field of a `struct vcpu_hvm_context` ([`VCPU_HVM_MODE_32B`]
+    /// or [`VCPU_HVM_MODE_64B`] if the guest follows the ABI); `None` if
+    /// shorter than 4 bytes.
+    pub fn mode(bytes: &[u8]) -> Option<u32> {
+        Some(u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?))
+    }
+
+    /// Decodes the 64-bit register block of a `struct vcpu_hvm_context` from
+    /// little-endian bytes, whatever its `mode` says (check that with
+    /// [`mode`](Self::mode)); `None` if shorter than [`SIZE`](Self::SIZE).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < Self::SIZE {
+            return None;
+        }
+        let field = |index: usize| {
+            let at = Self::REGISTERS + 8 * index;
+            Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+        };
+        Some(Self {
+            rax: field(0)?,
+            rcx: field(1)?,
+            rdx: field(2)?,
+            rbx: field(3)?,
+            rsp: field(4)?,
+            rbp: field(5)?,
+            rsi: field(6)?,
+            rdi: field(7)?,
+            rip: field(8)?,
+            rflags: field(9)?,
+            cr0: field(10)?,
+            cr3: field(11)?,
+            cr4: field(12)?,
+            efer: field(13)?,
+        })
+    }
+
+    /// The whole `struct vcpu_hvm_context` with `mode` =
+    /// [`VCPU_HVM_MODE_64B`] (padding and the rest of the union zeroed).
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut bytes = [0u8; Self::SIZE];
+        bytes[0..4].copy_from_slice(&VCPU_HVM_MODE_64B.to_le_bytes());
+        let fields = [
+            self.rax, self.rcx, self.rdx, self.rbx, self.rsp, self.rbp, self.rsi, self.rdi,
+            self.rip, self.rflags, self.cr0, self.cr3, self.cr4, self.efer,
+        ];
+        for (index, value) in fields.iter().enumerate() {
+            let at = Self::REGISTERS + 8 * index;
+            bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        }
+        bytes
+    }
+}
+
 /// `XENVER_version`: returns `major << 16 | minor`.
 pub const XENVER_VERSION: u64 = 0;
 
@@ -175,8 +293,12 @@ impl ShutdownReason {
 pub mod errno {
     /// Operation not permitted.
     pub const EPERM: i64 = 1;
+    /// No such entry (a vCPU id beyond the domain's vCPUs).
+    pub const ENOENT: i64 = 2;
     /// Bad address (a pointer argument did not translate).
     pub const EFAULT: i64 = 14;
+    /// Already exists (`VCPUOP_initialise` of a vCPU that is up).
+    pub const EEXIST: i64 = 17;
     /// Invalid argument.
     pub const EINVAL: i64 = 22;
     /// Function not implemented.
@@ -261,6 +383,38 @@ mod tests {
         );
         assert_eq!(MemoryReservation::decode(&compat[..19], false), None);
         assert_eq!((XENMEM_DECREASE_RESERVATION, MEMORY_OP), (1, 12));
+    }
+
+    #[test]
+    fn hvm_context_layout() {
+        // Xen's vcpu.h and hvm_vcpu.h numbers.
+        assert_eq!((VCPUOP_INITIALISE, VCPUOP_UP, VCPUOP_IS_UP, VCPU_OP), (0, 1, 3, 24));
+        assert_eq!((VCPU_HVM_MODE_32B, VCPU_HVM_MODE_64B), (0, 1));
+        // Each field holds its own index + 1 (rax = 1 … efer = 14).
+        let context = HvmContext64 {
+            rax: 1, rcx: 2, rdx: 3, rbx: 4, rsp: 5, rbp: 6, rsi: 7, rdi: 8,
+            rip: 9, rflags: 10, cr0: 11, cr3: 12, cr4: 13, efer: 14,
+        };
+        let bytes = context.encode();
+        assert_eq!(bytes.len(), 128, "sizeof(struct vcpu_hvm_context)");
+        assert_eq!(HvmContext64::mode(&bytes), Some(VCPU_HVM_MODE_64B));
+        assert_eq!(&bytes[4..8], &[0; 4], "pad");
+        let at = |offset: usize| u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap());
+        let offsets = [
+            ("rax", 8), ("rcx", 16), ("rdx", 24), ("rbx", 32), ("rsp", 40), ("rbp", 48), ("rsi", 56),
+            ("rdi", 64), ("rip", 72), ("rflags", 80), ("cr0", 88), ("cr3", 96), ("cr4", 104), ("efer", 112),
+        ];
+        for (index, (name, offset)) in offsets.iter().enumerate() {
+            assert_eq!(at(*offset), index as u64 + 1, "{name} at {offset}");
+        }
+        assert_eq!(&bytes[120..], &[0; 8], "the rest of the union");
+        assert_eq!(HvmContext64::decode(&bytes), Some(context));
+        assert_eq!(HvmContext64::decode(&bytes[..127]), None, "the whole structure is read");
+        assert_eq!(HvmContext64::mode(&bytes[..3]), None);
+        let mut compat = bytes;
+        compat[0..4].copy_from_slice(&VCPU_HVM_MODE_32B.to_le_bytes());
+        assert_eq!(HvmContext64::mode(&compat), Some(0));
+        assert_eq!((errno::ENOENT, errno::EEXIST), (2, 17));
     }
 
     #[test]

@@ -177,30 +177,7 @@ mod memhog {
 
     /// `BAD gfn 0xG offset 0xO expected 0xE found 0xF (pass K, WHAT)`.
     fn report(page: &PhysicalPage, gfn: u64, pass: u64, seed: u64, mismatch: &Mismatch) {
-        let what = if pattern::check_zero(page).is_none() {
-            "zeroed page"
-        } else if pass > 1 && pattern::check(page, gfn, pass - 1, seed).is_none() {
-            "stale page from the previous pass"
-        } else if mismatch.self_consistent {
-            "whole page from elsewhere"
-        } else {
-            "corrupt page"
-        };
-        let mut line = Line::new();
-        line.push_str("BAD gfn ")
-            .push_hex(gfn)
-            .push_str(" offset ")
-            .push_hex(mismatch.offset)
-            .push_str(" expected ")
-            .push_hex(mismatch.expected)
-            .push_str(" found ")
-            .push_hex(mismatch.found)
-            .push_str(" (pass ")
-            .push_decimal(pass)
-            .push_str(", ")
-            .push_str(what)
-            .push_str(")");
-        console::print(&mut line);
+        console::print(&mut pattern::bad_line("", page, gfn, pass, seed, mismatch));
     }
 }
 

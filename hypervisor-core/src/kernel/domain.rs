@@ -1,13 +1,16 @@
 //! Building a domain from its manifest entry: guest memory and its nested
 //! page table, the kernel image loaded from the boot bundle, the PVH start
-//! info, and vCPU 0's VMCB in the PVH entry state.
+//! info, vCPU 0's VMCB in the PVH entry state, and the VMCBs of secondary
+//! vCPUs in the 64-bit state the guest gave with `VCPUOP_initialise`.
 
 use hypervisor_core::addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 use hypervisor_core::elf::{self, ElfError};
 use hypervisor_core::frame::FrameAllocator;
 use hypervisor_core::guest_memory::GuestMemory;
 use hypervisor_core::paging::{EntryFlags, MapError, PageSize, PageTable};
+use hypervisor_core::vcpu::start_rflags;
 use ipc::boot::DomainSpec;
+use ipc::hypercall::HvmContext64;
 use ipc::pvh::{MemmapEntry, StartInfo, MEMMAP_ENTRY_SIZE, MEMMAP_RAM, START_INFO_SIZE, START_MAGIC};
 
 use crate::arch::memory::OwnedFrames;
@@ -169,10 +172,10 @@ impl PermissionMaps {
     }
 }
 
-/// Puts `vmcb` into the PVH entry state: 32-bit protected mode, paging off,
-/// flat segments, `rbx` = start info, with cairn's intercepts and the given
-/// nested page table and ASID.
-pub fn init_vmcb(vmcb: &mut Vmcb, registers: &mut GuestRegisters, maps: &PermissionMaps, npt: &PageTable, asid: u32, entry: u64) {
+/// The control area every guest VMCB shares: cairn's intercepts, the
+/// permission maps, the ASID (flushed at the first VMRUN), virtual interrupt
+/// masking and the domain's nested page table.
+fn init_controls(vmcb: &mut Vmcb, maps: &PermissionMaps, npt: &PageTable, asid: u32) {
     vmcb.write_u32(offset::INTERCEPT_MISC1, INTERCEPT_MISC1);
     vmcb.write_u32(offset::INTERCEPT_MISC2, INTERCEPT_MISC2);
     vmcb.write_u64(offset::IOPM_BASE, maps.io.as_u64());
@@ -182,16 +185,44 @@ pub fn init_vmcb(vmcb: &mut Vmcb, registers: &mut GuestRegisters, maps: &Permiss
     vmcb.write_u64(offset::INTERRUPT_CONTROL, V_INTR_MASKING);
     vmcb.write_u64(offset::NESTED_CONTROL, 1);
     vmcb.write_u64(offset::NESTED_CR3, npt.root().as_u64());
+}
 
+/// Selector of the flat code segment a vCPU starts with.
+const CODE_SELECTOR: u16 = 0x08;
+/// Selector of the flat data segments a vCPU starts with.
+const DATA_SELECTOR: u16 = 0x10;
+/// Attributes of a flat 32-bit code segment (G, D, P, S, type 0xb).
+const CODE32_ATTRIBUTES: u16 = 0xc9b;
+/// Attributes of a flat 64-bit code segment (G, L, P, S, type 0xb).
+const CODE64_ATTRIBUTES: u16 = 0xa9b;
+/// Attributes of a flat data segment (G, B, P, S, type 0x3).
+const DATA_ATTRIBUTES: u16 = 0xc93;
+
+/// The guest state every vCPU starts with whatever its mode: flat segments
+/// (code with `code_attributes`), an empty TR and LDTR, GDTR and IDTR with
+/// base 0 and limit `table_limit` (the guest loads its own), the reset
+/// debug registers and PAT.
+fn init_common_state(vmcb: &mut Vmcb, code_attributes: u16, table_limit: u32) {
     let flat = |selector: u16, attributes: u16| VmcbSegment { selector, attributes, limit: 0xffff_ffff, base: 0 };
-    vmcb.set_segment(offset::CS, flat(0x08, 0xc9b));
+    vmcb.set_segment(offset::CS, flat(CODE_SELECTOR, code_attributes));
     for data in [offset::DS, offset::ES, offset::SS, offset::FS, offset::GS] {
-        vmcb.set_segment(data, flat(0x10, 0xc93));
+        vmcb.set_segment(data, flat(DATA_SELECTOR, DATA_ATTRIBUTES));
     }
     vmcb.set_segment(offset::TR, VmcbSegment { selector: 0, attributes: 0x8b, limit: 0x67, base: 0 });
     vmcb.set_segment(offset::LDTR, VmcbSegment { selector: 0, attributes: 0x82, limit: 0xffff, base: 0 });
-    vmcb.set_segment(offset::GDTR, VmcbSegment { selector: 0, attributes: 0, limit: 0xffff, base: 0 });
-    vmcb.set_segment(offset::IDTR, VmcbSegment { selector: 0, attributes: 0, limit: 0xffff, base: 0 });
+    vmcb.set_segment(offset::GDTR, VmcbSegment { selector: 0, attributes: 0, limit: table_limit, base: 0 });
+    vmcb.set_segment(offset::IDTR, VmcbSegment { selector: 0, attributes: 0, limit: table_limit, base: 0 });
+    vmcb.write_u64(offset::DR6, 0xffff_0ff0);
+    vmcb.write_u64(offset::DR7, 0x400);
+    vmcb.write_u64(offset::G_PAT, 0x0007_0406_0007_0406);
+}
+
+/// Puts `vmcb` into the PVH entry state: 32-bit protected mode, paging off,
+/// flat segments, `rbx` = start info, with cairn's intercepts and the given
+/// nested page table and ASID.
+pub fn init_vmcb(vmcb: &mut Vmcb, registers: &mut GuestRegisters, maps: &PermissionMaps, npt: &PageTable, asid: u32, entry: u64) {
+    init_controls(vmcb, maps, npt, asid);
+    init_common_state(vmcb, CODE32_ATTRIBUTES, 0xffff);
     vmcb.write_u64(offset::CR0, 0x11); // PE | ET
     vmcb.write_u64(offset::CR3, 0);
     vmcb.write_u64(offset::CR4, 0);
@@ -200,22 +231,47 @@ pub fn init_vmcb(vmcb: &mut Vmcb, registers: &mut GuestRegisters, maps: &Permiss
     vmcb.write_u64(offset::RIP, entry);
     vmcb.write_u64(offset::RSP, 0);
     vmcb.write_u64(offset::RAX, 0);
-    vmcb.write_u64(offset::DR6, 0xffff_0ff0);
-    vmcb.write_u64(offset::DR7, 0x400);
-    vmcb.write_u64(offset::G_PAT, 0x0007_0406_0007_0406);
     *registers = GuestRegisters { rbx: BOOT_INFO_PAGE, ..GuestRegisters::default() };
 }
 
-/// Builds vCPU 0 of a domain.
-pub fn build_boot_vcpu(frames: &mut FrameAllocator<'_>, maps: &PermissionMaps, memory: &DomainMemory, domain: usize, asid: u32, entry: u32) -> Result<Vcpu, BuildError> {
-    let mut vmcb = Vmcb::new(frames).ok_or(BuildError::OutOfMemory)?;
-    let mut registers = GuestRegisters::default();
-    init_vmcb(&mut vmcb, &mut registers, maps, &memory.npt, asid, u64::from(entry));
-    Ok(Vcpu {
+/// Puts `vmcb` into the 64-bit start state of `VCPUOP_initialise`
+/// (`VCPU_HVM_MODE_64B`): long mode with a flat 64-bit code segment and flat
+/// data segments, GDTR and IDTR zero, CR0, CR3, CR4 and EFER (plus SVME)
+/// from `context`, RFLAGS cleaned by [`start_rflags`] (bit 1 set, IF clear),
+/// RIP, RSP and the general-purpose registers from `context` (R8-R15 zero),
+/// with cairn's intercepts and the given nested page table and ASID.
+/// `context` must have passed `hypervisor_core::vcpu::check_start_context`
+/// (the hypercall handler checks it before recording it).
+pub fn init_vmcb_long_mode(vmcb: &mut Vmcb, registers: &mut GuestRegisters, maps: &PermissionMaps, npt: &PageTable, asid: u32, context: &HvmContext64) {
+    init_controls(vmcb, maps, npt, asid);
+    init_common_state(vmcb, CODE64_ATTRIBUTES, 0);
+    vmcb.write_u64(offset::CR0, context.cr0);
+    vmcb.write_u64(offset::CR3, context.cr3);
+    vmcb.write_u64(offset::CR4, context.cr4);
+    vmcb.write_u64(offset::EFER, context.efer | hypervisor_core::msr::EFER_SVME);
+    vmcb.write_u64(offset::RFLAGS, start_rflags(context.rflags));
+    vmcb.write_u64(offset::RIP, context.rip);
+    vmcb.write_u64(offset::RSP, context.rsp);
+    vmcb.write_u64(offset::RAX, context.rax);
+    *registers = GuestRegisters {
+        rbx: context.rbx,
+        rcx: context.rcx,
+        rdx: context.rdx,
+        rsi: context.rsi,
+        rdi: context.rdi,
+        rbp: context.rbp,
+        ..GuestRegisters::default()
+    };
+}
+
+/// A vCPU around a prepared VMCB: timers off, nothing pending, its local
+/// APIC in reset state with APIC ID `index`.
+fn new_vcpu(vmcb: Vmcb, registers: GuestRegisters, domain: usize, index: u8) -> Vcpu {
+    Vcpu {
         vmcb,
         registers,
         domain,
-        index: 0,
+        index,
         timer: None,
         run_ticks: 0,
         wake_at: None,
@@ -225,6 +281,36 @@ pub fn build_boot_vcpu(frames: &mut FrameAllocator<'_>, maps: &PermissionMaps, m
         wake_reported: false,
         page_wait: None,
         tlb_seen: 0,
-        apic: super::apic::VcpuApic::new(0),
-    })
+        apic: super::apic::VcpuApic::new(index),
+    }
+}
+
+/// Builds vCPU 0 of a domain.
+pub fn build_boot_vcpu(frames: &mut FrameAllocator<'_>, maps: &PermissionMaps, memory: &DomainMemory, domain: usize, asid: u32, entry: u32) -> Result<Vcpu, BuildError> {
+    let mut vmcb = Vmcb::new(frames).ok_or(BuildError::OutOfMemory)?;
+    let mut registers = GuestRegisters::default();
+    init_vmcb(&mut vmcb, &mut registers, maps, &memory.npt, asid, u64::from(entry));
+    Ok(new_vcpu(vmcb, registers, domain, 0))
+}
+
+/// Builds secondary vCPU `index` of domain `domain` from the start state the
+/// guest gave with `VCPUOP_initialise` (what
+/// `DomainDevices::take_start_request` returns), in 64-bit mode; see
+/// [`init_vmcb_long_mode`]. The caller makes it runnable (and calls
+/// `BringUp::start_failed` if this fails).
+// The SMP run loop, which takes the start requests, is its caller.
+#[allow(dead_code)]
+pub fn build_secondary_vcpu(
+    frames: &mut FrameAllocator<'_>,
+    maps: &PermissionMaps,
+    memory: &DomainMemory,
+    domain: usize,
+    index: u8,
+    asid: u32,
+    context: &HvmContext64,
+) -> Result<Vcpu, BuildError> {
+    let mut vmcb = Vmcb::new(frames).ok_or(BuildError::OutOfMemory)?;
+    let mut registers = GuestRegisters::default();
+    init_vmcb_long_mode(&mut vmcb, &mut registers, maps, &memory.npt, asid, context);
+    Ok(new_vcpu(vmcb, registers, domain, index))
 }
