@@ -1628,7 +1628,15 @@ pub mod pv {
 
     /// The TSC rate the hypervisor reports, kHz (0 if none).
     pub fn tsc_khz() -> u64 {
-        u64::from(core::arch::x86_64::__cpuid_count(ipc::hypercall::CPUID_XEN_TIME_LEAF, 0).ecx)
+        // CPUID exits to the core: ask once (the rate never changes).
+        static KHZ: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+        let known = KHZ.load(core::sync::atomic::Ordering::Relaxed);
+        if known != 0 {
+            return known;
+        }
+        let khz = u64::from(core::arch::x86_64::__cpuid_count(ipc::hypercall::CPUID_XEN_TIME_LEAF, 0).ecx);
+        KHZ.store(khz, core::sync::atomic::Ordering::Relaxed);
+        khz
     }
 
     /// Guest system time, ns.

@@ -299,7 +299,6 @@ pub fn build_boot_vcpu(frames: &mut FrameAllocator<'_>, maps: &PermissionMaps, m
 /// [`init_vmcb_long_mode`]. The caller makes it runnable (and calls
 /// `BringUp::start_failed` if this fails).
 // The SMP run loop, which takes the start requests, is its caller.
-#[allow(dead_code)]
 pub fn build_secondary_vcpu(
     frames: &mut FrameAllocator<'_>,
     maps: &PermissionMaps,

@@ -583,7 +583,11 @@ impl<'a> Machine<'a> {
             vcpu.run_ticks += ran;
         }
         let entity = self.here().running.map_or(usize::MAX, |(entity, _)| entity);
-        let next = match self.handle_exit(entity, index) {
+        let handled = self.handle_exit(entity, index);
+        if let Some(domain) = self.vcpus.get(index).map(|vcpu| vcpu.domain) {
+            self.start_requested_vcpus(domain);
+        }
+        let next = match handled {
             None => match self.prepare_entry(index) {
                 Some(entry) => return Some(entry),
                 None => SliceEnd::Ended,
@@ -593,6 +597,40 @@ impl<'a> Machine<'a> {
         self.end_vcpu_slice(next);
         self.kick_for_work();
         None
+    }
+
+    /// Builds the vCPUs domain `domain` brought up with `VCPUOP_up` and
+    /// makes them runnable (any pCPU may pick them); the scheduler server
+    /// hears of them through a fresh rebuild stream.
+    fn start_requested_vcpus(&mut self, domain: usize) {
+        let mut started = false;
+        loop {
+            let asid = self.asid_for(self.vcpus.len());
+            let Some(slot) = self.domains.get_mut(domain) else { return };
+            let Some((number, context)) = slot.devices.take_start_request() else { break };
+            let built = match slot.memory.as_ref() {
+                Some(memory) => domain::build_secondary_vcpu(&mut self.frames, &self.maps, memory, domain, number, asid, &context),
+                None => Err(BuildError::OutOfMemory),
+            };
+            let name = slot.devices.name;
+            let index = self.vcpus.len();
+            let added = match built {
+                Ok(vcpu) => self.vcpus.push(vcpu).is_ok() && self.add_entity(Entity::Vcpu(index)),
+                Err(_) => false,
+            };
+            if added {
+                defmt::info!("domain {=str}: vCPU {=u8} up", name, number);
+                started = true;
+            } else {
+                defmt::warn!("domain {=str}: vCPU {=u8} could not be started (no memory or vCPU slot)", name, number);
+                if let Some(slot) = self.domains.get_mut(domain) {
+                    slot.devices.bring_up.start_failed(number);
+                }
+            }
+        }
+        if started {
+            self.send_rebuild_stream();
+        }
     }
 
     /// Handles the exit vCPU `index` just took; `Some` when the slice ends.
@@ -1561,7 +1599,7 @@ impl<'a> Machine<'a> {
     fn shape(&self) -> sched_wire::Shape {
         let mut shape = sched_wire::Shape::new(self.online as u8);
         for (domain, slot) in self.domains.iter().enumerate() {
-            shape = shape.with_domain(domain as u16, slot.devices.vcpu_count.min(1));
+            shape = shape.with_domain(domain as u16, slot.devices.vcpu_count);
         }
         shape
     }
