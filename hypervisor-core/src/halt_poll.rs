@@ -43,7 +43,8 @@ impl Default for HaltPollParameters {
 /// (bucket 0 also takes 0).
 pub const HISTOGRAM_BUCKETS: usize = 32;
 
-/// A log2 histogram of durations in ns.
+/// A log2 histogram of durations (ns here; TSC ticks for the core's pick
+/// cost).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Log2Histogram {
     /// Counts per bucket.
@@ -62,6 +63,86 @@ impl Log2Histogram {
         let bucket = (63 - ns.max(1).leading_zeros()) as usize;
         let bucket = bucket.min(HISTOGRAM_BUCKETS - 1);
         self.buckets[bucket] = self.buckets[bucket].saturating_add(1);
+    }
+
+    /// Values counted.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|&count| u64::from(count)).sum()
+    }
+
+    /// The upper bound (exclusive) of the bucket holding the `percent`-th
+    /// percentile: a value at or above it is above that percentile. `None`
+    /// when empty.
+    pub fn percentile_below(&self, percent: u64) -> Option<u64> {
+        let count = self.count();
+        if count == 0 {
+            return None;
+        }
+        let rank = (count * percent.min(100)).div_ceil(100).max(1);
+        let mut seen = 0;
+        for (bucket, &counted) in self.buckets.iter().enumerate() {
+            seen += u64::from(counted);
+            if seen >= rank {
+                return Some(1u64 << (bucket + 1).min(63));
+            }
+        }
+        None
+    }
+}
+
+/// Polling for a halt whose wake-up time is known: a vCPU blocked on its
+/// own timer (a PV single-shot timer, `SCHEDOP_poll` with a timeout, an
+/// armed local APIC timer). KVM polls at the start of every halt because it
+/// cannot know when the wake-up comes; here the core knows, so polling at
+/// the start would burn the whole sleep. Instead the pCPU sleeps until
+/// `lead` before the deadline and polls only the rest: `lead` is how late a
+/// sleeping pCPU wakes after its timer (its interrupt delivery and HLT exit,
+/// learnt per pCPU as a moving average) plus [`TimedPoll::SLACK_NS`],
+/// capped by the halt-polling max (0 turns it off like KVM's polling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TimedPoll {
+    late_ns: u64,
+}
+
+impl TimedPoll {
+    /// Margin over the learnt lateness, ns.
+    pub const SLACK_NS: u64 = 8_000;
+    /// Lateness samples above this are outliers (a host that descheduled
+    /// the pCPU), ns.
+    const MAX_SAMPLE_NS: u64 = 200_000;
+
+    /// How long before the deadline the pCPU should wake, ns.
+    pub fn lead_ns(&self, max_ns: u64) -> u64 {
+        if max_ns == 0 {
+            0
+        } else {
+            self.late_ns.saturating_add(Self::SLACK_NS).min(max_ns)
+        }
+    }
+
+    /// A pCPU armed for an early wake-up woke `late_ns` after it. The
+    /// estimate follows a smaller sample fast (halfway) and a larger one
+    /// slowly (an eighth of the way), so one outlier costs little.
+    pub fn woke(&mut self, late_ns: u64) {
+        let sample = late_ns.min(Self::MAX_SAMPLE_NS);
+        self.late_ns = if sample < self.late_ns {
+            self.late_ns - (self.late_ns - sample) / 2
+        } else {
+            self.late_ns + (sample - self.late_ns) / 8
+        };
+    }
+
+    /// The halt was already inside the lead when the pCPU went idle, so it
+    /// polled without sleeping and learnt nothing: let the estimate decay
+    /// a sixteenth, so a lead grown too long shrinks back until sleeping
+    /// (and measuring) happens again.
+    pub fn polled_at_once(&mut self) {
+        self.late_ns -= self.late_ns / 16;
+    }
+
+    /// The learnt lateness, ns.
+    pub const fn late_ns(&self) -> u64 {
+        self.late_ns
     }
 }
 
@@ -157,6 +238,27 @@ impl HaltPoller {
             self.shrink(parameters);
         } else if self.poll_ns < max_ns && halt_ns < max_ns {
             self.grow(parameters, max_ns);
+        }
+    }
+
+    /// After a timed halt ([`TimedPoll`]): statistics only. The window is
+    /// KVM's guess at when an unannounced wake-up comes; a timed halt's
+    /// wake-up was announced, so it neither grows nor shrinks the window.
+    pub fn end_timed(&mut self, halt: Halt, woke_polling: bool) {
+        if halt.polled_ns > 0 {
+            self.stats.attempted += 1;
+            if woke_polling {
+                self.stats.successful += 1;
+                self.stats.poll_success_ns += halt.polled_ns;
+                self.stats.poll_success_histogram.add(halt.polled_ns);
+            } else {
+                self.stats.poll_fail_ns += halt.polled_ns;
+                self.stats.poll_fail_histogram.add(halt.polled_ns);
+            }
+        }
+        if halt.waited_ns > 0 {
+            self.stats.wait_ns += halt.waited_ns;
+            self.stats.wait_histogram.add(halt.waited_ns);
         }
     }
 
@@ -256,5 +358,49 @@ mod tests {
         assert_eq!(poller.begin(50_000), 50_000, "a lower per-domain max caps at once");
         poller.end(short_wait(1_000), &DEFAULTS, 0);
         assert_eq!(poller.begin(0), 0, "max 0 turns polling off");
+    }
+
+    #[test]
+    fn histogram_percentiles_are_bucket_upper_bounds() {
+        let mut histogram = Log2Histogram::default();
+        assert_eq!(histogram.percentile_below(50), None);
+        for value in [3, 5, 6, 7, 100] {
+            histogram.add(value);
+        }
+        assert_eq!(histogram.count(), 5);
+        // 3 is in [2, 4); 5, 6, 7 in [4, 8); 100 in [64, 128).
+        assert_eq!(histogram.percentile_below(20), Some(4));
+        assert_eq!(histogram.percentile_below(50), Some(8));
+        assert_eq!(histogram.percentile_below(99), Some(128));
+    }
+
+    #[test]
+    fn timed_polls_lead_by_the_learnt_lateness_and_keep_the_window() {
+        let mut timed = TimedPoll::default();
+        assert_eq!(timed.lead_ns(200_000), TimedPoll::SLACK_NS, "nothing learnt yet: the slack alone");
+        assert_eq!(timed.lead_ns(0), 0, "max 0 turns it off");
+        for _ in 0..64 {
+            timed.woke(40_000);
+        }
+        assert!((39_000..=40_000).contains(&timed.late_ns()), "converges on the lateness: {}", timed.late_ns());
+        assert_eq!(timed.lead_ns(200_000), timed.late_ns() + TimedPoll::SLACK_NS);
+        assert_eq!(timed.lead_ns(20_000), 20_000, "capped by the max");
+        let before = timed.late_ns();
+        timed.woke(u64::MAX);
+        assert!(timed.late_ns() <= before + TimedPoll::MAX_SAMPLE_NS / 8, "an outlier moves it an eighth of the cap at most");
+        timed.woke(10_000);
+        assert!(timed.late_ns() < before, "a smaller sample pulls it down fast");
+        let before = timed.late_ns();
+        timed.polled_at_once();
+        assert_eq!(timed.late_ns(), before - before / 16);
+
+        let mut poller = HaltPoller::default();
+        let window = poller.begin(DEFAULTS.max_ns);
+        poller.end_timed(Halt { polled_ns: 9_000, waited_ns: 150_000, valid_wakeup: true }, true);
+        poller.end_timed(Halt { polled_ns: 4_000, waited_ns: 150_000, valid_wakeup: true }, false);
+        poller.end_timed(Halt { polled_ns: 0, waited_ns: 150_000, valid_wakeup: true }, false);
+        assert_eq!(poller.window_ns(), window, "timed halts leave KVM's window alone");
+        assert_eq!((poller.stats.attempted, poller.stats.successful), (2, 1));
+        assert_eq!((poller.stats.poll_success_ns, poller.stats.poll_fail_ns, poller.stats.wait_ns), (9_000, 4_000, 450_000));
     }
 }

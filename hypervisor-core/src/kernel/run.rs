@@ -146,6 +146,13 @@ pub(super) struct Pcpu {
     /// The TSC value it is armed for now: earlier than `slice_event` while
     /// the running vCPU's local APIC timer is due first (`super::apic`).
     pub(super) armed_event: u64,
+    /// Timed polling's learnt wake-up lateness of this pCPU.
+    timed: hypervisor_core::halt_poll::TimedPoll,
+    /// The early wake-up it is armed for (timed polling), if any.
+    early_wake: Option<u64>,
+    /// TSC ticks each pick took (reading the published run queue, or the
+    /// round-robin), and how many switch points there were.
+    picks: hypervisor_core::halt_poll::Log2Histogram,
     /// pCPU 0's housekeeping clock: its timer interrupts and TSC at the last
     /// housekeeping.
     last_tick: u64,
@@ -1801,6 +1808,8 @@ impl<'a> Machine<'a> {
             window: ns_to_tsc(window_ns),
             polled: 0,
             waited: false,
+            timed: deadline_ns.is_some() && max > 0,
+            woke_polling: false,
         });
     }
 
@@ -1815,7 +1824,12 @@ impl<'a> Machine<'a> {
         let total = tsc_to_ns(now.saturating_sub(halt.started));
         let polled = tsc_to_ns(halt.polled);
         let waited = if halt.waited { total.saturating_sub(polled).max(1) } else { 0 };
-        vcpu.poller.end(Halt { polled_ns: polled, waited_ns: waited, valid_wakeup: true }, &parameters, max);
+        let record = Halt { polled_ns: polled, waited_ns: waited, valid_wakeup: true };
+        if halt.timed {
+            vcpu.poller.end_timed(record, halt.woke_polling);
+        } else {
+            vcpu.poller.end(record, &parameters, max);
+        }
         if let Some(deadline) = halt.deadline {
             vcpu.wake_latency.add(tsc_to_ns(now.saturating_sub(deadline)));
         }
@@ -1827,7 +1841,7 @@ impl<'a> Machine<'a> {
     /// sleeps until its timer or a kick.
     fn idle_action(&mut self, event: u64) -> Action {
         let cpu = self.cpu;
-        let last_pcpu = &self.last_pcpu;
+        let last_pcpu = self.last_pcpu;
         let here = |index: usize| last_pcpu.get(index).is_some_and(|&last| usize::from(last) == cpu);
         let candidate = self
             .vcpus
@@ -1837,9 +1851,30 @@ impl<'a> Machine<'a> {
             .filter_map(|(index, vcpu)| Some((index, vcpu.halt?)))
             .max_by_key(|(_, halt)| halt.started);
         if let Some((index, halt)) = candidate {
-            let budget_end = cpu::rdtsc().saturating_add(halt.window.saturating_sub(halt.polled));
-            if budget_end > cpu::rdtsc() {
-                return Action::Poll { index, until: event.min(budget_end) };
+            let now = cpu::rdtsc();
+            match halt.deadline.filter(|&deadline| halt.timed && deadline <= event) {
+                Some(deadline) => {
+                    // The wake-up time is known: sleep until the learnt
+                    // lead before it, then poll the rest.
+                    let lead = ns_to_tsc(self.pcpus[cpu % MAX_CPUS].timed.lead_ns(self.halt_poll_max(index)));
+                    let wake = deadline.saturating_sub(lead);
+                    if now >= wake {
+                        if halt.polled == 0 && !halt.waited {
+                            self.here().timed.polled_at_once();
+                        }
+                        return Action::Poll { index, until: deadline };
+                    }
+                    lapic::arm_oneshot(wake);
+                    let here = self.here();
+                    here.armed_event = wake;
+                    here.early_wake = Some(wake);
+                }
+                None => {
+                    let budget_end = now.saturating_add(halt.window.saturating_sub(halt.polled));
+                    if !halt.timed && budget_end > now {
+                        return Action::Poll { index, until: event.min(budget_end) };
+                    }
+                }
             }
         }
         for (_, vcpu) in self.vcpus.iter_mut().enumerate().filter(|(index, _)| here(*index)) {
@@ -1856,6 +1891,7 @@ impl<'a> Machine<'a> {
     pub(super) fn polled(&mut self, index: usize, ticks: u64) {
         if let Some(record) = self.vcpus.get_mut(index).and_then(|vcpu| vcpu.halt.as_mut()) {
             record.polled += ticks;
+            record.woke_polling |= record.deadline.is_some_and(|deadline| cpu::rdtsc() >= deadline);
         }
         self.wake_due_vcpus();
         self.kick_for_work();
@@ -2050,6 +2086,14 @@ impl<'a> Machine<'a> {
     /// servers, the pager, `hvctl`, the end of the run), wake-ups, then the
     /// pick, the timer for the slice, and what to do until the next one.
     pub(super) fn switch_point(&mut self) -> Action {
+        if let Some(wake) = self.here().early_wake.take() {
+            // Woken for timed polling: learn how late (a kick may have come
+            // first; that is not a lateness sample).
+            let now = cpu::rdtsc();
+            if now >= wake {
+                self.here().timed.woke(tsc_to_ns(now - wake));
+            }
+        }
         if self.cpu == 0 {
             let now = interrupts::ticks();
             let slice = lapic::tsc_hz() / super::TICK_HZ;
@@ -2072,7 +2116,10 @@ impl<'a> Machine<'a> {
             self.wake_due_vcpus();
         }
         self.flush_events();
+        let before_pick = cpu::rdtsc();
         let picked = self.pick_next();
+        let pick_ticks = cpu::rdtsc().saturating_sub(before_pick);
+        self.here().picks.add(pick_ticks);
         // Armed after the tick work and the pick, so an interrupt taken
         // above cannot consume the timer this slice relies on.
         // The slice: the scheduler server's (Xen's timeslice; it tickles
@@ -2133,6 +2180,13 @@ impl<'a> Machine<'a> {
                     "pCPU {=usize}: {=u64} us in guests of {=u64} us, {=u64} ppm outside; lock held {=u64} us, waited {=u64} us; {=u64} exits",
                     cpu, tsc_to_ns(time.guest) / 1000, tsc_to_ns(time.total) / 1000, outside_ppm,
                     tsc_to_ns(time.lock_held) / 1000, tsc_to_ns(time.lock_wait) / 1000, time.exits
+                );
+            }
+            let picks = self.pcpus[cpu % MAX_CPUS].picks;
+            if let (Some(median), Some(p99)) = (picks.percentile_below(50), picks.percentile_below(99)) {
+                defmt::info!(
+                    "switch points: {=u64} on pCPU {=usize}, pick median {=u64} ticks, p99 {=u64} ticks (upper bounds of log2 buckets); timed polling lateness {=u64} ns",
+                    picks.count(), cpu, median, p99, self.pcpus[cpu % MAX_CPUS].timed.late_ns()
                 );
             }
         }

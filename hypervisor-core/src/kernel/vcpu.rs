@@ -60,6 +60,12 @@ pub struct HaltRecord {
     pub polled: u64,
     /// Whether the pCPU really went to sleep during this halt.
     pub waited: bool,
+    /// Its wake-up time is known (`deadline`) and polling is on: the pCPU
+    /// sleeps until shortly before it and polls the rest
+    /// (`hypervisor_core::halt_poll::TimedPoll`) instead of KVM's polling.
+    pub timed: bool,
+    /// The deadline came while the pCPU polled for it.
+    pub woke_polling: bool,
 }
 
 /// Width of a latency bin, ns.
