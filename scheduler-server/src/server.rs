@@ -38,10 +38,12 @@
 //! is due) to the end of the publication that follows in the same turn.
 //! That is the policy's work on the batch or tick plus sending what
 //! changed, the runtime's clock reads and ring writes included. The
-//! durations go into a [`Log2Histogram`]; every [`DECIDE_LOG_INTERVAL`]
-//! passes the server logs `scheduler-server: gen N: decisions C, decide
-//! median M ticks, p99 Q ticks (log2 bucket upper bounds)`, over every pass
-//! of this instance (`make bench` reads the last such line).
+//! durations go into a [`Log2Histogram`]. Every [`DECIDE_LOG_INTERVAL`]
+//! passes, and at the end of the first pass [`DECIDE_LOG_PERIOD_NS`] or
+//! more after the last such line (so a short run logs too), the server
+//! logs `scheduler-server: gen N: decisions C, decide median M ticks, p99
+//! Q ticks (log2 bucket upper bounds)`, over every pass of this instance
+//! (`make bench` reads the last such line).
 
 use core::fmt::{self, Write};
 
@@ -69,6 +71,9 @@ pub const RETRY_INTERVAL_NS: u64 = 1_000_000;
 const MIN_WAKE_NS: u64 = 10_000;
 /// Decision passes between two `decide median` log lines.
 pub const DECIDE_LOG_INTERVAL: u64 = 1000;
+/// Longest time between two `decide median` log lines while passes are
+/// made, ns.
+pub const DECIDE_LOG_PERIOD_NS: u64 = 1_000_000_000;
 
 /// Reads a free-running cycle counter (the TSC on the target).
 pub type CycleCounter = fn() -> u64;
@@ -292,6 +297,9 @@ pub struct SchedulerServer {
     decide_started: Option<u64>,
     /// Durations of the decision passes, cycles.
     decide_cycles: Log2Histogram,
+    /// When the last `decide median` line was logged (or the server
+    /// started), ns.
+    decide_logged_at: u64,
 }
 
 impl SchedulerServer {
@@ -315,6 +323,7 @@ impl SchedulerServer {
             cycle_counter: None,
             decide_started: None,
             decide_cycles: Log2Histogram::new(),
+            decide_logged_at: 0,
         }
     }
 
@@ -338,9 +347,10 @@ impl SchedulerServer {
         self.cycle_counter.map(|counter| counter())
     }
 
-    /// Ends the decision pass under way, if any: records its duration and,
-    /// every [`DECIDE_LOG_INTERVAL`] passes, logs the distribution.
-    fn end_decision_pass(&mut self, context: &mut Context<'_, ToCore>) {
+    /// Ends the decision pass under way, if any, at `now` (ns): records its
+    /// duration and, every [`DECIDE_LOG_INTERVAL`] passes or
+    /// [`DECIDE_LOG_PERIOD_NS`], logs the distribution.
+    fn end_decision_pass(&mut self, now: u64, context: &mut Context<'_, ToCore>) {
         let Some(started) = self.decide_started.take() else {
             return;
         };
@@ -349,9 +359,11 @@ impl SchedulerServer {
         };
         self.decide_cycles.record(ended.saturating_sub(started));
         let passes = self.decide_cycles.samples();
-        if !passes.is_multiple_of(DECIDE_LOG_INTERVAL) {
+        let period_over = now >= self.decide_logged_at.saturating_add(DECIDE_LOG_PERIOD_NS);
+        if !passes.is_multiple_of(DECIDE_LOG_INTERVAL) && !period_over {
             return;
         }
+        self.decide_logged_at = now;
         let mut line = self.line();
         line.push_str("decisions ")
             .push_decimal(passes)
@@ -717,7 +729,9 @@ impl Handler for SchedulerServer {
         let mut line = self.line();
         line.push_str("started; waiting for the core's rebuild stream");
         context.log_line(&line);
-        self.next_heartbeat = context.now().saturating_add(HEARTBEAT_INTERVAL_NS);
+        let now = context.now();
+        self.decide_logged_at = now;
+        self.next_heartbeat = now.saturating_add(HEARTBEAT_INTERVAL_NS);
         context.wake_at(self.next_heartbeat);
     }
 
@@ -768,7 +782,7 @@ impl Handler for SchedulerServer {
             }
         }
         self.publish(context);
-        self.end_decision_pass(context);
+        self.end_decision_pass(now, context);
         if now >= self.next_heartbeat {
             self.heartbeats = self.heartbeats.saturating_add(1);
             let _ = context.send(ToCore::Heartbeat {

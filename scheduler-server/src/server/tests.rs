@@ -1015,10 +1015,27 @@ fn decision_passes_are_timed_and_logged_every_interval() {
         ["scheduler-server: gen 1: decisions 1000, decide median 2047 ticks, p99 2047 ticks (log2 bucket upper bounds)"]
     );
 
-    // Ticks are decision passes too.
+    // Ticks are decision passes too; a line comes at least every second.
     let start = now(&harness);
     run_until(&mut harness, start + 100 * MS);
     assert!(harness.handler().decide_cycles().samples() >= DECIDE_LOG_INTERVAL + 9);
+    assert!(!harness
+        .take_logs()
+        .iter()
+        .any(|line| line.contains("decide median")));
+    run_until(&mut harness, start + DECIDE_LOG_PERIOD_NS + 20 * MS);
+    let logs = harness.take_logs();
+    let passes = harness.handler().decide_cycles().samples();
+    assert!(passes < 2 * DECIDE_LOG_INTERVAL, "{passes}");
+    let timed: std::vec::Vec<&String> = logs
+        .iter()
+        .filter(|line| line.contains("decide median"))
+        .collect();
+    assert_eq!(timed.len(), 1, "{logs:?}");
+    assert!(
+        timed[0].starts_with("scheduler-server: gen 1: decisions 1"),
+        "{timed:?}"
+    );
 
     // Without a cycle counter nothing is timed.
     let mut untimed = harness_for(SchedulerServer::new());
