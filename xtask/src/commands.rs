@@ -895,7 +895,9 @@ fn bench_smp(workspace: &Workspace, images: &Images, results: &mut BenchResults)
         say!("xtask: bench: {}: the core printed no pCPU time lines", appliance.file);
     }
     for (name, value, unit) in bench::smp_figures(&times) {
-        results.set(&name, Figure::Real(value));
+        // Percentages are real; the µs and exit counts whole numbers.
+        let figure = if name.ends_with("_percent") { Figure::Real(value) } else { Figure::Count(value as u64) };
+        results.set(&name, figure);
         results.set_unit(&name, unit);
     }
     let decide = bench::decide_figures(&text);
@@ -903,7 +905,7 @@ fn bench_smp(workspace: &Workspace, images: &Images, results: &mut BenchResults)
         say!("xtask: bench: {}: the scheduler server printed no `decide median` line", appliance.file);
     }
     for (name, value) in decide {
-        results.set(name, Figure::Real(value));
+        results.set(name, Figure::Count(value as u64));
         results.set_unit(
             name,
             if name.ends_with("_ticks") { "ticks, log2 bucket upper bound (server's last line)" } else { "decision passes timed by the server" },
@@ -914,7 +916,7 @@ fn bench_smp(workspace: &Workspace, images: &Images, results: &mut BenchResults)
         say!("xtask: bench: {}: the core printed no `switch points:` lines: core_pick_* left out", appliance.file);
     }
     for (name, value) in picks {
-        results.set(&name, Figure::Real(value));
+        results.set(&name, Figure::Count(value as u64));
     }
     Ok(())
 }
