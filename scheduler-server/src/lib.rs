@@ -97,6 +97,7 @@
 #![forbid(unsafe_code)]
 
 pub mod credit;
+pub mod histogram;
 mod ids;
 mod interface;
 mod knobs;

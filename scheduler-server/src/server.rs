@@ -28,6 +28,22 @@
 //! and it sends a `Heartbeat` every [`HEARTBEAT_INTERVAL_NS`]. Nothing is
 //! decided before the first `RebuildEnd`: the core runs its fallback until
 //! `Ready`.
+//!
+//! # The cost of a decision
+//!
+//! Built with a cycle counter ([`SchedulerServer::with_cycle_counter`]; the
+//! ring-3 binary passes the TSC), the server times each decision pass: from
+//! the first `Events` batch of a run-loop turn that reaches a running
+//! policy (or, without one, the start of [`Handler::notified`] when a tick
+//! is due) to the end of the publication that follows in the same turn.
+//! That is the policy's work on the batch or tick plus sending what
+//! changed, the runtime's clock reads and ring writes included. The
+//! durations go into a [`Log2Histogram`]. Every [`DECIDE_LOG_INTERVAL`]
+//! passes, and at the end of the first pass [`DECIDE_LOG_PERIOD_NS`] or
+//! more after the last such line (so a short run logs too), the server
+//! logs `scheduler-server: gen N: decisions C, decide median M ticks, p99
+//! Q ticks (log2 bucket upper bounds)`, over every pass of this instance
+//! (`make bench` reads the last such line).
 
 use core::fmt::{self, Write};
 
@@ -37,6 +53,7 @@ use ipc::messages::scheduler::{self as wire, ToCore, ToServer};
 use ipc::messages::{ErrorCode, Message};
 use serde::{Deserialize, Serialize};
 
+use crate::histogram::Log2Histogram;
 use crate::{
     ControlError, Decision, DomainId, DomainParams, DomainRecord, Event, EventError, KnobError,
     PcpuId, PcpuSet, Priority, PublishedCredit, Scheduler, Snapshot, Tickle, Tunables, VcpuId,
@@ -52,6 +69,14 @@ pub const RETRY_INTERVAL_NS: u64 = 1_000_000;
 /// Shortest wait for the policy's next deadline, ns (a guard against a
 /// deadline that a tick did not move).
 const MIN_WAKE_NS: u64 = 10_000;
+/// Decision passes between two `decide median` log lines.
+pub const DECIDE_LOG_INTERVAL: u64 = 1000;
+/// Longest time between two `decide median` log lines while passes are
+/// made, ns.
+pub const DECIDE_LOG_PERIOD_NS: u64 = 1_000_000_000;
+
+/// Reads a free-running cycle counter (the TSC on the target).
+pub type CycleCounter = fn() -> u64;
 
 // The wire contract and the policy agree on the shape of the machine and on
 // the knob ranges (the core validates server output with the wire's).
@@ -266,6 +291,15 @@ pub struct SchedulerServer {
     heartbeats: u64,
     next_heartbeat: u64,
     counters: Counters,
+    /// Times decision passes (None: not timed).
+    cycle_counter: Option<CycleCounter>,
+    /// When the decision pass under way started, in cycles.
+    decide_started: Option<u64>,
+    /// Durations of the decision passes, cycles.
+    decide_cycles: Log2Histogram,
+    /// When the last `decide median` line was logged (or the server
+    /// started), ns.
+    decide_logged_at: u64,
 }
 
 impl SchedulerServer {
@@ -286,7 +320,59 @@ impl SchedulerServer {
             heartbeats: 0,
             next_heartbeat: 0,
             counters: Counters::default(),
+            cycle_counter: None,
+            decide_started: None,
+            decide_cycles: Log2Histogram::new(),
+            decide_logged_at: 0,
         }
+    }
+
+    /// A server that times its decision passes with `counter` (see the
+    /// module's documentation).
+    pub fn with_cycle_counter(counter: CycleCounter) -> Self {
+        Self {
+            cycle_counter: Some(counter),
+            ..Self::new()
+        }
+    }
+
+    /// Durations of the decision passes so far, cycles (empty without a
+    /// cycle counter).
+    pub fn decide_cycles(&self) -> &Log2Histogram {
+        &self.decide_cycles
+    }
+
+    /// The cycle counter's value, if the server has one.
+    fn cycles(&self) -> Option<u64> {
+        self.cycle_counter.map(|counter| counter())
+    }
+
+    /// Ends the decision pass under way, if any, at `now` (ns): records its
+    /// duration and, every [`DECIDE_LOG_INTERVAL`] passes or
+    /// [`DECIDE_LOG_PERIOD_NS`], logs the distribution.
+    fn end_decision_pass(&mut self, now: u64, context: &mut Context<'_, ToCore>) {
+        let Some(started) = self.decide_started.take() else {
+            return;
+        };
+        let Some(ended) = self.cycles() else {
+            return;
+        };
+        self.decide_cycles.record(ended.saturating_sub(started));
+        let passes = self.decide_cycles.samples();
+        let period_over = now >= self.decide_logged_at.saturating_add(DECIDE_LOG_PERIOD_NS);
+        if !passes.is_multiple_of(DECIDE_LOG_INTERVAL) && !period_over {
+            return;
+        }
+        self.decide_logged_at = now;
+        let mut line = self.line();
+        line.push_str("decisions ")
+            .push_decimal(passes)
+            .push_str(", decide median ")
+            .push_decimal(self.decide_cycles.median().unwrap_or(0))
+            .push_str(" ticks, p99 ")
+            .push_decimal(self.decide_cycles.p99().unwrap_or(0))
+            .push_str(" ticks (log2 bucket upper bounds)");
+        context.log_line(&line);
     }
 
     /// The policy, once rebuilt.
@@ -329,6 +415,7 @@ impl SchedulerServer {
     }
 
     fn events(&mut self, batch: &[wire::Event], context: &mut Context<'_, ToCore>) {
+        let received = self.cycles();
         let Some(scheduler) = running(&mut self.policy) else {
             let first = self.counters.dropped_events == 0;
             self.counters.dropped_events += batch.len() as u64;
@@ -339,6 +426,9 @@ impl SchedulerServer {
             }
             return;
         };
+        if let Some(received) = received {
+            self.decide_started.get_or_insert(received);
+        }
         for &event in batch {
             let result = Event::try_from(event)
                 .map_err(Refused::Knob)
@@ -373,6 +463,7 @@ impl SchedulerServer {
         }
         self.policy = Policy::Receiving(stream);
         self.stray_records = false;
+        self.decide_started = None;
     }
 
     fn rebuild_records(&mut self, message: &ToServer) {
@@ -638,7 +729,9 @@ impl Handler for SchedulerServer {
         let mut line = self.line();
         line.push_str("started; waiting for the core's rebuild stream");
         context.log_line(&line);
-        self.next_heartbeat = context.now().saturating_add(HEARTBEAT_INTERVAL_NS);
+        let now = context.now();
+        self.decide_logged_at = now;
+        self.next_heartbeat = now.saturating_add(HEARTBEAT_INTERVAL_NS);
         context.wake_at(self.next_heartbeat);
     }
 
@@ -674,17 +767,22 @@ impl Handler for SchedulerServer {
         }
     }
 
-    /// Runs the policy's due ticks, publishes, sends the heartbeat when
-    /// due, and re-arms the timeout.
+    /// Runs the policy's due ticks, publishes, ends the timed decision
+    /// pass, sends the heartbeat when due, and re-arms the timeout.
     fn notified(&mut self, context: &mut Context<'_, ToCore>) {
+        let entered = self.cycles();
         let now = context.now();
         if let Some(scheduler) = running(&mut self.policy) {
             if now >= scheduler.next_deadline() {
                 // A tick names nothing, so the policy cannot refuse it.
                 let _ = scheduler.apply(Event::Tick { now });
+                if let Some(entered) = entered {
+                    self.decide_started.get_or_insert(entered);
+                }
             }
         }
         self.publish(context);
+        self.end_decision_pass(now, context);
         if now >= self.next_heartbeat {
             self.heartbeats = self.heartbeats.saturating_add(1);
             let _ = context.send(ToCore::Heartbeat {

@@ -19,6 +19,15 @@
 //! are set against `copy_4k_per_s`, the core copying one 4 KiB host frame to
 //! another with the routine paging uses, timed at the end of the same boot:
 //! `page_in_over_copy_ratio` has the goal at least [`PAGE_IN_RATIO_GOAL`].
+//!
+//! Scheduling figures come from three more boots, each run to its time
+//! limit: `appliances/weights.toml` and `appliances/balance.toml` give the
+//! share tables ([`share_rows`], [`share_figures`], [`share_table`]);
+//! `appliances/bench-smp.toml` (8 busy vCPUs on 2 pCPUs) gives the time
+//! outside guests ([`pcpu_times`], [`smp_figures`]), the scheduler
+//! server's decision cost ([`decide_figures`]) and, when the core prints
+//! them, its switch-point pick times ([`switch_point_figures`]). Measured
+//! figures with a goal are listed in [`FIGURE_GOALS`].
 
 use std::fmt;
 use std::path::Path;
@@ -98,7 +107,7 @@ pub struct Derived {
 }
 
 /// Every derived figure, in table order.
-pub const DERIVED: [Derived; 8] = [
+pub const DERIVED: [Derived; 11] = [
     Derived {
         name: RATIO_NAME,
         numerator: "cpuid_exit_median_ticks",
@@ -152,6 +161,27 @@ pub const DERIVED: [Derived; 8] = [
         name: "page_in_p99_us",
         numerator: "page_in_p99_ticks",
         denominator: "paging_tsc_mhz",
+        scale: 1.0,
+        goal: None,
+    },
+    Derived {
+        name: "sched_decide_median_us",
+        numerator: "sched_decide_median_ticks",
+        denominator: "tsc_mhz",
+        scale: 1.0,
+        goal: None,
+    },
+    Derived {
+        name: "sched_decide_p99_us",
+        numerator: "sched_decide_p99_ticks",
+        denominator: "tsc_mhz",
+        scale: 1.0,
+        goal: None,
+    },
+    Derived {
+        name: "core_pick_median_us",
+        numerator: "core_pick_median_ticks",
+        denominator: "tsc_mhz",
         scale: 1.0,
         goal: None,
     },
@@ -422,6 +452,303 @@ pub fn restart_gap_figures(text: &[String]) -> Vec<(&'static str, f64)> {
     }
     figures
 }
+
+/// A domain of a share boot: its weight and the most of the machine it can
+/// use (its vCPUs, or its cap, over the pCPUs), percent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShareDomain {
+    /// The domain's name.
+    pub name: String,
+    /// Its credit scheduler weight.
+    pub weight: u32,
+    /// The most of the machine's CPU time it can use, percent.
+    pub peak_percent: f64,
+}
+
+impl ShareDomain {
+    /// The domains of an appliance, in file order.
+    pub fn of(appliance: &crate::config::Appliance) -> Vec<Self> {
+        let pcpus = f64::from(appliance.machine.cpus.max(1));
+        appliance
+            .domains
+            .iter()
+            .map(|domain| {
+                let mut pcpus_usable = f64::from(domain.vcpus.max(1));
+                if domain.cap > 0 {
+                    pcpus_usable = pcpus_usable.min(f64::from(domain.cap) / 100.0);
+                }
+                Self {
+                    name: domain.name.clone(),
+                    weight: domain.cpu_weight,
+                    peak_percent: (pcpus_usable / pcpus * 100.0).min(100.0),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The shares of the machine's CPU time the credit scheduler should give
+/// `domains` when every one of them is busy, percent, in their order:
+/// proportional to the weights, except that a domain gets at most its
+/// peak and what it cannot use goes to the others by weight (as
+/// `csched_acct()` hands out credit).
+pub fn expected_shares(domains: &[ShareDomain]) -> Vec<f64> {
+    let mut shares: Vec<Option<f64>> = vec![None; domains.len()];
+    let mut remaining = 100.0;
+    loop {
+        let open: Vec<usize> = (0..domains.len()).filter(|&index| shares[index].is_none()).collect();
+        let weights: f64 = open.iter().map(|&index| f64::from(domains[index].weight)).sum();
+        if open.is_empty() || weights <= 0.0 {
+            break;
+        }
+        let fair = |index: usize| remaining * f64::from(domains[index].weight) / weights;
+        let capped: Vec<usize> = open.iter().copied().filter(|&index| fair(index) > domains[index].peak_percent).collect();
+        if capped.is_empty() {
+            for index in open {
+                shares[index] = Some(fair(index));
+            }
+            break;
+        }
+        for index in capped {
+            shares[index] = Some(domains[index].peak_percent);
+            remaining -= domains[index].peak_percent;
+        }
+    }
+    shares.into_iter().map(|share| share.unwrap_or(0.0)).collect()
+}
+
+/// One row of a share table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShareRow {
+    /// The domain.
+    pub domain: String,
+    /// Its weight.
+    pub weight: u32,
+    /// Its expected share of the boot's total CPU time, percent.
+    pub expected: f64,
+    /// Its measured share, percent.
+    pub measured: f64,
+}
+
+impl ShareRow {
+    /// Measured minus expected, percentage points.
+    pub fn difference(&self) -> f64 {
+        self.measured - self.expected
+    }
+}
+
+/// The share table of a boot (issue "the share table"): each domain's
+/// CPU time, from the core's `domain NAME: cpu time X us in Y us` lines,
+/// as a share of the domains' total ([`crate::scenario::shares`], as the
+/// scenarios judge it), against [`expected_shares`]. `None` when a domain
+/// has no cpu time line.
+pub fn share_rows(text: &[String], domains: &[ShareDomain]) -> Option<Vec<ShareRow>> {
+    let names: Vec<String> = domains.iter().map(|domain| domain.name.clone()).collect();
+    let measured = crate::scenario::shares(&crate::scenario::cpu_times(text), &names)?;
+    Some(
+        domains
+            .iter()
+            .zip(expected_shares(domains))
+            .zip(measured)
+            .map(|((domain, expected), measured)| ShareRow {
+                domain: domain.name.clone(),
+                weight: domain.weight,
+                expected,
+                measured,
+            })
+            .collect(),
+    )
+}
+
+/// The figures of a share table: `share_BOOT_DOMAIN_points_off` (|measured
+/// − expected|, points) per domain and `share_BOOT_worst_points_off`.
+pub fn share_figures(boot: &str, rows: &[ShareRow]) -> Vec<(String, f64)> {
+    let mut figures: Vec<(String, f64)> = rows
+        .iter()
+        .map(|row| (format!("share_{boot}_{}_points_off", row.domain), row.difference().abs()))
+        .collect();
+    if let Some(worst) = rows.iter().map(|row| row.difference().abs()).reduce(f64::max) {
+        figures.push((format!("share_{boot}_worst_points_off"), worst));
+    }
+    figures
+}
+
+/// A share table as text: a title line, then domain, weight, expected
+/// share, measured share and the difference in points.
+pub fn share_table(title: &str, rows: &[ShareRow]) -> String {
+    let width = rows.iter().map(|row| row.domain.len()).max().unwrap_or(0).max(6);
+    let mut text = format!("{title}\n");
+    text.push_str(&format!("{:<width$}  {:>6}  {:>10}  {:>10}  {:>10}\n", "domain", "weight", "expected", "measured", "difference"));
+    text.push_str(&format!("{}  {}  {}  {}  {}\n", "-".repeat(width), "-".repeat(6), "-".repeat(10), "-".repeat(10), "-".repeat(10)));
+    for row in rows {
+        text.push_str(&format!(
+            "{:<width$}  {:>6}  {:>8.2} %  {:>8.2} %  {:>+6.2} pts\n",
+            row.domain,
+            row.weight,
+            row.expected,
+            row.measured,
+            row.difference()
+        ));
+    }
+    text
+}
+
+/// One pCPU's time at the time limit, from the core's line `pCPU N: G us
+/// in guests of T us, P ppm outside; lock held H us, waited W us; E exits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PcpuTime {
+    /// The pCPU.
+    pub cpu: u32,
+    /// Time in guests, µs.
+    pub guest_us: u64,
+    /// Time since the pCPU started, µs.
+    pub total_us: u64,
+    /// Time holding the machine lock, µs.
+    pub lock_held_us: u64,
+    /// Time waiting for it, µs.
+    pub lock_wait_us: u64,
+    /// Guest exits handled.
+    pub exits: u64,
+}
+
+/// The number right after `marker` in `line` (trailing `,` or `;` cut).
+fn number_after(line: &str, marker: &str) -> Option<u64> {
+    line.split(marker).nth(1)?.split_whitespace().next()?.trim_end_matches([',', ';']).parse().ok()
+}
+
+/// The pCPU lines of a transcript (the last one of each pCPU), by pCPU.
+pub fn pcpu_times(text: &[String]) -> Vec<PcpuTime> {
+    let mut times: Vec<PcpuTime> = Vec::new();
+    for line in text {
+        let Some(rest) = line.split(" pCPU ").nth(1) else { continue };
+        if !rest.contains(" us in guests of ") {
+            continue;
+        }
+        let parsed = (|| {
+            Some(PcpuTime {
+                cpu: rest.split(':').next()?.trim().parse().ok()?,
+                guest_us: number_after(rest, ": ")?,
+                total_us: number_after(rest, " in guests of ")?,
+                lock_held_us: number_after(rest, "lock held ")?,
+                lock_wait_us: number_after(rest, " waited ")?,
+                exits: rest.rsplit("; ").next()?.split_whitespace().next()?.parse().ok()?,
+            })
+        })();
+        if let Some(time) = parsed {
+            times.retain(|known| known.cpu != time.cpu);
+            times.push(time);
+        }
+    }
+    times.sort_by_key(|time| time.cpu);
+    times
+}
+
+/// Name of the share of the pCPUs' time spent outside guests.
+pub const SMP_OUTSIDE_NAME: &str = "smp_outside_guest_percent";
+
+/// Figures of the SMP boot (8 busy vCPUs on 2 pCPUs) from its pCPU lines,
+/// with their unit: per pCPU `smp_pcpuN_outside_percent` (time outside
+/// guests over the pCPU's time), `smp_pcpuN_lock_held_us`,
+/// `smp_pcpuN_lock_wait_us` and `smp_pcpuN_exits`; over all pCPUs
+/// [`SMP_OUTSIDE_NAME`] = (Σ total − Σ guest) / Σ total × 100, and the lock
+/// held and waited for as percentages of Σ total.
+pub fn smp_figures(times: &[PcpuTime]) -> Vec<(String, f64, &'static str)> {
+    let mut figures = Vec::new();
+    let percent = |part: u64, whole: u64| part as f64 / whole.max(1) as f64 * 100.0;
+    for time in times {
+        let cpu = time.cpu;
+        figures.push((format!("smp_pcpu{cpu}_outside_percent"), percent(time.total_us.saturating_sub(time.guest_us), time.total_us), "% of the pCPU's time outside guests"));
+        figures.push((format!("smp_pcpu{cpu}_lock_held_us"), time.lock_held_us as f64, "us holding the machine lock"));
+        figures.push((format!("smp_pcpu{cpu}_lock_wait_us"), time.lock_wait_us as f64, "us waiting for the machine lock"));
+        figures.push((format!("smp_pcpu{cpu}_exits"), time.exits as f64, "guest exits"));
+    }
+    if times.is_empty() {
+        return figures;
+    }
+    let total: u64 = times.iter().map(|time| time.total_us).sum();
+    let guest: u64 = times.iter().map(|time| time.guest_us).sum();
+    let held: u64 = times.iter().map(|time| time.lock_held_us).sum();
+    let waited: u64 = times.iter().map(|time| time.lock_wait_us).sum();
+    figures.push((SMP_OUTSIDE_NAME.to_owned(), percent(total.saturating_sub(guest), total), "% of all pCPUs' time outside guests"));
+    figures.push(("smp_lock_held_percent".to_owned(), percent(held, total), "% of all pCPUs' time holding the lock"));
+    figures.push(("smp_lock_wait_percent".to_owned(), percent(waited, total), "% of all pCPUs' time waiting for it"));
+    figures
+}
+
+/// The core's switch-point lines `switch points: N on pCPU P, pick median
+/// M ticks, p99 Q ticks`, if it prints them: per pCPU
+/// `core_pcpuP_switch_points`, `core_pcpuP_pick_median_ticks` and
+/// `core_pcpuP_pick_p99_ticks`, then `core_pick_median_ticks` and
+/// `core_pick_p99_ticks`, the largest over the pCPUs. Empty without such
+/// lines.
+pub fn switch_point_figures(text: &[String]) -> Vec<(String, f64)> {
+    let mut per_cpu: Vec<(u64, u64, u64, u64)> = Vec::new();
+    for line in text {
+        let Some(rest) = line.split("switch points: ").nth(1) else { continue };
+        let parsed = (|| {
+            Some((
+                number_after(rest, " on pCPU ")?,
+                rest.split_whitespace().next()?.parse().ok()?,
+                number_after(rest, "pick median ")?,
+                number_after(rest, "p99 ")?,
+            ))
+        })();
+        if let Some(entry) = parsed {
+            per_cpu.retain(|known| known.0 != entry.0);
+            per_cpu.push(entry);
+        }
+    }
+    per_cpu.sort_unstable();
+    let mut figures = Vec::new();
+    for &(cpu, points, median, p99) in &per_cpu {
+        figures.push((format!("core_pcpu{cpu}_switch_points"), points as f64));
+        figures.push((format!("core_pcpu{cpu}_pick_median_ticks"), median as f64));
+        figures.push((format!("core_pcpu{cpu}_pick_p99_ticks"), p99 as f64));
+    }
+    if let Some(median) = per_cpu.iter().map(|entry| entry.2).max() {
+        figures.push(("core_pick_median_ticks".to_owned(), median as f64));
+    }
+    if let Some(p99) = per_cpu.iter().map(|entry| entry.3).max() {
+        figures.push(("core_pick_p99_ticks".to_owned(), p99 as f64));
+    }
+    figures
+}
+
+/// The scheduler server's decision cost from its last line `scheduler-server:
+/// gen G: decisions C, decide median M ticks, p99 Q ticks` (log2 bucket
+/// upper bounds, over every decision pass of that instance):
+/// `sched_decisions_timed`, `sched_decide_median_ticks` and
+/// `sched_decide_p99_ticks`. Empty without such a line.
+pub fn decide_figures(text: &[String]) -> Vec<(&'static str, f64)> {
+    let Some(line) = text.iter().rev().find(|line| line.contains("scheduler-server: gen ") && line.contains(", decide median ")) else {
+        return Vec::new();
+    };
+    let found = (|| Some((number_after(line, ": decisions ")?, number_after(line, "decide median ")?, number_after(line, " p99 ")?)))();
+    match found {
+        Some((count, median, p99)) => vec![
+            ("sched_decisions_timed", count as f64),
+            ("sched_decide_median_ticks", median as f64),
+            ("sched_decide_p99_ticks", p99 as f64),
+        ],
+        None => Vec::new(),
+    }
+}
+
+/// A figure measured directly (not [`Derived`]) that has a goal.
+#[derive(Debug, Clone, Copy)]
+pub struct FigureGoal {
+    /// The figure.
+    pub name: &'static str,
+    /// Its goal.
+    pub goal: Goal,
+}
+
+/// The goals of measured figures, in the order they are reported.
+pub const FIGURE_GOALS: [FigureGoal; 3] = [
+    FigureGoal { name: "share_weights_worst_points_off", goal: Goal::AtMost(3.0) },
+    FigureGoal { name: "share_balance_worst_points_off", goal: Goal::AtMost(5.0) },
+    FigureGoal { name: SMP_OUTSIDE_NAME, goal: Goal::AtMost(0.5) },
+];
 
 /// One guest-progress boot's figures (issue #6 §6), from its transcript:
 /// what the spinners got done by the machine's time limit.
@@ -716,6 +1043,144 @@ mod tests {
         assert_eq!(get("wake_latency_on_over_off_ratio"), Some(0.1));
         assert_eq!(get("halt_poll_burn_points"), Some(0.5));
         assert!(halt_poll_figures(&[]).is_empty());
+    }
+
+    fn lines(text: &[&str]) -> Vec<String> {
+        text.iter().map(|line| line.to_string()).collect()
+    }
+
+    fn domain(name: &str, weight: u32, peak_percent: f64) -> ShareDomain {
+        ShareDomain { name: name.into(), weight, peak_percent }
+    }
+
+    #[test]
+    fn expected_shares_follow_weights_up_to_each_peak() {
+        let weights = [domain("light", 256, 100.0), domain("medium", 512, 100.0), domain("heavy", 1024, 100.0)];
+        let shares = expected_shares(&weights);
+        let rounded: Vec<f64> = shares.iter().map(|share| (share * 100.0).round() / 100.0).collect();
+        assert_eq!(rounded, vec![14.29, 28.57, 57.14]);
+        // Four single-vCPU domains on two pCPUs: a quarter each.
+        let balance: Vec<ShareDomain> = ["one", "two", "three", "four"].iter().map(|name| domain(name, 256, 50.0)).collect();
+        assert_eq!(expected_shares(&balance), vec![25.0; 4]);
+        // One heavy single-vCPU domain on two pCPUs cannot use 2/3 of the
+        // machine: it gets one pCPU (50 %), the other two split the rest.
+        let peaked = [domain("a", 1024, 50.0), domain("b", 256, 50.0), domain("c", 256, 50.0)];
+        assert_eq!(expected_shares(&peaked), vec![50.0, 25.0, 25.0]);
+        assert!(expected_shares(&[]).is_empty());
+    }
+
+    #[test]
+    fn share_domains_come_from_the_appliance() {
+        let appliance = crate::config::parse(
+            "[machine]\ncpus = 2\n[[domain]]\nname='a'\nkernel='cairn:spinner'\ncpu_weight=512\n[[domain]]\nname='b'\nkernel='cairn:spinner'\ncap=25\n",
+            "t.toml",
+            Path::new("/base"),
+        )
+        .unwrap();
+        assert_eq!(ShareDomain::of(&appliance), vec![domain("a", 512, 50.0), domain("b", 256, 12.5)]);
+    }
+
+    #[test]
+    fn share_tables_compare_measured_with_expected() {
+        let text = lines(&[
+            "cairn  INFO time limit reached",
+            "cairn  INFO domain light: cpu time 1170000 us in 8000000 us, 146 per mille of a pCPU",
+            "cairn  INFO domain medium: cpu time 2340000 us in 8000000 us, 292 per mille of a pCPU",
+            "cairn  INFO domain heavy: cpu time 4490000 us in 8000000 us, 561 per mille of a pCPU",
+        ]);
+        let domains = [domain("light", 256, 100.0), domain("medium", 512, 100.0), domain("heavy", 1024, 100.0)];
+        let rows = share_rows(&text, &domains).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!((rows[2].domain.as_str(), rows[2].weight), ("heavy", 1024));
+        // 4490 of 8000 ms: 56.125 % against 57.143 %.
+        assert!((rows[2].measured - 56.125).abs() < 1e-9);
+        assert!((rows[2].difference() + 1.018).abs() < 1e-3);
+        let figures = share_figures("weights", &rows);
+        let names: Vec<&str> = figures.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["share_weights_light_points_off", "share_weights_medium_points_off", "share_weights_heavy_points_off", "share_weights_worst_points_off"]
+        );
+        let worst = figures.last().unwrap().1;
+        assert!((worst - 1.018).abs() < 1e-3, "{worst}");
+        assert!(figures.iter().all(|(_, value)| *value >= 0.0));
+        let table = share_table("weights (appliances/weights.toml)", &rows);
+        assert!(table.starts_with("weights (appliances/weights.toml)\ndomain  weight    expected    measured  difference\n"), "{table}");
+        assert!(table.contains("heavy     1024     57.14 %     56.12 %   -1.02 pts\n"), "{table}");
+        // A domain without a cpu time line: no table.
+        assert_eq!(share_rows(&text[..3], &domains), None);
+        assert!(share_figures("x", &[]).is_empty());
+    }
+
+    #[test]
+    fn pcpu_lines_give_the_time_outside_guests() {
+        let text = lines(&[
+            "cairn  INFO pCPU 0: 1 us in guests of 2 us, 500000 ppm outside; lock held 0 us, waited 0 us; 1 exits",
+            "cairn  INFO time limit reached",
+            "cairn  INFO pCPU 0: 5898314 us in guests of 6000306 us, 16997 ppm outside; lock held 57897 us, waited 1716 us; 864 exits",
+            "cairn  INFO pCPU 1: 5940000 us in guests of 6000000 us, 10000 ppm outside; lock held 40000 us, waited 2000 us; 700 exits",
+            "cairn  INFO switch points: 120 on pCPU 1, pick median 3000 ticks, p99 9000 ticks",
+        ]);
+        let times = pcpu_times(&text);
+        assert_eq!(
+            times[0],
+            PcpuTime { cpu: 0, guest_us: 5_898_314, total_us: 6_000_306, lock_held_us: 57_897, lock_wait_us: 1_716, exits: 864 },
+            "the last line of a pCPU counts"
+        );
+        assert_eq!(times.len(), 2);
+        let figures = smp_figures(&times);
+        let get = |name: &str| figures.iter().find(|(known, ..)| known == name).map(|(_, value, _)| *value);
+        assert!((get("smp_pcpu0_outside_percent").unwrap() - 1.6997).abs() < 1e-3);
+        assert_eq!(get("smp_pcpu1_outside_percent"), Some(1.0));
+        assert_eq!(get("smp_pcpu0_lock_held_us"), Some(57_897.0));
+        assert_eq!(get("smp_pcpu1_lock_wait_us"), Some(2_000.0));
+        assert_eq!(get("smp_pcpu0_exits"), Some(864.0));
+        // (12 000 306 - 11 838 314) / 12 000 306.
+        let outside = get(SMP_OUTSIDE_NAME).unwrap();
+        assert!((outside - 161_992.0 / 12_000_306.0 * 100.0).abs() < 1e-9, "{outside}");
+        assert!((get("smp_lock_held_percent").unwrap() - 97_897.0 / 12_000_306.0 * 100.0).abs() < 1e-9);
+        assert!((get("smp_lock_wait_percent").unwrap() - 3_716.0 / 12_000_306.0 * 100.0).abs() < 1e-9);
+        let goal = FIGURE_GOALS.iter().find(|goal| goal.name == SMP_OUTSIDE_NAME).unwrap().goal;
+        assert!(!goal.met(outside));
+        assert!(smp_figures(&[]).is_empty());
+        assert!(pcpu_times(&lines(&["cairn  INFO pCPU 0: garbled"])).is_empty());
+    }
+
+    #[test]
+    fn switch_points_are_read_when_the_core_prints_them() {
+        let text = lines(&[
+            "cairn  INFO switch points: 1200 on pCPU 0, pick median 2500 ticks, p99 8000 ticks",
+            "cairn  INFO switch points: 1100 on pCPU 1, pick median 3000 ticks, p99 7000 ticks",
+        ]);
+        let figures = switch_point_figures(&text);
+        let get = |name: &str| figures.iter().find(|(known, _)| known == name).map(|(_, value)| *value);
+        assert_eq!(get("core_pcpu0_switch_points"), Some(1200.0));
+        assert_eq!(get("core_pcpu1_pick_median_ticks"), Some(3000.0));
+        assert_eq!(get("core_pcpu0_pick_p99_ticks"), Some(8000.0));
+        assert_eq!((get("core_pick_median_ticks"), get("core_pick_p99_ticks")), (Some(3000.0), Some(8000.0)));
+        assert!(switch_point_figures(&lines(&["cairn  INFO time limit reached"])).is_empty());
+    }
+
+    #[test]
+    fn the_decision_cost_is_the_servers_last_line() {
+        let text = lines(&[
+            "server scheduler: scheduler-server: gen 1: decisions 1000, decide median 16383 ticks, p99 65535 ticks (log2 bucket upper bounds)",
+            "server scheduler: scheduler-server: gen 1: decisions 2000, decide median 32767 ticks, p99 131071 ticks (log2 bucket upper bounds)",
+            "server scheduler: scheduler-server: gen 1: started; waiting for the core's rebuild stream",
+        ]);
+        assert_eq!(
+            decide_figures(&text),
+            vec![("sched_decisions_timed", 2000.0), ("sched_decide_median_ticks", 32767.0), ("sched_decide_p99_ticks", 131071.0)]
+        );
+        assert!(decide_figures(&text[2..]).is_empty());
+        let mut results = BenchResults::default();
+        results.set("tsc_mhz", Figure::Count(2600));
+        for (name, value) in decide_figures(&text) {
+            results.set(name, Figure::Real(value));
+        }
+        let derived = DERIVED.iter().find(|derived| derived.name == "sched_decide_median_us").unwrap();
+        let micros = results.derive(derived).unwrap();
+        assert!((micros - 32767.0 / 2600.0).abs() < 1e-9);
     }
 
     #[test]

@@ -589,6 +589,11 @@ pub fn bench(workspace: &Workspace) -> Result<bool> {
     let paging_results = bench_paging(workspace, &images)?;
     results.merge(&paging_results);
 
+    // Scheduling: the share tables of `weights` and `balance`, and 8 busy
+    // vCPUs on 2 pCPUs (time outside guests, the cost of a decision).
+    let share_tables = bench_shares(workspace, &images, &mut results)?;
+    bench_smp(workspace, &images, &mut results)?;
+
     let derived: Vec<_> = bench::DERIVED
         .iter()
         .map(|derived| (derived, results.derive(derived)))
@@ -601,6 +606,11 @@ pub fn bench(workspace: &Workspace) -> Result<bool> {
 
     say!();
     say!("{}", results.table().trim_end());
+    for table in &share_tables {
+        say!();
+        say!("{}", table.trim_end());
+    }
+    say!();
     for (derived, value) in derived {
         match (value, derived.goal) {
             (Some(value), Some(goal)) => say!(
@@ -614,6 +624,17 @@ pub fn bench(workspace: &Workspace) -> Result<bool> {
                 derived.name
             ),
             (Some(_), None) => {}
+        }
+    }
+    for figure in &bench::FIGURE_GOALS {
+        match results.get(figure.name) {
+            Some(value) => say!(
+                "{}: {value}, {}: {}",
+                figure.name,
+                figure.goal,
+                if figure.goal.met(value.as_f64()) { "met" } else { "NOT met" }
+            ),
+            None => say!("{}: not measured (see the notes above)", figure.name),
         }
     }
     let json_path = workspace.target_directory().join("bench.json");
@@ -785,6 +806,119 @@ fn bench_paging(workspace: &Workspace, images: &Images) -> Result<BenchResults> 
         );
     }
     Ok(results)
+}
+
+/// Boots an appliance of `appliances/` once for the bench and returns its
+/// transcript (also written to `target/bench/LABEL.log`) if it ran to its
+/// time limit; otherwise says so and returns `None`.
+fn bench_time_limit_boot(workspace: &Workspace, images: &Images, file: &str, label: &str, what: &str) -> Result<Option<(Appliance, Vec<String>)>> {
+    let config = workspace.root.join("appliances").join(file);
+    let prepared = prepare(workspace, &config, RunMode::Normal)?;
+    say!(
+        "xtask: bench: booting {} ({what}; {} s)",
+        prepared.appliance.file,
+        prepared.appliance.machine.stop_after_ms / 1000
+    );
+    let report = boot(
+        workspace,
+        images,
+        &prepared,
+        MachineType::Microvm,
+        StopRule::Timeout(BENCH_TIMEOUT),
+        false,
+        &per_run_socket(workspace)?,
+        &[],
+        None,
+    )?;
+    let text: Vec<String> = report.lines.iter().map(ToString::to_string).collect();
+    let directory = workspace.target_directory().join("bench");
+    std::fs::create_dir_all(&directory).with_context(|| format!("cannot create {}", display(&directory)))?;
+    let log_path = directory.join(format!("{label}.log"));
+    std::fs::write(&log_path, text.join("\n") + "\n").with_context(|| format!("cannot write {}", display(&log_path)))?;
+    if report.ending != Ending::Exited(qemu::QemuExit::Core(ipc::exit_status::ExitStatus::TimeLimit)) {
+        say!(
+            "xtask: bench: {} did not run to its time limit ({}): its figures are left out; see {}",
+            prepared.appliance.file,
+            report.ending,
+            display(&log_path)
+        );
+        return Ok(None);
+    }
+    Ok(Some((prepared.appliance, text)))
+}
+
+/// The share tables (issue "the share table"): one boot each of
+/// `appliances/weights.toml` (3 spinners, 256:512:1024, one pCPU) and
+/// `appliances/balance.toml` (4 spinners, two pCPUs). Sets
+/// `share_BOOT_DOMAIN_points_off` and `share_BOOT_worst_points_off` and
+/// returns the tables to print.
+fn bench_shares(workspace: &Workspace, images: &Images, results: &mut BenchResults) -> Result<Vec<String>> {
+    let mut tables = Vec::new();
+    for (boot, file, what) in [
+        ("weights", "weights.toml", "CPU shares by weight"),
+        ("balance", "balance.toml", "CPU shares on two pCPUs"),
+    ] {
+        let Some((appliance, text)) = bench_time_limit_boot(workspace, images, file, &format!("share-{boot}"), what)? else {
+            continue;
+        };
+        let Some(rows) = bench::share_rows(&text, &bench::ShareDomain::of(&appliance)) else {
+            say!("xtask: bench: {}: a domain has no cpu time line: no share table", appliance.file);
+            continue;
+        };
+        for (name, value) in bench::share_figures(boot, &rows) {
+            results.set(&name, Figure::Real(value));
+            results.set_unit(&name, "points off the expected share");
+        }
+        tables.push(bench::share_table(
+            &format!(
+                "share table, {boot} ({}: {} pCPU(s), {} s; shares of the domains' total CPU time)",
+                appliance.file,
+                appliance.machine.cpus,
+                appliance.machine.stop_after_ms / 1000
+            ),
+            &rows,
+        ));
+    }
+    Ok(tables)
+}
+
+/// One boot of `appliances/bench-smp.toml` (8 busy vCPUs on 2 pCPUs): the
+/// time outside guests from the core's pCPU lines, the scheduler server's
+/// decision cost from its last `decide median` line, and the core's pick
+/// times from its `switch points:` lines if it prints them.
+fn bench_smp(workspace: &Workspace, images: &Images, results: &mut BenchResults) -> Result<()> {
+    let Some((appliance, text)) = bench_time_limit_boot(workspace, images, "bench-smp.toml", "smp", "8 busy vCPUs on 2 pCPUs")? else {
+        return Ok(());
+    };
+    let times = bench::pcpu_times(&text);
+    if times.is_empty() {
+        say!("xtask: bench: {}: the core printed no pCPU time lines", appliance.file);
+    }
+    for (name, value, unit) in bench::smp_figures(&times) {
+        // Percentages are real; the µs and exit counts whole numbers.
+        let figure = if name.ends_with("_percent") { Figure::Real(value) } else { Figure::Count(value as u64) };
+        results.set(&name, figure);
+        results.set_unit(&name, unit);
+    }
+    let decide = bench::decide_figures(&text);
+    if decide.is_empty() {
+        say!("xtask: bench: {}: the scheduler server printed no `decide median` line", appliance.file);
+    }
+    for (name, value) in decide {
+        results.set(name, Figure::Count(value as u64));
+        results.set_unit(
+            name,
+            if name.ends_with("_ticks") { "ticks, log2 bucket upper bound (server's last line)" } else { "decision passes timed by the server" },
+        );
+    }
+    let picks = bench::switch_point_figures(&text);
+    if picks.is_empty() {
+        say!("xtask: bench: {}: the core printed no `switch points:` lines: core_pick_* left out", appliance.file);
+    }
+    for (name, value) in picks {
+        results.set(&name, Figure::Count(value as u64));
+    }
+    Ok(())
 }
 
 /// `cargo xtask campaign`: writes the campaign's appliance under

@@ -227,8 +227,9 @@ fn wake_latencies(text: &[String]) -> std::collections::HashMap<String, f64> {
 }
 
 /// The CPU time (µs) and the time it was measured over (µs) per domain,
-/// from the core's lines.
-fn cpu_times(text: &[String]) -> std::collections::HashMap<String, (f64, f64)> {
+/// from the core's `domain NAME: cpu time X us in Y us` lines (the last
+/// line of a domain counts).
+pub fn cpu_times(text: &[String]) -> std::collections::HashMap<String, (f64, f64)> {
     let mut times = std::collections::HashMap::new();
     for line in text {
         let Some(rest) = line.split("INFO domain ").nth(1) else { continue };
@@ -241,6 +242,14 @@ fn cpu_times(text: &[String]) -> std::collections::HashMap<String, (f64, f64)> {
         }
     }
     times
+}
+
+/// Each of `domains`' CPU time as a percentage of the domains' total, in
+/// their order, from [`cpu_times`]; `None` if one has no cpu time line.
+pub fn shares(times: &std::collections::HashMap<String, (f64, f64)>, domains: &[String]) -> Option<Vec<f64>> {
+    let used: Vec<f64> = domains.iter().map(|domain| times.get(domain).map(|time| time.0)).collect::<Option<_>>()?;
+    let total: f64 = used.iter().sum::<f64>().max(1.0);
+    Some(used.iter().map(|used| used / total * 100.0).collect())
 }
 
 /// Judges the CPU checks against the output.
@@ -262,14 +271,11 @@ pub fn judge_cpu(text: &[String], checks: &[CpuCheck]) -> Vec<Failure> {
                 }
             },
             CpuCheck::Shares { domains, expect, tolerance } => {
-                let used: Option<Vec<f64>> = domains.iter().map(|domain| times.get(domain).map(|time| time.0)).collect();
-                let Some(used) = used else {
+                let Some(measured) = shares(&times, domains) else {
                     failures.push(Failure::Cpu(format!("a cpu time line is missing for one of {domains:?}")));
                     continue;
                 };
-                let total: f64 = used.iter().sum::<f64>().max(1.0);
-                for ((domain, used), expected) in domains.iter().zip(&used).zip(expect.iter()) {
-                    let share = used / total * 100.0;
+                for ((domain, share), expected) in domains.iter().zip(measured).zip(expect.iter()) {
                     if (share - expected).abs() > *tolerance {
                         failures.push(Failure::Cpu(format!(
                             "domain {domain} got {share:.1} % of the shared CPU time, expected {expected} ± {tolerance}"

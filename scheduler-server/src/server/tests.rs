@@ -961,6 +961,104 @@ fn a_restarted_instance_fed_the_same_state_publishes_the_same_decisions() {
     )));
 }
 
+std::thread_local! {
+    /// The fake cycle counter of this test thread.
+    static CYCLES: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+/// A cycle counter that advances 1000 cycles at every read.
+fn fake_cycles() -> u64 {
+    CYCLES.with(|cycles| {
+        cycles.set(cycles.get() + 1000);
+        cycles.get()
+    })
+}
+
+#[test]
+fn decision_passes_are_timed_and_logged_every_interval() {
+    let mut harness = harness_for(SchedulerServer::with_cycle_counter(fake_cycles));
+    let machine = two_pcpus(now(&harness));
+    let shape = machine.shape();
+    // Events before the rebuild decide nothing: not timed.
+    push(&mut harness, events(&[wire::Event::Tick { now: 5 }]));
+    settle(&mut harness);
+    machine.rebuild(&mut harness);
+    assert_eq!(harness.handler().decide_cycles().samples(), 0);
+    let _ = sent(&mut harness, &shape);
+
+    for _ in 0..DECIDE_LOG_INTERVAL {
+        push(
+            &mut harness,
+            events(&[wire::Event::Ran {
+                vcpu: vcpu(0, 0),
+                pcpu: 0,
+                ns: 1_000,
+            }]),
+        );
+        settle(&mut harness);
+    }
+    let histogram = *harness.handler().decide_cycles();
+    assert_eq!(histogram.samples(), DECIDE_LOG_INTERVAL);
+    // Each pass reads the counter at the batch, entering `notified` and at
+    // its end: 2000 cycles, in the bucket 1024..=2047.
+    assert_eq!(
+        (histogram.median(), histogram.p99()),
+        (Some(2047), Some(2047))
+    );
+    let logs = harness.take_logs();
+    let lines: std::vec::Vec<&String> = logs
+        .iter()
+        .filter(|line| line.contains("decide median"))
+        .collect();
+    assert_eq!(
+        lines,
+        ["scheduler-server: gen 1: decisions 1000, decide median 2047 ticks, p99 2047 ticks (log2 bucket upper bounds)"]
+    );
+
+    // Ticks are decision passes too; a line comes at least every second.
+    let start = now(&harness);
+    run_until(&mut harness, start + 100 * MS);
+    assert!(harness.handler().decide_cycles().samples() >= DECIDE_LOG_INTERVAL + 9);
+    assert!(!harness
+        .take_logs()
+        .iter()
+        .any(|line| line.contains("decide median")));
+    run_until(&mut harness, start + DECIDE_LOG_PERIOD_NS + 20 * MS);
+    let logs = harness.take_logs();
+    let passes = harness.handler().decide_cycles().samples();
+    assert!(passes < 2 * DECIDE_LOG_INTERVAL, "{passes}");
+    let timed: std::vec::Vec<&String> = logs
+        .iter()
+        .filter(|line| line.contains("decide median"))
+        .collect();
+    assert_eq!(timed.len(), 1, "{logs:?}");
+    assert!(
+        timed[0].starts_with("scheduler-server: gen 1: decisions 1"),
+        "{timed:?}"
+    );
+
+    // Without a cycle counter nothing is timed.
+    let mut untimed = harness_for(SchedulerServer::new());
+    let machine = two_pcpus(now(&untimed));
+    machine.rebuild(&mut untimed);
+    push(
+        &mut untimed,
+        events(&[wire::Event::Ran {
+            vcpu: vcpu(0, 0),
+            pcpu: 0,
+            ns: 1_000,
+        }]),
+    );
+    settle(&mut untimed);
+    assert_eq!(untimed.handler().decide_cycles().samples(), 0);
+}
+
+fn harness_for(server: SchedulerServer) -> TestHarness {
+    let mut harness = Harness::new(server, 1, "");
+    harness.start().expect("the server starts");
+    harness
+}
+
 #[test]
 fn the_wrapper_is_the_protocol_on_the_wire() {
     let message = events(&[wire::Event::Tick { now: 77 }]);
