@@ -2182,6 +2182,12 @@ impl<'a> Machine<'a> {
                     tsc_to_ns(time.lock_held) / 1000, tsc_to_ns(time.lock_wait) / 1000, time.exits
                 );
             }
+            if let Some(servers) = super::smp::guest_time(cpu).and_then(|time| time.servers) {
+                defmt::info!(
+                    "servers on pCPU {=usize}: {=u64} turns, {=u64} returns to the core, {=u64} us in ring 3",
+                    cpu, servers.turns, servers.returns, tsc_to_ns(servers.ring3) / 1000
+                );
+            }
             let picks = self.pcpus[cpu % MAX_CPUS].picks;
             if let (Some(median), Some(p99)) = (picks.percentile_below(50), picks.percentile_below(99)) {
                 defmt::info!(

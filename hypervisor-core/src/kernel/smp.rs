@@ -40,6 +40,11 @@ static LOOP_START: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPU
 static LOCK_WAIT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static LOCK_HELD: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static EXITS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// pCPU 0's server turns, returns to the core (syscalls, faults,
+/// interrupts) and TSC ticks in ring 3.
+static SERVER_TURNS: AtomicU64 = AtomicU64::new(0);
+static SERVER_RETURNS: AtomicU64 = AtomicU64::new(0);
+static SERVER_TICKS: AtomicU64 = AtomicU64::new(0);
 /// Per pCPU: kicks sent to it (a polling pCPU stops when this moves).
 static KICKS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
@@ -98,6 +103,11 @@ pub fn guest_time(cpu: usize) -> Option<PcpuTime> {
         lock_wait: LOCK_WAIT[cpu].load(Ordering::Relaxed),
         lock_held: LOCK_HELD[cpu].load(Ordering::Relaxed),
         exits: EXITS[cpu].load(Ordering::Relaxed),
+        servers: (cpu == 0).then(|| ServerTime {
+            turns: SERVER_TURNS.load(Ordering::Relaxed),
+            returns: SERVER_RETURNS.load(Ordering::Relaxed),
+            ring3: SERVER_TICKS.load(Ordering::Relaxed),
+        }),
     })
 }
 
@@ -114,6 +124,19 @@ pub struct PcpuTime {
     pub lock_held: u64,
     /// Guest exits taken.
     pub exits: u64,
+    /// On pCPU 0, the servers' share.
+    pub servers: Option<ServerTime>,
+}
+
+/// The servers' time on pCPU 0.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerTime {
+    /// Turns (a pick of a server until it waits, yields or is preempted).
+    pub turns: u64,
+    /// Returns to the core (syscalls, faults, interrupts).
+    pub returns: u64,
+    /// TSC ticks in ring 3.
+    pub ring3: u64,
 }
 
 /// Forces every other pCPU that runs a vCPU of `domain` out of the guest
@@ -191,10 +214,16 @@ fn cpu_loop(cpu: usize, host: svm::HostState) -> ! {
             }
             Action::Sleep => cpu::wait_for_interrupt(),
             Action::Server { index, mut context } => loop {
+                let entered = cpu::rdtsc();
                 crate::arch::user::enter(&mut context);
+                SERVER_TICKS.fetch_add(cpu::rdtsc().wrapping_sub(entered), Ordering::Relaxed);
+                SERVER_RETURNS.fetch_add(1, Ordering::Relaxed);
                 match locked(cpu, |machine| machine.after_server(index, &context)) {
                     Some(next) => context = next,
-                    None => break,
+                    None => {
+                        SERVER_TURNS.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
                 }
             },
         }
