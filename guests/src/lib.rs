@@ -7,9 +7,11 @@
 //! and hypercall interface), `memhog` (writes and verifies a checksummed
 //! pattern over many MiB, for the pager), `balloon` (gives frames back
 //! with `XENMEM_decrease_reservation` and checks they return as zeros),
-//! `smpspin` (every vCPU counts for a while) and `smpmem` (several vCPUs
-//! write and verify private and shared pages at once, for the pager). This
-//! library is everything they share:
+//! `smpspin` (every vCPU counts for a while), `smpmem` (several vCPUs
+//! write and verify private and shared pages at once, for the pager),
+//! `apictimer` (its local APIC's timers and self-IPIs) and `smpipi` (IPIs
+//! from vCPU 0 to a halted, then a spinning vCPU 1, with their latency).
+//! This library is everything they share:
 //!
 //! * the 32-bit PVH entry and the switch to long mode (target only): a
 //!   `.note.Xen` `XEN_ELFNOTE_PHYS32_ENTRY` note, a zeroed `.bss`, an identity
@@ -26,7 +28,12 @@
 //!   ([`memory::free_region`]), CPUID signatures ([`signature`]), the page
 //!   pattern of memhog, balloon and smpmem ([`pattern`]) and the settings of
 //!   the spinner ([`spinner`]), memhog ([`memhog`]), balloon ([`balloon`]),
-//!   smpspin ([`smpspin`]) and smpmem ([`smpmem`], with its layout);
+//!   smpspin ([`smpspin`]), smpmem ([`smpmem`], with its layout) and smpipi
+//!   ([`smpipi`]), and latency percentiles ([`latency`]);
+//! * interrupts: an IDT of 64-bit interrupt gates shared by all vCPUs
+//!   ([`idt`]) and the xAPIC's registers ([`xapic`]: MMIO access, EOI,
+//!   IPIs through the ICR, `sti; hlt`, the TSC; target only but for the
+//!   constants);
 //! * secondary vCPUs ([`smp`]): the 64-bit `VCPUOP_initialise` start state,
 //!   `smp::start_vcpu` with a trampoline and a 16 KiB stack per vCPU (target
 //!   only), and a barrier;
@@ -43,17 +50,20 @@
 //! balloon `balloon_pages=`, `drop_every=`, `seed=` ([`balloon`]); smpspin
 //! `vcpus=`, `spin_ms=`, `wait_ms=` ([`smpspin`]); smpmem `vcpus=`,
 //! `private_mib=`, `shared_mib=`, `passes=`, `seed=`, `settle_ms=`,
-//! `wait_ms=` ([`smpmem`]).
+//! `wait_ms=` ([`smpmem`]); smpipi `ipis=`, `settle_us=`, `timeout_ms=`,
+//! `wait_ms=` ([`smpipi`]).
 //!
 //! Principles: no allocator, no `core::fmt` on the output path, `unsafe` only
 //! for instructions and raw physical memory, each with its `// SAFETY:`. The
 //! guests trust nothing but the identity map they built themselves: a start
 //! info or memory map that does not decode ends the guest with a crash report.
 //!
-//! Not in this crate: interrupts, timers, a hypercall page (guests use
-//! `vmmcall` directly), or anything the core does for the guest. SMP is the
-//! bare minimum: secondary vCPUs share the boot vCPU's page tables, GDT and
-//! empty IDT, and talk through atomics.
+//! Not in this crate: interrupt handlers (each guest that takes interrupts
+//! writes its own in assembly and points [`idt`] gates at them), timers, a
+//! hypercall page (guests use `vmmcall` directly), or anything the core does
+//! for the guest. SMP is the bare minimum: secondary vCPUs share the boot
+//! vCPU's page tables and GDT, start on the empty IDT (or load [`idt`]'s),
+//! and talk through atomics.
 
 #![cfg_attr(not(test), no_std)]
 
@@ -1130,6 +1140,371 @@ pub mod smp {
         loop {
             crate::pv::set_timer(0);
             crate::pv::block();
+        }
+    }
+}
+
+pub mod smpipi {
+    //! `smpipi`'s settings, from its command line:
+    //!
+    //! | key | meaning | default |
+    //! |---|---|---|
+    //! | `ipis=N` | IPIs vCPU 0 sends in each phase, 1..=[`MAX_IPIS`] | [`DEFAULT_IPIS`] |
+    //! | `settle_us=N` | halted phase: how long vCPU 0 waits, once vCPU 1 said it is about to halt, before it sends (so the IPI finds vCPU 1 blocked, its pCPU past halt-polling) | [`DEFAULT_SETTLE_US`] |
+    //! | `timeout_ms=N` | longest wait for one IPI to be handled (or for vCPU 1 to get ready for the next one) before `IPI lost` | [`DEFAULT_TIMEOUT_MS`] |
+    //! | `wait_ms=N` | longest wait for vCPU 1 to come up and enable its APIC | [`DEFAULT_WAIT_MS`] |
+
+    use crate::cmdline;
+
+    /// IPIs per phase when the command line names none.
+    pub const DEFAULT_IPIS: u64 = 1000;
+    /// Most IPIs per phase (one latency sample each is kept).
+    pub const MAX_IPIS: u64 = 10_000;
+    /// Halted phase: pause before each IPI when the command line names none, µs.
+    pub const DEFAULT_SETTLE_US: u64 = 500;
+    /// Longest wait for one IPI when the command line names none, ms.
+    pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
+    /// Longest wait for vCPU 1 to come up when the command line names none, ms.
+    pub const DEFAULT_WAIT_MS: u64 = 30_000;
+
+    /// What smpipi does.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Settings {
+        /// IPIs per phase, 1..=[`MAX_IPIS`].
+        pub ipis: u64,
+        /// Pause before each IPI of the halted phase, µs (at least 1).
+        pub settle_us: u64,
+        /// Longest wait for one IPI, ms (at least 1).
+        pub timeout_ms: u64,
+        /// Longest wait for vCPU 1 to come up, ms (at least 1).
+        pub wait_ms: u64,
+    }
+
+    impl Settings {
+        /// Reads the settings; a malformed, zero or missing value keeps its
+        /// default, and each is capped (`ipis` at [`MAX_IPIS`]).
+        pub fn parse(line: &str) -> Self {
+            let positive = |key: &str, default: u64| cmdline::positive(line, key, default);
+            Self {
+                ipis: positive("ipis", DEFAULT_IPIS).min(MAX_IPIS),
+                settle_us: positive("settle_us", DEFAULT_SETTLE_US).min(1_000_000),
+                timeout_ms: positive("timeout_ms", DEFAULT_TIMEOUT_MS).min(3_600_000),
+                wait_ms: positive("wait_ms", DEFAULT_WAIT_MS).min(3_600_000),
+            }
+        }
+    }
+}
+
+pub mod latency {
+    //! Order statistics of a set of latency samples (nearest-rank
+    //! percentiles), computed in place without an allocator.
+
+    /// What a set of samples looks like, in the samples' unit.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Summary {
+        /// Samples.
+        pub count: u64,
+        /// Smallest.
+        pub min: u64,
+        /// 50th percentile (nearest rank: the lower middle of an even set).
+        pub median: u64,
+        /// 99th percentile (nearest rank).
+        pub p99: u64,
+        /// Largest.
+        pub max: u64,
+    }
+
+    impl Summary {
+        /// Every statistic mapped through `convert` (a unit change, say).
+        pub fn map(&self, convert: impl Fn(u64) -> u64) -> Self {
+            Self {
+                count: self.count,
+                min: convert(self.min),
+                median: convert(self.median),
+                p99: convert(self.p99),
+                max: convert(self.max),
+            }
+        }
+    }
+
+    /// The `per_mille`-th nearest-rank percentile of `sorted` (ascending,
+    /// not empty): the smallest sample at or above that share of the set.
+    pub fn percentile(sorted: &[u64], per_mille: u64) -> u64 {
+        let count = sorted.len() as u64;
+        let rank = (count * per_mille.min(1000)).div_ceil(1000).max(1);
+        sorted[(rank - 1) as usize]
+    }
+
+    /// Sorts `samples` and summarizes them; `None` if there are none.
+    pub fn summarize(samples: &mut [u64]) -> Option<Summary> {
+        samples.sort_unstable();
+        let (&min, &max) = (samples.first()?, samples.last()?);
+        Some(Summary {
+            count: samples.len() as u64,
+            min,
+            median: percentile(samples, 500),
+            p99: percentile(samples, 990),
+            max,
+        })
+    }
+}
+
+pub mod idt {
+    //! An interrupt descriptor table for guests that take interrupts: one
+    //! table of 256 64-bit interrupt gates, shared by every vCPU (each loads
+    //! it with `load`, target only). Gates are set one by one with `set`
+    //! (target only) before interrupts are enabled; an unset vector has no
+    //! present gate, so an exception or interrupt there triple-faults, as
+    //! with the entry code's empty IDT.
+
+    /// The selector of the entry code's 64-bit code segment (boot and
+    /// secondary vCPUs use the same GDT layout).
+    pub const CODE_SELECTOR: u64 = 0x08;
+
+    /// A present 64-bit interrupt gate (type 0xE, DPL 0, no IST) to
+    /// `handler` in [`CODE_SELECTOR`]: the two quadwords of its IDT entry.
+    pub fn gate(handler: u64) -> [u64; 2] {
+        let low = (handler & 0xffff)
+            | (CODE_SELECTOR << 16)
+            | (0x8e00 << 32)
+            | (((handler >> 16) & 0xffff) << 48);
+        [low, handler >> 32]
+    }
+
+    #[cfg(target_os = "none")]
+    pub use table::{load, set};
+
+    #[cfg(target_os = "none")]
+    mod table {
+        use core::arch::asm;
+        use core::sync::atomic::{AtomicU64, Ordering};
+
+        /// 256 16-byte gates. `AtomicU64` has `u64`'s layout, so the CPU
+        /// reads the table as usual; atomics let any vCPU set a gate
+        /// without a `static mut`.
+        #[repr(C, align(16))]
+        struct Table([AtomicU64; 512]);
+
+        static TABLE: Table = Table([const { AtomicU64::new(0) }; 512]);
+
+        #[repr(C, packed)]
+        struct Pointer {
+            limit: u16,
+            base: u64,
+        }
+
+        /// Points `vector`'s gate at `handler`.
+        ///
+        /// # Safety
+        ///
+        /// `handler` must be an interrupt entry for 64-bit mode: it keeps
+        /// every register it uses and ends with `iretq` (no error code is
+        /// pushed for vectors 32 and above). Vectors that raise an error
+        /// code (8, 10..=14, 17, 21, 29, 30) need an entry that pops it.
+        pub unsafe fn set(vector: u8, handler: unsafe extern "C" fn()) {
+            let [low, high] = super::gate(handler as usize as u64);
+            let index = usize::from(vector) * 2;
+            TABLE.0[index].store(low, Ordering::Release);
+            TABLE.0[index + 1].store(high, Ordering::Release);
+        }
+
+        /// Loads the table into this vCPU's IDTR.
+        pub fn load() {
+            let pointer = Pointer {
+                limit: (core::mem::size_of::<Table>() - 1) as u16,
+                base: TABLE.0.as_ptr() as u64,
+            };
+            // SAFETY: the table is a static, so it lives as long as the
+            // program; every present gate in it was set through `set`,
+            // whose callers vouch for the handlers.
+            unsafe {
+                asm!("lidt [{}]", in(reg) &raw const pointer, options(readonly, nostack, preserves_flags))
+            };
+        }
+    }
+}
+
+pub mod xapic {
+    //! The local APIC in xAPIC mode, as the guests drive it: register
+    //! offsets and bits (SDM vol. 3A ch. 11), and (target only) access
+    //! through the MMIO page at [`BASE`], which the entry code's identity
+    //! map covers, plus the interrupt-flag and TSC instructions that go
+    //! with it.
+    //!
+    //! Registers are reached with plain `mov`s in inline assembly, as
+    //! Linux's `native_apic_mem_read`/`native_apic_mem_write` do: a volatile
+    //! access in Rust may be folded into `cmp`/`bt` with a memory operand,
+    //! which the hypervisor's MMIO decoder (like SEV-ES's) does not emulate.
+
+    /// The APIC page's physical (and, identity-mapped, virtual) address.
+    pub const BASE: u64 = 0xfee0_0000;
+    /// Local APIC ID (bits 31:24).
+    pub const ID: u64 = 0x20;
+    /// Version.
+    pub const VERSION: u64 = 0x30;
+    /// Task priority.
+    pub const TPR: u64 = 0x80;
+    /// Processor priority.
+    pub const PPR: u64 = 0xa0;
+    /// End of interrupt.
+    pub const EOI: u64 = 0xb0;
+    /// Spurious-interrupt vector register.
+    pub const SVR: u64 = 0xf0;
+    /// In-service register (8 registers, 0x10 apart).
+    pub const ISR: u64 = 0x100;
+    /// Interrupt request register (8 registers, 0x10 apart).
+    pub const IRR: u64 = 0x200;
+    /// Error status.
+    pub const ESR: u64 = 0x280;
+    /// Interrupt command, low half (writing it sends).
+    pub const ICR_LOW: u64 = 0x300;
+    /// Interrupt command, high half (destination in bits 31:24).
+    pub const ICR_HIGH: u64 = 0x310;
+    /// LVT timer.
+    pub const LVT_TIMER: u64 = 0x320;
+    /// Timer initial count.
+    pub const INITIAL_COUNT: u64 = 0x380;
+    /// Timer current count.
+    pub const CURRENT_COUNT: u64 = 0x390;
+    /// Timer divide configuration.
+    pub const DIVIDE: u64 = 0x3e0;
+
+    /// `IA32_APIC_BASE`.
+    pub const APIC_BASE_MSR: u32 = 0x1b;
+    /// `IA32_TSC_DEADLINE`.
+    pub const TSC_DEADLINE_MSR: u32 = 0x6e0;
+
+    /// SVR bit 8: the APIC is software-enabled.
+    pub const SVR_ENABLE: u32 = 1 << 8;
+    /// ICR destination shorthand "self".
+    pub const ICR_SELF: u32 = 0b01 << 18;
+    /// ICR bit 14: level assert (what Linux sets for every fixed IPI).
+    pub const ICR_LEVEL_ASSERT: u32 = 1 << 14;
+    /// ICR bit 12: delivery status (send pending).
+    pub const ICR_SEND_PENDING: u32 = 1 << 12;
+
+    /// The ICR low half of a fixed, physical-destination, edge-triggered
+    /// IPI of `vector` (level assert set, no shorthand).
+    pub const fn icr_fixed(vector: u8) -> u32 {
+        ICR_LEVEL_ASSERT | vector as u32
+    }
+
+    /// The ICR high half naming physical APIC ID `id`.
+    pub const fn icr_destination(id: u8) -> u32 {
+        (id as u32) << 24
+    }
+
+    #[cfg(target_os = "none")]
+    pub use access::*;
+
+    #[cfg(target_os = "none")]
+    mod access {
+        use core::arch::asm;
+
+        use super::*;
+
+        /// Reads the 32-bit APIC register at `offset`.
+        pub fn read(offset: u64) -> u32 {
+            let value: u32;
+            // SAFETY: the entry code identity-maps the first 4 GiB, the APIC
+            // page included; a 32-bit aligned load from an APIC register has
+            // no effect on this program's memory.
+            unsafe {
+                asm!("mov {value:e}, dword ptr [{address}]", address = in(reg) BASE + offset, value = out(reg) value, options(nostack, preserves_flags))
+            };
+            value
+        }
+
+        /// Writes the 32-bit APIC register at `offset`.
+        pub fn write(offset: u64, value: u32) {
+            // SAFETY: as for `read`; the store reaches the (virtual) APIC,
+            // not this program's memory.
+            unsafe {
+                asm!("mov dword ptr [{address}], {value:e}", address = in(reg) BASE + offset, value = in(reg) value, options(nostack, preserves_flags))
+            };
+        }
+
+        /// Software-enables the APIC with `spurious` as its spurious vector.
+        pub fn enable(spurious: u8) {
+            write(SVR, SVR_ENABLE | u32::from(spurious));
+        }
+
+        /// This vCPU's APIC ID.
+        pub fn id() -> u8 {
+            (read(ID) >> 24) as u8
+        }
+
+        /// Ends the interrupt in service.
+        pub fn eoi() {
+            write(EOI, 0);
+        }
+
+        /// Sends a fixed IPI of `vector` to APIC ID `destination`.
+        pub fn send_fixed(destination: u8, vector: u8) {
+            write(ICR_HIGH, icr_destination(destination));
+            write(ICR_LOW, icr_fixed(vector));
+        }
+
+        /// Whether `vector` is set in the ISR or IRR (`base`).
+        pub fn in_vector_set(base: u64, vector: u8) -> bool {
+            read(base + u64::from(vector >> 5) * 0x10) & (1 << (vector & 31)) != 0
+        }
+
+        /// RDMSR of `msr`.
+        pub fn rdmsr(msr: u32) -> u64 {
+            let (low, high): (u32, u32);
+            // SAFETY: reads an MSR; no memory touched (an MSR the CPU does
+            // not have raises #GP, which ends the guest).
+            unsafe {
+                asm!("rdmsr", in("ecx") msr, out("eax") low, out("edx") high, options(nomem, nostack, preserves_flags))
+            };
+            (u64::from(high) << 32) | u64::from(low)
+        }
+
+        /// Arms (or, with 0, disarms) the TSC-deadline timer.
+        pub fn write_tsc_deadline(value: u64) {
+            // SAFETY: WRMSR of IA32_TSC_DEADLINE only arms the APIC timer.
+            unsafe {
+                asm!("wrmsr", in("ecx") TSC_DEADLINE_MSR, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack, preserves_flags))
+            };
+        }
+
+        /// The TSC (the same on every vCPU: cairn gives guests the host's).
+        pub fn rdtsc() -> u64 {
+            // SAFETY: RDTSC has no side effects.
+            unsafe { core::arch::x86_64::_rdtsc() }
+        }
+
+        // The interrupt-flag helpers assume the program loaded an IDT with
+        // gates for the vectors it enabled (`crate::idt`); an interrupt at a
+        // vector without one triple-faults, which the hypervisor reports.
+
+        /// `sti`.
+        pub fn enable_interrupts() {
+            // SAFETY: only sets RFLAGS.IF.
+            unsafe { asm!("sti", options(nostack)) };
+        }
+
+        /// `cli`.
+        pub fn disable_interrupts() {
+            // SAFETY: only clears RFLAGS.IF.
+            unsafe { asm!("cli", options(nostack)) };
+        }
+
+        /// `sti; nop; cli`: one instruction boundary at which a pending
+        /// interrupt is taken.
+        pub fn interrupt_window() {
+            // SAFETY: the handlers an interrupt runs preserve all registers.
+            unsafe { asm!("sti", "nop", "cli", options(nostack)) };
+        }
+
+        /// `sti; hlt; cli`: waits for an interrupt (the STI shadow covers
+        /// the HLT, so one that is already pending is not missed) and
+        /// returns with interrupts off.
+        pub fn halt() {
+            // SAFETY: as for `interrupt_window`; HLT returns after an
+            // interrupt (or a wake-up the hypervisor decides on).
+            unsafe { asm!("sti", "hlt", "cli", options(nostack)) };
         }
     }
 }
@@ -2427,5 +2802,82 @@ mod tests {
         assert_eq!(odd, defaults, "malformed values keep their defaults");
         let long = spinner::Settings::parse("label=abcdefghijklmnopqrstuvwxyz0123456789");
         assert_eq!(long.label.len(), spinner::MAX_LABEL_LEN);
+    }
+
+    #[test]
+    fn smpipi_settings() {
+        let defaults = smpipi::Settings::parse("");
+        assert_eq!(
+            defaults,
+            smpipi::Settings {
+                ipis: smpipi::DEFAULT_IPIS,
+                settle_us: smpipi::DEFAULT_SETTLE_US,
+                timeout_ms: smpipi::DEFAULT_TIMEOUT_MS,
+                wait_ms: smpipi::DEFAULT_WAIT_MS,
+            }
+        );
+        let custom = smpipi::Settings::parse("ipis=50 settle_us=10 timeout_ms=0x10 wait_ms=7");
+        assert_eq!(
+            custom,
+            smpipi::Settings {
+                ipis: 50,
+                settle_us: 10,
+                timeout_ms: 16,
+                wait_ms: 7,
+            }
+        );
+        assert_eq!(smpipi::Settings::parse("ipis=0 settle_us=x"), defaults);
+        assert_eq!(
+            smpipi::Settings::parse("ipis=99999999").ipis,
+            smpipi::MAX_IPIS
+        );
+    }
+
+    #[test]
+    fn latency_summary_uses_nearest_ranks() {
+        assert_eq!(latency::summarize(&mut []), None);
+        assert_eq!(
+            latency::summarize(&mut [7]),
+            Some(latency::Summary {
+                count: 1,
+                min: 7,
+                median: 7,
+                p99: 7,
+                max: 7
+            })
+        );
+        // 1..=1000 shuffled: the median is the 500th value, p99 the 990th.
+        let mut samples: [u64; 1000] =
+            core::array::from_fn(|index| (index as u64 * 7919) % 1000 + 1);
+        let summary = latency::summarize(&mut samples).unwrap();
+        assert_eq!(
+            summary,
+            latency::Summary {
+                count: 1000,
+                min: 1,
+                median: 500,
+                p99: 990,
+                max: 1000
+            }
+        );
+        assert!(
+            samples.windows(2).all(|pair| pair[0] <= pair[1]),
+            "sorted in place"
+        );
+        assert_eq!(latency::percentile(&[1, 2, 3, 4], 500), 2);
+        assert_eq!(latency::percentile(&[1, 2, 3, 4], 990), 4);
+        assert_eq!(latency::percentile(&[1, 2, 3, 4], 0), 1);
+        assert_eq!(summary.map(|value| value * 2).median, 1000);
+        assert_eq!(summary.map(|value| value * 2).count, 1000);
+    }
+
+    #[test]
+    fn idt_gates_and_icr_values() {
+        // Linux's `pack_gate` for an interrupt gate at 0xffff_8000_1234_5678.
+        let [low, high] = idt::gate(0xffff_8000_1234_5678);
+        assert_eq!(low, 0x1234_8e00_0008_5678);
+        assert_eq!(high, 0xffff_8000);
+        assert_eq!(xapic::icr_fixed(0x40), 0x4040);
+        assert_eq!(xapic::icr_destination(1), 0x0100_0000);
     }
 }

@@ -35,30 +35,17 @@ mod apictimer {
     use core::sync::atomic::{AtomicU64, Ordering};
 
     use guests::text::Line;
+    use guests::xapic::{
+        self, disable_interrupts, enable_interrupts, halt, in_vector_set, interrupt_window, rdmsr,
+        rdtsc, read as apic_read, write as apic_write, APIC_BASE_MSR, CURRENT_COUNT, DIVIDE, ESR,
+        ICR_HIGH, ICR_LEVEL_ASSERT, ICR_LOW, ICR_SELF, ID, INITIAL_COUNT, IRR, ISR, LVT_TIMER, PPR,
+        SVR, TPR, TSC_DEADLINE_MSR, VERSION,
+    };
     use guests::{console, hypercall, pv, Boot};
 
     /// How much later than asked a timer may fire: TCG and a busy host are
     /// slow, but an interrupt that never comes or comes a tick late is caught.
     const TOLERANCE_US: u64 = 100_000;
-
-    const APIC: u64 = 0xfee0_0000;
-    const ID: u64 = 0x20;
-    const VERSION: u64 = 0x30;
-    const TPR: u64 = 0x80;
-    const PPR: u64 = 0xa0;
-    const SVR: u64 = 0xf0;
-    const ISR: u64 = 0x100;
-    const IRR: u64 = 0x200;
-    const ESR: u64 = 0x280;
-    const ICR_LOW: u64 = 0x300;
-    const ICR_HIGH: u64 = 0x310;
-    const LVT_TIMER: u64 = 0x320;
-    const INITIAL_COUNT: u64 = 0x380;
-    const CURRENT_COUNT: u64 = 0x390;
-    const DIVIDE: u64 = 0x3e0;
-
-    const APIC_BASE_MSR: u32 = 0x1b;
-    const TSC_DEADLINE_MSR: u32 = 0x6e0;
 
     const TIMER_VECTOR: u8 = 0x30;
     const IPI_VECTOR: u8 = 0x31;
@@ -69,8 +56,6 @@ mod apictimer {
     const DIVIDE_BY_16: u32 = 0b0011;
     /// The APIC timer counts a 1 GHz bus clock: divided by 16, 62.5 counts per µs.
     const COUNTS_PER_MS_DIV16: u32 = 62_500;
-    const ICR_SELF: u32 = 0b01 << 18;
-    const ICR_LEVEL_ASSERT: u32 = 1 << 14;
 
     // Written by the interrupt handlers below.
     #[no_mangle]
@@ -152,118 +137,19 @@ mod apictimer {
         fn apictimer_other_entry();
     }
 
-    /// 256 16-byte interrupt gates.
-    #[repr(C, align(16))]
-    struct Idt([u64; 512]);
-    static mut IDT: Idt = Idt([0; 512]);
-
-    #[repr(C, packed)]
-    struct IdtPointer {
-        limit: u16,
-        base: u64,
-    }
-
-    /// A present 64-bit interrupt gate (type 0xE, DPL 0) to `handler` in the
-    /// entry code's 64-bit code segment (selector 0x08).
-    fn gate(handler: u64) -> [u64; 2] {
-        let low =
-            (handler & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | (((handler >> 16) & 0xffff) << 48);
-        [low, handler >> 32]
-    }
-
     fn install_idt() {
-        // SAFETY: the only reference to IDT, taken once before interrupts
-        // are enabled; nothing else in this program touches the table.
-        let idt = unsafe { &mut *(&raw mut IDT) };
-        for vector in 0x20..=0xffusize {
-            let handler = match vector as u8 {
-                TIMER_VECTOR => apictimer_timer_entry as *const () as usize,
-                IPI_VECTOR => apictimer_ipi_entry as *const () as usize,
-                SPURIOUS_VECTOR => apictimer_spurious_entry as *const () as usize,
-                _ => apictimer_other_entry as *const () as usize,
+        for vector in 0x20..=0xffu8 {
+            let handler: unsafe extern "C" fn() = match vector {
+                TIMER_VECTOR => apictimer_timer_entry,
+                IPI_VECTOR => apictimer_ipi_entry,
+                SPURIOUS_VECTOR => apictimer_spurious_entry,
+                _ => apictimer_other_entry,
             };
-            let [low, high] = gate(handler as u64);
-            idt.0[vector * 2] = low;
-            idt.0[vector * 2 + 1] = high;
+            // SAFETY: the handlers above preserve every register they use
+            // and end with IRETQ; vectors 0x20 and up push no error code.
+            unsafe { guests::idt::set(vector, handler) };
         }
-        let pointer = IdtPointer {
-            limit: (core::mem::size_of::<Idt>() - 1) as u16,
-            base: idt.0.as_ptr() as u64,
-        };
-        // SAFETY: the table lives in a static for the program's life and its
-        // gates point at the handlers above, which preserve every register
-        // they use and end with IRETQ.
-        unsafe {
-            asm!("lidt [{}]", in(reg) &raw const pointer, options(readonly, nostack, preserves_flags))
-        };
-    }
-
-    // APIC registers are reached with plain `mov`s in inline assembly, as
-    // Linux's `native_apic_mem_read`/`native_apic_mem_write` do: a volatile
-    // access in Rust may be folded into `cmp`/`bt` with a memory operand,
-    // which the hypervisor's MMIO decoder (like SEV-ES's) does not emulate.
-
-    fn apic_read(offset: u64) -> u32 {
-        let value: u32;
-        // SAFETY: the entry code identity-maps the first 4 GiB, the APIC page
-        // included; a 32-bit aligned load from an APIC register has no
-        // effect on this program's memory.
-        unsafe {
-            asm!("mov {value:e}, dword ptr [{address}]", address = in(reg) APIC + offset, value = out(reg) value, options(nostack, preserves_flags))
-        };
-        value
-    }
-
-    fn apic_write(offset: u64, value: u32) {
-        // SAFETY: as for `apic_read`; the store reaches the (virtual) APIC.
-        unsafe {
-            asm!("mov dword ptr [{address}], {value:e}", address = in(reg) APIC + offset, value = in(reg) value, options(nostack, preserves_flags))
-        };
-    }
-
-    fn rdmsr(msr: u32) -> u64 {
-        let (low, high): (u32, u32);
-        // SAFETY: reads an MSR the hypervisor emulates; no memory touched.
-        unsafe {
-            asm!("rdmsr", in("ecx") msr, out("eax") low, out("edx") high, options(nomem, nostack, preserves_flags))
-        };
-        (u64::from(high) << 32) | u64::from(low)
-    }
-
-    fn wrmsr(msr: u32, value: u64) {
-        // SAFETY: writes the TSC-deadline MSR, which only arms the APIC timer.
-        unsafe {
-            asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack, preserves_flags))
-        };
-    }
-
-    fn rdtsc() -> u64 {
-        // SAFETY: RDTSC has no side effects.
-        unsafe { core::arch::x86_64::_rdtsc() }
-    }
-
-    fn enable_interrupts() {
-        // SAFETY: the IDT is installed before the first call.
-        unsafe { asm!("sti", options(nostack)) };
-    }
-
-    fn disable_interrupts() {
-        // SAFETY: only clears RFLAGS.IF.
-        unsafe { asm!("cli", options(nostack)) };
-    }
-
-    /// `sti; nop; cli`: one instruction boundary at which a pending interrupt
-    /// is taken.
-    fn interrupt_window() {
-        // SAFETY: the IDT is installed; the handlers preserve all registers.
-        unsafe { asm!("sti", "nop", "cli", options(nostack)) };
-    }
-
-    /// `sti; hlt` (atomic: the STI shadow covers the HLT), then `cli`.
-    fn halt() {
-        // SAFETY: as for `interrupt_window`; HLT returns after an interrupt
-        // (or a wake-up the hypervisor decides on).
-        unsafe { asm!("sti", "hlt", "cli", options(nostack)) };
+        guests::idt::load();
     }
 
     fn fail(what: &str, value: u64) -> ! {
@@ -315,10 +201,6 @@ mod apictimer {
         let elapsed = micros(fired - start, khz);
         check(elapsed <= asked_us + TOLERANCE_US, what, elapsed);
         elapsed
-    }
-
-    fn in_vector_set(base: u64, vector: u8) -> bool {
-        apic_read(base + u64::from(vector >> 5) * 0x10) & (1 << (vector & 31)) != 0
     }
 
     fn one_shot(khz: u64) {
@@ -425,7 +307,7 @@ mod apictimer {
         let before = APICTIMER_TIMER_COUNT.load(Ordering::SeqCst);
         let start = rdtsc();
         let deadline = start + ticks(asked_us, khz);
-        wrmsr(TSC_DEADLINE_MSR, deadline);
+        xapic::write_tsc_deadline(deadline);
         check(
             rdmsr(TSC_DEADLINE_MSR) == deadline,
             "TSC_DEADLINE does not read back while armed",
@@ -533,7 +415,7 @@ mod apictimer {
         // SAFETY: a load from the identity-mapped APIC page; the flags it
         // sets are declared clobbered.
         unsafe {
-            asm!("cmp dword ptr [{address}], 0", address = in(reg) APIC + CURRENT_COUNT, options(nostack))
+            asm!("cmp dword ptr [{address}], 0", address = in(reg) xapic::BASE + CURRENT_COUNT, options(nostack))
         };
         fail("still running after an unsupported APIC access", 0)
     }
@@ -562,13 +444,13 @@ mod apictimer {
         line.push_str("APIC_BASE ").push_hex(base);
         console::print(&mut line);
         check(
-            base & !0xfff == APIC && base & (1 << 11) != 0,
+            base & !0xfff == xapic::BASE && base & (1 << 11) != 0,
             "APIC_BASE not 0xfee00000, enabled",
             base,
         );
 
         install_idt();
-        apic_write(SVR, 0x100 | u32::from(SPURIOUS_VECTOR));
+        xapic::enable(SPURIOUS_VECTOR);
         check(
             apic_read(SVR) == 0x100 | u32::from(SPURIOUS_VECTOR),
             "SVR does not read back",

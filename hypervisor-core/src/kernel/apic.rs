@@ -27,8 +27,10 @@
 //!   (HLT and `SCHEDOP_block` both take the APIC deadline into it);
 //!   runnable, it gets the interrupt when it next runs.
 //! * **IPIs** ([`Machine::apic_effect`]): delivered to the vCPUs of the
-//!   sender's domain; a blocked or halted recipient is woken and the
-//!   scheduler hears of it.
+//!   sender's domain; a recipient another pCPU runs is kicked out of the
+//!   guest so the next entry injects; a blocked or halted recipient is
+//!   woken, the scheduler hears of it at once and an idle pCPU is kicked
+//!   to pick it up.
 //!
 //! The guest's TSC is the host's (no TSC offset), so APIC deadlines are
 //! host TSC values too.
@@ -446,6 +448,13 @@ impl Machine<'_> {
         }
         if woke {
             self.report_wakes(super::vcpu::system_time_ns());
+            // The sender's exit resumes its own vCPU without a switch
+            // point, so nothing else would pass the wake-up on: the woken
+            // vCPU would wait on an idle pCPU for its next timer event (up
+            // to a slice). Hand the scheduler server its events and kick an
+            // idle pCPU now, as a switch point would.
+            self.flush_events();
+            self.kick_for_work();
         }
     }
 }

@@ -1691,7 +1691,7 @@ impl<'a> Machine<'a> {
     }
 
     /// Sends the queued events to the scheduler server and wakes it.
-    fn flush_events(&mut self) {
+    pub(super) fn flush_events(&mut self) {
         let Some(index) = self.scheduling.server else { return };
         if self.scheduling.events.is_empty() {
             return;
@@ -1900,8 +1900,8 @@ impl<'a> Machine<'a> {
     /// Kicks the pCPUs that have something new to do: those the scheduler
     /// server tickled, idle ones whose run queue it changed, an idle one
     /// when the round-robin has a new runnable vCPU, and pCPU 0 when a
-    /// server it runs has work while it runs a guest.
-    fn kick_for_work(&mut self) {
+    /// server it runs has work while it runs a guest or idles.
+    pub(super) fn kick_for_work(&mut self) {
         let me = self.cpu;
         let idle = |pcpus: &[Pcpu; MAX_CPUS], cpu: usize| pcpus.get(cpu).is_some_and(|pcpu| pcpu.idle);
         let mut mask = core::mem::take(&mut self.scheduling.tickled);
@@ -1917,7 +1917,9 @@ impl<'a> Machine<'a> {
                 mask |= 1 << cpu;
             }
         }
-        if me != 0 && self.pcpus[0].running.is_some() {
+        // An idle pCPU 0 sleeps until its timer: kick it too, or the
+        // server (say, the scheduler with a vCPU's wake-up to place) waits.
+        if me != 0 && (self.pcpus[0].running.is_some() || self.pcpus[0].idle) {
             let server_work = self.entities.iter().enumerate().any(|(entity, kind)| {
                 matches!(*kind, Entity::Server(index) if self.servers.get(index).is_some_and(|server| !server.yielded || server.has_inbound()))
                     && self.scheduler.state(entity) == Some(RunState::Runnable)
