@@ -422,7 +422,7 @@ impl Machine<'_> {
             // A recipient another pCPU runs takes the interrupt at its next
             // entry: make it exit now.
             if let Some(cpu) = self.running_on(index) {
-                super::smp::kick(cpu, self.cpu);
+                self.kick(cpu, false);
             }
             let Some(entity) = self.entity_of_vcpu(index) else {
                 continue;

@@ -141,6 +141,9 @@ pub(super) struct Pcpu {
     ran_before: u64,
     /// Nothing to run at its last switch point.
     idle: bool,
+    /// It must reach a switch point at its next exit (a tickle).
+    reschedule: bool,
+
     /// The TSC value the one-shot timer was armed for at the switch point.
     pub(super) slice_event: u64,
     /// The TSC value it is armed for now: earlier than `slice_event` while
@@ -209,6 +212,10 @@ pub struct Machine<'a> {
     last_pcpu: [u8; MAX_VCPUS_TOTAL],
     /// The round-robin's wake-up count the last kick check saw.
     wakeups_seen: u64,
+    /// pCPUs to kick once the lock is released (bit per pCPU).
+    pending_kicks: u32,
+    /// A server has work that must not wait for pCPU 0's slice to end.
+    server_urgent: bool,
     /// Halt-polling tunables (KVM's defaults until `hvctl halt-poll`).
     halt_poll: HaltPollParameters,
     /// The scheduler server's link.
@@ -258,6 +265,8 @@ impl<'a> Machine<'a> {
             running_on: [None; MAX_VCPUS_TOTAL],
             last_pcpu: [0; MAX_VCPUS_TOTAL],
             wakeups_seen: 0,
+            pending_kicks: 0,
+            server_urgent: false,
             halt_poll: HaltPollParameters::default(),
             scheduling: SchedulerLink::default(),
             stop_at: None,
@@ -432,13 +441,13 @@ impl<'a> Machine<'a> {
                 hypervisor_core::vcpu::Platform::console_line(&mut platform, name, line)
             });
         }
-        for (entity_index, entity) in self.entities.iter().enumerate() {
-            if let Entity::Vcpu(vcpu) = *entity {
+        for entity_index in 0..self.entities.len() {
+            if let Some(&Entity::Vcpu(vcpu)) = self.entities.get(entity_index) {
                 if self.vcpus.get(vcpu).is_some_and(|vcpu| vcpu.domain == index) {
                     self.scheduler.set_state(entity_index, RunState::Stopped);
                     // Its vCPUs on other pCPUs leave at their next entry.
                     if let Some(cpu) = self.running_on(vcpu) {
-                        super::smp::kick(cpu, self.cpu);
+                        self.kick(cpu, true);
                     }
                 }
             }
@@ -594,7 +603,9 @@ impl<'a> Machine<'a> {
         if let Some(domain) = self.vcpus.get(index).map(|vcpu| vcpu.domain) {
             self.start_requested_vcpus(domain);
         }
+        let reschedule = core::mem::take(&mut self.here().reschedule);
         let next = match handled {
+            None if reschedule => SliceEnd::Preempted,
             None => match self.prepare_entry(index) {
                 Some(entry) => return Some(entry),
                 None => SliceEnd::Ended,
@@ -1682,6 +1693,9 @@ impl<'a> Machine<'a> {
         if self.scheduling.server.is_none() {
             return;
         }
+        if matches!(event, Event::Woke { .. } | Event::Blocked { .. } | Event::Yielded { .. }) {
+            self.server_urgent = true;
+        }
         if !self.scheduling.record(event) {
             self.flush_events();
             if !self.scheduling.record(event) {
@@ -1902,37 +1916,58 @@ impl<'a> Machine<'a> {
     /// when the round-robin has a new runnable vCPU, and pCPU 0 when a
     /// server it runs has work while it runs a guest or idles.
     pub(super) fn kick_for_work(&mut self) {
-        let me = self.cpu;
         let idle = |pcpus: &[Pcpu; MAX_CPUS], cpu: usize| pcpus.get(cpu).is_some_and(|pcpu| pcpu.idle);
-        let mut mask = core::mem::take(&mut self.scheduling.tickled);
+        let tickled = core::mem::take(&mut self.scheduling.tickled);
         let decided = core::mem::take(&mut self.scheduling.decided);
         for cpu in 0..self.online {
-            if decided & (1 << cpu) != 0 && idle(&self.pcpus, cpu) {
-                mask |= 1 << cpu;
+            if tickled & (1 << cpu) != 0 {
+                // The server wants this pCPU to reschedule now (a woken
+                // vCPU outranks what runs there, a cap parked it...).
+                self.kick(cpu, true);
+            } else if decided & (1 << cpu) != 0 && idle(&self.pcpus, cpu) {
+                self.kick(cpu, false);
             }
         }
         if !self.scheduler_in_charge() && self.scheduler.wakeups() != self.wakeups_seen {
             self.wakeups_seen = self.scheduler.wakeups();
+            let me = self.cpu;
             if let Some(cpu) = (0..self.online).find(|&cpu| cpu != me && idle(&self.pcpus, cpu)) {
-                mask |= 1 << cpu;
+                self.kick(cpu, false);
             }
         }
-        // An idle pCPU 0 sleeps until its timer: kick it too, or the
-        // server (say, the scheduler with a vCPU's wake-up to place) waits.
-        if me != 0 && (self.pcpus[0].running.is_some() || self.pcpus[0].idle) {
-            let server_work = self.entities.iter().enumerate().any(|(entity, kind)| {
-                matches!(*kind, Entity::Server(index) if self.servers.get(index).is_some_and(|server| !server.yielded || server.has_inbound()))
-                    && self.scheduler.state(entity) == Some(RunState::Runnable)
-            });
-            if server_work {
-                mask |= 1;
+        // Servers run on pCPU 0: wake it when a server has work, and take
+        // its pCPU from the guest it runs when the work is urgent (a vCPU
+        // blocked, woke or yielded, or waits for a page).
+        let server_work = self.entities.iter().enumerate().any(|(entity, kind)| {
+            matches!(*kind, Entity::Server(index) if self.servers.get(index).is_some_and(|server| !server.yielded || server.has_inbound()))
+                && self.scheduler.state(entity) == Some(RunState::Runnable)
+        });
+        if server_work {
+            if self.pcpus[0].idle {
+                self.kick(0, false);
+            } else if self.server_urgent && self.pcpus[0].running.is_some() {
+                self.kick(0, true);
             }
         }
-        for cpu in 0..self.online {
-            if mask & (1 << cpu) != 0 {
-                super::smp::kick(cpu, me);
-            }
+    }
+
+    /// Kicks pCPU `cpu` as soon as the lock is released
+    /// (`super::smp::locked`); with `reschedule`, a guest it runs loses the
+    /// rest of its slice (else the kick only makes it exit, e.g. to take an
+    /// interrupt, and go on).
+    pub(super) fn kick(&mut self, cpu: usize, reschedule: bool) {
+        if cpu == self.cpu || cpu >= self.online.min(MAX_CPUS) {
+            return;
         }
+        if reschedule {
+            self.pcpus[cpu].reschedule = true;
+        }
+        self.pending_kicks |= 1 << cpu;
+    }
+
+    /// The kicks to send once the lock is released.
+    pub(super) fn take_kicks(&mut self) -> u32 {
+        core::mem::take(&mut self.pending_kicks)
     }
 
     fn here(&mut self) -> &mut Pcpu {
@@ -2088,6 +2123,10 @@ impl<'a> Machine<'a> {
     /// servers, the pager, `hvctl`, the end of the run), wake-ups, then the
     /// pick, the timer for the slice, and what to do until the next one.
     pub(super) fn switch_point(&mut self) -> Action {
+        self.here().reschedule = false;
+        if self.cpu == 0 {
+            self.server_urgent = false;
+        }
         if let Some(wake) = self.here().early_wake.take() {
             // Woken for timed polling: learn how late (a kick may have come
             // first; that is not a lateness sample).

@@ -56,11 +56,19 @@ fn locked<R>(cpu: usize, work: impl FnOnce(&mut Machine<'static>) -> R) -> R {
         LOCK_WAIT[cpu % MAX_CPUS].fetch_add(got - asked, Ordering::Relaxed);
         machine.cpu = cpu;
         let result = work(machine);
+        let kicks = machine.take_kicks();
         LOCK_HELD[cpu % MAX_CPUS].fetch_add(cpu::rdtsc() - got, Ordering::Relaxed);
-        result
+        (result, kicks)
     });
     match result {
-        Some(result) => result,
+        Some((result, kicks)) => {
+            // Kicked after the release: a kicked pCPU goes for the lock at
+            // once, and would only spin while this one still held it.
+            for target in (0..MAX_CPUS).filter(|target| kicks & (1 << target) != 0) {
+                kick(target, cpu);
+            }
+            result
+        }
         // `start` publishes the machine before any pCPU enters its loop.
         None => crate::arch::exit_machine(ipc::exit_status::ExitStatus::CorePanic),
     }
@@ -74,8 +82,10 @@ pub fn start(machine: &'static mut Machine<'static>, hosts: &[Option<svm::HostSt
     cpu_loop(0, host)
 }
 
-/// Makes pCPU `cpu` reach a switch point soon (no-op for the caller's own).
-pub fn kick(cpu: usize, from: usize) {
+/// Interrupts pCPU `cpu` (no-op for the caller's own): an idle one wakes, a
+/// guest it runs exits. The machine queues kicks (`Machine::kick`) and they
+/// are sent here when its lock is released; TLB shootdowns kick at once.
+fn kick(cpu: usize, from: usize) {
     if cpu == from || !crate::arch::smp::is_online(cpu) {
         return;
     }
