@@ -1272,7 +1272,7 @@ pub mod idt {
     }
 
     #[cfg(target_os = "none")]
-    pub use table::{load, set};
+    pub use table::{install, load, set};
 
     #[cfg(target_os = "none")]
     mod table {
@@ -1306,6 +1306,21 @@ pub mod idt {
             let index = usize::from(vector) * 2;
             TABLE.0[index].store(low, Ordering::Release);
             TABLE.0[index + 1].store(high, Ordering::Release);
+        }
+
+        /// Points every external vector (0x20..=0xff) at `other`, except
+        /// those `special` names, then loads the table.
+        ///
+        /// # Safety
+        ///
+        /// As for [`set`], for every handler given.
+        pub unsafe fn install(special: &[(u8, unsafe extern "C" fn())], other: unsafe extern "C" fn()) {
+            for vector in 0x20..=0xffu8 {
+                let handler = special.iter().find(|(number, _)| *number == vector).map_or(other, |&(_, handler)| handler);
+                // SAFETY: forwarded to the caller.
+                unsafe { set(vector, handler) };
+            }
+            load();
         }
 
         /// Loads the table into this vCPU's IDTR.

@@ -138,18 +138,18 @@ mod apictimer {
     }
 
     fn install_idt() {
-        for vector in 0x20..=0xffu8 {
-            let handler: unsafe extern "C" fn() = match vector {
-                TIMER_VECTOR => apictimer_timer_entry,
-                IPI_VECTOR => apictimer_ipi_entry,
-                SPURIOUS_VECTOR => apictimer_spurious_entry,
-                _ => apictimer_other_entry,
-            };
-            // SAFETY: the handlers above preserve every register they use
-            // and end with IRETQ; vectors 0x20 and up push no error code.
-            unsafe { guests::idt::set(vector, handler) };
-        }
-        guests::idt::load();
+        // SAFETY: the handlers above preserve every register they use
+        // and end with IRETQ; vectors 0x20 and up push no error code.
+        unsafe {
+            guests::idt::install(
+                &[
+                    (TIMER_VECTOR, apictimer_timer_entry),
+                    (IPI_VECTOR, apictimer_ipi_entry),
+                    (SPURIOUS_VECTOR, apictimer_spurious_entry),
+                ],
+                apictimer_other_entry,
+            )
+        };
     }
 
     fn fail(what: &str, value: u64) -> ! {

@@ -138,17 +138,17 @@ mod smpipi {
     }
 
     fn install_idt() {
-        for vector in 0x20..=0xffu8 {
-            let handler: unsafe extern "C" fn() = match vector {
-                IPI_VECTOR => smpipi_ipi_entry,
-                SPURIOUS_VECTOR => smpipi_spurious_entry,
-                _ => smpipi_other_entry,
-            };
-            // SAFETY: the handlers above preserve every register they use
-            // and end with IRETQ; vectors 0x20 and up push no error code.
-            unsafe { guests::idt::set(vector, handler) };
-        }
-        guests::idt::load();
+        // SAFETY: the handlers above preserve every register they use
+        // and end with IRETQ; vectors 0x20 and up push no error code.
+        unsafe {
+            guests::idt::install(
+                &[
+                    (IPI_VECTOR, smpipi_ipi_entry),
+                    (SPURIOUS_VECTOR, smpipi_spurious_entry),
+                ],
+                smpipi_other_entry,
+            )
+        };
     }
 
     fn fail(what: &str, value: u64) -> ! {
