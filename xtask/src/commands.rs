@@ -96,6 +96,26 @@ fn boot(
     steps: &[ControlStep],
     swap: Option<&Path>,
 ) -> Result<qemu::RunReport> {
+    boot_with_swap_rules(
+        workspace, images, prepared, machine, stop, echo, control, steps, swap, None,
+    )
+}
+
+/// [`boot`], with the swap disk attached through the blkdebug rules file
+/// `swap_rules` if given ([`qemu::SwapFaults`]).
+#[allow(clippy::too_many_arguments)] // each is one independent choice of the caller
+fn boot_with_swap_rules(
+    workspace: &Workspace,
+    images: &Images,
+    prepared: &Prepared,
+    machine: MachineType,
+    stop: StopRule,
+    echo: bool,
+    control: &ControlSocket,
+    steps: &[ControlStep],
+    swap: Option<&Path>,
+    swap_rules: Option<&Path>,
+) -> Result<qemu::RunReport> {
     let kernel = workspace.core_elf();
     let arguments = qemu::arguments(&QemuConfig {
         machine,
@@ -105,6 +125,7 @@ fn boot(
         bundle: &prepared.bundle,
         control_socket: control.path(),
         swap,
+        swap_rules,
     })
     .map_err(anyhow::Error::msg)?;
     if echo {
@@ -117,6 +138,12 @@ fn boot(
                 "xtask: swap disk: {} (virtio-blk on virtio-mmio at {:#x})",
                 display(image),
                 qemu::SWAP_MMIO_BASE
+            );
+        }
+        if let (Some(_), Some(rules)) = (swap, swap_rules) {
+            say!(
+                "xtask: swap disk faults: through blkdebug with {}",
+                display(rules)
             );
         }
     }
@@ -276,6 +303,7 @@ fn run_scenario(
             timeout,
             control,
             swap_mib,
+            swap_faults,
             ..
         } => {
             let images = match images {
@@ -291,10 +319,15 @@ fn run_scenario(
                     if let Some(mib) = swap_mib {
                         qemu::create_swap_image(&swap_image, *mib)?;
                     }
+                    // The rules file goes next to the image (the parser
+                    // accepts swap_faults only with swap_mib).
+                    let swap_rules = swap_faults
+                        .map(|faults| qemu::write_swap_rules(&swap_image, faults))
+                        .transpose()?;
                     // An appliance with a [faults] table is also judged as
                     // a fault campaign.
                     let campaign = campaign::Expectations::from_appliance(&prepared.appliance);
-                    boot(
+                    boot_with_swap_rules(
                         workspace,
                         images,
                         &prepared,
@@ -304,6 +337,7 @@ fn run_scenario(
                         &socket,
                         control,
                         swap_mib.map(|_| swap_image.as_path()),
+                        swap_rules.as_deref(),
                     )
                     .map(|report| (report, campaign))
                 });

@@ -18,7 +18,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -93,6 +93,10 @@ pub struct QemuConfig<'a> {
     /// The pager's swap disk (a raw image), attached as a virtio-blk device
     /// on a virtio-mmio transport ([`swap_arguments`]); `-M microvm` only.
     pub swap: Option<&'a Path>,
+    /// A blkdebug rules file the swap disk is attached through, to inject
+    /// device errors ([`SwapFaults`], [`write_swap_rules`]); none: the image
+    /// is attached directly.
+    pub swap_rules: Option<&'a Path>,
 }
 
 /// Where `-M microvm` puts its virtio-mmio transports (QEMU's
@@ -115,17 +119,110 @@ pub const SWAP_MMIO_BASE: u64 =
 
 /// QEMU's arguments for the swap disk: a raw image as a virtio-blk device on
 /// a modern (virtio 1.0, `force-legacy=false`) virtio-mmio transport.
-pub fn swap_arguments(image: &Path) -> [String; 6] {
+///
+/// With `rules`, the image is reached through QEMU's `blkdebug` driver with
+/// that rules file (raw format over blkdebug over the file, so the raw
+/// driver's `read_aio`/`write_aio` events reach blkdebug), and a failed read
+/// is reported to the device's driver (`rerror=report`: the request
+/// completes with `VIRTIO_BLK_S_IOERR`) instead of stopping the machine.
+pub fn swap_arguments(image: &Path, rules: Option<&Path>) -> [String; 6] {
     // QEMU's option syntax doubles a comma inside a value.
-    let path = image.to_string_lossy().replace(',', ",,");
+    let escape = |path: &Path| path.to_string_lossy().replace(',', ",,");
+    let path = escape(image);
+    let drive = match rules {
+        None => format!("file={path},if=none,id=swap,format=raw"),
+        Some(rules) => format!(
+            "driver=raw,if=none,id=swap,rerror=report,\
+             file.driver=blkdebug,file.config={},\
+             file.image.driver=file,file.image.filename={path}",
+            escape(rules)
+        ),
+    };
     [
         "-global".to_owned(),
         "virtio-mmio.force-legacy=false".to_owned(),
         "-drive".to_owned(),
-        format!("file={path},if=none,id=swap,format=raw"),
+        drive,
         "-device".to_owned(),
         "virtio-blk-device,drive=swap".to_owned(),
     ]
+}
+
+/// Device errors injected into the swap disk (scenario keys `swap_faults`
+/// and `swap_faults_after_reads`), through QEMU's `blkdebug` driver
+/// ([`write_swap_rules`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwapFaults {
+    /// `"read"`: once the disk has taken its first write, the first
+    /// `reads_ok` reads succeed and every read after them fails with EIO;
+    /// writes keep working. The pager's start (the header read of a fresh,
+    /// zeroed image, then formatting, which writes) goes through, so every
+    /// read counted is a page-in: pages are paged out, `reads_ok` of them
+    /// come back, and then every page-in read fails.
+    Read {
+        /// Reads after the first write that still succeed.
+        reads_ok: u32,
+    },
+}
+
+/// Most reads [`SwapFaults::Read`] lets through (one blkdebug rule each).
+pub const SWAP_FAULT_READS_OK_MAX: u32 = 100_000;
+
+impl SwapFaults {
+    /// The blkdebug rules file (QEMU's `docs/devel/blkdebug.rst`). State 1
+    /// is blkdebug's initial state. The first `write_aio` event moves it to
+    /// 2; each `read_aio` event in states 2..=`reads_ok`+1 moves it one
+    /// further (that read succeeds: blkdebug compares a rule's state with
+    /// the state before the event). In the last state every `read_aio`
+    /// event activates an EIO (errno 5) rule for reads only (`iotype`),
+    /// which fails that read and, not being `once`, every read after it.
+    pub fn rules(self) -> String {
+        use std::fmt::Write as _;
+        match self {
+            Self::Read { reads_ok } => {
+                let mut text = format!(
+                    "# cairn swap_faults = \"read\": once anything was written, \
+                     {reads_ok} reads succeed, then every read fails with EIO\n\
+                     [set-state]\nstate = \"1\"\nevent = \"write_aio\"\nnew_state = \"2\"\n"
+                );
+                for state in 2..2 + u64::from(reads_ok) {
+                    let _ = write!(
+                        text,
+                        "\n[set-state]\nstate = \"{state}\"\nevent = \"read_aio\"\nnew_state = \"{}\"\n",
+                        state + 1
+                    );
+                }
+                let _ = write!(
+                    text,
+                    "\n[inject-error]\nstate = \"{}\"\nevent = \"read_aio\"\niotype = \"read\"\nerrno = \"5\"\n",
+                    2 + u64::from(reads_ok)
+                );
+                text
+            }
+        }
+    }
+}
+
+impl FromStr for SwapFaults {
+    type Err = String;
+
+    /// The kind, with its defaults (`"read"`: no read succeeds after the
+    /// first write).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "read" => Ok(Self::Read { reads_ok: 0 }),
+            other => Err(format!("`{other}` is not a kind of swap fault (read)")),
+        }
+    }
+}
+
+/// Writes the blkdebug rules for `faults` next to the swap image `image`
+/// (same name, extension `blkdebug`) and returns their path.
+pub fn write_swap_rules(image: &Path, faults: SwapFaults) -> Result<PathBuf> {
+    let path = image.with_extension("blkdebug");
+    std::fs::write(&path, faults.rules())
+        .with_context(|| format!("cannot write the blkdebug rules {}", path.display()))?;
+    Ok(path)
 }
 
 /// Checks that a swap disk can be attached on `machine`: only `-M microvm`
@@ -188,7 +285,7 @@ pub fn arguments(config: &QemuConfig<'_>) -> Result<Vec<OsString>, String> {
     arguments.extend(control::qemu_arguments(config.control_socket).map(OsString::from));
     if let Some(image) = config.swap {
         check_swap_machine(config.machine)?;
-        arguments.extend(swap_arguments(image).map(OsString::from));
+        arguments.extend(swap_arguments(image, config.swap_rules).map(OsString::from));
     }
     arguments.push("-kernel".into());
     arguments.push(config.kernel.into());
@@ -663,6 +760,7 @@ mod tests {
             bundle: Path::new("/b.bundle"),
             control_socket: Path::new("/c.sock"),
             swap: None,
+            swap_rules: None,
         };
         let text: Vec<String> = arguments(&config)
             .unwrap()
@@ -703,6 +801,7 @@ mod tests {
             bundle: Path::new("/b.bundle"),
             control_socket: Path::new("/c.sock"),
             swap: Some(Path::new("/t/scenarios/memhog/swap.img")),
+            swap_rules: None,
         };
         let joined = arguments(&config)
             .unwrap()
@@ -719,13 +818,134 @@ mod tests {
             "{joined}"
         );
         assert!(joined.starts_with("-M microvm "), "{joined}");
-        let commas = swap_arguments(Path::new("/a,b/swap.img"));
+        let commas = swap_arguments(Path::new("/a,b/swap.img"), None);
         assert_eq!(commas[3], "file=/a,,b/swap.img,if=none,id=swap,format=raw");
 
         config.machine = MachineType::Pc;
         let error = arguments(&config).unwrap_err();
         assert!(error.contains("microvm"), "{error}");
         assert_eq!(SWAP_MMIO_BASE, 0xfeb0_2e00);
+    }
+
+    #[test]
+    fn swap_faults_attach_the_disk_through_blkdebug() {
+        let mut config = QemuConfig {
+            machine: MachineType::Microvm,
+            cpus: 1,
+            memory_mib: 64,
+            kernel: Path::new("/k"),
+            bundle: Path::new("/b.bundle"),
+            control_socket: Path::new("/c.sock"),
+            swap: Some(Path::new("/t/scenarios/read-error/swap.img")),
+            swap_rules: Some(Path::new("/t/scenarios/read-error/swap.blkdebug")),
+        };
+        let joined = arguments(&config)
+            .unwrap()
+            .iter()
+            .map(|argument| argument.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            joined.contains(
+                "-global virtio-mmio.force-legacy=false \
+                 -drive driver=raw,if=none,id=swap,rerror=report,\
+                 file.driver=blkdebug,file.config=/t/scenarios/read-error/swap.blkdebug,\
+                 file.image.driver=file,file.image.filename=/t/scenarios/read-error/swap.img \
+                 -device virtio-blk-device,drive=swap -kernel /k"
+            ),
+            "{joined}"
+        );
+        let commas = swap_arguments(Path::new("/a,b/swap.img"), Some(Path::new("/a,b/r")));
+        assert!(commas[3].contains("file.config=/a,,b/r,"), "{}", commas[3]);
+        assert!(
+            commas[3].ends_with("file.image.filename=/a,,b/swap.img"),
+            "{}",
+            commas[3]
+        );
+        // The rules need the swap disk's machine like the disk itself.
+        config.machine = MachineType::Pc;
+        assert!(arguments(&config).unwrap_err().contains("microvm"));
+    }
+
+    #[test]
+    fn swap_fault_rules_fail_reads_only_after_the_first_write() {
+        assert_eq!(
+            "read".parse::<SwapFaults>(),
+            Ok(SwapFaults::Read { reads_ok: 0 })
+        );
+        assert!("write".parse::<SwapFaults>().unwrap_err().contains("read"));
+        /// The rules as (section, [(key, value)]) in file order.
+        fn sections(rules: &str) -> Vec<(String, Vec<(String, String)>)> {
+            let mut sections: Vec<(String, Vec<(String, String)>)> = Vec::new();
+            for line in rules
+                .lines()
+                .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            {
+                if let Some(name) = line.strip_prefix('[') {
+                    sections.push((name.trim_end_matches(']').to_owned(), Vec::new()));
+                } else {
+                    let (key, value) = line.split_once(" = ").unwrap();
+                    let value = value.trim_matches('"').to_owned();
+                    sections.last_mut().unwrap().1.push((key.to_owned(), value));
+                }
+            }
+            sections
+        }
+        let pairs = |items: &[(&str, &str)]| -> Vec<(String, String)> {
+            items
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                .collect()
+        };
+        let first_write = (
+            "set-state".to_owned(),
+            pairs(&[("state", "1"), ("event", "write_aio"), ("new_state", "2")]),
+        );
+        let eio = |state: &str| {
+            (
+                "inject-error".to_owned(),
+                pairs(&[
+                    ("state", state),
+                    ("event", "read_aio"),
+                    ("iotype", "read"),
+                    ("errno", "5"),
+                ]),
+            )
+        };
+        // No read after the first write succeeds: the EIO rule is armed in
+        // state 2; nothing for writes, and never `once`.
+        let rules = SwapFaults::Read { reads_ok: 0 }.rules();
+        assert_eq!(sections(&rules), [first_write.clone(), eio("2")], "{rules}");
+        // Two reads succeed: two read steps, the EIO rule in state 4.
+        let rules = SwapFaults::Read { reads_ok: 2 }.rules();
+        let read_step = |from: &str, to: &str| {
+            (
+                "set-state".to_owned(),
+                pairs(&[("state", from), ("event", "read_aio"), ("new_state", to)]),
+            )
+        };
+        assert_eq!(
+            sections(&rules),
+            [
+                first_write,
+                read_step("2", "3"),
+                read_step("3", "4"),
+                eio("4")
+            ],
+            "{rules}"
+        );
+        assert!(rules.starts_with(
+            "# cairn swap_faults = \"read\": once anything was written, 2 reads succeed"
+        ));
+
+        let directory = std::env::temp_dir().join(format!("xtask-rules-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let image = directory.join("swap.img");
+        let faults = SwapFaults::Read { reads_ok: 0 };
+        let path = write_swap_rules(&image, faults).unwrap();
+        assert_eq!(path, directory.join("swap.blkdebug"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), faults.rules());
+        std::fs::remove_dir_all(&directory).unwrap();
     }
 
     #[test]

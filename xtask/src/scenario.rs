@@ -14,6 +14,8 @@
 //!     { at = 2.0, command = "sched-credit -d spinner -c 50", expect = "spinner" },
 //! ]
 //! swap_mib = 64                        # a fresh zeroed swap disk of this size (microvm only)
+//! swap_faults = "read"                 # device errors on it: "read" (needs swap_mib)
+//! swap_faults_after_reads = 4000       # "read": this many reads succeed first (default 0)
 //! pending = "the core's paging is not in yet"  # `cargo xtask test` skips it, saying why
 //!
 //! [[scenario]]                         # a config that must be refused
@@ -34,6 +36,11 @@
 //! `target/scenarios/NAME/swap.img` of that many MiB, attached as a
 //! virtio-blk device on a virtio-mmio transport for the pager
 //! ([`crate::qemu::swap_arguments`]); `machine = "pc"` is refused with it.
+//! `swap_faults` attaches that image through QEMU's blkdebug driver with a
+//! rules file written next to it (`swap.blkdebug`): `"read"` makes every
+//! read after the first write fail with EIO while writes keep working, or,
+//! with `swap_faults_after_reads = N`, every read after the first N that
+//! follow the first write ([`crate::qemu::SwapFaults`]).
 //! A scenario with `pending` is listed and run by `cargo xtask scenario
 //! NAME` as usual, but `cargo xtask test` skips it and lists it as pending
 //! with the reason (for a test written before the feature it checks).
@@ -59,7 +66,9 @@ use ipc::exit_status::ExitStatus as CoreExit;
 
 use crate::control::{ControlStep, StepOutcome};
 use crate::decode::Line;
-use crate::qemu::{check_swap_machine, Ending, MachineType, QemuExit};
+use crate::qemu::{
+    check_swap_machine, Ending, MachineType, QemuExit, SwapFaults, SWAP_FAULT_READS_OK_MAX,
+};
 use crate::table::{parse_document, KeyError, TableReader};
 
 /// Timeout of a boot scenario that gives none.
@@ -99,6 +108,8 @@ pub enum Check {
         cpu: Vec<CpuCheck>,
         /// Size of a fresh swap disk for the boot, MiB (none: no disk).
         swap_mib: Option<u32>,
+        /// Device errors injected into the swap disk (needs `swap_mib`).
+        swap_faults: Option<SwapFaults>,
     },
     /// Loading the appliance must fail with an error containing this text.
     ConfigError(String),
@@ -372,6 +383,25 @@ fn parse_scenario(mut table: TableReader<'_>, workspace_root: &Path) -> Result<S
     let exit = table.string("exit")?;
     let timeout = table.seconds("timeout")?;
     let swap_mib = table.integer_in("swap_mib", 1..=SWAP_MIB_MAX, " MiB")?;
+    let swap_faults = match table.string("swap_faults")? {
+        None => None,
+        Some(text) => Some(
+            text.parse::<SwapFaults>()
+                .map_err(|message| table.error("swap_faults", message))?,
+        ),
+    };
+    let after_reads = table.integer_in(
+        "swap_faults_after_reads",
+        0..=SWAP_FAULT_READS_OK_MAX,
+        " reads",
+    )?;
+    let swap_faults = match (swap_faults, after_reads) {
+        (Some(SwapFaults::Read { .. }), Some(reads_ok)) => Some(SwapFaults::Read { reads_ok }),
+        (None, Some(_)) => {
+            return Err(table.error("swap_faults_after_reads", "needs swap_faults = \"read\""))
+        }
+        (faults, None) => faults,
+    };
     let pending = match table.string("pending")? {
         Some(reason) if reason.trim().is_empty() => {
             return Err(table.error("pending", "give the reason it cannot run yet"))
@@ -391,6 +421,7 @@ fn parse_scenario(mut table: TableReader<'_>, workspace_root: &Path) -> Result<S
                 ("control", !control.is_empty()),
                 ("usage", !cpu.is_empty()),
                 ("swap_mib", swap_mib.is_some()),
+                ("swap_faults", swap_faults.is_some()),
             ];
             if let Some((key, _)) = boot_keys.iter().find(|(_, present)| *present) {
                 return Err(table.error(
@@ -414,6 +445,9 @@ fn parse_scenario(mut table: TableReader<'_>, workspace_root: &Path) -> Result<S
                 if let Err(message) = check_swap_machine(machine) {
                     return Err(table.error("swap_mib", message));
                 }
+            }
+            if swap_faults.is_some() && swap_mib.is_none() {
+                return Err(table.error("swap_faults", "needs a swap disk: give swap_mib too"));
             }
             let exit_name = exit.ok_or_else(|| {
                 table.error("exit", "missing (required unless config_error is given)")
@@ -453,6 +487,7 @@ fn parse_scenario(mut table: TableReader<'_>, workspace_root: &Path) -> Result<S
                 control,
                 cpu,
                 swap_mib,
+                swap_faults,
             }
         }
     };
@@ -778,6 +813,7 @@ config_error = "domain[0].memory"
                 control: Vec::new(),
                 cpu: Vec::new(),
                 swap_mib: None,
+                swap_faults: None,
             }
         );
         assert_eq!(scenarios[0].pending, None);
@@ -920,6 +956,7 @@ config_error = "domain[0].memory"
             control: Vec::new(),
             cpu: Vec::new(),
             swap_mib: None,
+            swap_faults: None,
         };
         let lines = vec![Line::Guest("hello: Hello from cairn!".into())];
         let powered_off = Ending::Exited(QemuExit::Core(CoreExit::AllPoweredOff));
@@ -975,6 +1012,68 @@ config_error = "domain[0].memory"
     }
 
     #[test]
+    fn swap_faults_parse_and_need_a_swap_disk() {
+        let base =
+            "[[scenario]]\nname='read-error'\ndescription='d'\nconfig='c.toml'\nexit='DomainFailed'\n";
+        let scenarios = parse(
+            &format!("{base}swap_mib = 16\nswap_faults = 'read'\n"),
+            "s.toml",
+            Path::new("/root"),
+        )
+        .unwrap();
+        let Check::Boot {
+            swap_mib,
+            swap_faults,
+            ..
+        } = &scenarios[0].check
+        else {
+            panic!("a boot scenario");
+        };
+        assert_eq!(
+            (*swap_mib, *swap_faults),
+            (Some(16), Some(SwapFaults::Read { reads_ok: 0 }))
+        );
+        let scenarios = parse(
+            &format!("{base}swap_mib = 16\nswap_faults = 'read'\nswap_faults_after_reads = 4000\n"),
+            "s.toml",
+            Path::new("/root"),
+        )
+        .unwrap();
+        let Check::Boot { swap_faults, .. } = &scenarios[0].check else {
+            panic!("a boot scenario");
+        };
+        assert_eq!(*swap_faults, Some(SwapFaults::Read { reads_ok: 4000 }));
+        let error = parse_error(&format!(
+            "{base}swap_mib = 16\nswap_faults_after_reads = 4\n"
+        ));
+        assert_eq!(
+            error.key.as_deref(),
+            Some("scenario[0].swap_faults_after_reads")
+        );
+        assert!(error.message.contains("swap_faults"), "{error}");
+        let error = parse_error(&format!(
+            "{base}swap_mib = 16\nswap_faults = 'read'\nswap_faults_after_reads = -1\n"
+        ));
+        assert_eq!(
+            error.key.as_deref(),
+            Some("scenario[0].swap_faults_after_reads")
+        );
+
+        let error = parse_error(&format!("{base}swap_faults = 'read'\n"));
+        assert_eq!(error.key.as_deref(), Some("scenario[0].swap_faults"));
+        assert!(error.message.contains("swap_mib"), "{error}");
+        let error = parse_error(&format!("{base}swap_mib = 16\nswap_faults = 'sometimes'\n"));
+        assert_eq!(error.key.as_deref(), Some("scenario[0].swap_faults"));
+        assert!(error.message.contains("read"), "{error}");
+        let error = parse_error(&format!("{base}swap_mib = 16\nswap_faults = true\n"));
+        assert_eq!(error.key.as_deref(), Some("scenario[0].swap_faults"));
+        let error = parse_error(
+            "[[scenario]]\nname='a'\ndescription='d'\nconfig='c'\nconfig_error='x'\nswap_faults='read'\n",
+        );
+        assert_eq!(error.key.as_deref(), Some("scenario[0].swap_faults"));
+    }
+
+    #[test]
     fn swap_and_pending_parse() {
         let base =
             "[[scenario]]\nname='memhog'\ndescription='d'\nconfig='c.toml'\nexit='AllPoweredOff'\n";
@@ -984,10 +1083,16 @@ config_error = "domain[0].memory"
             Path::new("/root"),
         )
         .unwrap();
-        let Check::Boot { swap_mib, .. } = &scenarios[0].check else {
+        let Check::Boot {
+            swap_mib,
+            swap_faults,
+            ..
+        } = &scenarios[0].check
+        else {
             panic!("a boot scenario");
         };
         assert_eq!(*swap_mib, Some(64));
+        assert_eq!(*swap_faults, None);
         assert_eq!(
             scenarios[0].pending.as_deref(),
             Some("core paging not in yet")

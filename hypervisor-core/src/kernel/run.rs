@@ -931,9 +931,15 @@ impl<'a> Machine<'a> {
             paging::Effect::None => {}
             paging::Effect::Loaded { domain, gfn } => self.page_arrived(domain, gfn),
             paging::Effect::StopDomain { domain, gfn, reason } => {
-                defmt::warn!("domain {=str} stopped: {=str} (gfn {=u64:#x})", name, reason, gfn);
                 self.pager.page_ins.retain(|request| request.domain != domain);
-                self.end_domain(usize::from(domain), DomainState::Failed);
+                // Only a running domain is stopped: a second failed page-in
+                // (two vCPUs waiting) or one of a domain that powered off or
+                // ended otherwise meanwhile changes neither its state nor
+                // its log.
+                if self.domains.get(usize::from(domain)).is_some_and(|slot| slot.state == DomainState::Running) {
+                    defmt::warn!("domain {=str} stopped: {=str} (gfn {=u64:#x})", name, reason, gfn);
+                    self.end_domain(usize::from(domain), DomainState::Failed);
+                }
             }
             paging::Effect::Unexpected => {
                 self.pager_send(ToServer::Error { code: ipc::messages::ErrorCode::Unexpected });
