@@ -82,28 +82,7 @@ fn log(bytes: &[u8]) {
 
 /// The machine itself: each [`Platform`] call is the instruction.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Hardware {
-    /// TSC ticks per second (`clock_rate`, asked once), if the core gave a
-    /// usable one: then [`Platform::time`] is computed from `rdtsc` exactly
-    /// as the core computes it, without a syscall.
-    clock_rate: Option<u64>,
-}
-
-impl Hardware {
-    /// The machine, with the clock rate asked of the core.
-    fn new() -> Self {
-        let rate = syscall(syscall::CLOCK_RATE, [0; 5]);
-        Self {
-            clock_rate: u64::try_from(rate).ok().filter(|rate| *rate > 0),
-        }
-    }
-}
-
-/// Nanoseconds since boot from a TSC reading, as the core's `time`:
-/// `ticks × 10^9 / rate`.
-fn ticks_to_ns(ticks: u64, rate: u64) -> u64 {
-    (u128::from(ticks) * 1_000_000_000 / u128::from(rate)) as u64
-}
+pub struct Hardware;
 
 impl Platform for Hardware {
     fn yield_now(&mut self) {
@@ -119,12 +98,7 @@ impl Platform for Hardware {
     }
 
     fn time(&mut self) -> u64 {
-        match self.clock_rate {
-            // SAFETY: `rdtsc` only reads the time-stamp counter; the core
-            // leaves CR4.TSD clear, so it is allowed in ring 3.
-            Some(rate) => ticks_to_ns(unsafe { core::arch::x86_64::_rdtsc() }, rate),
-            None => syscall(syscall::TIME, [0; 5]) as u64,
-        }
+        syscall(syscall::TIME, [0; 5]) as u64
     }
 
     fn log(&mut self, bytes: &[u8]) {
@@ -264,7 +238,7 @@ pub fn start<H: Handler>(
     };
     let mut runtime = Runtime::new(
         constructor(),
-        Hardware::new(),
+        Hardware,
         ring(TO_SERVER_RING_OFFSET),
         ring(TO_CORE_RING_OFFSET),
         instance,

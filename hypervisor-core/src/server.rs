@@ -74,8 +74,6 @@ pub enum Syscall {
     Notify,
     /// `time()`.
     Time,
-    /// `clock_rate()`: the TSC frequency `time()` divides by.
-    ClockRate,
     /// `log(pointer, length)`: the range is inside the user half of the
     /// address space; the kernel still checks it is mapped user-readable.
     Log {
@@ -202,7 +200,6 @@ pub fn decode(exit: &UserExit) -> ServerEvent {
         syscall::WAIT => Syscall::Wait { timeout_ns: (first != syscall::NO_TIMEOUT).then_some(first) },
         syscall::NOTIFY => Syscall::Notify,
         syscall::TIME => Syscall::Time,
-        syscall::CLOCK_RATE => Syscall::ClockRate,
         syscall::LOG => {
             let in_user_half =
                 first >= IMAGE_BASE && first.checked_add(second).is_some_and(|end| end <= STACK_TOP);
@@ -409,8 +406,6 @@ mod tests {
             decode(&syscall_exit(5, [0x4000_1000, 10, 0, 0, 0])),
             ServerEvent::Syscall(Syscall::Log { pointer: 0x4000_1000, length: 10 })
         );
-        assert_eq!(decode(&syscall_exit(4, [0; 5])), ServerEvent::Syscall(Syscall::Time));
-        assert_eq!(decode(&syscall_exit(8, [0; 5])), ServerEvent::Syscall(Syscall::ClockRate));
         assert_eq!(
             decode(&syscall_exit(99, [0; 5])),
             ServerEvent::Fault(ServerFault::InvalidSyscall { number: 99 })

@@ -69,12 +69,6 @@ pub mod syscall {
     /// misaligned one, `-EFAULT` for an address outside the DMA region,
     /// `-ENODEV` without a device.
     pub const DEVICE_WRITE: u64 = 7;
-    /// `clock_rate() -> TSC ticks per second`: `time()` is
-    /// `rdtsc × 10^9 / clock_rate()` (the core leaves CR4.TSD clear, so
-    /// `rdtsc` works in ring 3). A server that knows the rate reads the
-    /// clock without a syscall; every syscall costs two address-space
-    /// switches.
-    pub const CLOCK_RATE: u64 = 8;
 
     /// `device_info` item: virtual address of the device's registers
     /// (mapped read-only, uncached).
