@@ -210,22 +210,7 @@ impl HaltPoller {
 
     /// After the halt: statistics, then the window adapts.
     pub fn end(&mut self, halt: Halt, parameters: &HaltPollParameters, max_ns: u64) {
-        let polled = self.poll_ns > 0;
-        if polled {
-            self.stats.attempted += 1;
-            if halt.waited_ns == 0 {
-                self.stats.successful += 1;
-                self.stats.poll_success_ns += halt.polled_ns;
-                self.stats.poll_success_histogram.add(halt.polled_ns);
-            } else {
-                self.stats.poll_fail_ns += halt.polled_ns;
-                self.stats.poll_fail_histogram.add(halt.polled_ns);
-            }
-        }
-        if halt.waited_ns > 0 {
-            self.stats.wait_ns += halt.waited_ns;
-            self.stats.wait_histogram.add(halt.waited_ns);
-        }
+        self.count(halt, self.poll_ns > 0, halt.waited_ns == 0);
         let halt_ns = halt.total_ns();
         if !halt.valid_wakeup {
             self.stats.invalid += 1;
@@ -245,9 +230,15 @@ impl HaltPoller {
     /// KVM's guess at when an unannounced wake-up comes; a timed halt's
     /// wake-up was announced, so it neither grows nor shrinks the window.
     pub fn end_timed(&mut self, halt: Halt, woke_polling: bool) {
-        if halt.polled_ns > 0 {
+        self.count(halt, halt.polled_ns > 0, woke_polling);
+    }
+
+    /// KVM's statistics for one halt: a poll if it `attempted` one, which
+    /// was `successful` if the wake-up came while polling.
+    fn count(&mut self, halt: Halt, attempted: bool, successful: bool) {
+        if attempted {
             self.stats.attempted += 1;
-            if woke_polling {
+            if successful {
                 self.stats.successful += 1;
                 self.stats.poll_success_ns += halt.polled_ns;
                 self.stats.poll_success_histogram.add(halt.polled_ns);
