@@ -20,9 +20,9 @@ pub const KICK_VECTOR: u8 = 0xf0;
 /// Timer interrupts per CPU (by local APIC ID).
 static TICKS: [AtomicU64; super::smp::MAX_CPUS] = [const { AtomicU64::new(0) }; super::smp::MAX_CPUS];
 
-/// This CPU's timer interrupts since its timer started.
-pub fn ticks() -> u64 {
-    TICKS.get(usize::from(lapic::id())).map_or(0, |ticks| ticks.load(Ordering::Relaxed))
+/// CPU `cpu`'s timer interrupts since its timer started.
+pub fn ticks_of(cpu: usize) -> u64 {
+    TICKS.get(cpu).map_or(0, |ticks| ticks.load(Ordering::Relaxed))
 }
 
 // Stubs: push a zero error code where the CPU pushes none, push the vector,

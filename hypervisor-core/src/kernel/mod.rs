@@ -144,7 +144,6 @@ pub fn start(start_info_address: u64) -> ! {
     let Some(machine) = MACHINE.init(Machine::new(host, maps, frames)) else { fail_boot("machine built twice") };
     // The APs are numbered 0..online by their APIC IDs (QEMU's numbering).
     machine.online = (0..arch::smp::MAX_CPUS).take_while(|&cpu| arch::smp::is_online(cpu)).count().max(1);
-    machine.scheduling.pcpus = machine.online as u8;
     defmt::info!("machine state: {=usize} bytes (static), boot stack {=usize}", core::mem::size_of::<Machine<'_>>(), arch::boot::BOOT_STACK_SIZE);
     for spec in &bundle.manifest.servers {
         match machine.start_server(spec, bundle.image(spec.image)) {

@@ -130,6 +130,11 @@ pub struct Entry {
     pub registers: svm::GuestRegisters,
 }
 
+/// The pCPU other than `me` (among the `online` ones) that runs vCPU `index`.
+fn running_elsewhere(pcpus: &[Pcpu; MAX_CPUS], online: usize, me: usize, index: usize) -> Option<usize> {
+    (0..online.min(MAX_CPUS)).find(|&cpu| cpu != me && pcpus[cpu].running.is_some_and(|(_, running)| running == index))
+}
+
 /// One pCPU as the machine sees it.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Pcpu {
@@ -206,8 +211,6 @@ pub struct Machine<'a> {
     pub(super) online: usize,
     /// Every pCPU's state.
     pub(super) pcpus: [Pcpu; MAX_CPUS],
-    /// Per vCPU: the pCPU running it, if any.
-    running_on: [Option<u8>; MAX_VCPUS_TOTAL],
     /// Per vCPU: the pCPU it last ran on (its timers are that pCPU's).
     last_pcpu: [u8; MAX_VCPUS_TOTAL],
     /// The round-robin's wake-up count the last kick check saw.
@@ -262,7 +265,6 @@ impl<'a> Machine<'a> {
             cpu: 0,
             online: 1,
             pcpus: [Pcpu::default(); MAX_CPUS],
-            running_on: [None; MAX_VCPUS_TOTAL],
             last_pcpu: [0; MAX_VCPUS_TOTAL],
             wakeups_seen: 0,
             pending_kicks: 0,
@@ -523,16 +525,13 @@ impl<'a> Machine<'a> {
         let cpu = self.cpu;
         self.claim_asid(index);
         self.end_halt(index);
-        if let Some(slot) = self.running_on.get_mut(index) {
-            *slot = Some(cpu as u8);
-        }
         if let Some(slot) = self.last_pcpu.get_mut(index) {
             *slot = cpu as u8;
         }
         let ran_before = self.vcpus.get(index).map_or(0, |vcpu| vcpu.run_ticks);
         let here = self.here();
         here.running = Some((entity, index));
-        here.slice_ticks = interrupts::ticks();
+        here.slice_ticks = interrupts::ticks_of(cpu);
         here.ran_before = ran_before;
         let now = super::vcpu::system_time_ns();
         let wire = self.wire_vcpu(index);
@@ -553,9 +552,6 @@ impl<'a> Machine<'a> {
         let Some((_, index)) = here.running.take() else { return };
         let ran_before = here.ran_before;
         let cpu = self.cpu as u8;
-        if let Some(slot) = self.running_on.get_mut(index) {
-            *slot = None;
-        }
         let ran = self.vcpus.get(index).map_or(0, |vcpu| vcpu.run_ticks).saturating_sub(ran_before);
         let now = super::vcpu::system_time_ns();
         if let Some(vcpu) = self.wire_vcpu(index) {
@@ -715,7 +711,7 @@ impl<'a> Machine<'a> {
                     return Some(SliceEnd::Ended);
                 }
             }
-            return (interrupts::ticks() != self.here().slice_ticks).then_some(SliceEnd::Preempted);
+            return (interrupts::ticks_of(self.cpu) != self.here().slice_ticks).then_some(SliceEnd::Preempted);
         }
         let rip = view.vmcb.read_u64(svm::offset::RIP);
         match outcome {
@@ -785,12 +781,12 @@ impl<'a> Machine<'a> {
             }
         }
         self.apic_effect(index, apic_effect);
-        if interrupts::ticks() != self.here().slice_ticks {
+        if interrupts::ticks_of(self.cpu) != self.here().slice_ticks {
             // The running vCPU's own APIC timer does not end its slice.
             if !self.apic_timer_tick() {
                 return Some(SliceEnd::Preempted);
             }
-            self.here().slice_ticks = interrupts::ticks();
+            self.here().slice_ticks = interrupts::ticks_of(self.cpu);
         }
         None
     }
@@ -1302,7 +1298,7 @@ impl<'a> Machine<'a> {
     /// on a copy of its context (in the core's window, which every server
     /// maps: the copy lives on pCPU 0's boot stack).
     fn begin_server_slice(&mut self, index: usize) -> Action {
-        self.here().slice_ticks = interrupts::ticks();
+        self.here().slice_ticks = interrupts::ticks_of(self.cpu);
         match self.servers.get(index) {
             Some(server) => Action::Server { index, context: server.context },
             None => Action::Again,
@@ -1316,7 +1312,7 @@ impl<'a> Machine<'a> {
         let server = self.servers.get_mut(index)?;
         server.context = *context;
         let step = self.server_returned(index);
-        let goes_on = step == Step::Continue && interrupts::ticks() == self.here().slice_ticks;
+        let goes_on = step == Step::Continue && interrupts::ticks_of(self.cpu) == self.here().slice_ticks;
         let next = if goes_on { self.servers.get(index).map(|server| server.context) } else { None };
         if next.is_none() {
             self.kick_for_work();
@@ -1636,9 +1632,10 @@ impl<'a> Machine<'a> {
         self.entities.iter().position(|entity| *entity == Entity::Server(index))
     }
 
-    /// The pCPU running vCPU `index`, if another one than the lock holder.
+    /// The pCPU running vCPU `index`, if another one than the lock holder
+    /// (a vCPU is running from its pick to its slice end: `Pcpu::running`).
     pub(super) fn running_on(&self, index: usize) -> Option<usize> {
-        self.running_on.get(index).copied().flatten().map(usize::from).filter(|&cpu| cpu != self.cpu)
+        running_elsewhere(&self.pcpus, self.online, self.cpu, index)
     }
 
     pub(super) fn entity_of_vcpu(&self, index: usize) -> Option<usize> {
@@ -1688,7 +1685,7 @@ impl<'a> Machine<'a> {
         let now = super::vcpu::system_time_ns();
         let Some(server) = self.servers.get_mut(index) else { return };
         let link = &self.scheduling;
-        if !link.rebuild_stream(now, &domains, &vcpus, &mut |message| server.send(message)) {
+        if !link.rebuild_stream(now, self.online, &domains, &vcpus, &mut |message| server.send(message)) {
             defmt::warn!("scheduler rebuild stream did not fit the ring");
         }
         self.wake_server(index, ipc::server::syscall::WAKE_MESSAGES);
@@ -1775,16 +1772,14 @@ impl<'a> Machine<'a> {
     /// charge, else the built-in round-robin. A vCPU another pCPU runs is
     /// never picked.
     fn pick_vcpu(&mut self) -> Option<(usize, Entity)> {
-        let cpu = self.cpu;
-        let free = |running_on: &[Option<u8>; MAX_VCPUS_TOTAL], index: usize| {
-            running_on.get(index).copied().flatten().is_none_or(|other| usize::from(other) == cpu)
-        };
+        let (cpu, online) = (self.cpu, self.online);
+        let free = |pcpus: &[Pcpu; MAX_CPUS], index: usize| running_elsewhere(pcpus, online, cpu, index).is_none();
         if self.scheduler_in_charge() {
             let run = self.scheduling.decisions.get(cpu).and_then(Option::as_ref).map(|(run, _)| run);
             for wire in run.into_iter().flatten() {
                 let found = self.vcpus.iter().position(|vcpu| vcpu.domain as u16 == wire.domain && vcpu.index == wire.index);
                 if let Some((index, entity)) = found.and_then(|index| Some((index, self.entity_of_vcpu(index)?))) {
-                    if self.scheduler.state(entity) == Some(RunState::Runnable) && free(&self.running_on, index) {
+                    if self.scheduler.state(entity) == Some(RunState::Runnable) && free(&self.pcpus, index) {
                         return Some((entity, Entity::Vcpu(index)));
                     }
                 }
@@ -1796,9 +1791,9 @@ impl<'a> Machine<'a> {
         }
         // Round-robin over vCPUs (servers are picked above).
         let entities = &self.entities;
-        let running_on = &self.running_on;
+        let pcpus = &self.pcpus;
         let entity = self.scheduler.pick_where(|entity| match entities.get(entity) {
-            Some(Entity::Vcpu(index)) => free(running_on, *index),
+            Some(Entity::Vcpu(index)) => free(pcpus, *index),
             _ => false,
         })?;
         Some((entity, *self.entities.get(entity)?))
@@ -2142,7 +2137,7 @@ impl<'a> Machine<'a> {
             }
         }
         if self.cpu == 0 {
-            let now = interrupts::ticks();
+            let now = interrupts::ticks_of(self.cpu);
             let slice = lapic::tsc_hz() / super::TICK_HZ;
             let here = self.here();
             if now != here.last_tick || cpu::rdtsc().wrapping_sub(here.last_housekeeping) >= slice {

@@ -33,8 +33,6 @@ pub struct SchedulerLink {
     pub tickled: u32,
     /// pCPUs whose run queue the server changed since then: kicked if idle.
     pub decided: u32,
-    /// Online pCPUs (`0..pcpus`), as the server is told.
-    pub pcpus: u8,
     /// Events not yet sent.
     pub events: Vec<Event, EVENT_BATCH_LEN>,
     /// Events had to be dropped: the server needs a fresh rebuild stream.
@@ -59,7 +57,6 @@ impl Default for SchedulerLink {
             decisions: [const { None }; crate::arch::smp::MAX_CPUS],
             tickled: 0,
             decided: 0,
-            pcpus: 1,
             events: Vec::new(),
             lost_events: false,
             credits: [None; MAX_VCPUS_TOTAL],
@@ -111,11 +108,13 @@ impl SchedulerLink {
         core::mem::take(&mut self.events)
     }
 
-    /// The rebuild stream for a fresh instance, handed message by message to
+    /// The rebuild stream for a fresh instance (`online` pCPUs, numbered
+    /// `0..online`), handed message by message to
     /// `send` (which returns `false` if the ring is full).
     pub fn rebuild_stream(
         &self,
         now_ns: u64,
+        online: usize,
         domains: &[(u16, u32, u32)],
         vcpus: &[VcpuFacts],
         send: &mut impl FnMut(ToServer) -> bool,
@@ -126,7 +125,7 @@ impl SchedulerLink {
             timeslice_ms,
             ratelimit_us,
             accounted_at: self.accounted_at,
-            pcpus: u8::try_from((1u32 << self.pcpus.min(8)) - 1).unwrap_or(u8::MAX),
+            pcpus: u8::try_from((1u32 << online.min(8)) - 1).unwrap_or(u8::MAX),
         });
         for chunk in domains.chunks(REBUILD_DOMAIN_BATCH_LEN) {
             let records = chunk
