@@ -1132,6 +1132,25 @@ pub mod smp {
         Ok(())
     }
 
+    /// Starts vCPUs `1..vcpus` with [`start_vcpu`]; on the first failure
+    /// prints `vCPU N: CALL failed: error E` and crashes the domain
+    /// (`SHUTDOWN_crash`), so a test sees it.
+    #[cfg(target_os = "none")]
+    pub fn start_others_or_crash(vcpus: u8, entry: Entry) {
+        for index in 1..vcpus {
+            if let Err(error) = start_vcpu(index, entry) {
+                let mut line = crate::text::Line::new();
+                line.push_str("vCPU ")
+                    .push_decimal(u64::from(index))
+                    .push_str(": ")
+                    .push_str(error.call())
+                    .push_str(" failed: error ")
+                    .push_decimal(error.code().unsigned_abs());
+                crate::hypercall::crash_line(&mut line);
+            }
+        }
+    }
+
     /// Parks this vCPU for good without taking it down (`SCHEDOP_block`
     /// with no timer; a HLT with interrupts off would make the core warn):
     /// for a secondary vCPU whose work is done.

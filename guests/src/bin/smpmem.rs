@@ -2,7 +2,7 @@
 //! pager pages the domain (issue: "SMP: 2 vCPUs touch shared and private
 //! pages at once").
 //!
-//! vCPU 0 starts the others (`guests::smp::start_vcpu`); then, in every
+//! vCPU 0 starts the others (`guests::smp::start_others_or_crash`); then, in every
 //! pass, all vCPUs meet at a barrier, each writes memhog's checksummed
 //! pattern ([`guests::pattern`]) over its private pages and over the shared
 //! pattern pages it owns (every `vcpus`-th one), adding 1 to a tally counter
@@ -187,18 +187,7 @@ mod smpmem {
             work.tally(word).store(0, Ordering::Relaxed);
         }
         work.store();
-        for index in 1..settings.vcpus {
-            if let Err(error) = smp::start_vcpu(index, secondary) {
-                let mut line = Line::new();
-                line.push_str("vCPU ")
-                    .push_decimal(u64::from(index))
-                    .push_str(": ")
-                    .push_str(error.call())
-                    .push_str(" failed: error ")
-                    .push_decimal(error.code().unsigned_abs());
-                hypercall::crash_line(&mut line);
-            }
-        }
+        smp::start_others_or_crash(settings.vcpus, secondary);
 
         passes(0, &work);
         let others = u32::from(settings.vcpus) - 1;

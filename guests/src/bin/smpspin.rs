@@ -1,5 +1,5 @@
 //! `smpspin`: starts its secondary vCPUs with `VCPUOP_initialise` and
-//! `VCPUOP_up` (`guests::smp::start_vcpu`), then every vCPU counts in a
+//! `VCPUOP_up` (`guests::smp::start_others_or_crash`), then every vCPU counts in a
 //! tight loop for `spin_ms` of guest system time, measured from its own
 //! start, and reports how far it got. Settings: [`guests::smpspin`].
 //!
@@ -47,19 +47,7 @@ mod smpspin {
             .push_str(" vCPUs, spin_ms ")
             .push_decimal(settings.spin_ms);
         console::print(&mut line);
-        for index in 1..settings.vcpus {
-            if let Err(error) = smp::start_vcpu(index, secondary) {
-                let mut line = Line::new();
-                line.push_str("vCPU ")
-                    .push_decimal(u64::from(index))
-                    .push_str(": ")
-                    .push_str(error.call())
-                    .push_str(" failed: error ")
-                    .push_decimal(error.code().unsigned_abs());
-                console::print(&mut line);
-                hypercall::shutdown(ipc::hypercall::ShutdownReason::Crash);
-            }
-        }
+        smp::start_others_or_crash(settings.vcpus, secondary);
         let count = spin(0, settings.spin_ms);
         let deadline = pv::now_ns().saturating_add(settings.wait_ms * 1_000_000);
         while FINISHED.load(Ordering::Acquire) < u32::from(settings.vcpus) {
