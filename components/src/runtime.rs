@@ -78,7 +78,9 @@ impl Stop {
 /// [`Handler::request`], and a slot that does not decode is logged,
 /// counted ([`Statistics::malformed`]) and skipped. If the deadline has
 /// passed (or the wake carried neither messages nor a timeout),
-/// [`Handler::notified`] is called. Last, one `notify` if anything was sent.
+/// [`Handler::notified`] is called. What a turn sent reaches the core at the
+/// next turn's first syscall: its `wait` or `yield` (the core drains the
+/// `to_core` ring at both), or a `notify` when the next turn needs neither.
 #[derive(Debug)]
 pub struct Runtime<'rings, H, P> {
     handler: H,
@@ -123,28 +125,38 @@ impl<'rings, H: Handler, P: Platform> Runtime<'rings, H, P> {
         }
     }
 
-    /// Calls [`Handler::init`] and notifies the core of what it sent.
+    /// Calls [`Handler::init`] (what it sent goes with the first turn).
     pub fn start(&mut self) -> Result<(), Stop> {
         self.call(|handler, context| handler.init(context));
         self.finish_round()
     }
 
-    /// One wake: wait (unless messages are queued), drain a batch, maybe call
-    /// [`Handler::notified`], notify the core.
+    /// One wake: deliver what the last turn sent, wait (unless messages are
+    /// queued), drain a batch, maybe call [`Handler::notified`].
     pub fn turn(&mut self) -> Result<(), Stop> {
         let queued = self.to_server.pending().map_err(Stop::CorruptRing)?;
+        // What the last turn sent reaches the core here: `yield` and `wait`
+        // drain the `to_core` ring as `notify` does, so a turn that ends in
+        // one of them needs no `notify` of its own (one syscall fewer per
+        // turn, and every syscall costs two page-table switches).
         let wake = if queued > 0 {
             if self.batch_was_full {
                 self.platform.yield_now();
+                self.state.notify_pending = false;
+            } else {
+                context::flush(&mut self.platform, &mut self.state);
             }
             Wake(WAKE_MESSAGES)
         } else {
             let now = self.platform.time();
             let must_wait = core::mem::take(&mut self.state.must_wait);
             match self.state.deadline {
-                Some(deadline) if deadline <= now && !must_wait => Wake(WAKE_TIMEOUT),
-                Some(deadline) => self.platform.wait(deadline.saturating_sub(now).max(1)),
-                None => self.platform.wait(NO_TIMEOUT),
+                Some(deadline) if deadline <= now && !must_wait => {
+                    context::flush(&mut self.platform, &mut self.state);
+                    Wake(WAKE_TIMEOUT)
+                }
+                Some(deadline) => self.wait(deadline.saturating_sub(now).max(1)),
+                None => self.wait(NO_TIMEOUT),
             }
         };
         self.state.statistics.wakes += 1;
@@ -225,7 +237,6 @@ impl<'rings, H: Handler, P: Platform> Runtime<'rings, H, P> {
         entry(&mut self.handler, &mut context);
     }
 
-    /// Notifies the core of what was sent; ends the loop if asked to.
     /// Fault injection requested by the core through `wait`'s result bits
     /// (`hvctl hang` / `hvctl garble`): misbehave the way the core must
     /// detect, for every server alike.
@@ -247,14 +258,24 @@ impl<'rings, H: Handler, P: Platform> Runtime<'rings, H, P> {
         }
     }
 
+    /// The `wait` syscall, which also delivers what was sent.
+    fn wait(&mut self, timeout_ns: u64) -> Wake {
+        self.state.notify_pending = false;
+        self.platform.wait(timeout_ns)
+    }
+
     fn log_line(&mut self, line: &LogLine) {
         self.platform.log(line.as_bytes());
     }
 
+    /// Ends a turn. What it sent is delivered by the next turn's `wait`,
+    /// `yield` or `notify` ([`Self::turn`]); a loop that stops notifies now.
     fn finish_round(&mut self) -> Result<(), Stop> {
-        context::flush(&mut self.platform, &mut self.state);
         match self.state.stop {
-            Some(stop) => Err(stop),
+            Some(stop) => {
+                context::flush(&mut self.platform, &mut self.state);
+                Err(stop)
+            }
             None => Ok(()),
         }
     }

@@ -4,8 +4,8 @@
 //! [`MockPlatform`] plays the core's side of the syscalls and of the two
 //! rings (real [`RingMemory`]s, so the tests exercise the real ring code):
 //! `wait` reports messages if the `to_server` ring has any, otherwise lets
-//! the clock run to the timeout; `notify` drains the `to_core` ring into
-//! [`MockPlatform::delivered`], as the core does; `log` and the raw hatches
+//! the clock run to the timeout; `notify`, `wait` and `yield` drain the
+//! `to_core` ring into [`MockPlatform::delivered`], as the core does; `log` and the raw hatches
 //! are recorded. [`Harness`] wraps a [`Runtime`] over it with helpers to
 //! send messages as the core and decode what the server sent.
 
@@ -175,13 +175,14 @@ pub struct MockPlatform {
     pub syscall_result: i64,
     /// What a read probe returns.
     pub probe_value: u64,
-    /// Whether `notify` drains the `to_core` ring (as the core does); off,
-    /// the ring fills up.
+    /// Whether `notify`, `wait` and `yield` drain the `to_core` ring (as the
+    /// core does); off, the ring fills up.
     pub drain_on_notify: bool,
     /// Raw messages the core sends at the next `wait` (then that `wait`
     /// reports messages).
     pub on_next_wait: Vec<Vec<u8>>,
-    /// The raw messages drained from `to_core` at each `notify`, in order.
+    /// The raw messages drained from `to_core` at each `notify`, `wait` and
+    /// `yield`, in order.
     pub delivered: Vec<Vec<u8>>,
     /// The granted device (`None`: `device_info` answers `-ENODEV`).
     pub device: Option<MockDevice>,
@@ -250,10 +251,16 @@ impl MockPlatform {
 impl Platform for MockPlatform {
     fn yield_now(&mut self) {
         self.calls.push(Call::Yield);
+        if self.drain_on_notify {
+            self.drain_to_core();
+        }
     }
 
     fn wait(&mut self, timeout_ns: u64) -> Wake {
         self.calls.push(Call::Wait(timeout_ns));
+        if self.drain_on_notify {
+            self.drain_to_core();
+        }
         for bytes in std::mem::take(&mut self.on_next_wait) {
             let _ = self.to_server.try_send(&bytes);
         }
@@ -387,6 +394,11 @@ impl<H: Handler> Harness<H> {
     /// (version, generation of this instance, encoding).
     pub fn take_sent(&mut self) -> Vec<Result<H::Outbound, DecodeError>> {
         let generation = self.runtime.instance().generation;
+        // What the server put into `to_core` reaches the core at its next
+        // `wait`, `yield` or `notify`; a test reads it at once.
+        if self.runtime.platform().drain_on_notify {
+            self.runtime.platform_mut().drain_to_core();
+        }
         std::mem::take(&mut self.runtime.platform_mut().delivered)
             .iter()
             .map(|bytes| messages::decode_from_core::<H::Outbound>(bytes, generation))

@@ -97,12 +97,12 @@ fn started(handler: Recorder, generation: u32) -> Harness<Recorder> {
 #[test]
 fn init_then_requests_are_dispatched_and_answered() {
     let mut harness = started(Recorder::default(), 1);
-    assert_eq!(harness.take_sent(), [Ok(ToCore::Ready)]);
     assert_eq!(
         harness.platform().notifications(),
-        1,
-        "init's message is notified"
+        0,
+        "init's message goes with the first turn's syscall"
     );
+    assert_eq!(harness.take_sent(), [Ok(ToCore::Ready)]);
 
     // Messages already queued are taken without a syscall.
     harness.push(echo(1));
@@ -115,8 +115,8 @@ fn init_then_requests_are_dispatched_and_answered() {
     );
     assert_eq!(
         harness.platform().calls,
-        [Call::Notify, Call::Notify],
-        "one notify per batch"
+        [Call::Notify],
+        "messages queued, no wait: what init sent goes with one notify"
     );
     let statistics = harness.runtime().statistics();
     assert_eq!(
@@ -129,8 +129,9 @@ fn init_then_requests_are_dispatched_and_answered() {
     harness.turn().unwrap();
     assert_eq!(harness.take_sent(), [Ok(reply(3))]);
     assert_eq!(
-        harness.platform().calls[2..],
-        [Call::Wait(NO_TIMEOUT), Call::Notify]
+        harness.platform().calls[1..],
+        [Call::Wait(NO_TIMEOUT)],
+        "the wait delivers the replies: no notify"
     );
 }
 
@@ -139,6 +140,7 @@ fn replies_carry_the_instance_generation() {
     let mut harness = started(Recorder::default(), 7);
     harness.push(echo(3));
     harness.turn().unwrap();
+    harness.platform_mut().drain_to_core();
     let delivered = harness.platform().delivered.clone();
     assert_eq!(delivered.len(), 2);
     for bytes in &delivered {
@@ -250,15 +252,8 @@ fn a_batch_is_bounded_and_the_rest_follows_after_a_yield() {
     assert_eq!(harness.runtime().statistics().requests, u64::from(total));
     assert_eq!(
         harness.platform().calls,
-        [
-            Call::Notify,
-            Call::Notify,
-            Call::Yield,
-            Call::Notify,
-            Call::Yield,
-            Call::Notify
-        ],
-        "yields between batches while messages are queued"
+        [Call::Notify, Call::Yield, Call::Yield],
+        "yields between batches while messages are queued (a yield delivers too)"
     );
     let sent = harness.take_sent();
     let expected: Vec<_> = (0..total).map(|sequence| Ok(reply(sequence))).collect();
@@ -278,7 +273,7 @@ fn the_handler_timeout_reaches_wait_and_notified_follows() {
     let start = harness.platform().clock;
     assert_eq!(harness.runtime().deadline(), Some(start + period));
     harness.turn().unwrap();
-    assert_eq!(harness.platform().calls[1], Call::Wait(period));
+    assert_eq!(harness.platform().calls[0], Call::Wait(period));
     assert_eq!(harness.handler().events[1..], ["notified"]);
     assert_eq!(
         harness.runtime().deadline(),
@@ -293,7 +288,7 @@ fn the_handler_timeout_reaches_wait_and_notified_follows() {
     harness.turn().unwrap();
     assert_eq!(harness.handler().events[2..], ["echo 1"]);
     harness.turn().unwrap();
-    assert_eq!(harness.platform().calls.last(), Some(&Call::Notify));
+    assert_eq!(harness.platform().notifications(), 1, "only the turn that found a message queued (no wait) notifies");
     let waits: Vec<_> = harness
         .platform()
         .calls
@@ -323,6 +318,11 @@ fn an_expired_deadline_skips_the_wait() {
     );
     harness.turn().unwrap();
     assert_eq!(harness.platform().waits(), 0);
+    assert_eq!(
+        harness.platform().calls,
+        [Call::Notify],
+        "no wait to deliver init's message: a notify does"
+    );
     assert_eq!(harness.handler().events[1..], ["notified"]);
 }
 
@@ -330,7 +330,7 @@ fn an_expired_deadline_skips_the_wait() {
 fn a_bare_wake_calls_notified() {
     let mut harness = started(Recorder::default(), 1);
     harness.turn().unwrap();
-    assert_eq!(harness.platform().calls[1], Call::Wait(NO_TIMEOUT));
+    assert_eq!(harness.platform().calls, [Call::Wait(NO_TIMEOUT)], "the wait delivers init's message");
     assert_eq!(harness.handler().events[1..], ["notified"]);
 }
 

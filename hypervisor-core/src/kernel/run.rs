@@ -1371,6 +1371,11 @@ impl<'a> Machine<'a> {
                     return Step::TurnOver;
                 }
                 let Some(server) = self.servers.get_mut(index) else { return Step::TurnOver };
+                // What it sent before waiting may have woken it already (a
+                // pager request answered at once): `wake` set its result.
+                if server.run == ServerRun::Runnable {
+                    return Step::Continue;
+                }
                 let bits = server.wake_bits(cpu::rdtsc());
                 if bits != 0 {
                     server.wake(bits);

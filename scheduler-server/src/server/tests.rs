@@ -58,9 +58,11 @@ fn now(harness: &TestHarness) -> u64 {
     harness.platform().clock
 }
 
-/// What the core received so far, decoded and checked as the core does.
+/// What the server sent so far (the core takes it at the server's next
+/// syscall), decoded and checked as the core does.
 fn sent(harness: &mut TestHarness, shape: &Shape) -> std::vec::Vec<ToCore> {
     let generation = harness.runtime().instance().generation;
+    harness.platform_mut().drain_to_core();
     std::mem::take(&mut harness.platform_mut().delivered)
         .iter()
         .map(|bytes| {
