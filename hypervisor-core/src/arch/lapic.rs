@@ -93,6 +93,9 @@ pub fn init_and_calibrate() -> Calibration {
     let tsc_end = cpu::rdtsc();
     let apic_end = read(REGISTER_TIMER_CURRENT);
     write(REGISTER_TIMER_INITIAL, 0);
+    // Stopped (initial count 0), so it may be unmasked now: arming it is
+    // then one register write (`arm_oneshot`).
+    write(REGISTER_LVT_TIMER, u32::from(TIMER_VECTOR));
     let measured = elapsed >= target;
     let calibration = if measured {
         Calibration {
@@ -117,13 +120,18 @@ pub fn tsc_hz() -> u64 {
 /// Arms the timer to interrupt once, at TSC value `deadline` (at once if it
 /// has passed). The core re-arms it at every switch point for the earliest
 /// event: the end of the running slice or a sleeping vCPU's timer.
+///
+/// One MMIO write, the initial count: the LVT entry (one-shot, unmasked,
+/// [`TIMER_VECTOR`]) was set when the timer was stopped, by
+/// [`init_and_calibrate`] or [`enable_local`]. Under TCG every local APIC
+/// access takes QEMU's global lock, which the other vCPU threads and the
+/// I/O thread contend for (`make bench`'s time outside guests).
 pub fn arm_oneshot(deadline: u64) {
     let now = cpu::rdtsc();
     let ticks = u128::from(deadline.saturating_sub(now));
     let count = ticks * u128::from(TIMER_HZ.load(Ordering::Relaxed)) / u128::from(tsc_hz().max(1));
     // One count more, so the truncations above never fire it early.
     let count = (count + 1).clamp(1, u128::from(u32::MAX)) as u32;
-    write(REGISTER_LVT_TIMER, u32::from(TIMER_VECTOR));
     write(REGISTER_TIMER_INITIAL, count);
 }
 
@@ -145,12 +153,15 @@ pub fn send_ipi(apic_id: u8, command: u32) {
 }
 
 /// Enables this CPU's local APIC (software enable, spurious vector) with
-/// its timer masked: what an application processor needs before it idles.
+/// its timer stopped (initial count 0) and unmasked, ready for
+/// [`arm_oneshot`]: what an application processor needs before it idles.
 pub fn enable_local() {
     write(REGISTER_SPURIOUS, 0x100 | u32::from(SPURIOUS_VECTOR));
     write(REGISTER_LVT_TIMER, TIMER_MASKED | u32::from(TIMER_VECTOR));
     // The divider calibration measured on the bootstrap CPU.
     write(REGISTER_TIMER_DIVIDE, DIVIDE_BY_16);
+    write(REGISTER_TIMER_INITIAL, 0);
+    write(REGISTER_LVT_TIMER, u32::from(TIMER_VECTOR));
 }
 
 /// Interrupts CPU `apic_id` with the kick vector: a guest it runs exits, an
