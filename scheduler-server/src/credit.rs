@@ -6,7 +6,8 @@
 //! of *active* vCPUs, `W = Σ w_d·n_d`, `B` the credit balance left by the
 //! previous period (the sum of all active vCPUs' credit), `⌈·⌉` rounding up.
 //!
-//! * credit to share: `C = P·T`, plus `-B` if `B < 0` (the balance
+//! * credit to share: `C = P·T` less the hypervisor's own time in the period
+//!   (see [`crate::Event::Overhead`]), plus `-B` if `B < 0` (the balance
 //!   converges back to 0);
 //! * domain fair share: `fair_d = ⌈C·w_d·n_d / W⌉`;
 //! * domain peak: `peak_d = n_d·T`, plus `⌈-B·w_d·n_d / W⌉` if `B < 0`;
@@ -58,11 +59,12 @@ pub(crate) struct DomainShare {
 }
 
 impl Period {
-    /// Starts a period. `weight_total` is `W`, `balance` is `B`.
-    pub fn new(timeslice_ns: u64, online_pcpus: usize, weight_total: u64, balance: i64) -> Self {
+    /// Starts a period. `pcpu_time_ns` is the pCPU time to share (`P·T`
+    /// less the hypervisor's), `weight_total` is `W`, `balance` is `B`.
+    pub fn new(timeslice_ns: u64, pcpu_time_ns: u64, weight_total: u64, balance: i64) -> Self {
         let timeslice = i128::from(timeslice_ns);
         let previous_balance = i128::from(balance);
-        let mut credit_total = timeslice * online_pcpus as i128;
+        let mut credit_total = i128::from(pcpu_time_ns);
         if previous_balance < 0 {
             credit_total -= previous_balance;
         }
@@ -173,7 +175,7 @@ mod tests {
     #[test]
     fn fair_share_follows_weights() {
         // 1 pCPU, three domains of one vCPU each, weights 256 : 512 : 1024.
-        let mut period = Period::new(T, 1, 1792, 0);
+        let mut period = Period::new(T, T, 1792, 0);
         let a = period.domain(256, 1, 0);
         let b = period.domain(512, 1, 0);
         let c = period.domain(1024, 1, 0);
@@ -186,7 +188,7 @@ mod tests {
     fn peak_is_one_slice_per_vcpu_and_surplus_moves_on() {
         // 2 pCPUs, a lone heavy vCPU cannot take more than one pCPU; its
         // surplus goes to the domain visited after it.
-        let mut period = Period::new(T, 2, 1024 + 256, 0);
+        let mut period = Period::new(T, 2 * T, 1024 + 256, 0);
         let heavy = period.domain(1024, 1, 0);
         let light = period.domain(256, 1, 0);
         assert_eq!(heavy.per_vcpu, T as i64);
@@ -197,11 +199,11 @@ mod tests {
 
     #[test]
     fn cap_limits_the_share_and_sets_the_park_threshold() {
-        let mut period = Period::new(T, 1, 256, 0);
+        let mut period = Period::new(T, T, 256, 0);
         let share = period.domain(256, 1, 50);
         assert_eq!(share.per_vcpu, 15_000_000);
         assert_eq!(share.cap_per_vcpu, Some(15_000_000));
-        let mut period = Period::new(T, 1, 512, 0);
+        let mut period = Period::new(T, T, 512, 0);
         let share = period.domain(256, 2, 50);
         assert_eq!(share.per_vcpu, 7_500_000);
         assert_eq!(share.cap_per_vcpu, Some(7_500_000));
@@ -209,7 +211,7 @@ mod tests {
 
     #[test]
     fn negative_balance_raises_the_credit_handed_out() {
-        let mut period = Period::new(T, 1, 256, -10_000_000);
+        let mut period = Period::new(T, T, 256, -10_000_000);
         let share = period.domain(256, 1, 0);
         assert_eq!(share.per_vcpu, 40_000_000);
     }

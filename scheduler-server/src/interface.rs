@@ -92,6 +92,15 @@ pub enum Event {
         /// The current time.
         now: u64,
     },
+    /// `pcpu` spent `ns` on the hypervisor's own work (the core's exit
+    /// handling and switch points, the servers) since its last report: the
+    /// next accounting hands out that much less credit.
+    Overhead {
+        /// The pCPU.
+        pcpu: PcpuId,
+        /// How long, ns.
+        ns: u64,
+    },
 }
 
 /// credit1 priorities, lowest first (Xen's `CSCHED_PRI_*`).

@@ -27,7 +27,12 @@
 //!   charged by not running when a tick looks.
 //! * **Ticks** come every `timeslice / 3` (`csched_tick()`), on multiples of
 //!   the tick period of the core's clock: a BOOST vCPU found running drops
-//!   to UNDER, and pCPUs whose best is OVER or IDLE try to steal work.
+//!   to UNDER, and pCPUs whose best is OVER or IDLE try to steal work. A
+//!   tick that can change nothing (no BOOST, nothing to steal, no idle pCPU
+//!   with a queue) is run late, at its own time, before the next event
+//!   ([`Scheduler::catch_up`]) instead of waking the server; what is
+//!   published is the same (a property test checks it against ticking on
+//!   time).
 //! * **Accounting** runs every timeslice (`csched_acct()`). Per domain `d`
 //!   with weight `w_d` and `n_d` active vCPUs, out of `W = Σ w_d·n_d`:
 //!   `credit_fair_d = ⌈C·w_d·n_d / W⌉` with `C = pCPUs·timeslice` (plus the

@@ -143,6 +143,9 @@ pub struct Scheduler {
     /// Sum of the active vCPUs' credit after the last accounting
     /// (Xen's `csched_private.credit_balance`).
     balance: i64,
+    /// pCPU time the hypervisor itself took since the last accounting
+    /// ([`Event::Overhead`]), ns.
+    overhead: u64,
     domains: [Domain; MAX_DOMAINS],
     /// Domain slots in accounting order (Xen's `active_sdom` list order).
     order: Vec<u8, MAX_DOMAINS>,
@@ -166,6 +169,7 @@ impl Scheduler {
             next_accounting: aligned_after(now, tunables.timeslice_ns()),
             last_accounting: None,
             balance: 0,
+            overhead: 0,
             domains: [Domain::ABSENT; MAX_DOMAINS],
             order: Vec::new(),
             pcpus: core::array::from_fn(|_| Pcpu::new()),
@@ -245,6 +249,14 @@ impl Scheduler {
                 self.tick(now);
                 Ok(())
             }
+            Event::Overhead { pcpu, ns } => {
+                let index = pcpu.index().ok_or(EventError::PcpuOutOfRange(pcpu))?;
+                if !self.pcpus[index].online {
+                    return Err(EventError::PcpuOffline(pcpu));
+                }
+                self.overhead = self.overhead.saturating_add(ns);
+                Ok(())
+            }
         }
     }
 
@@ -305,16 +317,75 @@ impl Scheduler {
         tickles
     }
 
-    /// When the scheduler next needs an [`Event::Tick`]: the next tick, the
-    /// next accounting, the end of a ratelimit that holds off a preemption,
-    /// or the end of the load-balance ratelimit of an idle pCPU, whichever
-    /// is first.
+    /// When the scheduler next needs an [`Event::Tick`]: the next tick
+    /// (unless ticks are [quiet](Self::ticks_are_quiet)), the next
+    /// accounting, the end of a ratelimit that holds off a preemption, or
+    /// the end of the load-balance ratelimit of an idle pCPU, whichever is
+    /// first.
     pub fn next_deadline(&self) -> u64 {
+        let tick = if self.ticks_are_quiet() {
+            u64::MAX
+        } else {
+            self.next_tick
+        };
         self.pcpus
             .iter()
             .flat_map(|pcpu| [pcpu.preempt_at, pcpu.balance_retry_at])
             .flatten()
-            .fold(self.next_tick.min(self.next_accounting), u64::min)
+            .fold(tick.min(self.next_accounting), u64::min)
+    }
+
+    /// Whether a tick, with no event before it, could change no decision and
+    /// no tickle: no vCPU holds BOOST (a tick may demote it), no online idle
+    /// pCPU has a queue (a tick would tickle it), and no pCPU whose best is
+    /// OVER or IDLE has anything to steal. Such ticks need not wake the
+    /// server: [`Self::catch_up`] runs them, at their own times, when it
+    /// next wakes (for an event, the accounting or another deadline), so
+    /// the state is exactly what ticking on time gives. Under TCG a server
+    /// turn costs far more than the tick's work (`make bench`, time outside
+    /// guests), and a busy machine is quiet most of the time.
+    pub fn ticks_are_quiet(&self) -> bool {
+        let boosted = self
+            .domains
+            .iter()
+            .filter(|d| d.present)
+            .flat_map(|d| d.vcpus.iter())
+            .any(|v| v.present && v.priority == Priority::Boost);
+        if boosted {
+            return false;
+        }
+        (0..MAX_PCPUS).all(|index| {
+            let pcpu = &self.pcpus[index];
+            if !pcpu.online {
+                return true;
+            }
+            if pcpu.current.is_none() && !pcpu.queue.is_empty() {
+                return false;
+            }
+            let best = self.best_priority(index);
+            best > Priority::Over || self.steal_candidate(index, best).is_none()
+        })
+    }
+
+    /// Runs, at their own times, the ticks that [`Self::next_deadline`] left
+    /// out because they were quiet, up to `now` (and before the next
+    /// accounting, which is a deadline of its own), then sets the clock to
+    /// `now`. The server calls it before it applies anything else, so every
+    /// event finds the ticks before it done, as if the server had woken for
+    /// each, and the clock where a tick at `now` would have put it.
+    pub fn catch_up(&mut self, now: u64) {
+        self.replay_quiet_ticks(now);
+        self.advance_clock(now);
+    }
+
+    fn replay_quiet_ticks(&mut self, now: u64) {
+        while self.next_tick <= now
+            && self.next_tick < self.next_accounting
+            && self.ticks_are_quiet()
+        {
+            let at = self.next_tick;
+            self.tick(at);
+        }
     }
 
     /// Changes the timeslice and/or the ratelimit at run time
@@ -769,6 +840,7 @@ impl Scheduler {
     }
 
     fn tick(&mut self, now: u64) {
+        self.replay_quiet_ticks(now.saturating_sub(1));
         self.advance_clock(now);
         if now >= self.next_accounting {
             self.accounting();
@@ -844,7 +916,15 @@ impl Scheduler {
             self.balance = 0;
             return;
         }
-        let mut period = Period::new(timeslice, online, weight_total, self.balance);
+        // The period's pCPU time, less what the hypervisor took of it (at
+        // most half: the reports are the core's allegations). Xen hands out
+        // all of it, its own cost being negligible; under TCG the core and
+        // its servers take a few percent, and credit no vCPU could burn
+        // piles up until the one-slice limit halves it, away from the
+        // heaviest domains first (`make bench`, the share tables).
+        let pcpu_time = timeslice.saturating_mul(online as u64);
+        let overhead = core::mem::take(&mut self.overhead).min(pcpu_time / 2);
+        let mut period = Period::new(timeslice, pcpu_time - overhead, weight_total, self.balance);
         let mut balance: i64 = 0;
         let mut to_front: Vec<u8, MAX_DOMAINS> = Vec::new();
         let order = self.order.clone();
@@ -1020,28 +1100,34 @@ impl Scheduler {
         self.pcpus[pcpu].balance_retry_at = None;
         self.pcpus[pcpu].last_balance = Some(self.now);
         self.stats.balance_passes += 1;
-        for step in 1..=MAX_PCPUS {
+        let Some((peer, position)) = self.steal_candidate(pcpu, best) else {
+            return false;
+        };
+        let slot = self.pcpus[peer].queue.remove(position);
+        self.vcpu_mut(slot).pcpu = pcpu as u8;
+        self.enqueue(pcpu, slot);
+        self.balance_bias = peer;
+        self.stats.steals += 1;
+        true
+    }
+
+    /// What `pcpu`, whose best is `best`, would steal: the peer and the
+    /// position in its queue of the first vCPU of strictly higher priority
+    /// that did not yield, peers visited from the one after the last stolen
+    /// from, busy peers with something queued only.
+    fn steal_candidate(&self, pcpu: usize, best: Priority) -> Option<(usize, usize)> {
+        (1..=MAX_PCPUS).find_map(|step| {
             let peer = (self.balance_bias + step) % MAX_PCPUS;
-            let candidate = {
-                let p = &self.pcpus[peer];
-                if peer == pcpu || !p.online || p.current.is_none() || p.load() <= 1 {
-                    continue;
-                }
-                p.queue
-                    .iter()
-                    .take_while(|&&slot| self.vcpu(slot).priority > best)
-                    .position(|&slot| !self.vcpu(slot).yielded)
-            };
-            if let Some(position) = candidate {
-                let slot = self.pcpus[peer].queue.remove(position);
-                self.vcpu_mut(slot).pcpu = pcpu as u8;
-                self.enqueue(pcpu, slot);
-                self.balance_bias = peer;
-                self.stats.steals += 1;
-                return true;
+            let p = &self.pcpus[peer];
+            if peer == pcpu || !p.online || p.current.is_none() || p.load() <= 1 {
+                return None;
             }
-        }
-        false
+            p.queue
+                .iter()
+                .take_while(|&&slot| self.vcpu(slot).priority > best)
+                .position(|&slot| !self.vcpu(slot).yielded)
+                .map(|position| (peer, position))
+        })
     }
 
     /// Decides whether `pcpu` must be tickled: an idle pCPU with work, or a
@@ -1204,6 +1290,11 @@ fn aligned_after(now: u64, period: u64) -> u64 {
 
 #[cfg(test)]
 impl Scheduler {
+    /// The next tick boundary, quiet or not.
+    pub(crate) fn next_tick(&self) -> u64 {
+        self.next_tick
+    }
+
     /// Checks the structural invariants; used by the property tests.
     pub(crate) fn check_invariants(&self) -> Result<(), std::string::String> {
         let mut seen_in_queues = std::vec::Vec::new();

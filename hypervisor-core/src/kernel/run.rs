@@ -52,6 +52,8 @@ const ROUND_ROBIN_SLICE_NS: u64 = 1_000_000_000 / super::TICK_HZ;
 /// Bounds on the slice a scheduler decision asks for, ns (Xen's timeslice
 /// range, 1..1000 ms).
 const MIN_SLICE_NS: u64 = 1_000_000;
+/// Overhead a pCPU accumulates before it reports it to the scheduler server.
+const OVERHEAD_REPORT_NS: u64 = 1_000_000;
 const MAX_SLICE_NS: u64 = 1_000_000_000;
 
 /// Most vCPUs the machine holds.
@@ -148,9 +150,20 @@ pub(super) struct Pcpu {
     idle: bool,
     /// It must reach a switch point at its next exit (a tickle).
     reschedule: bool,
+    /// The vCPU whose slice its timer cut short for something else (a
+    /// server's deadline, another vCPU's timer): entity, vCPU index and the
+    /// TSC value its slice ends at. Unless a tickle comes first, it gets the
+    /// rest of its slice back once that is done (`switch_point`).
+    interrupted: Option<(usize, usize, u64)>,
 
     /// The TSC value the one-shot timer was armed for at the switch point.
     pub(super) slice_event: u64,
+    /// The TSC value the running vCPU's slice ends at (`slice_event` is
+    /// earlier when something else is due first).
+    slice_end: u64,
+    /// Its overhead and idle time (`smp::overhead_and_idle_ticks`) at the
+    /// start of the current overhead window (`report_overhead`).
+    overhead_window: (u64, u64),
     /// The TSC value it is armed for now: earlier than `slice_event` while
     /// the running vCPU's local APIC timer is due first (`super::apic`).
     pub(super) armed_event: u64,
@@ -521,7 +534,7 @@ impl<'a> Machine<'a> {
     /// pCPU `self.cpu` starts a slice of vCPU `index` (scheduler entity
     /// `entity`): marks it running here, reports the dispatch, and prepares
     /// the first entry.
-    fn begin_vcpu_slice(&mut self, entity: usize, index: usize) -> Action {
+    fn begin_vcpu_slice(&mut self, entity: usize, index: usize, resumed: bool) -> Action {
         let cpu = self.cpu;
         self.claim_asid(index);
         self.end_halt(index);
@@ -533,9 +546,13 @@ impl<'a> Machine<'a> {
         here.running = Some((entity, index));
         here.slice_ticks = interrupts::ticks_of(cpu);
         here.ran_before = ran_before;
-        let now = super::vcpu::system_time_ns();
-        let wire = self.wire_vcpu(index);
-        self.report(Event::Dispatched { pcpu: cpu as u8, vcpu: wire, at: now });
+        // A resumed slice goes on: the server already has its dispatch
+        // (reporting it again would cancel a preemption it put off).
+        if !resumed {
+            let now = super::vcpu::system_time_ns();
+            let wire = self.wire_vcpu(index);
+            self.report(Event::Dispatched { pcpu: cpu as u8, vcpu: wire, at: now });
+        }
         match self.prepare_entry(index) {
             Some(entry) => Action::Guest { index, entry },
             None => {
@@ -608,6 +625,14 @@ impl<'a> Machine<'a> {
             },
             Some(end) => end,
         };
+        // The timer fired before the slice's end and nobody asked for a
+        // reschedule: something else was due. Xen's vCPU would keep its
+        // slice (only a tickle preempts it), so the core gives it back.
+        let slice_end = self.here().slice_end;
+        if next == SliceEnd::Preempted && !reschedule && cpu::rdtsc() < slice_end {
+            let entity = self.here().running.map(|(entity, _)| entity);
+            self.here().interrupted = entity.map(|entity| (entity, index, slice_end));
+        }
         self.end_vcpu_slice(next);
         self.kick_for_work();
         None
@@ -1705,15 +1730,29 @@ impl<'a> Machine<'a> {
             self.server_urgent = true;
         }
         if !self.scheduling.record(event) {
-            self.flush_events();
+            self.send_events();
             if !self.scheduling.record(event) {
                 self.scheduling.lost_events = true;
             }
         }
     }
 
-    /// Sends the queued events to the scheduler server and wakes it.
+    /// At a switch point: sends the scheduler server the pending events if
+    /// they cannot wait for its next turn
+    /// ([`SchedulerLink::must_send`](super::scheduling::SchedulerLink::must_send)).
     pub(super) fn flush_events(&mut self) {
+        let Some(index) = self.scheduling.server else { return };
+        let server_runs = self.servers.get(index).is_some_and(|server| match server.run {
+            ServerRun::Runnable => true,
+            ServerRun::Waiting { deadline } => deadline.is_some_and(|deadline| deadline <= cpu::rdtsc()),
+        });
+        if self.scheduling.must_send(server_runs) {
+            self.send_events();
+        }
+    }
+
+    /// Sends the scheduler server the pending events and wakes it.
+    fn send_events(&mut self) {
         let Some(index) = self.scheduling.server else { return };
         if self.scheduling.events.is_empty() {
             return;
@@ -1928,7 +1967,12 @@ impl<'a> Machine<'a> {
         for cpu in 0..self.online {
             if tickled & (1 << cpu) != 0 {
                 // The server wants this pCPU to reschedule now (a woken
-                // vCPU outranks what runs there, a cap parked it...).
+                // vCPU outranks what runs there, a cap parked it...). This
+                // pCPU is on its way to a switch point already: the flag
+                // only keeps an interrupted slice from coming back.
+                if cpu == self.cpu {
+                    self.pcpus[cpu].reschedule = true;
+                }
                 self.kick(cpu, true);
             } else if decided & (1 << cpu) != 0 && idle(&self.pcpus, cpu) {
                 self.kick(cpu, false);
@@ -2129,7 +2173,9 @@ impl<'a> Machine<'a> {
     /// servers, the pager, `hvctl`, the end of the run), wake-ups, then the
     /// pick, the timer for the slice, and what to do until the next one.
     pub(super) fn switch_point(&mut self) -> Action {
-        self.here().reschedule = false;
+        if core::mem::take(&mut self.here().reschedule) {
+            self.here().interrupted = None;
+        }
         if self.cpu == 0 {
             self.server_urgent = false;
         }
@@ -2162,9 +2208,17 @@ impl<'a> Machine<'a> {
         } else {
             self.wake_due_vcpus();
         }
+        self.report_overhead();
         self.flush_events();
         let before_pick = cpu::rdtsc();
-        let picked = self.pick_next();
+        let mut picked = self.pick_next();
+        let resumed = self.resumable(picked);
+        if let Some((entity, index, _)) = resumed {
+            picked = Some((entity, Entity::Vcpu(index)));
+        }
+        if !matches!(picked, Some((_, Entity::Server(_)))) {
+            self.here().interrupted = None;
+        }
         let pick_ticks = cpu::rdtsc().saturating_sub(before_pick);
         self.here().picks.add(pick_ticks);
         // Armed after the tick work and the pick, so an interrupt taken
@@ -2172,6 +2226,7 @@ impl<'a> Machine<'a> {
         // The slice: the scheduler server's (Xen's timeslice; it tickles
         // the pCPU when its queue changes sooner), else the round-robin's.
         let slice_ns = match picked {
+            _ if resumed.is_some() => resumed.map_or(0, |(_, _, end)| tsc_to_ns(end.saturating_sub(cpu::rdtsc()))),
             Some((_, Entity::Vcpu(_))) if self.scheduler_in_charge() => self
                 .scheduling
                 .decisions
@@ -2181,18 +2236,65 @@ impl<'a> Machine<'a> {
             _ => ROUND_ROBIN_SLICE_NS,
         };
         let event = self.next_event(slice_ns);
+        self.here().slice_end = cpu::rdtsc().saturating_add(ns_to_tsc(slice_ns));
         lapic::arm_oneshot(event);
         let here = self.here();
         here.slice_event = event;
         here.armed_event = event;
         here.idle = picked.is_none();
         let action = match picked {
-            Some((entity, Entity::Vcpu(index))) => self.begin_vcpu_slice(entity, index),
+            Some((entity, Entity::Vcpu(index))) => self.begin_vcpu_slice(entity, index, resumed.is_some()),
             Some((_, Entity::Server(index))) => self.begin_server_slice(index),
             None => self.idle_action(event),
         };
         self.kick_for_work();
         action
+    }
+
+    /// Reports to the scheduler server the time this pCPU's own work took
+    /// from its vCPUs (`Event::Overhead`: its accounting hands out that much
+    /// less credit): the overhead of a window less the idle time in it (a
+    /// pCPU that idled had time nobody wanted; its overhead came out of
+    /// that), once it reaches [`OVERHEAD_REPORT_NS`]. A window whose idle
+    /// time covers its overhead closes with nothing to report.
+    fn report_overhead(&mut self) {
+        let cpu = self.cpu;
+        let (overhead, idle) = super::smp::overhead_and_idle_ticks(cpu);
+        let (overhead_from, idle_from) = self.here().overhead_window;
+        let (spent, idled) = (overhead.saturating_sub(overhead_from), idle.saturating_sub(idle_from));
+        if idled >= spent {
+            self.here().overhead_window = (overhead, idle);
+            return;
+        }
+        let taken = spent - idled;
+        if taken < ns_to_tsc(OVERHEAD_REPORT_NS) || self.scheduling.server.is_none() {
+            return;
+        }
+        self.here().overhead_window = (overhead, idle);
+        self.report(Event::Overhead { pcpu: cpu as u8, ns: tsc_to_ns(taken) });
+    }
+
+    /// The interrupted vCPU of this pCPU, if it gets the rest of its slice
+    /// instead of `picked`: the scheduler server is in charge (it tickles
+    /// what must preempt; the round-robin fallback has no tickles, and a
+    /// vCPU whose page came in must not wait for a spinner's slice), no
+    /// server is picked, no tickle came (a tickle clears it), it is still
+    /// runnable, runs nowhere else and is still on this pCPU's run list
+    /// (not parked or moved), and some of its slice is left.
+    fn resumable(&self, picked: Option<(usize, Entity)>) -> Option<(usize, usize, u64)> {
+        let (entity, index, end) = self.pcpus.get(self.cpu)?.interrupted?;
+        if !self.scheduler_in_charge() || matches!(picked, Some((_, Entity::Server(_)))) || self.scheduler.state(entity) != Some(RunState::Runnable) {
+            return None;
+        }
+        if running_elsewhere(&self.pcpus, self.online, self.cpu, index).is_some() {
+            return None;
+        }
+        let vcpu = self.vcpus.get(index)?;
+        let run = self.scheduling.decisions.get(self.cpu).and_then(Option::as_ref).map(|(run, _)| run)?;
+        if !run.iter().any(|wire| wire.domain == vcpu.domain as u16 && wire.index == vcpu.index) {
+            return None;
+        }
+        (cpu::rdtsc().saturating_add(ns_to_tsc(MIN_SLICE_NS)) < end).then_some((entity, index, end))
     }
 
     /// Whether every domain has ended (servers serve domains: once none is

@@ -35,6 +35,9 @@ pub struct SchedulerLink {
     pub decided: u32,
     /// Events not yet sent.
     pub events: Vec<Event, EVENT_BATCH_LEN>,
+    /// Among them, one the server must hear of at once (see
+    /// [`Self::must_send`]).
+    pub urgent: bool,
     /// Events had to be dropped: the server needs a fresh rebuild stream.
     pub lost_events: bool,
     /// Last published credit per vCPU (index = the core's vCPU index).
@@ -58,6 +61,7 @@ impl Default for SchedulerLink {
             tickled: 0,
             decided: 0,
             events: Vec::new(),
+            urgent: false,
             lost_events: false,
             credits: [None; MAX_VCPUS_TOTAL],
             accounted_at: None,
@@ -95,16 +99,36 @@ impl SchedulerLink {
         self.ready_generation = None;
         self.decisions = [const { None }; crate::arch::smp::MAX_CPUS];
         self.events.clear();
+        self.urgent = false;
         self.lost_events = false;
     }
 
     /// Queues an event; `false` when the batch is full and must be sent first.
     pub fn record(&mut self, event: Event) -> bool {
-        self.events.push(event).is_ok()
+        let recorded = self.events.push(event).is_ok();
+        if recorded {
+            self.urgent |= !matches!(event, Event::Ran { .. } | Event::Dispatched { .. } | Event::Overhead { .. });
+        }
+        recorded
+    }
+
+    /// Whether the pending batch goes to the server at this switch point.
+    /// Run time (`Ran`), dispatches (`Dispatched`) and the core's own time
+    /// (`Overhead`) wait for the server's
+    /// next turn (`server_runs`: it is runnable, or its timeout has come):
+    /// it needs them for the next accounting and to keep its run lists in
+    /// order, and both come before its next deadline, at most a timeslice
+    /// away, which is also the shortest slice a decision gives. Waking it
+    /// for each would cost a turn per slice on every pCPU. Anything else
+    /// (a block, a wake, a yield, a vCPU or domain coming or going) may
+    /// change a decision now: it goes at once.
+    pub fn must_send(&self, server_runs: bool) -> bool {
+        !self.events.is_empty() && (self.urgent || server_runs)
     }
 
     /// Takes the pending batch.
     pub fn take_events(&mut self) -> Vec<Event, EVENT_BATCH_LEN> {
+        self.urgent = false;
         core::mem::take(&mut self.events)
     }
 

@@ -40,6 +40,8 @@ static LOOP_START: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPU
 static LOCK_WAIT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static LOCK_HELD: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static EXITS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Per pCPU: TSC ticks with nothing to run (asleep in HLT, or halt polling).
+static IDLE_TICKS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// pCPU 0's server turns, returns to the core (syscalls, faults,
 /// interrupts) and TSC ticks in ring 3.
 static SERVER_TURNS: AtomicU64 = AtomicU64::new(0);
@@ -119,6 +121,16 @@ pub fn guest_time(cpu: usize) -> Option<PcpuTime> {
             ring3: SERVER_TICKS.load(Ordering::Relaxed),
         }),
     })
+}
+
+/// TSC ticks pCPU `cpu` has spent since it entered its loop on the
+/// hypervisor's own work (neither in a guest nor idle: exits, switch
+/// points, servers, lock waits), and idle. Read by the pCPU itself outside
+/// guests.
+pub fn overhead_and_idle_ticks(cpu: usize) -> (u64, u64) {
+    let Some(time) = guest_time(cpu) else { return (0, 0) };
+    let idle = IDLE_TICKS.get(cpu).map_or(0, |idle| idle.load(Ordering::Relaxed));
+    (time.total.saturating_sub(time.guest).saturating_sub(idle), idle)
 }
 
 /// Where a pCPU's time went (TSC ticks), for the logs and `make bench`.
@@ -220,9 +232,14 @@ fn cpu_loop(cpu: usize, host: svm::HostState) -> ! {
                     core::hint::spin_loop();
                     now = cpu::rdtsc();
                 }
+                IDLE_TICKS[cpu % MAX_CPUS].fetch_add(now - start, Ordering::Relaxed);
                 locked(cpu, |machine| machine.polled(index, now - start));
             }
-            Action::Sleep => cpu::wait_for_interrupt(),
+            Action::Sleep => {
+                let start = cpu::rdtsc();
+                cpu::wait_for_interrupt();
+                IDLE_TICKS[cpu % MAX_CPUS].fetch_add(cpu::rdtsc().wrapping_sub(start), Ordering::Relaxed);
+            }
             Action::Server { index, mut context } => loop {
                 let entered = cpu::rdtsc();
                 crate::arch::user::enter(&mut context);

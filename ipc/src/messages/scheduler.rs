@@ -241,6 +241,16 @@ pub enum Event {
         /// The current time.
         now: u64,
     },
+    /// `pcpu` spent `ns` on the hypervisor's own work since its last such
+    /// report: exits, switch points, servers, waiting for the core's lock;
+    /// neither a guest's time nor idle time. No vCPU could have had it, so
+    /// the server does not hand it out as credit.
+    Overhead {
+        /// The pCPU.
+        pcpu: Pcpu,
+        /// How long, in ns.
+        ns: u64,
+    },
 }
 
 impl Event {
@@ -256,6 +266,7 @@ impl Event {
             VCPU_SIZE + PCPU_SIZE + size::U64,               // Ran
             VCPU_SIZE + size::U64,                           // Blocked, Woke
             size::U64,                                       // Tick
+            PCPU_SIZE + size::U64,                           // Overhead
         ]);
 }
 

@@ -162,6 +162,13 @@ pub struct Sim {
     /// period for whatever runs when the tick fires, nothing otherwise.
     /// Only to show what the exact reports protect against.
     pub sampled_burn: bool,
+    /// Per mille of each stint the hypervisor takes for itself (as the
+    /// core's exits, switch points and servers do under TCG): the vCPU is
+    /// charged the rest.
+    pub overhead_permille: u64,
+    /// Whether that overhead is reported (`Event::Overhead`), as the core
+    /// does.
+    pub report_overhead: bool,
 }
 
 impl Sim {
@@ -188,6 +195,8 @@ impl Sim {
             accountings_seen: 0,
             restore_credit: true,
             sampled_burn: false,
+            overhead_permille: 0,
+            report_overhead: true,
         };
         for pcpu in 0..pcpus {
             sim.online_pcpu(pcpu);
@@ -590,11 +599,18 @@ impl Sim {
         if self.sampled_burn {
             return;
         }
+        let overhead = ns * self.overhead_permille / 1000;
         self.pending.push(Event::Ran {
             vcpu: vcpu.id,
             pcpu: PcpuId(pcpu as u8),
-            ns,
+            ns: ns - overhead,
         });
+        if overhead > 0 && self.report_overhead {
+            self.pending.push(Event::Overhead {
+                pcpu: PcpuId(pcpu as u8),
+                ns: overhead,
+            });
+        }
     }
 
     fn report_all(&mut self) {
