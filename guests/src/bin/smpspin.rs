@@ -49,6 +49,7 @@ mod smpspin {
         console::print(&mut line);
         smp::start_others_or_crash(settings.vcpus, secondary);
         let count = spin(0, settings.spin_ms);
+        FINISHED.fetch_add(1, Ordering::AcqRel);
         let deadline = pv::now_ns().saturating_add(settings.wait_ms * 1_000_000);
         while FINISHED.load(Ordering::Acquire) < u32::from(settings.vcpus) {
             if pv::now_ns() >= deadline {
@@ -71,15 +72,17 @@ mod smpspin {
         hypercall::poweroff()
     }
 
-    /// A secondary vCPU: counts, reports, parks.
+    /// A secondary vCPU: counts, reports, and only then marks itself
+    /// finished (vCPU 0 powers the domain off once all are: a report still
+    /// on its way would be lost), parks.
     extern "C" fn secondary(index: u8) -> ! {
         let count = spin(index, SPIN_MS.load(Ordering::Acquire));
         report(index, count);
+        FINISHED.fetch_add(1, Ordering::AcqRel);
         smp::park()
     }
 
-    /// Counts for `spin_ms` from now; marks this vCPU finished and returns
-    /// the count.
+    /// Counts for `spin_ms` from now; returns the count.
     fn spin(index: u8, spin_ms: u64) -> u64 {
         let counter = &COUNTS[usize::from(index)];
         let deadline = pv::now_ns().saturating_add(spin_ms * 1_000_000);
@@ -93,7 +96,6 @@ mod smpspin {
                 break;
             }
         }
-        FINISHED.fetch_add(1, Ordering::AcqRel);
         count
     }
 
