@@ -35,9 +35,13 @@
 //! 2. **Events**, after `RebuildEnd`: what happened since the snapshot, in
 //!    [`ToServer::Events`] batches of up to [`EVENT_BATCH_LEN`], in the
 //!    order it happened per pCPU (at a switch point: `Ran`, then `Blocked`
-//!    or `Yielded`, then `Dispatched`; `Ran` also at the core's ticks).
-//!    Events are reported, never awaited. Events that reach a server with
-//!    no rebuilt state (before `RebuildEnd`) are dropped.
+//!    or `Yielded`, then `Dispatched`; `Overhead` when a pCPU's own work
+//!    has taken 1 ms or more from its vCPUs). Events are reported, never
+//!    awaited. `Blocked`, `Woke`, `Yielded` and the structural events go
+//!    at the switch point that saw them; `Ran`, `Dispatched` and `Overhead`
+//!    wait for the next batch that goes anyway or for the server's next
+//!    turn. Events that reach a server with no rebuilt state (before
+//!    `RebuildEnd`) are dropped.
 //! 3. **Control** from `hvctl`, relayed: [`ToServer::SetDomain`],
 //!    [`ToServer::Configure`], each with a request id the answer echoes.
 //!
@@ -207,8 +211,9 @@ pub enum Event {
         /// When.
         at: u64,
     },
-    /// `vcpu` ran on `pcpu` for `ns` since its last report (at every switch
-    /// point and at the core's ticks).
+    /// `vcpu` ran on `pcpu` for `ns` since its last report (whenever it
+    /// stops running: its slice ended, it blocked or yielded, or something
+    /// else took the pCPU).
     Ran {
         /// The vCPU.
         vcpu: Vcpu,
