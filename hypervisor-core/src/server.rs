@@ -328,6 +328,52 @@ impl Health {
     }
 }
 
+/// Whether a server that called `yield` still counts as yielded when the
+/// core picks what pCPU 0 runs next.
+///
+/// A server that yielded with nothing to read runs only when no vCPU wants
+/// the pCPU, so a server that loops on `yield` cannot starve guests; one
+/// that yielded with messages unread (its runtime yields between full
+/// batches) has work and runs before vCPUs. A yield lasts until the server
+/// runs again: once it is dispatched it is working, and if its slice then
+/// ends before its next `yield` or `wait` (a timer preemption, or a tick
+/// during a syscall) it is a server with work, not a yielded one. Only a
+/// new `yield` makes it yielded again: otherwise a server picked for its
+/// messages and preempted later with its ring empty would wait for an idle
+/// pCPU that busy guests never leave, and nothing would wake it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct YieldState {
+    yielded: bool,
+}
+
+impl YieldState {
+    /// The server called `yield`.
+    pub fn yielded(&mut self) {
+        self.yielded = true;
+    }
+
+    /// The server is about to run again: its yield is over.
+    pub fn dispatched(&mut self) {
+        self.yielded = false;
+    }
+
+    /// The core woke the server (a message, a timeout): it has work.
+    pub fn woken(&mut self) {
+        self.yielded = false;
+    }
+
+    /// Whether the server's last word was a `yield` it has not run since.
+    pub const fn is_yielded(&self) -> bool {
+        self.yielded
+    }
+
+    /// Whether a runnable server should run before vCPUs: it did not yield,
+    /// or it yielded with messages still unread (`has_inbound`).
+    pub const fn has_work(&self, has_inbound: bool) -> bool {
+        !self.yielded || has_inbound
+    }
+}
+
 /// The core's side of the echo exchange with a test server: it sends
 /// numbered payloads and checks each reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -499,6 +545,39 @@ mod tests {
         now += CRASH_LOOP_WINDOW_NS;
         assert_eq!(health.restart_delay(now), 0);
         assert_eq!(health.crash_loop, 0);
+    }
+
+    #[test]
+    fn a_yield_with_nothing_to_read_waits_for_idle_time_until_woken() {
+        let mut state = YieldState::default();
+        assert!(state.has_work(false), "a fresh instance has work");
+        state.yielded();
+        assert!(!state.has_work(false), "a bare yield waits for an idle pCPU");
+        assert!(state.has_work(true), "unless messages are unread");
+        state.woken();
+        assert!(state.has_work(false));
+    }
+
+    #[test]
+    fn a_server_dispatched_after_its_yield_has_work_when_preempted() {
+        // The runtime yields between two full batches; the core picks the
+        // server again for its unread messages and it drains the rest...
+        let mut state = YieldState::default();
+        state.yielded();
+        assert!(state.has_work(true));
+        state.dispatched();
+        // ...then its slice ends in the middle of its work (a timer
+        // preemption: no event reaches the state), with its ring empty. It
+        // must still run before vCPUs: nothing will wake it, and busy guests
+        // never leave the pCPU idle.
+        assert!(!state.is_yielded());
+        assert!(state.has_work(false), "a preempted server is not a yielded one");
+        // Its next yield counts again.
+        state.yielded();
+        assert!(!state.has_work(false));
+        // Picked on an idle pCPU, it runs and its yield is over too.
+        state.dispatched();
+        assert!(state.has_work(false));
     }
 
     #[test]

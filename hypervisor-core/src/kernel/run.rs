@@ -1324,8 +1324,13 @@ impl<'a> Machine<'a> {
     /// maps: the copy lives on pCPU 0's boot stack).
     fn begin_server_slice(&mut self, index: usize) -> Action {
         self.here().slice_ticks = interrupts::ticks_of(self.cpu);
-        match self.servers.get(index) {
-            Some(server) => Action::Server { index, context: server.context },
+        match self.servers.get_mut(index) {
+            Some(server) => {
+                // It runs again: whatever ends this slice, it is a server
+                // with work until it yields again.
+                server.yield_state.dispatched();
+                Action::Server { index, context: server.context }
+            }
             None => Action::Again,
         }
     }
@@ -1377,7 +1382,7 @@ impl<'a> Machine<'a> {
                 Step::TurnOver
             }
             Syscall::Yield => {
-                server.yielded = true;
+                server.yield_state.yielded();
                 server.health.cooperated();
                 server.busy_since = cpu::rdtsc();
                 server.context.rax = 0;
@@ -1785,8 +1790,9 @@ impl<'a> Machine<'a> {
             if let Entity::Server(index) = *kind {
                 // A server that yielded with messages still unread (its
                 // runtime yields after every full batch) has work: it stays
-                // eager. Only a yield with nothing to read waits for idle time.
-                let eager = self.servers.get(index).is_some_and(|server| !server.yielded || server.has_inbound());
+                // eager. Only a yield with nothing to read waits for idle time,
+                // and only until the server runs again (`YieldState`).
+                let eager = self.servers.get(index).is_some_and(Server::has_work);
                 if eager && self.scheduler.state(entity) == Some(RunState::Runnable) {
                     return Some((entity, *kind));
                 }
@@ -1798,15 +1804,11 @@ impl<'a> Machine<'a> {
         let vcpu = self.pick_vcpu();
         match (vcpu, yielded_server) {
             (Some(picked), _) => Some(picked),
-            (None, Some(entity)) => {
-                if let Some(Entity::Server(index)) = self.entities.get(entity).copied() {
-                    if let Some(server) = self.servers.get_mut(index) {
-                        server.yielded = false;
-                    }
-                    return Some((entity, Entity::Server(index)));
-                }
-                None
-            }
+            (None, Some(entity)) => match self.entities.get(entity).copied() {
+                // Its yield ends when it runs (`begin_server_slice`).
+                Some(Entity::Server(index)) => Some((entity, Entity::Server(index))),
+                _ => None,
+            },
             (None, None) => None,
         }
     }
@@ -1989,7 +1991,7 @@ impl<'a> Machine<'a> {
         // its pCPU from the guest it runs when the work is urgent (a vCPU
         // blocked, woke or yielded, or waits for a page).
         let server_work = self.entities.iter().enumerate().any(|(entity, kind)| {
-            matches!(*kind, Entity::Server(index) if self.servers.get(index).is_some_and(|server| !server.yielded || server.has_inbound()))
+            matches!(*kind, Entity::Server(index) if self.servers.get(index).is_some_and(Server::has_work))
                 && self.scheduler.state(entity) == Some(RunState::Runnable)
         });
         if server_work {

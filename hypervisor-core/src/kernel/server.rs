@@ -5,7 +5,7 @@ use hypervisor_core::addr::{HostPhysAddr, PAGE_SIZE};
 use hypervisor_core::elf::{self, ElfError, Executable};
 use hypervisor_core::frame::FrameAllocator;
 use hypervisor_core::paging::{EntryFlags, MapError, PageSize, PageTable, Teardown, ADDRESS_MASK};
-use hypervisor_core::server::{EchoCheck, Health};
+use hypervisor_core::server::{EchoCheck, Health, YieldState};
 use ipc::boot::ServerSpec;
 use ipc::server::{DEVICE_REGISTERS_BASE, DMA_REGION_BASE, DMA_REGION_PAGES, GRANT_REGION_BASE, IMAGE_BASE, IMAGE_LIMIT, RING_REGION_BASE, STACK_SIZE, STACK_TOP};
 
@@ -112,9 +112,9 @@ pub struct Server<'a> {
     pub busy_since: u64,
     /// Messages it had taken at the last progress check.
     taken_seen: u64,
-    /// The server yielded and has not been woken since: it runs only when
-    /// nothing else wants the pCPU.
-    pub yielded: bool,
+    /// Whether it yielded and has not run since: then it runs only when
+    /// nothing else wants the pCPU, unless messages wait for it.
+    pub yield_state: YieldState,
     /// The device granted to it, if any.
     pub grant: Option<Grant>,
 }
@@ -150,7 +150,7 @@ impl<'a> Server<'a> {
             sent: 0,
             taken_seen: 0,
             busy_since: 0,
-            yielded: false,
+            yield_state: YieldState::default(),
             grant: None,
         };
         if let Some(registers) = device {
@@ -262,7 +262,7 @@ impl<'a> Server<'a> {
         self.sent = 0;
         self.taken_seen = 0;
         self.busy_since = crate::arch::cpu::rdtsc();
-        self.yielded = false;
+        self.yield_state = YieldState::default();
         Ok(())
     }
 
@@ -329,6 +329,12 @@ pub struct SchedulerInput<'l> {
 }
 
 impl Server<'_> {
+    /// Whether a runnable server should run before vCPUs: it did not yield
+    /// (or ran since it did), or messages wait for it.
+    pub fn has_work(&self) -> bool {
+        self.yield_state.has_work(self.has_inbound())
+    }
+
     /// Whether messages the core sent are still unread by the server.
     pub fn has_inbound(&self) -> bool {
         self.to_server.free_slots().map_or(true, |free| free < SLOT_COUNT)
@@ -523,7 +529,7 @@ impl Server<'_> {
         if self.starts_at.is_some_and(|start| crate::arch::cpu::rdtsc() < start) {
             return; // Backing off: the messages wait in the ring for the new instance.
         }
-        self.yielded = false;
+        self.yield_state.woken();
         if matches!(self.run, ServerRun::Waiting { .. }) {
             self.context.rax = bits | core::mem::take(&mut self.injection);
             self.run = ServerRun::Runnable;
