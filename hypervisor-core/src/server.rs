@@ -74,6 +74,8 @@ pub enum Syscall {
     Notify,
     /// `time()`.
     Time,
+    /// `clock_rate()`.
+    ClockRate,
     /// `log(pointer, length)`: the range is inside the user half of the
     /// address space; the kernel still checks it is mapped user-readable.
     Log {
@@ -200,6 +202,7 @@ pub fn decode(exit: &UserExit) -> ServerEvent {
         syscall::WAIT => Syscall::Wait { timeout_ns: (first != syscall::NO_TIMEOUT).then_some(first) },
         syscall::NOTIFY => Syscall::Notify,
         syscall::TIME => Syscall::Time,
+        syscall::CLOCK_RATE => Syscall::ClockRate,
         syscall::LOG => {
             let in_user_half =
                 first >= IMAGE_BASE && first.checked_add(second).is_some_and(|end| end <= STACK_TOP);

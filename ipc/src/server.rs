@@ -52,6 +52,10 @@ pub mod syscall {
     pub const NOTIFY: u64 = 3;
     /// `time() -> ns since boot`.
     pub const TIME: u64 = 4;
+    /// `clock_rate() -> TSC ticks per second`: ns since boot are
+    /// `rdtsc × 10^9 / rate` (what `time` returns), so a server may read
+    /// the clock without a syscall.
+    pub const CLOCK_RATE: u64 = 8;
     /// `log(pointer, length) -> 0`.
     pub const LOG: u64 = 5;
 

@@ -1424,6 +1424,10 @@ impl<'a> Machine<'a> {
                 server.context.rax = Self::ns_since_boot();
                 Step::Continue
             }
+            Syscall::ClockRate => {
+                server.context.rax = lapic::tsc_hz();
+                Step::Continue
+            }
             Syscall::DeviceInfo { item } => {
                 use ipc::server::syscall as abi;
                 let result = match server.grant.as_ref() {
