@@ -57,6 +57,7 @@ use ipc::messages::pager::{
 };
 
 use crate::bitmap::words_for;
+use crate::devbench::{self, DeviceBench};
 use crate::disk::{
     page_checksum, verify_page, Owner, PageInError, Partition, SlotEntry, SlotTable, SwapHeader,
     BLOCK_SIZE, HEADER_BLOCK,
@@ -88,6 +89,8 @@ pub const BACKOFF_NS: u64 = 1_000_000;
 pub const IO_TIMEOUT_NS: u64 = 5_000_000_000;
 /// Least time between two retries of victims tried before, ns.
 pub const RESCAN_NS: u64 = 10_000_000;
+/// Pause between two bursts of the device measurement, ns.
+pub const BENCH_PAUSE_NS: u64 = 1_000;
 /// Heartbeat (and `Stats`) period, ns.
 pub const HEARTBEAT_INTERVAL_NS: u64 = 100_000_000;
 
@@ -97,8 +100,14 @@ pub trait Port {
     fn send(&mut self, message: ToCore) -> bool;
     /// Logs one console line.
     fn log(&mut self, line: &LogLine);
-    /// Nanoseconds since boot.
+    /// Nanoseconds since boot. The server may answer every call of one
+    /// handler call with the same reading (each reading is a syscall).
     fn now(&mut self) -> u64;
+    /// Nanoseconds since boot, read now (for timing work inside one
+    /// handler call: the device measurement).
+    fn now_fresh(&mut self) -> u64 {
+        self.now()
+    }
     /// Ends this instance (the core starts a new one, which rebuilds from
     /// the core's map): the engine's state cannot be trusted any more.
     fn restart(&mut self, reason: &str);
@@ -176,6 +185,8 @@ enum Op {
     PageIn { record: usize },
     Data { nomination: usize },
     Flush { block: u32, seq: u64, buffer: u16 },
+    /// A read of the device measurement into `pages` pages from `buffer`.
+    Bench { buffer: u16, pages: u16 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,6 +368,8 @@ pub struct Engine {
     next_heartbeat: u64,
     work_ready: bool,
     failed: bool,
+    /// The device measurement, if asked for and not yet done.
+    bench: Option<DeviceBench>,
 }
 
 fn line(text: &str) -> LogLine {
@@ -398,7 +411,23 @@ impl Engine {
             next_heartbeat: 0,
             work_ready: false,
             failed: false,
+            bench: None,
         }
+    }
+
+    /// Asks for the device measurement ([`crate::devbench`]) before paging
+    /// starts. Call before [`Self::start`].
+    pub fn request_device_bench(&mut self) {
+        self.bench = Some(DeviceBench::new());
+    }
+
+    /// The device measurement, if it was asked for.
+    pub fn device_bench(&self) -> Option<&DeviceBench> {
+        self.bench.as_ref()
+    }
+
+    fn bench_pending(&self) -> bool {
+        self.bench.as_ref().is_some_and(|bench| !bench.finished())
     }
 
     /// Where the device bring-up is.
@@ -518,12 +547,24 @@ impl Engine {
 
     /// When the engine wants [`Self::pump`] next.
     pub fn next_wake(&self, now: u64) -> NextWake {
+        self.next_wake_with(|| now)
+    }
+
+    /// [`Self::next_wake`], reading the clock only if the answer depends on
+    /// it (not for [`NextWake::Now`]).
+    pub fn next_wake_with(&self, clock: impl FnOnce() -> u64) -> NextWake {
         if self.failed {
             return NextWake::At(u64::MAX);
         }
         if self.work_ready {
             return NextWake::Now;
         }
+        if self.phase == Phase::Ready && self.bench_pending() && self.requests_in_flight() == 0 {
+            // Between two bursts of the device measurement: give the core
+            // a switch point, then go on.
+            return NextWake::Poll(BENCH_PAUSE_NS);
+        }
+        let now = clock();
         if self.requests_in_flight() > 0 {
             return NextWake::Poll(
                 self.poll_ns
@@ -1020,7 +1061,17 @@ impl Engine {
             (self.poll_ns * 2).min(POLL_MAX_NS)
         };
         self.advance_phase(env);
-        if self.phase == Phase::Ready && self.rebuild_done && !self.partitioned {
+        if self.phase == Phase::Ready && self.bench_pending() {
+            self.bench_burst(env);
+            if self.failed {
+                return;
+            }
+        }
+        if self.phase == Phase::Ready
+            && self.rebuild_done
+            && !self.partitioned
+            && !self.bench_pending()
+        {
             self.partition(env);
         }
         if self.partitioned {
@@ -1029,6 +1080,11 @@ impl Engine {
             self.start_flush(env);
             self.start_nominations(env);
         }
+        if self.failed {
+            return;
+        }
+        // One notify for every request started above.
+        self.notify_device(env);
         if self.failed {
             return;
         }
@@ -1098,6 +1154,144 @@ impl Engine {
         }
     }
 
+    /// Takes `pages` consecutive free buffers; returns the first.
+    fn take_run(&mut self, pages: u16) -> Option<u16> {
+        let pages = u32::from(pages.max(1));
+        let mask = if pages >= 64 { u64::MAX } else { (1u64 << pages) - 1 };
+        let first = (0..=64 - pages).find(|first| (self.buffers_free >> first) & mask == mask)?;
+        self.buffers_free &= !(mask << first);
+        Some(first as u16)
+    }
+
+    fn release_run(&mut self, first: u16, pages: u16) {
+        for page in first..first.saturating_add(pages) {
+            self.release_buffer(page);
+        }
+    }
+
+    /// One timed burst of the device measurement ([`crate::devbench`]):
+    /// keeps the case's requests in flight until a burst of them completed,
+    /// spinning on the used ring; records the burst and, after the last,
+    /// logs the result line. Runs only while nothing else is in flight.
+    fn bench_burst<E: Port + Transport>(&mut self, env: &mut E) {
+        if self.requests_in_flight() > 0 {
+            return;
+        }
+        let Some(mut bench) = self.bench.take() else {
+            return;
+        };
+        self.bench_burst_with(env, &mut bench);
+        if bench.finished() {
+            env.log(&bench.line());
+        }
+        self.bench = Some(bench);
+    }
+
+    fn bench_burst_with<E: Port + Transport>(&mut self, env: &mut E, bench: &mut DeviceBench) {
+        let Some(case) = bench.case() else { return };
+        let Some(header) = self.header else {
+            bench.fail("no swap layout");
+            return;
+        };
+        let burst = bench.burst_len();
+        let first_index = bench.next_index();
+        let (first, slots) = (header.data_start_block(), u64::from(header.slot_count()));
+        let mut idle: Vec<u16, MAX_REQUESTS> = Vec::new();
+        while idle.len() < case.depth.min(self.free_requests()) {
+            let Some(buffer) = self.take_run(case.pages) else { break };
+            let _ = idle.push(buffer);
+        }
+        if idle.len() < case.depth {
+            for buffer in idle {
+                self.release_run(buffer, case.pages);
+            }
+            bench.fail("not enough DMA buffers or request slots");
+            return;
+        }
+        let start = env.now_fresh();
+        let (mut issued, mut completed) = (0u32, 0u32);
+        while completed < burst {
+            while issued < burst {
+                let Some(buffer) = idle.pop() else { break };
+                let Some(block) = devbench::block_for(&case, first_index + issued, first, slots)
+                else {
+                    let _ = idle.push(buffer);
+                    bench.fail("the swap data area is too small");
+                    break;
+                };
+                let Some(device) = self.device.as_mut() else { return };
+                match device.enqueue(env, Direction::Read, block, buffer, case.pages) {
+                    Ok(request) => {
+                        self.ops[usize::from(request)] = Some(Op::Bench {
+                            buffer,
+                            pages: case.pages,
+                        });
+                        self.op_started[usize::from(request)] = start;
+                        issued += 1;
+                    }
+                    Err(_) => {
+                        let _ = idle.push(buffer);
+                        bench.fail("a read was refused");
+                        break;
+                    }
+                }
+            }
+            self.notify_device(env);
+            if self.failed || bench.finished() {
+                break;
+            }
+            let Some(device) = self.device.as_mut() else { return };
+            let mut spins = 0u64;
+            let completion = loop {
+                match device.poll(env) {
+                    Ok(Some(completion)) => break Some(completion),
+                    Ok(None) if spins < devbench::SPIN_LIMIT => spins += 1,
+                    Ok(None) => break None,
+                    Err(error) => {
+                        let mut text = LogLine::new();
+                        let _ = write!(text, "pager: swap device broke its queue: {error:?}: restarting");
+                        env.log(&text);
+                        self.failed = true;
+                        env.restart("pager: swap device broke its queue");
+                        return;
+                    }
+                }
+            };
+            let Some(completion) = completion else {
+                // Left in flight: the engine reaps it (or times it out)
+                // as any other request.
+                bench.fail("a read did not complete");
+                break;
+            };
+            match self.ops.get_mut(usize::from(completion.request)).and_then(Option::take) {
+                Some(Op::Bench { buffer, .. }) => {
+                    let _ = idle.push(buffer);
+                    completed += 1;
+                    if completion.result.is_err() {
+                        bench.fail("a read failed");
+                        break;
+                    }
+                }
+                Some(op) => {
+                    // Nothing else is in flight during the measurement; if
+                    // it were, it is handled as usual.
+                    self.ops[usize::from(completion.request)] = Some(op);
+                    self.complete(env, completion);
+                }
+                None => {}
+            }
+        }
+        let elapsed = env.now_fresh().saturating_sub(start);
+        for buffer in idle {
+            self.release_run(buffer, case.pages);
+        }
+        if !bench.finished() {
+            bench.record(completed, elapsed);
+        }
+    }
+
+    /// Makes one request available to the device; the pump notifies the
+    /// device once for all of them ([`Self::notify_device`]).
     fn submit<E: Port + Transport>(
         &mut self,
         env: &mut E,
@@ -1109,7 +1303,7 @@ impl Engine {
         let Some(device) = self.device.as_mut() else {
             return Err(SubmitError::Busy);
         };
-        match device.submit(env, direction, block, buffer) {
+        match device.enqueue(env, direction, block, buffer, 1) {
             Ok(request) => {
                 self.ops[usize::from(request)] = Some(op);
                 self.op_started[usize::from(request)] = env.now();
@@ -1127,6 +1321,23 @@ impl Engine {
                 env.restart("pager: swap device request refused");
                 Err(error)
             }
+        }
+    }
+
+    /// Notifies the device of the requests [`Self::submit`] made available.
+    fn notify_device<E: Port + Transport>(&mut self, env: &mut E) {
+        let Some(device) = self.device.as_mut() else {
+            return;
+        };
+        if let Err(error) = device.notify(env) {
+            let mut text = LogLine::new();
+            let _ = write!(
+                text,
+                "pager: swap device notify refused: {error:?}: restarting"
+            );
+            env.log(&text);
+            self.failed = true;
+            env.restart("pager: swap device request refused");
         }
     }
 
@@ -1233,6 +1444,7 @@ impl Engine {
             Op::PageIn { record } => self.page_in_read(env, record, ok),
             Op::Data { nomination } => self.data_written(env, nomination, ok),
             Op::Flush { block, seq, buffer } => self.flushed(env, block, seq, buffer, ok),
+            Op::Bench { buffer, pages } => self.release_run(buffer, pages),
         }
     }
 
