@@ -652,6 +652,12 @@ impl VirtioBlk {
         self.unnotified
     }
 
+    /// Whether the device has finished a request [`Self::poll`] has not
+    /// returned yet (one load of the used ring's index).
+    pub fn has_completion(&self, transport: &mut impl Transport) -> Result<bool, DeviceError> {
+        Ok(transport.dma_load_u16(USED + 2)? != self.last_used)
+    }
+
     /// The next finished request, if any (reads the used ring once).
     pub fn poll(
         &mut self,

@@ -1047,3 +1047,52 @@ fn a_restarted_pager_does_not_measure_again() {
     let lines = world.sim.logs.iter().filter(|line| line.starts_with("pager: device: ")).count();
     assert_eq!(lines, 1);
 }
+
+#[test]
+fn a_page_in_read_is_spun_for_and_loaded_in_the_same_pump() {
+    let mut world = World::new(&[(1024, 600)], 2000);
+    world.run();
+    let gfn = world.domain(0).paged()[0].0;
+    world.sim.sent.clear();
+    world.sim.touch(0, gfn);
+    let message = world.sim.inbox.pop_front().unwrap();
+    world.engine.message(&mut world.sim, message);
+    world.engine.pump(&mut world.sim);
+    assert!(
+        world.sim.sent.iter().any(|sent| matches!(sent, ToCore::Load { gfn: loaded, .. } if *loaded == gfn)),
+        "the read completed while the pump spun: {:?}",
+        world.sim.sent
+    );
+    // An eviction write is not spun for: its Evict needs another pump.
+    world.run();
+    world.sim.sent.clear();
+    let (gfn, _) = world.domain(0).paged()[0];
+    world.sim.touch(0, gfn);
+    for _ in 0..4 {
+        while let Some(message) = world.sim.outbox.pop_front() {
+            world.sim.core(message);
+        }
+        while let Some(message) = world.sim.inbox.pop_front() {
+            world.engine.message(&mut world.sim, message);
+        }
+        world.engine.pump(&mut world.sim);
+        if world.sim.sent.iter().any(|sent| matches!(sent, ToCore::Nominate { .. })) {
+            break;
+        }
+    }
+    while let Some(message) = world.sim.outbox.pop_front() {
+        world.sim.core(message);
+    }
+    let nominated = world.sim.inbox.pop_front().unwrap();
+    assert!(matches!(nominated, ToServer::Nominated { .. }), "{nominated:?}");
+    world.engine.message(&mut world.sim, nominated);
+    world.engine.pump(&mut world.sim);
+    assert!(
+        !world.sim.sent.iter().any(|sent| matches!(sent, ToCore::Evict { .. })),
+        "the data write is submitted, not waited for: {:?}",
+        world.sim.sent
+    );
+    assert!(world.engine.requests_in_flight() > 0 || world.sim.device.defer);
+    world.run();
+    assert_eq!(world.domain(0).resident(), 600);
+}
