@@ -36,11 +36,11 @@
 //! 2. **Eviction**, while a domain's resident estimate
 //!    (`memory − paged − nominations in flight`) is above its target, at
 //!    most [`MAX_NOMINATIONS`] in flight: `Nominate{gfn, buffer}` →
-//!    `Nominated` → take a slot, write the data block → set the table entry
-//!    → write the table block (one table write in flight at a time; entries
-//!    set while it was in flight wait for the next) → `Evict{slot}` →
-//!    `Evicted`. A frame is `Paged` only after its data and entry are on the
-//!    device.
+//!    `Nominated` → take a slot, set the table entry, and write the data
+//!    block and the table block at once (one table write in flight at a
+//!    time; entries set while it was in flight wait for the next) → when
+//!    both completed, `Evict{slot}` → `Evicted`. A frame is `Paged` only
+//!    after its data and entry are on the device.
 //!
 //! ## Crash safety
 //! Everything here is a cache of the core's map: a new instance relearns it
@@ -201,12 +201,29 @@ enum Stage {
     Nominating,
     /// `Nominated`: slot taken, data write not yet submitted.
     WaitWrite,
-    /// Data write in flight.
-    Writing,
-    /// Entry set in the cached table block; waits for a flush covering `seq`.
-    WaitTable { block: u32, seq: u64 },
+    /// The data write is submitted, and the entry set in cached table block
+    /// `block` at `seq`: the data write and the flush of a table write
+    /// covering `seq` are in flight at once. `Evict` waits for both.
+    Writing {
+        block: u32,
+        seq: u64,
+        data: Part,
+        table: Part,
+    },
     /// `Evict` sent.
     Evicting,
+}
+
+/// One of the two writes of an eviction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Not finished (the data write: in flight; the entry: waiting for, or
+    /// in, a table write).
+    Pending,
+    /// On the device.
+    Done,
+    /// The write failed.
+    Failed,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1975,9 +1992,17 @@ impl Engine {
 
     // ---------------------------------------------------------------- eviction
 
+    /// Starts the evictions whose slot is taken: sets each entry in the
+    /// cached table and submits the data write. The table write that
+    /// carries the entry is started by [`Self::start_flush`] in the same
+    /// round, so both writes are in flight together; the order in which
+    /// they reach the device does not matter, because `Evict` (the only
+    /// step that makes the core's map name the slot) waits for both.
     fn start_data_writes<E: Port + Transport>(&mut self, env: &mut E) {
+        // Leave a request slot for the table write that goes with them.
+        let reserve = PAGE_IN_REQUEST_RESERVE + usize::from(!self.flush_in_flight);
         for index in 0..MAX_NOMINATIONS {
-            if self.failed || self.free_requests() <= PAGE_IN_REQUEST_RESERVE {
+            if self.failed || self.free_requests() <= reserve {
                 return;
             }
             let Some(nomination) = self.nominations[index] else {
@@ -1986,20 +2011,36 @@ impl Engine {
             if nomination.stage != Stage::WaitWrite {
                 continue;
             }
-            let partition = self.domains[nomination.domain].partition;
-            let block = nomination
+            let domain = &self.domains[nomination.domain];
+            let entry = SlotEntry {
+                owner: Some(Owner {
+                    domain: domain.id,
+                    gfn: Gfn::new(nomination.gfn),
+                }),
+                checksum: nomination.checksum,
+            };
+            let device_slot = nomination
                 .slot
-                .and_then(|slot| partition.device_slot(slot))
-                .and_then(|slot| self.header.and_then(|header| header.slot_block(slot)));
-            let Some(block) = block else {
+                .and_then(|slot| domain.partition.device_slot(slot));
+            let data_block = device_slot.and_then(|slot| self.header.and_then(|header| header.slot_block(slot)));
+            let table_block = match (device_slot, self.table.as_mut()) {
+                (Some(device_slot), Some(table)) => table.set_entry(device_slot, entry).ok(),
+                _ => None,
+            };
+            let (Some(data_block), Some(table_block)) = (data_block, table_block) else {
                 self.fail_eviction(env, index, EvictFailure::WriteError);
                 continue;
             };
+            // Set before the submission, so a flush started later in this
+            // round carries it; if the submission is refused the entry is
+            // set again (at a later seq) on the next try.
+            self.table_seq += 1;
+            let seq = self.table_seq;
             if self
                 .submit(
                     env,
                     Direction::Write,
-                    block,
+                    data_block,
                     nomination.buffer,
                     Op::Data { nomination: index },
                 )
@@ -2008,7 +2049,46 @@ impl Engine {
                 return;
             }
             if let Some(nomination) = self.nominations[index].as_mut() {
-                nomination.stage = Stage::Writing;
+                nomination.stage = Stage::Writing {
+                    block: table_block,
+                    seq,
+                    data: Part::Pending,
+                    table: Part::Pending,
+                };
+            }
+        }
+    }
+
+    /// An eviction whose data write finished: `Evict` once its entry is on
+    /// the device too; given up if either write failed. Never while the
+    /// data write is in flight (its completion names this nomination).
+    fn settle_writes<E: Port>(&mut self, env: &mut E, index: usize) {
+        let Some(mut nomination) = self.nominations[index] else {
+            return;
+        };
+        let Stage::Writing { data, table, .. } = nomination.stage else {
+            return;
+        };
+        match (data, table) {
+            (Part::Pending, _) | (Part::Done, Part::Pending) => {}
+            (Part::Failed, _) | (_, Part::Failed) => {
+                self.fail_eviction(env, index, EvictFailure::WriteError);
+            }
+            (Part::Done, Part::Done) => {
+                let Some(slot) = nomination.slot else {
+                    return;
+                };
+                nomination.stage = Stage::Evicting;
+                self.nominations[index] = Some(nomination);
+                let id = self.domains[nomination.domain].id;
+                self.send_critical(
+                    env,
+                    ToCore::Evict {
+                        domain: id,
+                        gfn: nomination.gfn,
+                        slot: slot.get(),
+                    },
+                );
             }
         }
     }
@@ -2046,51 +2126,28 @@ impl Engine {
             return;
         };
         self.release_buffer(nomination.buffer);
+        let Stage::Writing { block, seq, table, .. } = nomination.stage else {
+            return;
+        };
         if !ok {
             let mut text = LogLine::new();
             text.push_str("pager: domain ")
                 .push_decimal(u64::from(self.domains[nomination.domain].id))
                 .push_str(": swap write error; eviction abandoned");
             env.log(&text);
-            // The buffer is already released (fail_eviction frees it only
-            // in WaitWrite).
-            self.nominations[index] = Some(Nomination {
-                stage: Stage::Writing,
-                ..nomination
-            });
-            self.fail_eviction(env, index, EvictFailure::WriteError);
-            return;
         }
-        let domain = &self.domains[nomination.domain];
-        let owner = Owner {
-            domain: domain.id,
-            gfn: Gfn::new(nomination.gfn),
-        };
-        let entry = SlotEntry {
-            owner: Some(owner),
-            checksum: nomination.checksum,
-        };
-        let device_slot = nomination
-            .slot
-            .and_then(|slot| domain.partition.device_slot(slot));
-        let block = match (device_slot, self.table.as_mut()) {
-            (Some(device_slot), Some(table)) => table.set_entry(device_slot, entry).ok(),
-            _ => None,
-        };
-        let Some(block) = block else {
-            self.nominations[index] = Some(Nomination {
-                stage: Stage::Writing,
-                ..nomination
-            });
-            self.fail_eviction(env, index, EvictFailure::WriteError);
-            return;
-        };
-        self.table_seq += 1;
-        nomination.stage = Stage::WaitTable {
+        // The buffer is released (fail_eviction frees it only in
+        // WaitWrite). An entry already written for a failed data write is
+        // harmless: the slot is in no map, and stays taken for the rest of
+        // this instance.
+        nomination.stage = Stage::Writing {
             block,
-            seq: self.table_seq,
+            seq,
+            data: if ok { Part::Done } else { Part::Failed },
+            table,
         };
         self.nominations[index] = Some(nomination);
+        self.settle_writes(env, index);
     }
 
     fn start_flush<E: Port + Transport>(&mut self, env: &mut E) {
@@ -2102,7 +2159,11 @@ impl Engine {
             .iter()
             .flatten()
             .find_map(|nomination| match nomination.stage {
-                Stage::WaitTable { block, .. } => Some(block),
+                Stage::Writing {
+                    block,
+                    table: Part::Pending,
+                    ..
+                } => Some(block),
                 _ => None,
             })
         else {
@@ -2149,9 +2210,11 @@ impl Engine {
             let Some(mut nomination) = self.nominations[index] else {
                 continue;
             };
-            let Stage::WaitTable {
+            let Stage::Writing {
                 block: waiting,
                 seq: set_at,
+                data,
+                table: Part::Pending,
             } = nomination.stage
             else {
                 continue;
@@ -2159,24 +2222,14 @@ impl Engine {
             if waiting != block || set_at > seq {
                 continue;
             }
-            if !ok {
-                self.fail_eviction(env, index, EvictFailure::WriteError);
-                continue;
-            }
-            let Some(slot) = nomination.slot else {
-                continue;
+            nomination.stage = Stage::Writing {
+                block: waiting,
+                seq: set_at,
+                data,
+                table: if ok { Part::Done } else { Part::Failed },
             };
-            nomination.stage = Stage::Evicting;
             self.nominations[index] = Some(nomination);
-            let id = self.domains[nomination.domain].id;
-            self.send_critical(
-                env,
-                ToCore::Evict {
-                    domain: id,
-                    gfn: nomination.gfn,
-                    slot: slot.get(),
-                },
-            );
+            self.settle_writes(env, index);
         }
     }
 

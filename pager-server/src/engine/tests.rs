@@ -1096,3 +1096,63 @@ fn a_page_in_read_is_spun_for_and_loaded_in_the_same_pump() {
     world.run();
     assert_eq!(world.domain(0).resident(), 600);
 }
+
+#[test]
+fn an_eviction_writes_its_data_and_its_entry_at_once() {
+    let mut world = World::new(&[(1024, 1000)], 2000);
+    world.sim.device.defer = true;
+    for _ in 0..10_000 {
+        let data = world.engine.ops.iter().any(|op| matches!(op, Some(Op::Data { .. })));
+        if data {
+            assert!(
+                world.engine.ops.iter().any(|op| matches!(op, Some(Op::Flush { .. }))),
+                "the table write goes with the data write: {:?}",
+                world.engine.ops
+            );
+            world.run();
+            assert_eq!(world.domain(0).resident(), 1000);
+            world.check_disk();
+            return;
+        }
+        assert!(world.step(), "settled before any eviction");
+    }
+    panic!("no data write was ever submitted");
+}
+
+#[test]
+fn a_failed_table_write_fails_the_evictions_it_carried() {
+    let mut world = World::new(&[(1024, 1024)], 2000);
+    world.sim.device.defer = true;
+    world.run();
+    assert!(world.engine.is_paging());
+    // Every entry of the first 255 slots lives in table block 0.
+    let header = SwapHeader::for_device(2000, 1).unwrap();
+    world.sim.device.fail_writes.insert(header.table_block(0).unwrap());
+    world.sim.domains[0].target = 1000;
+    world.sim.inbox.push_back(ToServer::Domain {
+        domain: 0,
+        memory_pages: 1024,
+        target_pages: 1000,
+    });
+    world.run_steps(2000);
+    assert!(world.sim.sent.iter().any(|message| matches!(
+        message,
+        ToCore::EvictFailed {
+            reason: EvictFailure::WriteError,
+            ..
+        }
+    )));
+    assert!(
+        world
+            .domain(0)
+            .paged()
+            .iter()
+            .all(|(_, slot)| slot.get() >= 255),
+        "no frame is Paged in a slot whose entry never reached the device"
+    );
+    assert!(!world.sim.sent.iter().any(|message| matches!(
+        message,
+        ToCore::Evict { slot, .. } if *slot < 255
+    )));
+    assert!(world.engine.report(0).unwrap().evict_failures > 0);
+}
