@@ -5,9 +5,11 @@
 //!
 //! * after messages that made work ready: at once, after the batch;
 //! * while device requests are in flight: [`Context::poll_at`] the
-//!   engine's poll interval (5 µs after a completion, doubling to 500 µs
+//!   engine's poll interval (40 µs after a completion, doubling to 500 µs
 //!   while nothing completes), so the pager waits in the core (guests run,
-//!   and a message from the core ends the wait) instead of spinning;
+//!   and a message from the core ends the wait) instead of spinning (the
+//!   one spin is short, in the engine, while a page-in read is out:
+//!   [`Engine::pump`]);
 //! * otherwise: the next heartbeat (100 ms), when `Heartbeat` and one
 //!   `Stats` per domain are sent.
 //!
