@@ -839,7 +839,9 @@ fn bench_paging(workspace: &Workspace, images: &Images) -> Result<BenchResults> 
         ),
         Ok(figures) => {
             for (name, value) in figures {
-                results.set(name, Figure::Real(value));
+                // Whole rates print as counts, like the core's.
+                let figure = if value.fract() == 0.0 && value >= 0.0 { Figure::Count(value as u64) } else { Figure::Real(value) };
+                results.set(name, figure);
             }
         }
         Err(reason) => say!("xtask: bench: note: the pager abandoned its device measurement in {source}: {reason}"),
