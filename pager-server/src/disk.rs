@@ -875,10 +875,17 @@ mod tests {
             .map(|index| (index.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         for length in (0..40).chain([4092, 4095, 4096, 4097, 4200]) {
-            assert_eq!(crc32c(&data[..length]), bytewise(&data[..length]), "length {length}");
+            assert_eq!(
+                crc32c(&data[..length]),
+                bytewise(&data[..length]),
+                "length {length}"
+            );
         }
         for start in 1..8 {
-            assert_eq!(crc32c(&data[start..start + 4096]), bytewise(&data[start..start + 4096]));
+            assert_eq!(
+                crc32c(&data[start..start + 4096]),
+                bytewise(&data[start..start + 4096])
+            );
         }
     }
 

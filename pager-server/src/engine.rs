@@ -190,15 +190,35 @@ pub enum Phase {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
-    Header { buffer: u16 },
-    TableRead { index: u32, buffer: u16 },
-    TableFormat { buffer: u16 },
-    HeaderWrite { buffer: u16 },
-    PageIn { record: usize },
-    Data { nomination: usize },
-    Flush { block: u32, seq: u64, buffer: u16 },
+    Header {
+        buffer: u16,
+    },
+    TableRead {
+        index: u32,
+        buffer: u16,
+    },
+    TableFormat {
+        buffer: u16,
+    },
+    HeaderWrite {
+        buffer: u16,
+    },
+    PageIn {
+        record: usize,
+    },
+    Data {
+        nomination: usize,
+    },
+    Flush {
+        block: u32,
+        seq: u64,
+        buffer: u16,
+    },
     /// A read of the device measurement into `pages` pages from `buffer`.
-    Bench { buffer: u16, pages: u16 },
+    Bench {
+        buffer: u16,
+        pages: u16,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1165,7 +1185,9 @@ impl Engine {
 
     /// Whether a page-in read is on the device (a vCPU waits for it).
     fn page_in_reading(&self) -> bool {
-        self.ops.iter().any(|op| matches!(op, Some(Op::PageIn { .. })))
+        self.ops
+            .iter()
+            .any(|op| matches!(op, Some(Op::PageIn { .. })))
     }
 
     /// Spins on the used ring for at most [`SPIN_POLLS`]; true as soon as
@@ -1237,7 +1259,11 @@ impl Engine {
     /// Takes `pages` consecutive free buffers; returns the first.
     fn take_run(&mut self, pages: u16) -> Option<u16> {
         let pages = u32::from(pages.max(1));
-        let mask = if pages >= 64 { u64::MAX } else { (1u64 << pages) - 1 };
+        let mask = if pages >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << pages) - 1
+        };
         let first = (0..=64 - pages).find(|first| (self.buffers_free >> first) & mask == mask)?;
         self.buffers_free &= !(mask << first);
         Some(first as u16)
@@ -1278,7 +1304,9 @@ impl Engine {
         let (first, slots) = (header.data_start_block(), u64::from(header.slot_count()));
         let mut idle: Vec<u16, MAX_REQUESTS> = Vec::new();
         while idle.len() < case.depth.min(self.free_requests()) {
-            let Some(buffer) = self.take_run(case.pages) else { break };
+            let Some(buffer) = self.take_run(case.pages) else {
+                break;
+            };
             let _ = idle.push(buffer);
         }
         if idle.len() < case.depth {
@@ -1299,7 +1327,9 @@ impl Engine {
                     bench.fail("the swap data area is too small");
                     break;
                 };
-                let Some(device) = self.device.as_mut() else { return };
+                let Some(device) = self.device.as_mut() else {
+                    return;
+                };
                 match device.enqueue(env, Direction::Read, block, buffer, case.pages) {
                     Ok(request) => {
                         self.ops[usize::from(request)] = Some(Op::Bench {
@@ -1320,7 +1350,9 @@ impl Engine {
             if self.failed || bench.finished() {
                 break;
             }
-            let Some(device) = self.device.as_mut() else { return };
+            let Some(device) = self.device.as_mut() else {
+                return;
+            };
             let mut spins = 0u64;
             let completion = loop {
                 match device.poll(env) {
@@ -1329,7 +1361,10 @@ impl Engine {
                     Ok(None) => break None,
                     Err(error) => {
                         let mut text = LogLine::new();
-                        let _ = write!(text, "pager: swap device broke its queue: {error:?}: restarting");
+                        let _ = write!(
+                            text,
+                            "pager: swap device broke its queue: {error:?}: restarting"
+                        );
                         env.log(&text);
                         self.failed = true;
                         env.restart("pager: swap device broke its queue");
@@ -1343,7 +1378,11 @@ impl Engine {
                 bench.fail("a read did not complete");
                 break;
             };
-            match self.ops.get_mut(usize::from(completion.request)).and_then(Option::take) {
+            match self
+                .ops
+                .get_mut(usize::from(completion.request))
+                .and_then(Option::take)
+            {
                 Some(Op::Bench { buffer, .. }) => {
                     let _ = idle.push(buffer);
                     completed += 1;
@@ -2028,7 +2067,8 @@ impl Engine {
             let device_slot = nomination
                 .slot
                 .and_then(|slot| domain.partition.device_slot(slot));
-            let data_block = device_slot.and_then(|slot| self.header.and_then(|header| header.slot_block(slot)));
+            let data_block =
+                device_slot.and_then(|slot| self.header.and_then(|header| header.slot_block(slot)));
             let table_block = match (device_slot, self.table.as_mut()) {
                 (Some(device_slot), Some(table)) => table.set_entry(device_slot, entry).ok(),
                 _ => None,
@@ -2132,7 +2172,10 @@ impl Engine {
             return;
         };
         self.release_buffer(nomination.buffer);
-        let Stage::Writing { block, seq, table, .. } = nomination.stage else {
+        let Stage::Writing {
+            block, seq, table, ..
+        } = nomination.stage
+        else {
             return;
         };
         if !ok {

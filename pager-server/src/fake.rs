@@ -207,7 +207,8 @@ impl FakeBlk {
             let kind = self.u32_at(header);
             let sector = self.u64_at(header + 8);
             let block = sector / 8;
-            let status_value = if !sector.is_multiple_of(8) || block as usize + blocks > self.disk.len()
+            let status_value = if !sector.is_multiple_of(8)
+                || block as usize + blocks > self.disk.len()
             {
                 self.violations
                     .push(format!("sector {sector} not a block of the disk"));

@@ -998,8 +998,14 @@ fn the_device_measurement_reads_the_data_area_before_paging_starts() {
     assert!(line.starts_with("pager: device: 4k reads qd1: "), "{line}");
     assert!(line.ends_with(" (512, 2048, 256 reads)"), "{line}");
     let rates = world.engine.device_bench().unwrap().rates();
-    assert!(rates.iter().all(|rate| rate.is_some_and(|rate| rate > 0)), "{rates:?}");
-    assert!(rates[1] > rates[0], "16 reads share each timed notify and poll round: {rates:?}");
+    assert!(
+        rates.iter().all(|rate| rate.is_some_and(|rate| rate > 0)),
+        "{rates:?}"
+    );
+    assert!(
+        rates[1] > rates[0],
+        "16 reads share each timed notify and poll round: {rates:?}"
+    );
     // Every measured read came before the first write of paging, and none
     // touched the header or the table.
     let header = SwapHeader::decode(&world.sim.device.disk[0]).unwrap();
@@ -1029,7 +1035,11 @@ fn the_device_measurement_reads_the_data_area_before_paging_starts() {
         .position(|message| matches!(message, ToCore::Nominate { .. }))
         .unwrap();
     assert!(partition_at < first_nominate);
-    assert!(world.sim.device.violations.is_empty(), "{:?}", world.sim.device.violations);
+    assert!(
+        world.sim.device.violations.is_empty(),
+        "{:?}",
+        world.sim.device.violations
+    );
     // Paging then runs as without the measurement, from free buffers.
     assert_eq!(world.domain(0).resident(), 600);
     world.check_disk();
@@ -1044,7 +1054,12 @@ fn a_restarted_pager_does_not_measure_again() {
     world.restart();
     world.run();
     assert!(world.engine.device_bench().is_none());
-    let lines = world.sim.logs.iter().filter(|line| line.starts_with("pager: device: ")).count();
+    let lines = world
+        .sim
+        .logs
+        .iter()
+        .filter(|line| line.starts_with("pager: device: "))
+        .count();
     assert_eq!(lines, 1);
 }
 
@@ -1059,7 +1074,11 @@ fn a_page_in_read_is_spun_for_and_loaded_in_the_same_pump() {
     world.engine.message(&mut world.sim, message);
     world.engine.pump(&mut world.sim);
     assert!(
-        world.sim.sent.iter().any(|sent| matches!(sent, ToCore::Load { gfn: loaded, .. } if *loaded == gfn)),
+        world
+            .sim
+            .sent
+            .iter()
+            .any(|sent| matches!(sent, ToCore::Load { gfn: loaded, .. } if *loaded == gfn)),
         "the read completed while the pump spun: {:?}",
         world.sim.sent
     );
@@ -1076,7 +1095,12 @@ fn a_page_in_read_is_spun_for_and_loaded_in_the_same_pump() {
             world.engine.message(&mut world.sim, message);
         }
         world.engine.pump(&mut world.sim);
-        if world.sim.sent.iter().any(|sent| matches!(sent, ToCore::Nominate { .. })) {
+        if world
+            .sim
+            .sent
+            .iter()
+            .any(|sent| matches!(sent, ToCore::Nominate { .. }))
+        {
             break;
         }
     }
@@ -1084,11 +1108,18 @@ fn a_page_in_read_is_spun_for_and_loaded_in_the_same_pump() {
         world.sim.core(message);
     }
     let nominated = world.sim.inbox.pop_front().unwrap();
-    assert!(matches!(nominated, ToServer::Nominated { .. }), "{nominated:?}");
+    assert!(
+        matches!(nominated, ToServer::Nominated { .. }),
+        "{nominated:?}"
+    );
     world.engine.message(&mut world.sim, nominated);
     world.engine.pump(&mut world.sim);
     assert!(
-        !world.sim.sent.iter().any(|sent| matches!(sent, ToCore::Evict { .. })),
+        !world
+            .sim
+            .sent
+            .iter()
+            .any(|sent| matches!(sent, ToCore::Evict { .. })),
         "the data write is submitted, not waited for: {:?}",
         world.sim.sent
     );
@@ -1102,10 +1133,18 @@ fn an_eviction_writes_its_data_and_its_entry_at_once() {
     let mut world = World::new(&[(1024, 1000)], 2000);
     world.sim.device.defer = true;
     for _ in 0..10_000 {
-        let data = world.engine.ops.iter().any(|op| matches!(op, Some(Op::Data { .. })));
+        let data = world
+            .engine
+            .ops
+            .iter()
+            .any(|op| matches!(op, Some(Op::Data { .. })));
         if data {
             assert!(
-                world.engine.ops.iter().any(|op| matches!(op, Some(Op::Flush { .. }))),
+                world
+                    .engine
+                    .ops
+                    .iter()
+                    .any(|op| matches!(op, Some(Op::Flush { .. }))),
                 "the table write goes with the data write: {:?}",
                 world.engine.ops
             );
@@ -1127,7 +1166,11 @@ fn a_failed_table_write_fails_the_evictions_it_carried() {
     assert!(world.engine.is_paging());
     // Every entry of the first 255 slots lives in table block 0.
     let header = SwapHeader::for_device(2000, 1).unwrap();
-    world.sim.device.fail_writes.insert(header.table_block(0).unwrap());
+    world
+        .sim
+        .device
+        .fail_writes
+        .insert(header.table_block(0).unwrap());
     world.sim.domains[0].target = 1000;
     world.sim.inbox.push_back(ToServer::Domain {
         domain: 0,
