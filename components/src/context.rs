@@ -182,6 +182,14 @@ impl<'a, M: Message> Context<'a, M> {
         self.state.must_wait = true;
     }
 
+    /// [`Self::poll_after`] with an absolute `deadline` (ns since boot), for
+    /// a server that has just read the clock: it saves the `time` syscall
+    /// `poll_after` makes (every syscall costs two address-space switches).
+    pub fn poll_at(&mut self, deadline: u64) {
+        self.wake_at(deadline);
+        self.state.must_wait = true;
+    }
+
     /// Calls [`crate::Handler::notified`] `nanoseconds` from now, replacing
     /// any earlier timeout.
     pub fn wake_after(&mut self, nanoseconds: u64) {

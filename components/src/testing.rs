@@ -165,6 +165,8 @@ impl MockDevice {
 pub struct MockPlatform {
     /// The clock `time` returns, in ns; `wait` advances it to the timeout.
     pub clock: u64,
+    /// How many times `time` was called (each is a syscall on the core).
+    pub clock_reads: u64,
     /// `yield`, `wait` and `notify`, in order.
     pub calls: Vec<Call>,
     /// Every `log` line.
@@ -195,6 +197,7 @@ impl MockPlatform {
     pub fn new(to_server: &'static RingMemory, to_core: &'static RingMemory) -> Self {
         Self {
             clock: 1_000_000,
+            clock_reads: 0,
             calls: Vec::new(),
             logs: Vec::new(),
             raw: Vec::new(),
@@ -282,6 +285,7 @@ impl Platform for MockPlatform {
     }
 
     fn time(&mut self) -> u64 {
+        self.clock_reads += 1;
         self.clock
     }
 

@@ -52,8 +52,11 @@ pub const HEADER_CHECKED_LEN: usize = 48;
 /// Entry flag: the slot holds a page.
 pub const ENTRY_IN_USE: u16 = 1;
 
-const fn crc32c_table() -> [u32; 256] {
-    let mut table = [0u32; 256];
+/// The CRC-32C tables for slicing by 8 (Intel's "slicing-by-8"): `[0]` is
+/// the classic byte table; `[k][b]` is the CRC of byte `b` followed by `k`
+/// zero bytes, so eight table lookups advance the CRC by eight bytes.
+const fn crc32c_tables() -> [[u32; 256]; 8] {
+    let mut tables = [[0u32; 256]; 8];
     let mut index = 0;
     while index < 256 {
         let mut crc = index as u32;
@@ -66,21 +69,51 @@ const fn crc32c_table() -> [u32; 256] {
             };
             bit += 1;
         }
-        table[index] = crc;
+        tables[0][index] = crc;
         index += 1;
     }
-    table
+    let mut slice = 1;
+    while slice < 8 {
+        let mut index = 0;
+        while index < 256 {
+            let previous = tables[slice - 1][index];
+            tables[slice][index] = (previous >> 8) ^ tables[0][(previous & 0xff) as usize];
+            index += 1;
+        }
+        slice += 1;
+    }
+    tables
 }
 
-static CRC32C_TABLE: [u32; 256] = crc32c_table();
+static CRC32C_TABLES: [[u32; 256]; 8] = crc32c_tables();
 
 /// CRC-32C (Castagnoli, reflected polynomial `0x82F63B78`, initial value and
 /// final xor `0xFFFFFFFF`), as used by iSCSI, ext4 and btrfs. It detects every
 /// error burst up to 32 bits, so every single flipped bit.
+///
+/// Eight bytes per step (slicing by 8), the tail a byte at a time: the
+/// pager checksums three 4 KiB blocks per page it evicts and loads back
+/// (the page, its table block, the page again), and under QEMU TCG a
+/// byte-at-a-time loop cost about as much as a device read.
 pub fn crc32c(data: &[u8]) -> u32 {
-    let crc = data.iter().fold(!0u32, |crc, byte| {
-        CRC32C_TABLE[usize::from((crc as u8) ^ byte)] ^ (crc >> 8)
-    });
+    let tables = &CRC32C_TABLES;
+    let mut crc = !0u32;
+    let mut chunks = data.chunks_exact(8);
+    for chunk in &mut chunks {
+        let low = crc ^ u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        let high = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
+        crc = tables[7][(low & 0xff) as usize]
+            ^ tables[6][((low >> 8) & 0xff) as usize]
+            ^ tables[5][((low >> 16) & 0xff) as usize]
+            ^ tables[4][(low >> 24) as usize]
+            ^ tables[3][(high & 0xff) as usize]
+            ^ tables[2][((high >> 8) & 0xff) as usize]
+            ^ tables[1][((high >> 16) & 0xff) as usize]
+            ^ tables[0][(high >> 24) as usize];
+    }
+    for byte in chunks.remainder() {
+        crc = tables[0][usize::from((crc as u8) ^ byte)] ^ (crc >> 8);
+    }
     !crc
 }
 
@@ -829,6 +862,31 @@ mod tests {
             0x8A91_36AA,
             "RFC 3720 B.4: 32 bytes of zeros"
         );
+    }
+
+    #[test]
+    fn crc32c_by_eight_bytes_matches_the_byte_at_a_time_definition() {
+        fn bytewise(data: &[u8]) -> u32 {
+            !data.iter().fold(!0u32, |crc, byte| {
+                CRC32C_TABLES[0][usize::from((crc as u8) ^ byte)] ^ (crc >> 8)
+            })
+        }
+        let data: Vec<u8> = (0..4200u32)
+            .map(|index| (index.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for length in (0..40).chain([4092, 4095, 4096, 4097, 4200]) {
+            assert_eq!(
+                crc32c(&data[..length]),
+                bytewise(&data[..length]),
+                "length {length}"
+            );
+        }
+        for start in 1..8 {
+            assert_eq!(
+                crc32c(&data[start..start + 4096]),
+                bytewise(&data[start..start + 4096])
+            );
+        }
     }
 
     #[test]

@@ -188,13 +188,18 @@ impl FakeBlk {
                 }
                 index = next as usize;
             }
-            let [(header, 16, hflags), (data, BLOCK_BYTES, dflags), (status_at, 1, sflags)] =
-                chain[..]
+            let [(header, 16, hflags), (data, length, dflags), (status_at, 1, sflags)] = chain[..]
             else {
                 self.violations
                     .push(format!("unexpected chain shape {chain:?}"));
                 continue;
             };
+            if length == 0 || !length.is_multiple_of(BLOCK_BYTES) {
+                self.violations
+                    .push(format!("data length {length} is not whole blocks"));
+                continue;
+            }
+            let blocks = length / BLOCK_BYTES;
             if hflags & 2 != 0 || sflags & 2 == 0 {
                 self.violations
                     .push("header writable or status read-only".into());
@@ -202,7 +207,9 @@ impl FakeBlk {
             let kind = self.u32_at(header);
             let sector = self.u64_at(header + 8);
             let block = sector / 8;
-            let status_value = if !sector.is_multiple_of(8) || block as usize >= self.disk.len() {
+            let status_value = if !sector.is_multiple_of(8)
+                || block as usize + blocks > self.disk.len()
+            {
                 self.violations
                     .push(format!("sector {sector} not a block of the disk"));
                 1
@@ -211,18 +218,24 @@ impl FakeBlk {
                     self.violations
                         .push("read into a device-readable buffer".into());
                 }
-                if self.fail_reads.contains(&block) {
+                if (block..block + blocks as u64).any(|block| self.fail_reads.contains(&block)) {
                     1
                 } else {
-                    let bytes = self.disk[block as usize].clone();
-                    self.dma[data..data + BLOCK_BYTES].copy_from_slice(&bytes);
+                    for index in 0..blocks {
+                        let bytes = self.disk[block as usize + index].clone();
+                        let at = data + index * BLOCK_BYTES;
+                        self.dma[at..at + BLOCK_BYTES].copy_from_slice(&bytes);
+                    }
                     0
                 }
             } else if kind == 1 {
-                if self.fail_writes.contains(&block) {
+                if (block..block + blocks as u64).any(|block| self.fail_writes.contains(&block)) {
                     1
                 } else {
-                    self.disk[block as usize] = self.dma[data..data + BLOCK_BYTES].to_vec();
+                    for index in 0..blocks {
+                        let at = data + index * BLOCK_BYTES;
+                        self.disk[block as usize + index] = self.dma[at..at + BLOCK_BYTES].to_vec();
+                    }
                     0
                 }
             } else {

@@ -21,6 +21,8 @@
 //! * [`stats`]: the counters and the page-in latency histogram of `hvctl stats`.
 //! * [`virtio`]: the user-level virtio-blk driver (virtio-mmio version 2,
 //!   one polled split queue) over a [`virtio::Transport`].
+//! * [`devbench`]: the swap device's own read rate, measured before paging
+//!   starts when the bench asks for it.
 //! * [`engine`]: the paging engine that drives the pager protocol over the
 //!   driver: device bring-up, format or table load, rebuild from the core's
 //!   map, page-ins first, bounded eviction batches.
@@ -55,6 +57,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bitmap;
+pub mod devbench;
 pub mod disk;
 pub mod engine;
 #[cfg(test)]

@@ -4,12 +4,23 @@
 //! engine's wish for its next run becomes the run loop's timeout:
 //!
 //! * after messages that made work ready: at once, after the batch;
-//! * while device requests are in flight: [`Context::poll_after`] the
-//!   engine's poll interval (5 µs after a completion, doubling to 500 µs
+//! * while device requests are in flight: [`Context::poll_at`] the
+//!   engine's poll interval (40 µs after a completion, doubling to 500 µs
 //!   while nothing completes), so the pager waits in the core (guests run,
-//!   and a message from the core ends the wait) instead of spinning;
+//!   and a message from the core ends the wait) instead of spinning (the
+//!   one spin is short, in the engine, while a page-in read is out:
+//!   [`Engine::pump`]);
 //! * otherwise: the next heartbeat (100 ms), when `Heartbeat` and one
 //!   `Stats` per domain are sent.
+//!
+//! The clock is read at most once per handler call (the engine's
+//! [`Port::now`] and the timeout share the reading): every syscall costs
+//! the core two address-space switches, and under QEMU TCG each one
+//! flushes the emulated TLB, so a `time` syscall per use made the clock
+//! the pager's most frequent syscall (`docs/paging.md`, "Performance").
+//!
+//! The server argument `device-bench` makes the first instance measure the
+//! swap device's read rates before paging starts ([`crate::devbench`]).
 //!
 //! Storage: the engine's tables live in `static`s taken once
 //! ([`components::StaticCell`]), zero-filled by the core at every start:
@@ -86,21 +97,38 @@ impl PagerServer {
         self.engine
     }
 
-    fn schedule(&self, context: &mut Context<'_, ToCore>) {
-        let now = context.now();
-        match self.engine.next_wake(now) {
-            NextWake::Now => context.wake_at(now),
-            NextWake::Poll(nanoseconds) => context.poll_after(nanoseconds),
-            NextWake::At(deadline) => context.wake_at(deadline),
+    /// Runs `entry` on the engine with the [`Context`] as its port, then
+    /// turns the engine's wish for its next run into the run loop's
+    /// timeout. The clock is read at most once for both (each `time` is a
+    /// syscall, and every syscall costs two address-space switches).
+    fn run(
+        &mut self,
+        context: &mut Context<'_, ToCore>,
+        entry: impl FnOnce(&mut Engine, &mut ContextPort<'_, '_>),
+    ) {
+        let mut port = ContextPort::new(context);
+        entry(self.engine, &mut port);
+        match self.engine.next_wake_with(|| port.now()) {
+            // Any time not after now: the run loop takes it as passed.
+            NextWake::Now => port.context.wake_at(port.clock.unwrap_or(0)),
+            NextWake::Poll(nanoseconds) => {
+                let now = port.now();
+                port.context.poll_at(now.saturating_add(nanoseconds));
+            }
+            NextWake::At(deadline) => port.context.wake_at(deadline),
         }
     }
 }
 
-/// The engine's view of the [`Context`].
+/// The engine's view of the [`Context`], for one handler call.
 struct ContextPort<'c, 'a> {
     context: &'c mut Context<'a, ToCore>,
     dma_bus: u64,
     dma_pages: u64,
+    /// The clock, read at the first [`Port::now`] of the call: a handler
+    /// call is short next to anything the engine times (poll intervals of
+    /// microseconds, timeouts of milliseconds and more).
+    clock: Option<u64>,
 }
 
 impl<'c, 'a> ContextPort<'c, 'a> {
@@ -112,6 +140,7 @@ impl<'c, 'a> ContextPort<'c, 'a> {
             context,
             dma_bus,
             dma_pages,
+            clock: None,
         }
     }
 }
@@ -126,7 +155,13 @@ impl Port for ContextPort<'_, '_> {
     }
 
     fn now(&mut self) -> u64 {
-        self.context.now()
+        *self.clock.get_or_insert_with(|| self.context.now())
+    }
+
+    fn now_fresh(&mut self) -> u64 {
+        let now = self.context.now();
+        self.clock = Some(now);
+        now
     }
 
     fn restart(&mut self, reason: &str) {
@@ -187,22 +222,23 @@ impl Handler for PagerServer {
             .push_decimal(u64::from(context.generation()))
             .push_str(" started");
         context.log_line(&line);
+        if crate::devbench::requested(context.arguments()) {
+            if context.generation() == 1 {
+                self.engine.request_device_bench();
+            } else {
+                context.log("pager: device measurement skipped: not the first instance");
+            }
+        }
         let probe = context.device().map(|_| ()).map_err(DeviceError::reason);
-        let mut port = ContextPort::new(context);
-        self.engine.start(&mut port, probe);
-        self.schedule(context);
+        self.run(context, |engine, port| engine.start(port, probe));
     }
 
     fn request(&mut self, message: ToServer, context: &mut Context<'_, ToCore>) {
-        let mut port = ContextPort::new(context);
-        self.engine.message(&mut port, message);
-        self.schedule(context);
+        self.run(context, |engine, port| engine.message(port, message));
     }
 
     fn notified(&mut self, context: &mut Context<'_, ToCore>) {
-        let mut port = ContextPort::new(context);
-        self.engine.pump(&mut port);
-        self.schedule(context);
+        self.run(context, |engine, port| engine.pump(port));
     }
 }
 

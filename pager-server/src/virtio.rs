@@ -21,7 +21,8 @@
 //! | 2 .. pages | | data buffers, one 4096-byte page each ([`FIRST_BUFFER_PAGE`]) |
 //!
 //! Request slot `r` always uses descriptors `3r` (header, device-readable),
-//! `3r + 1` (the 4096-byte data page; device-writable for a read) and
+//! `3r + 1` (the data: one 4096-byte page, or several consecutive pages for
+//! a larger request; device-writable for a read) and
 //! `3r + 2` (the status byte, device-writable), chained with `NEXT`. Every
 //! address the driver hands the device is computed from the DMA region's bus
 //! base and checked to lie inside the region before it is written: the core
@@ -338,6 +339,8 @@ pub struct VirtioBlk {
     next_avail: u16,
     last_used: u16,
     in_flight: [bool; MAX_REQUESTS],
+    /// Requests were enqueued since the last notify.
+    unnotified: bool,
     capacity_sectors: u64,
     dma_pages: u64,
     dma_bus: u64,
@@ -459,6 +462,7 @@ impl VirtioBlk {
             next_avail: 0,
             last_used: 0,
             in_flight: [false; MAX_REQUESTS],
+            unnotified: false,
             capacity_sectors,
             dma_pages,
             dma_bus: bus,
@@ -545,12 +549,39 @@ impl VirtioBlk {
         block: u64,
         buffer: u16,
     ) -> Result<u16, SubmitError> {
-        if !self.buffer_pages().contains(&buffer) {
+        let request = self.enqueue(transport, direction, block, buffer, 1)?;
+        self.notify(transport)?;
+        Ok(request)
+    }
+
+    /// Makes one request available without notifying the device: `direction`
+    /// of `pages` blocks from device block `block` to or from the `pages`
+    /// consecutive DMA pages from `buffer` (one descriptor: the region is
+    /// contiguous on the bus). The device may not see it before
+    /// [`Self::notify`]; several requests can share one notify, which is
+    /// one syscall (the core checks every new chain at the notify).
+    pub fn enqueue(
+        &mut self,
+        transport: &mut impl Transport,
+        direction: Direction,
+        block: u64,
+        buffer: u16,
+        pages: u16,
+    ) -> Result<u16, SubmitError> {
+        let last = buffer
+            .checked_add(pages.max(1) - 1)
+            .ok_or(SubmitError::BadBuffer(buffer))?;
+        if pages == 0
+            || !self.buffer_pages().contains(&buffer)
+            || !self.buffer_pages().contains(&last)
+        {
             return Err(SubmitError::BadBuffer(buffer));
         }
-        if block >= self.capacity_blocks() {
+        let end = block.checked_add(u64::from(pages));
+        if end.is_none_or(|end| end > self.capacity_blocks()) {
             return Err(SubmitError::BeyondCapacity(block));
         }
+        let length = usize::from(pages) * BLOCK_BYTES;
         let request = self.in_flight[..usize::from(self.requests)]
             .iter()
             .position(|busy| !busy)
@@ -560,7 +591,7 @@ impl VirtioBlk {
         let data = usize::from(buffer) * BLOCK_BYTES;
         let (Some(header_bus), Some(data_bus), Some(status_bus)) = (
             self.bus_address(header, 16),
-            self.bus_address(data, BLOCK_BYTES),
+            self.bus_address(data, length),
             self.bus_address(status_byte, 1),
         ) else {
             return Err(SubmitError::BadBuffer(buffer));
@@ -590,7 +621,7 @@ impl VirtioBlk {
             transport,
             head + 1,
             data_bus,
-            BLOCK_BYTES as u32,
+            length as u32,
             data_flags,
             (head + 2) as u16,
         )?;
@@ -602,8 +633,29 @@ impl VirtioBlk {
         self.next_avail = self.next_avail.wrapping_add(1);
         transport.dma_store_u16(AVAIL + 2, self.next_avail)?;
         self.in_flight[request] = true;
-        transport.write32(register::QUEUE_NOTIFY, 0)?;
+        self.unnotified = true;
         Ok(request as u16)
+    }
+
+    /// Tells the device about the requests [`Self::enqueue`]d since the last
+    /// notify (one `QueueNotify` write); nothing if there are none.
+    pub fn notify(&mut self, transport: &mut impl Transport) -> Result<(), SubmitError> {
+        if self.unnotified {
+            transport.write32(register::QUEUE_NOTIFY, 0)?;
+            self.unnotified = false;
+        }
+        Ok(())
+    }
+
+    /// Whether requests were enqueued but the device not yet notified.
+    pub fn has_unnotified(&self) -> bool {
+        self.unnotified
+    }
+
+    /// Whether the device has finished a request [`Self::poll`] has not
+    /// returned yet (one load of the used ring's index).
+    pub fn has_completion(&self, transport: &mut impl Transport) -> Result<bool, DeviceError> {
+        Ok(transport.dma_load_u16(USED + 2)? != self.last_used)
     }
 
     /// The next finished request, if any (reads the used ring once).

@@ -19,6 +19,16 @@
 //! are set against `copy_4k_per_s`, the core copying one 4 KiB host frame to
 //! another with the routine paging uses, timed at the end of the same boot:
 //! `page_in_over_copy_ratio` has the goal at least [`PAGE_IN_RATIO_GOAL`].
+//! The same boot measures the swap device itself: the pager (server
+//! argument `device-bench`) times raw reads of its swap device before
+//! paging starts and logs one line ([`device_read_figures`]):
+//! `device_read_4k_qd1_per_s` (4 KiB reads one at a time),
+//! `device_read_4k_qd16_per_s` (16 in flight), `device_read_64k_qd1_per_s`.
+//! `page_in_over_device_ratio` is the page-in throughput over the device's
+//! 4 KiB one-at-a-time read rate (how much of the device the paging path
+//! gets), and `device_read_4k_qd1_over_copy_ratio` /
+//! `device_read_4k_qd16_over_copy_ratio` bound what any page-in path over
+//! this device could reach against the copy goal.
 //!
 //! Scheduling figures come from three more boots, each run to its time
 //! limit: `appliances/weights.toml` and `appliances/balance.toml` give the
@@ -106,8 +116,12 @@ pub struct Derived {
     pub goal: Option<Goal>,
 }
 
+/// Prefix of the pager's device measurement line
+/// (`pager-server/src/devbench.rs`).
+pub const DEVICE_LINE_MARKER: &str = "pager: device: ";
+
 /// Every derived figure, in table order.
-pub const DERIVED: [Derived; 11] = [
+pub const DERIVED: [Derived; 14] = [
     Derived {
         name: RATIO_NAME,
         numerator: "cpuid_exit_median_ticks",
@@ -149,6 +163,27 @@ pub const DERIVED: [Derived; 11] = [
         denominator: "copy_4k_per_s",
         scale: 1.0,
         goal: Some(Goal::AtLeast(PAGE_IN_RATIO_GOAL)),
+    },
+    Derived {
+        name: "page_in_over_device_ratio",
+        numerator: "page_in_per_s",
+        denominator: "device_read_4k_qd1_per_s",
+        scale: 1.0,
+        goal: None,
+    },
+    Derived {
+        name: "device_read_4k_qd1_over_copy_ratio",
+        numerator: "device_read_4k_qd1_per_s",
+        denominator: "copy_4k_per_s",
+        scale: 1.0,
+        goal: None,
+    },
+    Derived {
+        name: "device_read_4k_qd16_over_copy_ratio",
+        numerator: "device_read_4k_qd16_per_s",
+        denominator: "copy_4k_per_s",
+        scale: 1.0,
+        goal: None,
     },
     Derived {
         name: "page_in_median_us",
@@ -429,6 +464,44 @@ pub fn halt_poll_figures(text: &[String]) -> Vec<(&'static str, f64)> {
         figures.push(("halt_poll_burn_points", polled / life.max(1.0) * 100.0));
     }
     figures
+}
+
+/// The swap device's read rates from the pager's measurement line
+///
+/// ```text
+/// server pager: pager: device: 4k reads qd1: 19455/s, qd16: 28162/s; 64k reads qd1: 12466/s (512, 2048, 256 reads)
+/// ```
+///
+/// as `device_read_4k_qd1_per_s`, `device_read_4k_qd16_per_s`,
+/// `device_read_64k_qd1_per_s` and `device_read_64k_qd1_mib_per_s`. A rate
+/// the pager could not measure (`-`) is left out; so is everything when
+/// the line is missing. `Err` carries the reason of an abandoned
+/// measurement (`pager: device: measurement abandoned: REASON`).
+pub fn device_read_figures(text: &[String]) -> Result<Vec<(&'static str, f64)>, String> {
+    let Some(line) = text.iter().rev().find_map(|line| line.split_once(DEVICE_LINE_MARKER).map(|(_, rest)| rest)) else {
+        return Ok(Vec::new());
+    };
+    if let Some(reason) = line.strip_prefix("measurement abandoned: ") {
+        return Err(reason.to_owned());
+    }
+    let rate_after = |text: &str, marker: &str| -> Option<f64> {
+        text.split_once(marker)?.1.split(['/', ',', ';', ' ']).next()?.parse::<f64>().ok()
+    };
+    let (small, large) = line.split_once("64k reads").unwrap_or((line, ""));
+    let mut figures = Vec::new();
+    for (name, value) in [
+        ("device_read_4k_qd1_per_s", rate_after(small, "4k reads qd1: ")),
+        ("device_read_4k_qd16_per_s", rate_after(small, "qd16: ")),
+        ("device_read_64k_qd1_per_s", rate_after(large, "qd1: ")),
+    ] {
+        if let Some(value) = value {
+            figures.push((name, value));
+        }
+    }
+    if let Some(&(_, rate)) = figures.iter().find(|(name, _)| *name == "device_read_64k_qd1_per_s") {
+        figures.push(("device_read_64k_qd1_mib_per_s", rate / 16.0));
+    }
+    Ok(figures)
 }
 
 /// Restart gaps from the core's `server NAME generation N ready, X us after
@@ -1361,6 +1434,52 @@ mod tests {
 
         let error = BenchResults::default().check_present(&PAGING_FIGURES, "the paging boot").unwrap_err();
         assert!(error.to_string().starts_with("the paging boot did not report"), "{error}");
+    }
+
+    #[test]
+    fn the_device_line_gives_the_read_rates() {
+        let text = |line: &str| vec!["memhog: pass 1".to_owned(), line.to_owned()];
+        let figures = device_read_figures(&text(
+            "server pager: pager: device: 4k reads qd1: 19455/s, qd16: 28162/s; 64k reads qd1: 12466/s (512, 2048, 256 reads)",
+        ))
+        .unwrap();
+        assert_eq!(
+            figures,
+            [
+                ("device_read_4k_qd1_per_s", 19455.0),
+                ("device_read_4k_qd16_per_s", 28162.0),
+                ("device_read_64k_qd1_per_s", 12466.0),
+                ("device_read_64k_qd1_mib_per_s", 779.125),
+            ]
+        );
+        let partial = device_read_figures(&text(
+            "server pager: pager: device: 4k reads qd1: 100/s, qd16: -; 64k reads qd1: - (512, 2048, 256 reads)",
+        ))
+        .unwrap();
+        assert_eq!(partial, [("device_read_4k_qd1_per_s", 100.0)]);
+        assert_eq!(device_read_figures(&text("server pager: pager: gen 1 started")), Ok(Vec::new()));
+        assert_eq!(
+            device_read_figures(&text("server pager: pager: device: measurement abandoned: a read did not complete")),
+            Err("a read did not complete".to_owned())
+        );
+    }
+
+    #[test]
+    fn device_ratios_set_page_ins_and_the_device_against_each_other_and_the_copy() {
+        let mut results = BenchResults::default();
+        results.set("page_in_per_s", Figure::Count(2000));
+        results.set("copy_4k_per_s", Figure::Count(1_000_000));
+        for (name, value) in device_read_figures(&["pager: device: 4k reads qd1: 20000/s, qd16: 40000/s; 64k reads qd1: 10000/s (1, 2, 3 reads)".to_owned()]).unwrap() {
+            results.set(name, Figure::Real(value));
+        }
+        let value = |name: &str| {
+            let derived = DERIVED.iter().find(|derived| derived.name == name).unwrap();
+            assert_eq!(derived.goal, None, "{name} is a measurement, not a goal");
+            results.clone().derive(derived).unwrap()
+        };
+        assert_eq!(value("page_in_over_device_ratio"), 0.1);
+        assert_eq!(value("device_read_4k_qd1_over_copy_ratio"), 0.02);
+        assert_eq!(value("device_read_4k_qd16_over_copy_ratio"), 0.04);
     }
 
     #[test]

@@ -827,11 +827,25 @@ fn bench_paging(workspace: &Workspace, images: &Images) -> Result<BenchResults> 
     if restarts > 0 {
         say!("xtask: bench: note: the pager was restarted {restarts} time(s) during {source}; its paging figures include the gaps");
     }
-    let (results, problems) = BenchResults::collect(&report.lines);
+    let (mut results, problems) = BenchResults::collect(&report.lines);
     for problem in &problems {
         say!("xtask: bench: {problem}");
     }
     results.check_present(&bench::PAGING_FIGURES, &source)?;
+    match bench::device_read_figures(&text) {
+        Ok(figures) if figures.is_empty() => say!(
+            "xtask: bench: note: the pager did not report its swap device's read rates in {source}; see {}",
+            display(&log_path)
+        ),
+        Ok(figures) => {
+            for (name, value) in figures {
+                // Whole rates print as counts, like the core's.
+                let figure = if value.fract() == 0.0 && value >= 0.0 { Figure::Count(value as u64) } else { Figure::Real(value) };
+                results.set(name, figure);
+            }
+        }
+        Err(reason) => say!("xtask: bench: note: the pager abandoned its device measurement in {source}: {reason}"),
+    }
     let page_ins = results.get("paged_in_pages").map_or(0.0, Figure::as_f64);
     if page_ins < BENCH_PAGING_MIN_PAGE_INS as f64 {
         say!(

@@ -567,3 +567,36 @@ fn poll_after_always_waits_even_when_the_time_has_passed() {
         "a poll deadline that has already passed still waits (1 ns), every time"
     );
 }
+
+#[test]
+fn poll_at_waits_like_poll_after_without_reading_the_clock() {
+    struct Poller {
+        deadline: u64,
+    }
+    impl Handler for Poller {
+        type Inbound = ToServer;
+        type Outbound = ToCore;
+        fn init(&mut self, context: &mut Context<'_, ToCore>) {
+            context.poll_at(self.deadline);
+        }
+        fn request(&mut self, _message: ToServer, _context: &mut Context<'_, ToCore>) {}
+        fn notified(&mut self, context: &mut Context<'_, ToCore>) {
+            context.poll_at(self.deadline);
+        }
+    }
+    let mut harness = Harness::new(Poller { deadline: 1_000_500 }, 1, "");
+    harness.start().unwrap();
+    assert_eq!(harness.platform().clock_reads, 0, "poll_at reads no clock");
+    harness.turn().unwrap();
+    harness.turn().unwrap();
+    assert_eq!(
+        harness.platform().calls,
+        [Call::Wait(500), Call::Wait(1)],
+        "what is left of the deadline, then at least 1 ns once it has passed"
+    );
+    assert_eq!(
+        harness.platform().clock_reads,
+        2,
+        "one clock read per turn (for the wait); a wake that timed out is not checked against the clock again"
+    );
+}

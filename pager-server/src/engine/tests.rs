@@ -103,6 +103,11 @@ impl Port for Sim {
     fn now(&mut self) -> u64 {
         self.clock
     }
+    fn now_fresh(&mut self) -> u64 {
+        // Time passes while the device measurement spins.
+        self.clock += 10_000;
+        self.clock
+    }
     fn restart(&mut self, reason: &str) {
         self.restart_requested = Some(reason.into());
     }
@@ -354,6 +359,16 @@ impl World {
     /// Domains of `(memory, target)` pages, every frame written with a
     /// pattern; a device of `device_blocks` blocks; the engine started.
     fn new(domains: &[(u64, u64)], device_blocks: usize) -> Self {
+        Self::build(domains, device_blocks, false)
+    }
+
+    /// [`Self::new`], with the device measurement asked of the first
+    /// instance (as the server does for `args = "device-bench"`).
+    fn with_device_bench(domains: &[(u64, u64)], device_blocks: usize) -> Self {
+        Self::build(domains, device_blocks, true)
+    }
+
+    fn build(domains: &[(u64, u64)], device_blocks: usize, device_bench: bool) -> Self {
         let sim = Sim {
             domains: domains
                 .iter()
@@ -384,13 +399,20 @@ impl World {
             table_blocks: 8,
             starts: 0,
         };
-        world.start();
+        world.start_with(device_bench);
         world
     }
 
     fn start(&mut self) {
+        self.start_with(false);
+    }
+
+    fn start_with(&mut self, device_bench: bool) {
         self.starts += 1;
         self.engine = Engine::new(storage(self.table_blocks));
+        if device_bench {
+            self.engine.request_device_bench();
+        }
         self.sim.device.zero_dma();
         self.sim.restart_requested = None;
         self.engine.start(&mut self.sim, Ok(()));
@@ -960,4 +982,220 @@ fn the_engine_fits_comfortably_on_the_server_stack() {
     // The handler lives on the 64 KiB server stack (the run loop owns it).
     let size = core::mem::size_of::<Engine>();
     assert!(size <= 16 * 1024, "Engine is {size} bytes");
+}
+
+#[test]
+fn the_device_measurement_reads_the_data_area_before_paging_starts() {
+    let mut world = World::with_device_bench(&[(1024, 600)], 2000);
+    world.run();
+    let line = world
+        .sim
+        .logs
+        .iter()
+        .find(|line| line.starts_with("pager: device: "))
+        .cloned()
+        .unwrap_or_else(|| panic!("no measurement line: {:?}", world.sim.logs));
+    assert!(line.starts_with("pager: device: 4k reads qd1: "), "{line}");
+    assert!(line.ends_with(" (512, 2048, 256 reads)"), "{line}");
+    let rates = world.engine.device_bench().unwrap().rates();
+    assert!(
+        rates.iter().all(|rate| rate.is_some_and(|rate| rate > 0)),
+        "{rates:?}"
+    );
+    assert!(
+        rates[1] > rates[0],
+        "16 reads share each timed notify and poll round: {rates:?}"
+    );
+    // Every measured read came before the first write of paging, and none
+    // touched the header or the table.
+    let header = SwapHeader::decode(&world.sim.device.disk[0]).unwrap();
+    let first_data_write = world
+        .sim
+        .device
+        .served
+        .iter()
+        .position(|(kind, block)| *kind == 1 && *block >= header.data_start_block())
+        .expect("paging wrote data");
+    let measured: Vec<u64> = world.sim.device.served[..first_data_write]
+        .iter()
+        .filter(|(kind, block)| *kind == 0 && *block >= header.data_start_block())
+        .map(|(_, block)| *block)
+        .collect();
+    assert_eq!(measured.len(), 512 + 2048 + 256);
+    let partition_at = world
+        .sim
+        .sent
+        .iter()
+        .position(|message| matches!(message, ToCore::Partition { .. }))
+        .unwrap();
+    let first_nominate = world
+        .sim
+        .sent
+        .iter()
+        .position(|message| matches!(message, ToCore::Nominate { .. }))
+        .unwrap();
+    assert!(partition_at < first_nominate);
+    assert!(
+        world.sim.device.violations.is_empty(),
+        "{:?}",
+        world.sim.device.violations
+    );
+    // Paging then runs as without the measurement, from free buffers.
+    assert_eq!(world.domain(0).resident(), 600);
+    world.check_disk();
+    world.page_everything_in(0);
+    assert_eq!(world.sim.loads, 424);
+}
+
+#[test]
+fn a_restarted_pager_does_not_measure_again() {
+    let mut world = World::with_device_bench(&[(1024, 600)], 2000);
+    world.run();
+    world.restart();
+    world.run();
+    assert!(world.engine.device_bench().is_none());
+    let lines = world
+        .sim
+        .logs
+        .iter()
+        .filter(|line| line.starts_with("pager: device: "))
+        .count();
+    assert_eq!(lines, 1);
+}
+
+#[test]
+fn a_page_in_read_is_spun_for_and_loaded_in_the_same_pump() {
+    let mut world = World::new(&[(1024, 600)], 2000);
+    world.run();
+    let gfn = world.domain(0).paged()[0].0;
+    world.sim.sent.clear();
+    world.sim.touch(0, gfn);
+    let message = world.sim.inbox.pop_front().unwrap();
+    world.engine.message(&mut world.sim, message);
+    world.engine.pump(&mut world.sim);
+    assert!(
+        world
+            .sim
+            .sent
+            .iter()
+            .any(|sent| matches!(sent, ToCore::Load { gfn: loaded, .. } if *loaded == gfn)),
+        "the read completed while the pump spun: {:?}",
+        world.sim.sent
+    );
+    // An eviction write is not spun for: its Evict needs another pump.
+    world.run();
+    world.sim.sent.clear();
+    let (gfn, _) = world.domain(0).paged()[0];
+    world.sim.touch(0, gfn);
+    for _ in 0..4 {
+        while let Some(message) = world.sim.outbox.pop_front() {
+            world.sim.core(message);
+        }
+        while let Some(message) = world.sim.inbox.pop_front() {
+            world.engine.message(&mut world.sim, message);
+        }
+        world.engine.pump(&mut world.sim);
+        if world
+            .sim
+            .sent
+            .iter()
+            .any(|sent| matches!(sent, ToCore::Nominate { .. }))
+        {
+            break;
+        }
+    }
+    while let Some(message) = world.sim.outbox.pop_front() {
+        world.sim.core(message);
+    }
+    let nominated = world.sim.inbox.pop_front().unwrap();
+    assert!(
+        matches!(nominated, ToServer::Nominated { .. }),
+        "{nominated:?}"
+    );
+    world.engine.message(&mut world.sim, nominated);
+    world.engine.pump(&mut world.sim);
+    assert!(
+        !world
+            .sim
+            .sent
+            .iter()
+            .any(|sent| matches!(sent, ToCore::Evict { .. })),
+        "the data write is submitted, not waited for: {:?}",
+        world.sim.sent
+    );
+    assert!(world.engine.requests_in_flight() > 0 || world.sim.device.defer);
+    world.run();
+    assert_eq!(world.domain(0).resident(), 600);
+}
+
+#[test]
+fn an_eviction_writes_its_data_and_its_entry_at_once() {
+    let mut world = World::new(&[(1024, 1000)], 2000);
+    world.sim.device.defer = true;
+    for _ in 0..10_000 {
+        let data = world
+            .engine
+            .ops
+            .iter()
+            .any(|op| matches!(op, Some(Op::Data { .. })));
+        if data {
+            assert!(
+                world
+                    .engine
+                    .ops
+                    .iter()
+                    .any(|op| matches!(op, Some(Op::Flush { .. }))),
+                "the table write goes with the data write: {:?}",
+                world.engine.ops
+            );
+            world.run();
+            assert_eq!(world.domain(0).resident(), 1000);
+            world.check_disk();
+            return;
+        }
+        assert!(world.step(), "settled before any eviction");
+    }
+    panic!("no data write was ever submitted");
+}
+
+#[test]
+fn a_failed_table_write_fails_the_evictions_it_carried() {
+    let mut world = World::new(&[(1024, 1024)], 2000);
+    world.sim.device.defer = true;
+    world.run();
+    assert!(world.engine.is_paging());
+    // Every entry of the first 255 slots lives in table block 0.
+    let header = SwapHeader::for_device(2000, 1).unwrap();
+    world
+        .sim
+        .device
+        .fail_writes
+        .insert(header.table_block(0).unwrap());
+    world.sim.domains[0].target = 1000;
+    world.sim.inbox.push_back(ToServer::Domain {
+        domain: 0,
+        memory_pages: 1024,
+        target_pages: 1000,
+    });
+    world.run_steps(2000);
+    assert!(world.sim.sent.iter().any(|message| matches!(
+        message,
+        ToCore::EvictFailed {
+            reason: EvictFailure::WriteError,
+            ..
+        }
+    )));
+    assert!(
+        world
+            .domain(0)
+            .paged()
+            .iter()
+            .all(|(_, slot)| slot.get() >= 255),
+        "no frame is Paged in a slot whose entry never reached the device"
+    );
+    assert!(!world.sim.sent.iter().any(|message| matches!(
+        message,
+        ToCore::Evict { slot, .. } if *slot < 255
+    )));
+    assert!(world.engine.report(0).unwrap().evict_failures > 0);
 }
