@@ -13,6 +13,10 @@ use crate::platform::Platform;
 use crate::raw::Raw;
 use crate::runtime::{Instance, Stop, SEND_ATTEMPTS};
 
+/// How long a send into a full `to_core` ring waits before it tries again,
+/// ns.
+pub const SEND_RETRY_WAIT_NS: u64 = 1_000_000;
+
 /// Counters of one server instance, kept by the run loop.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Statistics {
@@ -136,8 +140,9 @@ impl<'a, M: Message> Context<'a, M> {
     }
 
     /// Encodes `message` in an envelope of this generation and puts it into
-    /// the `to_core` ring. A full ring is retried: notify the core (which
-    /// drains it), yield, try again, [`crate::SEND_ATTEMPTS`] tries in all.
+    /// the `to_core` ring. A full ring is retried: wait
+    /// [`SEND_RETRY_WAIT_NS`] (the core drains the ring at a wait), try
+    /// again, [`crate::SEND_ATTEMPTS`] tries in all.
     /// A failure is logged and counted before it is returned.
     pub fn send(&mut self, message: M) -> Result<(), SendError> {
         let mut buffer = [0u8; SLOT_PAYLOAD];
@@ -275,10 +280,12 @@ pub(crate) fn send_bytes(
                 return Ok(());
             }
             Err(RingError::Full) if attempt < SEND_ATTEMPTS => {
-                // The core drains `to_core` when notified.
-                platform.notify();
+                // The core drains `to_core` at a `wait` (as at `notify`) and
+                // gets the pCPU for a while. Not a `yield`: with nothing to
+                // read, a yielded server runs again only on an idle pCPU,
+                // which busy guests may never leave.
+                platform.wait(SEND_RETRY_WAIT_NS);
                 state.notify_pending = false;
-                platform.yield_now();
             }
             Err(RingError::Full) => return Err(send_failed(platform, state, SendError::Full)),
             Err(RingError::TooBig { .. }) => {

@@ -18,7 +18,8 @@ use crate::platform::{Platform, Wake};
 /// the ring cannot keep this server from giving the pCPU back) and takes the
 /// next batch.
 pub const BATCH_LIMIT: usize = SLOT_COUNT / 4;
-/// Tries of a send into a full `to_core` ring (see [`Context::send`]).
+/// Tries of a send into a full `to_core` ring, a wait apart (see
+/// [`Context::send`]).
 pub const SEND_ATTEMPTS: usize = 4;
 
 /// Who this server instance is: what the core passed in the entry registers.

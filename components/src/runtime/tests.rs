@@ -391,9 +391,10 @@ fn a_full_ring_is_retried_then_the_message_is_dropped() {
         .platform()
         .calls
         .iter()
-        .filter(|call| **call == Call::Yield)
+        .filter(|call| **call == Call::Wait(crate::context::SEND_RETRY_WAIT_NS))
         .count();
-    assert_eq!(retries, 2 * (SEND_ATTEMPTS - 1));
+    assert_eq!(retries, 2 * (SEND_ATTEMPTS - 1), "each retry waits (never a bare yield)");
+    assert!(!harness.platform().calls.contains(&Call::Yield));
     assert!(harness
         .take_logs()
         .iter()
