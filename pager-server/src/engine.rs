@@ -1360,14 +1360,7 @@ impl Engine {
                     Ok(None) if spins < devbench::SPIN_LIMIT => spins += 1,
                     Ok(None) => break None,
                     Err(error) => {
-                        let mut text = LogLine::new();
-                        let _ = write!(
-                            text,
-                            "pager: swap device broke its queue: {error:?}: restarting"
-                        );
-                        env.log(&text);
-                        self.failed = true;
-                        env.restart("pager: swap device broke its queue");
+                        self.queue_broke(env, error);
                         return;
                     }
                 }
@@ -1464,6 +1457,19 @@ impl Engine {
         self.device.as_ref().map_or(0, VirtioBlk::free_requests)
     }
 
+    /// The device's used ring is not what a device may write: logged, and
+    /// this instance stops (the next one resets the device).
+    fn queue_broke<E: Port>(&mut self, env: &mut E, error: crate::virtio::PollError) {
+        let mut text = LogLine::new();
+        let _ = write!(
+            text,
+            "pager: swap device broke its queue: {error:?}: restarting"
+        );
+        env.log(&text);
+        self.failed = true;
+        env.restart("pager: swap device broke its queue");
+    }
+
     /// Takes every finished request off the used ring; returns how many.
     fn reap<E: Port + Transport>(&mut self, env: &mut E) -> usize {
         let mut count = 0;
@@ -1481,14 +1487,7 @@ impl Engine {
                 }
                 Ok(None) => return count,
                 Err(error) => {
-                    let mut text = LogLine::new();
-                    let _ = write!(
-                        text,
-                        "pager: swap device broke its queue: {error:?}: restarting"
-                    );
-                    env.log(&text);
-                    self.failed = true;
-                    env.restart("pager: swap device broke its queue");
+                    self.queue_broke(env, error);
                     return count;
                 }
             }
