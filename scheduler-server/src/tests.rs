@@ -52,15 +52,22 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A scheduler with default tunables and pCPUs 0..4 online (the generator
+/// also names 4, offline, and 9, out of range).
+fn four_pcpus() -> Scheduler {
+    let mut s = Scheduler::new(Tunables::DEFAULT, 0);
+    for pcpu in 0..4 {
+        s.apply(Event::PcpuOnline { pcpu: PcpuId(pcpu) }).unwrap();
+    }
+    s
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
     fn any_event_sequence_keeps_the_state_consistent(ops in proptest::collection::vec(op(), 1..300)) {
-        let mut s = Scheduler::new(Tunables::DEFAULT, 0);
-        for pcpu in 0..4 {
-            s.apply(Event::PcpuOnline { pcpu: PcpuId(pcpu) }).unwrap();
-        }
+        let mut s = four_pcpus();
         let mut now = 0u64;
         for op in ops {
             let before = s.clone();
@@ -170,10 +177,7 @@ proptest! {
     /// step, and agree on every vCPU's credit and priority.
     #[test]
     fn skipping_quiet_ticks_publishes_what_ticking_on_time_does(ops in proptest::collection::vec(op(), 1..300)) {
-        let mut eager = Scheduler::new(Tunables::DEFAULT, 0);
-        for pcpu in 0..4 {
-            eager.apply(Event::PcpuOnline { pcpu: PcpuId(pcpu) }).unwrap();
-        }
+        let mut eager = four_pcpus();
         let mut lazy = eager.clone();
         let mut now = 0u64;
         let mut quiet_skipped = 0u64;
