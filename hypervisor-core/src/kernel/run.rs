@@ -132,6 +132,13 @@ pub struct Entry {
     pub registers: svm::GuestRegisters,
 }
 
+/// The resident target the pager works to for a domain in `state`: its
+/// target while it runs, its whole memory once it has ended (nothing of a
+/// stopped domain is worth paging out, and the core refuses to).
+fn pager_target(state: DomainState, memory_pages: u64, target_pages: u64) -> u64 {
+    if state == DomainState::Running { target_pages } else { memory_pages }
+}
+
 /// The pCPU other than `me` (among the `online` ones) that runs vCPU `index`.
 fn running_elsewhere(pcpus: &[Pcpu; MAX_CPUS], online: usize, me: usize, index: usize) -> Option<usize> {
     (0..online.min(MAX_CPUS)).find(|&cpu| cpu != me && pcpus[cpu].running.is_some_and(|(_, running)| running == index))
@@ -455,6 +462,15 @@ impl<'a> Machine<'a> {
             slot.devices.console.flush(&mut |line| {
                 hypervisor_core::vcpu::Platform::console_line(&mut platform, name, line)
             });
+        }
+        // Nothing of it needs paging out any more: the pager hears its
+        // target is its whole memory (and relearns that at a restart, see
+        // `pager_target`), so it stops nominating frames the core would
+        // refuse.
+        let memory_pages = slot.paging.as_ref().map(|paging_state| paging_state.memory_pages);
+        if let (Some(memory_pages), Some(pager)) = (memory_pages, self.pager.server) {
+            self.pager_send(ipc::messages::pager::ToServer::Domain { domain: index as u16, memory_pages, target_pages: memory_pages });
+            self.wake_server(pager, ipc::server::syscall::WAKE_MESSAGES);
         }
         for entity_index in 0..self.entities.len() {
             if let Some(&Entity::Vcpu(vcpu)) = self.entities.get(entity_index) {
@@ -1046,7 +1062,7 @@ impl<'a> Machine<'a> {
                         let message = ToServer::Domain {
                             domain,
                             memory_pages: paging_state.memory_pages,
-                            target_pages: paging_state.target_pages,
+                            target_pages: pager_target(slot.state, paging_state.memory_pages, paging_state.target_pages),
                         };
                         Some((Some(message), Rebuild::Domain(domain + 1)))
                     }
