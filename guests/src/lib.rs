@@ -2025,6 +2025,18 @@ pub mod hypercall {
         crate::console::print(line);
         shutdown(ShutdownReason::Crash)
     }
+
+    /// Reports a failed check: prints `ERROR WHAT (VALUE)` (scenarios
+    /// forbid `ERROR`) and shuts down with `SHUTDOWN_crash`.
+    pub fn crash_error(what: &str, value: u64) -> ! {
+        let mut line = crate::text::Line::new();
+        line.push_str("ERROR ")
+            .push_str(what)
+            .push_str(" (")
+            .push_decimal(value)
+            .push_str(")");
+        crash_line(&mut line)
+    }
 }
 
 /// Xen's PV timer and scheduling calls: guest system time (ns, from the TSC

@@ -152,20 +152,9 @@ mod apictimer {
         };
     }
 
-    fn fail(what: &str, value: u64) -> ! {
-        let mut line = Line::new();
-        line.push_str("ERROR ")
-            .push_str(what)
-            .push_str(" (")
-            .push_decimal(value)
-            .push_str(")");
-        console::print(&mut line);
-        hypercall::crash("apictimer: failed")
-    }
-
     fn check(ok: bool, what: &str, value: u64) {
         if !ok {
-            fail(what, value);
+            hypercall::crash_error(what, value);
         }
     }
 
@@ -417,7 +406,7 @@ mod apictimer {
         unsafe {
             asm!("cmp dword ptr [{address}], 0", address = in(reg) xapic::BASE + CURRENT_COUNT, options(nostack))
         };
-        fail("still running after an unsupported APIC access", 0)
+        hypercall::crash_error("still running after an unsupported APIC access", 0)
     }
 
     pub fn run(boot: Boot) -> ! {

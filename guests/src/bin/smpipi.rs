@@ -151,16 +151,6 @@ mod smpipi {
         };
     }
 
-    fn fail(what: &str, value: u64) -> ! {
-        let mut line = Line::new();
-        line.push_str("ERROR ")
-            .push_str(what)
-            .push_str(" (")
-            .push_decimal(value)
-            .push_str(")");
-        hypercall::crash_line(&mut line)
-    }
-
     /// An IPI of `phase` (number `index`, from 0) was not handled, or vCPU
     /// 1 never got ready for it, within the timeout.
     fn lost(phase: &str, what: &str, index: u64, settings: &Settings) -> ! {
@@ -258,7 +248,7 @@ mod smpipi {
         let settings = Settings::parse(boot.cmdline());
         let khz = pv::tsc_khz();
         if khz == 0 {
-            fail("no TSC rate in CPUID", 0);
+            hypercall::crash_error("no TSC rate in CPUID", 0);
         }
         let ms = |ms: u64| ms.saturating_mul(khz);
         let mut line = Line::new();
@@ -281,7 +271,7 @@ mod smpipi {
             hypercall::crash_line(&mut line);
         }
         if !wait_until(&READY, 1, rdtsc().saturating_add(ms(settings.wait_ms))) {
-            fail(
+            hypercall::crash_error(
                 "vCPU 1 did not enable its APIC in time, wait_ms",
                 settings.wait_ms,
             );
