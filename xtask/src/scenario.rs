@@ -1011,38 +1011,31 @@ config_error = "domain[0].memory"
         assert_eq!(judge_cpu(&done, &[before("mid-eviction", 8.0)]).len(), 1);
     }
 
+    /// The one scenario `text` declares (a boot scenario), and its swap
+    /// disk size and faults.
+    fn boot_swap(text: &str) -> (Scenario, Option<u32>, Option<SwapFaults>) {
+        let mut scenarios = parse(text, "s.toml", Path::new("/root")).unwrap();
+        let scenario = scenarios.remove(0);
+        let Check::Boot { swap_mib, swap_faults, .. } = &scenario.check else {
+            panic!("a boot scenario");
+        };
+        let (swap_mib, swap_faults) = (*swap_mib, *swap_faults);
+        (scenario, swap_mib, swap_faults)
+    }
+
     #[test]
     fn swap_faults_parse_and_need_a_swap_disk() {
         let base =
             "[[scenario]]\nname='read-error'\ndescription='d'\nconfig='c.toml'\nexit='DomainFailed'\n";
-        let scenarios = parse(
-            &format!("{base}swap_mib = 16\nswap_faults = 'read'\n"),
-            "s.toml",
-            Path::new("/root"),
-        )
-        .unwrap();
-        let Check::Boot {
-            swap_mib,
-            swap_faults,
-            ..
-        } = &scenarios[0].check
-        else {
-            panic!("a boot scenario");
-        };
+        let (_, swap_mib, swap_faults) = boot_swap(&format!("{base}swap_mib = 16\nswap_faults = 'read'\n"));
         assert_eq!(
-            (*swap_mib, *swap_faults),
+            (swap_mib, swap_faults),
             (Some(16), Some(SwapFaults::Read { reads_ok: 0 }))
         );
-        let scenarios = parse(
-            &format!("{base}swap_mib = 16\nswap_faults = 'read'\nswap_faults_after_reads = 4000\n"),
-            "s.toml",
-            Path::new("/root"),
-        )
-        .unwrap();
-        let Check::Boot { swap_faults, .. } = &scenarios[0].check else {
-            panic!("a boot scenario");
-        };
-        assert_eq!(*swap_faults, Some(SwapFaults::Read { reads_ok: 4000 }));
+        let (_, _, swap_faults) = boot_swap(&format!(
+            "{base}swap_mib = 16\nswap_faults = 'read'\nswap_faults_after_reads = 4000\n"
+        ));
+        assert_eq!(swap_faults, Some(SwapFaults::Read { reads_ok: 4000 }));
         let error = parse_error(&format!(
             "{base}swap_mib = 16\nswap_faults_after_reads = 4\n"
         ));
@@ -1077,28 +1070,16 @@ config_error = "domain[0].memory"
     fn swap_and_pending_parse() {
         let base =
             "[[scenario]]\nname='memhog'\ndescription='d'\nconfig='c.toml'\nexit='AllPoweredOff'\n";
-        let scenarios = parse(
-            &format!("{base}swap_mib = 64\npending = 'core paging not in yet'\n"),
-            "s.toml",
-            Path::new("/root"),
-        )
-        .unwrap();
-        let Check::Boot {
-            swap_mib,
-            swap_faults,
-            ..
-        } = &scenarios[0].check
-        else {
-            panic!("a boot scenario");
-        };
-        assert_eq!(*swap_mib, Some(64));
-        assert_eq!(*swap_faults, None);
+        let (scenario, swap_mib, swap_faults) =
+            boot_swap(&format!("{base}swap_mib = 64\npending = 'core paging not in yet'\n"));
+        assert_eq!(swap_mib, Some(64));
+        assert_eq!(swap_faults, None);
         assert_eq!(
-            scenarios[0].pending.as_deref(),
+            scenario.pending.as_deref(),
             Some("core paging not in yet")
         );
         assert_eq!(
-            scenarios[0].swap_image(Path::new("/w/target")),
+            scenario.swap_image(Path::new("/w/target")),
             PathBuf::from("/w/target/scenarios/memhog/swap.img")
         );
 
