@@ -803,12 +803,7 @@ mod tests {
             swap: Some(Path::new("/t/scenarios/memhog/swap.img")),
             swap_rules: None,
         };
-        let joined = arguments(&config)
-            .unwrap()
-            .iter()
-            .map(|argument| argument.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let joined = joined_arguments(&config);
         assert!(
             joined.contains(
                 "-global virtio-mmio.force-legacy=false \
@@ -827,6 +822,16 @@ mod tests {
         assert_eq!(SWAP_MMIO_BASE, 0xfeb0_2e00);
     }
 
+    /// `config`'s QEMU command line, one string.
+    fn joined_arguments(config: &QemuConfig) -> String {
+        arguments(config)
+            .unwrap()
+            .iter()
+            .map(|argument| argument.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     #[test]
     fn swap_faults_attach_the_disk_through_blkdebug() {
         let mut config = QemuConfig {
@@ -839,12 +844,7 @@ mod tests {
             swap: Some(Path::new("/t/scenarios/read-error/swap.img")),
             swap_rules: Some(Path::new("/t/scenarios/read-error/swap.blkdebug")),
         };
-        let joined = arguments(&config)
-            .unwrap()
-            .iter()
-            .map(|argument| argument.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let joined = joined_arguments(&config);
         assert!(
             joined.contains(
                 "-global virtio-mmio.force-legacy=false \
