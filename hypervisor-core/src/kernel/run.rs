@@ -1751,7 +1751,7 @@ impl<'a> Machine<'a> {
         if self.scheduling.server.is_none() {
             return;
         }
-        if matches!(event, Event::Woke { .. } | Event::Blocked { .. } | Event::Yielded { .. }) {
+        if !super::scheduling::is_bookkeeping(&event) {
             self.server_urgent = true;
         }
         if !self.scheduling.record(event) {
@@ -1767,6 +1767,9 @@ impl<'a> Machine<'a> {
     /// ([`SchedulerLink::must_send`](super::scheduling::SchedulerLink::must_send)).
     pub(super) fn flush_events(&mut self) {
         let Some(index) = self.scheduling.server else { return };
+        if self.scheduling.events.is_empty() {
+            return;
+        }
         let server_runs = self.servers.get(index).is_some_and(|server| match server.run {
             ServerRun::Runnable => true,
             ServerRun::Waiting { deadline } => deadline.is_some_and(|deadline| deadline <= cpu::rdtsc()),

@@ -72,6 +72,14 @@ impl Default for SchedulerLink {
     }
 }
 
+/// Whether `event` is bookkeeping the server can take at its next turn
+/// (run time, dispatches, the core's own time) rather than something that
+/// may change a decision now (a block, a wake, a yield, a vCPU or domain
+/// coming or going).
+pub fn is_bookkeeping(event: &Event) -> bool {
+    matches!(event, Event::Ran { .. } | Event::Dispatched { .. } | Event::Overhead { .. })
+}
+
 /// One vCPU as the rebuild stream describes it.
 #[derive(Debug, Clone, Copy)]
 pub struct VcpuFacts {
@@ -107,7 +115,7 @@ impl SchedulerLink {
     pub fn record(&mut self, event: Event) -> bool {
         let recorded = self.events.push(event).is_ok();
         if recorded {
-            self.urgent |= !matches!(event, Event::Ran { .. } | Event::Dispatched { .. } | Event::Overhead { .. });
+            self.urgent |= !is_bookkeeping(&event);
         }
         recorded
     }

@@ -128,9 +128,16 @@ pub fn guest_time(cpu: usize) -> Option<PcpuTime> {
 /// points, servers, lock waits), and idle. Read by the pCPU itself outside
 /// guests.
 pub fn overhead_and_idle_ticks(cpu: usize) -> (u64, u64) {
-    let Some(time) = guest_time(cpu) else { return (0, 0) };
-    let idle = IDLE_TICKS.get(cpu).map_or(0, |idle| idle.load(Ordering::Relaxed));
-    (time.total.saturating_sub(time.guest).saturating_sub(idle), idle)
+    let (Some(start), Some(guest), Some(idle)) = (LOOP_START.get(cpu), GUEST_TICKS.get(cpu), IDLE_TICKS.get(cpu)) else {
+        return (0, 0);
+    };
+    let start = start.load(Ordering::Acquire);
+    if start == 0 {
+        return (0, 0);
+    }
+    let idle = idle.load(Ordering::Relaxed);
+    let outside = cpu::rdtsc().saturating_sub(start).saturating_sub(guest.load(Ordering::Relaxed));
+    (outside.saturating_sub(idle), idle)
 }
 
 /// Where a pCPU's time went (TSC ticks), for the logs and `make bench`.
