@@ -159,8 +159,9 @@ pub(super) struct Pcpu {
     reschedule: bool,
     /// The vCPU whose slice its timer cut short for something else (a
     /// server's deadline, another vCPU's timer): entity, vCPU index and the
-    /// TSC value its slice ends at. Unless a tickle comes first, it gets the
-    /// rest of its slice back once that is done (`switch_point`).
+    /// TSC value its slice ends at. Unless a tickle or a new run list for
+    /// this pCPU comes first, it gets the rest of its slice back once that
+    /// is done (`switch_point`, `kick_for_work`).
     interrupted: Option<(usize, usize, u64)>,
 
     /// The TSC value the one-shot timer was armed for at the switch point.
@@ -1990,6 +1991,15 @@ impl<'a> Machine<'a> {
         let tickled = core::mem::take(&mut self.scheduling.tickled);
         let decided = core::mem::take(&mut self.scheduling.decided);
         for cpu in 0..self.online {
+            if decided & (1 << cpu) != 0 {
+                // A new run list is in force: an interrupted slice, picked
+                // from the old one, does not come back; the pCPU starts
+                // from the new list's head. On pCPU 0, where the server
+                // runs, the accounting that reorders its list therefore
+                // also ends its slice: its slices line up with the
+                // accountings, and one exit serves both.
+                self.pcpus[cpu].interrupted = None;
+            }
             if tickled & (1 << cpu) != 0 {
                 // The server wants this pCPU to reschedule now (a woken
                 // vCPU outranks what runs there, a cap parked it...). This
@@ -2303,9 +2313,10 @@ impl<'a> Machine<'a> {
     /// instead of `picked`: the scheduler server is in charge (it tickles
     /// what must preempt; the round-robin fallback has no tickles, and a
     /// vCPU whose page came in must not wait for a spinner's slice), no
-    /// server is picked, no tickle came (a tickle clears it), it is still
-    /// runnable, runs nowhere else and is still on this pCPU's run list
-    /// (not parked or moved), and some of its slice is left.
+    /// server is picked, neither a tickle nor a new run list for this pCPU
+    /// came (either clears it), it is still runnable, runs nowhere else and
+    /// is still on this pCPU's run list (not parked or moved), and some of
+    /// its slice is left.
     fn resumable(&self, picked: Option<(usize, Entity)>) -> Option<(usize, usize, u64)> {
         let (entity, index, end) = self.pcpus.get(self.cpu)?.interrupted?;
         if !self.scheduler_in_charge() || matches!(picked, Some((_, Entity::Server(_)))) || self.scheduler.state(entity) != Some(RunState::Runnable) {
