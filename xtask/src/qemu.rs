@@ -253,6 +253,10 @@ pub fn create_swap_image(path: &Path, mib: u32) -> Result<()> {
     Ok(())
 }
 
+/// The environment variable whose whitespace-separated words are appended
+/// to QEMU's options, before the kernel (profiling: `docs/benchmarks.md`).
+pub const EXTRA_ARGUMENTS_VARIABLE: &str = "CAIRN_QEMU_EXTRA";
+
 /// QEMU's arguments for a configuration; an error if it asks for a swap
 /// disk on a machine without virtio-mmio ([`check_swap_machine`]).
 ///
@@ -286,6 +290,11 @@ pub fn arguments(config: &QemuConfig<'_>) -> Result<Vec<OsString>, String> {
     if let Some(image) = config.swap {
         check_swap_machine(config.machine)?;
         arguments.extend(swap_arguments(image, config.swap_rules).map(OsString::from));
+    }
+    // For profiling only (`tools/tcg-exec-profile.py`): more QEMU options,
+    // e.g. `-d exec -D FILE`. Never set by the runner itself.
+    if let Ok(extra) = std::env::var(EXTRA_ARGUMENTS_VARIABLE) {
+        arguments.extend(extra.split_whitespace().map(OsString::from));
     }
     arguments.push("-kernel".into());
     arguments.push(config.kernel.into());
