@@ -1086,3 +1086,63 @@ fn the_server_leaves_room_on_its_stack() {
     // worth of temporaries.
     assert!(core::mem::size_of::<SchedulerServer>() <= 8 * 1024);
 }
+
+/// Eight busy single-vCPU domains on two pCPUs, as in
+/// `appliances/bench-smp.toml`, one batch of core events per 30 ms: the
+/// server's next deadline is always the next accounting (quiet ticks and
+/// heartbeats never wake it on their own), and each accounting turn sends
+/// at most one decision per pCPU.
+///
+/// It is also the workload for counting a turn's instructions natively:
+/// `valgrind --tool=callgrind` on this test (`--ignored` is not needed),
+/// then `callgrind_annotate --inclusive=yes`, `Harness::turn` over the
+/// number of turns (`TURNS`, default 300).
+#[test]
+fn busy_machine_wakes_the_server_once_per_accounting() {
+    let mut machine = Machine::new(0, 2);
+    for domain in 0..8u16 {
+        machine = machine
+            .domain(domain, 256, 0)
+            .vcpu(vcpu(domain, 0), runnable(if domain % 2 == 0 { 0 } else { 1 }));
+    }
+    let shape = machine.shape();
+    let mut harness = harness(1);
+    machine.rebuild(&mut harness);
+    let mut heads: [Option<wire::Vcpu>; 2] = [None, None];
+    let mut running: [Option<wire::Vcpu>; 2] = [None, None];
+    let turns: u64 = std::env::var("TURNS")
+        .ok()
+        .and_then(|turns| turns.parse().ok())
+        .unwrap_or(300);
+    for period in 1..=turns {
+        let mut decisions = [0u32; 2];
+        for message in sent(&mut harness, &shape) {
+            if let ToCore::Decision { pcpu, run, .. } = message {
+                heads[usize::from(pcpu)] = run.first().copied();
+                decisions[usize::from(pcpu)] += 1;
+            }
+        }
+        assert!(decisions.iter().all(|&count| count <= 1), "period {period}: {decisions:?} decisions");
+        let at = period * 30 * MS;
+        let mut batch: std::vec::Vec<wire::Event> = std::vec::Vec::new();
+        for pcpu in 0..2u8 {
+            let index = usize::from(pcpu);
+            if let Some(previous) = running[index] {
+                batch.push(wire::Event::Ran { vcpu: previous, pcpu, ns: 30 * MS - 20_000 });
+            }
+            running[index] = heads[index];
+            batch.push(wire::Event::Dispatched { pcpu, vcpu: heads[index], at: at - 30 * MS + 10_000 });
+            batch.push(wire::Event::Overhead { pcpu, ns: 200_000 });
+        }
+        if period > 1 {
+            let deadline = harness.runtime().deadline().expect("a timeout");
+            assert_eq!(deadline, at, "period {period}: the server wakes before the accounting");
+        }
+        // The core's bookkeeping waits for the server's next turn: it
+        // arrives with the accounting's wake-up.
+        harness.platform_mut().clock = at;
+        push(&mut harness, events(&batch));
+        settle(&mut harness);
+    }
+    assert!(running.iter().all(Option::is_some), "both pCPUs run a vCPU");
+}
