@@ -125,17 +125,24 @@ pub const SWAP_MMIO_BASE: u64 =
 /// driver's `read_aio`/`write_aio` events reach blkdebug), and a failed read
 /// is reported to the device's driver (`rerror=report`: the request
 /// completes with `VIRTIO_BLK_S_IOERR`) instead of stopping the machine.
+/// QEMU's virtio-blk merges requests for adjacent blocks into one (as the
+/// pager's readahead produces); with rules it must not
+/// (`request-merging=off`), so that blkdebug counts one `read_aio` event
+/// per read the driver made and `swap_faults_after_reads` means reads.
 pub fn swap_arguments(image: &Path, rules: Option<&Path>) -> [String; 6] {
     // QEMU's option syntax doubles a comma inside a value.
     let escape = |path: &Path| path.to_string_lossy().replace(',', ",,");
     let path = escape(image);
-    let drive = match rules {
-        None => format!("file={path},if=none,id=swap,format=raw"),
-        Some(rules) => format!(
-            "driver=raw,if=none,id=swap,rerror=report,\
-             file.driver=blkdebug,file.config={},\
-             file.image.driver=file,file.image.filename={path}",
-            escape(rules)
+    let (drive, device) = match rules {
+        None => (format!("file={path},if=none,id=swap,format=raw"), "virtio-blk-device,drive=swap"),
+        Some(rules) => (
+            format!(
+                "driver=raw,if=none,id=swap,rerror=report,\
+                 file.driver=blkdebug,file.config={},\
+                 file.image.driver=file,file.image.filename={path}",
+                escape(rules)
+            ),
+            "virtio-blk-device,drive=swap,request-merging=off",
         ),
     };
     [
@@ -144,7 +151,7 @@ pub fn swap_arguments(image: &Path, rules: Option<&Path>) -> [String; 6] {
         "-drive".to_owned(),
         drive,
         "-device".to_owned(),
-        "virtio-blk-device,drive=swap".to_owned(),
+        device.to_owned(),
     ]
 }
 
@@ -860,7 +867,7 @@ mod tests {
                  -drive driver=raw,if=none,id=swap,rerror=report,\
                  file.driver=blkdebug,file.config=/t/scenarios/read-error/swap.blkdebug,\
                  file.image.driver=file,file.image.filename=/t/scenarios/read-error/swap.img \
-                 -device virtio-blk-device,drive=swap -kernel /k"
+                 -device virtio-blk-device,drive=swap,request-merging=off -kernel /k"
             ),
             "{joined}"
         );
