@@ -78,6 +78,20 @@ pub const MAX_PAGE_INS: usize = 128;
 pub const PAGE_IN_REQUEST_RESERVE: usize = 2;
 /// DMA buffers evictions leave free for page-ins.
 pub const PAGE_IN_BUFFER_RESERVE: u32 = 8;
+/// Swap readahead: a page-in a vCPU waits for also reads up to this many
+/// of the frames after it (by gfn) that are paged out, as Linux's
+/// VMA-based swap readahead does; a guest that walks its memory finds them
+/// loaded. The core takes a `Load` for a `Paged` frame nobody waits for
+/// (checked against its map like any other).
+pub const READAHEAD_PAGES: u64 = 15;
+/// Readahead reads go on the device only while more than this many
+/// request slots are free (the rest are for evictions and page-ins a vCPU
+/// waits for).
+pub const READAHEAD_REQUEST_RESERVE: usize = 8;
+/// ... and while more than this many DMA buffers are free.
+pub const READAHEAD_BUFFER_RESERVE: u32 = 24;
+/// Page-in records readahead leaves free for page-ins a vCPU waits for.
+pub const READAHEAD_RECORD_RESERVE: usize = 64;
 /// Polls of the used ring the pump spins for, at most, while a page-in
 /// read is on the device (under QEMU TCG about 100 us, some two 4 KiB
 /// device reads).
@@ -283,6 +297,10 @@ struct PageIn {
     stage: PageInStage,
     /// The guest dropped the frame meanwhile: discard the read.
     cancelled: bool,
+    /// Readahead: no vCPU waits for it (yet). A failed read is dropped
+    /// without a word: the core stops a domain only for a frame a vCPU
+    /// waits for, and a later fault on this one reads it again.
+    readahead: bool,
 }
 
 /// One domain as the engine knows it.
@@ -350,6 +368,19 @@ impl Domain {
         resident
             .saturating_sub(u64::from(self.evicting))
             .saturating_sub(target)
+    }
+
+    /// Frames readahead may still bring in: it may take the domain at
+    /// most [`READAHEAD_PAGES`] above its target, counting the readahead
+    /// already under way (`pending`; a page-in a vCPU waits for is not
+    /// readahead's to count), so the loads it adds never outrun the
+    /// evictions that keep the target.
+    fn readahead_room(&self, pending: u64) -> u64 {
+        let target = self.target.unwrap_or(self.memory_pages);
+        let resident = self
+            .resident
+            .unwrap_or_else(|| self.memory_pages.saturating_sub(self.paged()));
+        (target + READAHEAD_PAGES).saturating_sub(resident + pending)
     }
 }
 
@@ -987,15 +1018,20 @@ impl Engine {
             env.log(&line("pager: PageIn for an unknown domain"));
             return;
         };
-        if self
+        let now = env.now();
+        if let Some(record) = self
             .page_ins
-            .iter()
+            .iter_mut()
             .flatten()
-            .any(|record| record.domain == domain_index && record.gfn == gfn)
+            .find(|record| record.domain == domain_index && record.gfn == gfn)
         {
+            // Read ahead already: a vCPU waits for it now.
+            if record.readahead {
+                record.readahead = false;
+                record.received = now;
+            }
             return;
         }
-        let now = env.now();
         if matches!(self.phase, Phase::Off(_)) {
             self.send_critical(
                 env,
@@ -1028,8 +1064,48 @@ impl Engine {
             received: now,
             stage: PageInStage::Queued,
             cancelled: false,
+            readahead: false,
         });
+        self.read_ahead(domain_index, gfn, now);
         self.work_ready = true;
+    }
+
+    /// Queues readahead of the paged-out frames among the
+    /// [`READAHEAD_PAGES`] after `gfn`, as far as the records allow
+    /// (leaving [`READAHEAD_RECORD_RESERVE`]) and the domain's target
+    /// (`Domain::readahead_room`).
+    fn read_ahead(&mut self, domain_index: usize, gfn: u64, now: u64) {
+        let memory_pages = self.domains[domain_index].memory_pages;
+        for next in gfn.saturating_add(1)..gfn.saturating_add(1 + READAHEAD_PAGES).min(memory_pages) {
+            let free = self.page_ins.iter().filter(|record| record.is_none()).count();
+            let pending = self
+                .page_ins
+                .iter()
+                .flatten()
+                .filter(|record| record.domain == domain_index && record.readahead)
+                .count() as u64;
+            if free <= READAHEAD_RECORD_RESERVE || self.domains[domain_index].readahead_room(pending) == 0 {
+                return;
+            }
+            let Some(slot) = self.domains[domain_index].slot_of(next) else { continue };
+            let known = self
+                .page_ins
+                .iter()
+                .flatten()
+                .any(|record| record.domain == domain_index && record.gfn == next);
+            let Some(index) = self.page_ins.iter().position(Option::is_none) else { return };
+            if !known {
+                self.page_ins[index] = Some(PageIn {
+                    domain: domain_index,
+                    gfn: next,
+                    slot,
+                    received: now,
+                    stage: PageInStage::Queued,
+                    cancelled: false,
+                    readahead: true,
+                });
+            }
+        }
     }
 
     fn loaded(&mut self, id: u16, gfn: u64, slot: u32) {
@@ -1899,8 +1975,11 @@ impl Engine {
                         .filter(|record| record.stage == PageInStage::Queued)
                         .map(|record| (index, record))
                 })
-                .min_by_key(|(_, record)| record.received);
+                .min_by_key(|(_, record)| (record.readahead, record.received));
             let Some((index, record)) = next else { return };
+            if record.readahead && self.free_requests() <= READAHEAD_REQUEST_RESERVE {
+                return;
+            }
             let device_slot = self.domains[record.domain]
                 .partition
                 .device_slot(record.slot);
@@ -1908,6 +1987,9 @@ impl Engine {
                 device_slot.and_then(|slot| self.header.and_then(|header| header.slot_block(slot)));
             let Some(block) = block else {
                 self.page_ins[index] = None;
+                if record.readahead {
+                    continue;
+                }
                 let id = self.domains[record.domain].id;
                 self.send_critical(
                     env,
@@ -1919,7 +2001,8 @@ impl Engine {
                 );
                 continue;
             };
-            let Some(buffer) = self.take_buffer(0) else {
+            let reserve = if record.readahead { READAHEAD_BUFFER_RESERVE } else { 0 };
+            let Some(buffer) = self.take_buffer(reserve) else {
                 return;
             };
             if self
@@ -1978,15 +2061,17 @@ impl Engine {
         };
         match verdict {
             Ok(()) => {
-                let now = env.now();
-                let micros = now.saturating_sub(record.received) / 1000;
-                let bucket = if micros == 0 {
-                    0
-                } else {
-                    (63 - micros.leading_zeros() as usize).min(LATENCY_BUCKETS - 1)
-                };
-                let domain = &mut self.domains[record.domain];
-                domain.latency[bucket] = domain.latency[bucket].saturating_add(1);
+                if !record.readahead {
+                    let now = env.now();
+                    let micros = now.saturating_sub(record.received) / 1000;
+                    let bucket = if micros == 0 {
+                        0
+                    } else {
+                        (63 - micros.leading_zeros() as usize).min(LATENCY_BUCKETS - 1)
+                    };
+                    let domain = &mut self.domains[record.domain];
+                    domain.latency[bucket] = domain.latency[bucket].saturating_add(1);
+                }
                 self.page_ins[index] = Some(PageIn {
                     stage: PageInStage::Loading { buffer },
                     ..record
@@ -2000,6 +2085,12 @@ impl Engine {
                         buffer,
                     },
                 );
+            }
+            Err(_) if record.readahead => {
+                // Nobody waits for it: a fault on it reads it again, and
+                // that read's failure stops the domain.
+                self.page_ins[index] = None;
+                self.release_buffer(buffer);
             }
             Err(error) => {
                 self.page_ins[index] = None;
