@@ -17,6 +17,9 @@
 //!                                                       frame; PagingIn/Paged → Ram; waiters run
 //!             pager ◀─ Loaded{gfn, slot} ────── core   the slot is free again
 //!          or pager ── LoadFailed{gfn, reason} ─▶ core  the waiting domain is stopped
+//!  readahead: pager ── Load{gfn, slot, buffer} ─▶ core  for a Paged frame nobody asked
+//!                                                       for yet, checked the same way;
+//!                                                       a failed readahead is not reported
 //!  drop:      pager ◀─ Released{slot} ───────── core   the guest gave back a paged-out
 //!                                                       frame (XENMEM_decrease_reservation)
 //!             pager ◀─ Footprint{resident} ──── core   resident count changed by the guest
@@ -267,7 +270,8 @@ pub enum ToCore {
         reason: EvictFailure,
     },
     /// The content of `gfn`, read from `slot` and verified, is in DMA page
-    /// `buffer`: make the frame resident.
+    /// `buffer`: make the frame resident. Valid for a frame in `PagingIn`
+    /// (a vCPU waits) or `Paged` (readahead) with that slot.
     Load {
         /// The domain's id.
         domain: u16,
