@@ -30,7 +30,14 @@ fn ceil_div(numerator: i128, denominator: i128) -> i128 {
     if denominator <= 0 {
         return 0;
     }
-    (numerator + denominator - 1).div_euclid(denominator)
+    let dividend = numerator + denominator - 1;
+    // The same quotient in 64 bits whenever both fit, as they do for every
+    // machine cairn runs: a 128-bit division is a library call of some
+    // hundred instructions, and under QEMU TCG each `div` in it is a helper.
+    if let (Ok(dividend), Ok(divisor)) = (i64::try_from(dividend), i64::try_from(denominator)) {
+        return i128::from(dividend.div_euclid(divisor));
+    }
+    dividend.div_euclid(denominator)
 }
 
 /// The running state of one accounting period, fed one domain at a time in
@@ -171,6 +178,24 @@ mod tests {
     use super::*;
 
     const T: u64 = 30_000_000;
+
+    #[test]
+    fn ceil_div_takes_the_64_bit_path_without_changing_a_quotient() {
+        let reference = |n: i128, d: i128| (n + d - 1).div_euclid(d);
+        let values = [
+            0i128, 1, -1, 7, -7, 29_999_999, -30_000_000, 1 << 40, -(1 << 40),
+            i128::from(i64::MAX), i128::from(i64::MIN), i128::from(i64::MAX) + 5,
+            i128::from(i64::MIN) - 5, 1 << 80, -(1 << 80),
+        ];
+        let divisors = [1i128, 2, 3, 100, 1792, 65_535 * 128, i128::from(i64::MAX), 1 << 70];
+        for &n in &values {
+            for &d in &divisors {
+                assert_eq!(ceil_div(n, d), reference(n, d), "{n} / {d}");
+            }
+        }
+        assert_eq!(ceil_div(5, 0), 0);
+        assert_eq!(ceil_div(5, -3), 0);
+    }
 
     #[test]
     fn fair_share_follows_weights() {
