@@ -69,13 +69,14 @@ const MEMHOG_SETTLE_MS: u64 = 500;
 const MEMHOG_MIB: u64 = 12;
 /// A short wall-clock time for one memhog pass (write and verify 12 MiB
 /// against a 3 MiB target), ms, to size the passes so memhog is still
-/// paging after the last kill. Measured: 9.5 s a pass with memhog alone
-/// under TCG (4 passes in 38 s, ~24 600 pages out and 21 300 in); the
-/// spinners and the kills only slow it down.
-const MEMHOG_PASS_FAST_MS: u64 = 6_000;
+/// paging after the last kill. Measured with swap readahead: 1.2-1.4 s a
+/// pass in `appliances/campaign.toml`, spinners and kills included (host
+/// timestamps on `cargo xtask run --config appliances/campaign.toml`'s
+/// memhog lines); 9.5 s before readahead, with memhog alone.
+const MEMHOG_PASS_FAST_MS: u64 = 1_000;
 /// A long wall-clock time for one memhog pass, ms, to stop the machine only
-/// after memhog has surely finished: twice the measured time.
-const MEMHOG_PASS_SLOW_MS: u64 = 20_000;
+/// after memhog has surely finished: about three times the measured time.
+const MEMHOG_PASS_SLOW_MS: u64 = 4_000;
 /// How long the kills take at most, in intervals per kill: a kill is armed
 /// between half and one and a half intervals after the previous one and
 /// strikes at its point soon after (or gives up after two intervals).
