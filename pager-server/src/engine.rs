@@ -79,9 +79,10 @@ pub const PAGE_IN_REQUEST_RESERVE: usize = 2;
 /// DMA buffers evictions leave free for page-ins.
 pub const PAGE_IN_BUFFER_RESERVE: u32 = 8;
 /// Swap readahead: a page-in a vCPU waits for also reads up to this many
-/// of the frames after it (by gfn) that are paged out, as Linux's
-/// VMA-based swap readahead does; a guest that walks its memory finds them
-/// loaded. The core takes a `Load` for a `Paged` frame nobody waits for
+/// of the frames next to it (by gfn) that are paged out, in the direction
+/// the domain's faults last moved (after it if they went up, before it if
+/// they went down), as Linux's VMA-based swap readahead does; a guest that
+/// walks its memory either way finds them loaded. The core takes a `Load` for a `Paged` frame nobody waits for
 /// (checked against its map like any other).
 pub const READAHEAD_PAGES: u64 = 15;
 /// Readahead reads go on the device only while more than this many
@@ -313,6 +314,9 @@ struct Domain {
     /// engine's own evictions and loads since (`None` before the first).
     resident: Option<u64>,
     /// gfn → slot + 1 (0: not paged); empty when paging is off for the domain.
+    /// The gfn of its last page-in a vCPU waited for: readahead follows
+    /// the direction its faults move in.
+    last_fault: Option<u64>,
     map: &'static mut [u32],
     policy: Option<VictimPolicy<'static>>,
     slots: Option<SlotAllocator<'static>>,
@@ -829,6 +833,7 @@ impl Engine {
             memory_pages,
             target: None,
             resident: None,
+            last_fault: None,
             map,
             policy,
             slots: None,
@@ -1066,17 +1071,22 @@ impl Engine {
             cancelled: false,
             readahead: false,
         });
-        self.read_ahead(domain_index, gfn, now);
+        let domain = &mut self.domains[domain_index];
+        let downward = domain.last_fault.is_some_and(|last| gfn < last);
+        domain.last_fault = Some(gfn);
+        self.read_ahead(domain_index, gfn, downward, now);
         self.work_ready = true;
     }
 
     /// Queues readahead of the paged-out frames among the
-    /// [`READAHEAD_PAGES`] after `gfn`, as far as the records allow
-    /// (leaving [`READAHEAD_RECORD_RESERVE`]) and the domain's target
-    /// (`Domain::readahead_room`).
-    fn read_ahead(&mut self, domain_index: usize, gfn: u64, now: u64) {
+    /// [`READAHEAD_PAGES`] after `gfn` (before it if `downward`), as far
+    /// as the records allow (leaving [`READAHEAD_RECORD_RESERVE`]) and the
+    /// domain's target (`Domain::readahead_room`).
+    fn read_ahead(&mut self, domain_index: usize, gfn: u64, downward: bool, now: u64) {
         let memory_pages = self.domains[domain_index].memory_pages;
-        for next in gfn.saturating_add(1)..gfn.saturating_add(1 + READAHEAD_PAGES).min(memory_pages) {
+        for step in 1..=READAHEAD_PAGES {
+            let next = if downward { gfn.checked_sub(step) } else { gfn.checked_add(step) };
+            let Some(next) = next.filter(|&next| next < memory_pages) else { return };
             let free = self.page_ins.iter().filter(|record| record.is_none()).count();
             let pending = self
                 .page_ins

@@ -1273,3 +1273,33 @@ fn a_failed_readahead_fails_nobody_until_a_vcpu_waits_for_that_frame() {
     world.run();
     assert_eq!(world.domain(0).failed, [(first + 1, LoadFailure::ReadError)]);
 }
+
+#[test]
+fn readahead_follows_a_walk_downward() {
+    let mut world = World::new(&[(1024, 600)], 2000);
+    world.run();
+    let paged: Vec<u64> = world.domain(0).paged().into_iter().map(|(gfn, _)| gfn).collect();
+    // Two faults going down, the second above a run of paged-out frames.
+    let second = *paged
+        .iter()
+        .find(|&&gfn| {
+            gfn > READAHEAD_PAGES
+                && (1..=READAHEAD_PAGES).all(|step| paged.contains(&(gfn - step)))
+                && paged.iter().any(|&above| above > gfn + READAHEAD_PAGES)
+        })
+        .expect("a run of paged frames below a paged frame");
+    let first = *paged.iter().rev().find(|&&above| above > second + READAHEAD_PAGES).expect("one above");
+    world.sim.touch(0, first);
+    world.run();
+    let loads = world.sim.loaded.len();
+    world.sim.touch(0, second);
+    world.run();
+    let loaded = &world.sim.loaded[loads..];
+    for gfn in second - READAHEAD_PAGES..=second {
+        assert!(loaded.contains(&(0, gfn)), "gfn {gfn} was read with the fault at {second}");
+    }
+    assert!(
+        !loaded.iter().any(|&(_, gfn)| gfn > second),
+        "nothing above the fault is read once the walk goes down: {loaded:?}"
+    );
+}
