@@ -1217,11 +1217,17 @@ fn a_failed_table_write_fails_the_evictions_it_carried() {
     assert!(world.engine.report(0).unwrap().evict_failures > 0);
 }
 
-#[test]
-fn a_fault_reads_ahead_the_paged_frames_after_it() {
+/// One domain of 1024 frames held to 600, settled, and its paged-out gfns.
+fn settled_world() -> (World, Vec<u64>) {
     let mut world = World::new(&[(1024, 600)], 2000);
     world.run();
-    let paged: Vec<u64> = world.domain(0).paged().into_iter().map(|(gfn, _)| gfn).collect();
+    let paged = world.domain(0).paged().into_iter().map(|(gfn, _)| gfn).collect();
+    (world, paged)
+}
+
+#[test]
+fn a_fault_reads_ahead_the_paged_frames_after_it() {
+    let (mut world, paged) = settled_world();
     // A run of paged-out frames after the one touched.
     let first = *paged
         .iter()
@@ -1276,9 +1282,7 @@ fn a_failed_readahead_fails_nobody_until_a_vcpu_waits_for_that_frame() {
 
 #[test]
 fn readahead_follows_a_walk_downward() {
-    let mut world = World::new(&[(1024, 600)], 2000);
-    world.run();
-    let paged: Vec<u64> = world.domain(0).paged().into_iter().map(|(gfn, _)| gfn).collect();
+    let (mut world, paged) = settled_world();
     // Two faults going down, the second above a run of paged-out frames.
     let second = *paged
         .iter()
