@@ -82,8 +82,9 @@ pub const PAGE_IN_BUFFER_RESERVE: u32 = 8;
 /// of the frames next to it (by gfn) that are paged out, in the direction
 /// the domain's faults last moved (after it if they went up, before it if
 /// they went down), as Linux's VMA-based swap readahead does; a guest that
-/// walks its memory either way finds them loaded. The core takes a `Load` for a `Paged` frame nobody waits for
-/// (checked against its map like any other).
+/// walks its memory either way finds them loaded. The core takes a `Load`
+/// for a `Paged` frame nobody waits for (checked against its map like any
+/// other).
 pub const READAHEAD_PAGES: u64 = 15;
 /// Readahead reads go on the device only while more than this many
 /// request slots are free (the rest are for evictions and page-ins a vCPU
@@ -313,10 +314,10 @@ struct Domain {
     /// Resident frames: the core's last `Footprint`, followed by the
     /// engine's own evictions and loads since (`None` before the first).
     resident: Option<u64>,
-    /// gfn → slot + 1 (0: not paged); empty when paging is off for the domain.
     /// The gfn of its last page-in a vCPU waited for: readahead follows
     /// the direction its faults move in.
     last_fault: Option<u64>,
+    /// gfn → slot + 1 (0: not paged); empty when paging is off for the domain.
     map: &'static mut [u32],
     policy: Option<VictimPolicy<'static>>,
     slots: Option<SlotAllocator<'static>>,
@@ -1084,16 +1085,16 @@ impl Engine {
     /// domain's target (`Domain::readahead_room`).
     fn read_ahead(&mut self, domain_index: usize, gfn: u64, downward: bool, now: u64) {
         let memory_pages = self.domains[domain_index].memory_pages;
+        let mut free = self.page_ins.iter().filter(|record| record.is_none()).count();
+        let mut pending = self
+            .page_ins
+            .iter()
+            .flatten()
+            .filter(|record| record.domain == domain_index && record.readahead)
+            .count() as u64;
         for step in 1..=READAHEAD_PAGES {
             let next = if downward { gfn.checked_sub(step) } else { gfn.checked_add(step) };
             let Some(next) = next.filter(|&next| next < memory_pages) else { return };
-            let free = self.page_ins.iter().filter(|record| record.is_none()).count();
-            let pending = self
-                .page_ins
-                .iter()
-                .flatten()
-                .filter(|record| record.domain == domain_index && record.readahead)
-                .count() as u64;
             if free <= READAHEAD_RECORD_RESERVE || self.domains[domain_index].readahead_room(pending) == 0 {
                 return;
             }
@@ -1114,6 +1115,8 @@ impl Engine {
                     cancelled: false,
                     readahead: true,
                 });
+                free -= 1;
+                pending += 1;
             }
         }
     }
