@@ -1512,14 +1512,7 @@ impl Engine {
             }
             Err(SubmitError::Busy) => Err(SubmitError::Busy),
             Err(error) => {
-                let mut text = LogLine::new();
-                let _ = write!(
-                    text,
-                    "pager: swap device request refused: {error:?}: restarting"
-                );
-                env.log(&text);
-                self.failed = true;
-                env.restart("pager: swap device request refused");
+                self.device_failed(env, "refused a request", &error);
                 Err(error)
             }
         }
@@ -1531,14 +1524,7 @@ impl Engine {
             return;
         };
         if let Err(error) = device.notify(env) {
-            let mut text = LogLine::new();
-            let _ = write!(
-                text,
-                "pager: swap device notify refused: {error:?}: restarting"
-            );
-            env.log(&text);
-            self.failed = true;
-            env.restart("pager: swap device request refused");
+            self.device_failed(env, "refused a notify", &error);
         }
     }
 
@@ -1549,14 +1535,19 @@ impl Engine {
     /// The device's used ring is not what a device may write: logged, and
     /// this instance stops (the next one resets the device).
     fn queue_broke<E: Port>(&mut self, env: &mut E, error: crate::virtio::PollError) {
-        let mut text = LogLine::new();
-        let _ = write!(
-            text,
-            "pager: swap device broke its queue: {error:?}: restarting"
-        );
+        self.device_failed(env, "broke its queue", &error);
+    }
+
+    /// The swap device did `what` (`error`): logged, and the instance
+    /// restarts (the next one resets the device and rebuilds from the core).
+    fn device_failed<E: Port>(&mut self, env: &mut E, what: &str, error: &dyn core::fmt::Debug) {
+        let mut reason = LogLine::new();
+        let _ = write!(reason, "pager: swap device {what}");
+        let mut text = reason.clone();
+        let _ = write!(text, ": {error:?}: restarting");
         env.log(&text);
         self.failed = true;
-        env.restart("pager: swap device broke its queue");
+        env.restart(reason.as_str());
     }
 
     /// Takes every finished request off the used ring; returns how many.
