@@ -22,7 +22,7 @@ use crate::arch::smp::MAX_CPUS;
 use crate::arch::{self, cpu, interrupts, lapic, svm, user};
 use super::domain::{self, BuildError, PermissionMaps};
 use super::scheduling::{SchedulerLink, VcpuFacts};
-use super::server::{SchedulerInput, Server, ServerBuildError, ServerRun};
+use super::server::{Drained, SchedulerInput, Server, ServerBuildError, ServerRun};
 use ipc::messages::scheduler::{self as sched_wire, Event};
 use super::vcpu::{DomainMemory, HaltRecord, KernelPlatform, Vcpu, VcpuView};
 use super::paging::{self, DomainPaging, GuestAccess, PagerLink, Touch};
@@ -1255,8 +1255,9 @@ impl<'a> Machine<'a> {
         };
         let generation = server.health.generation;
         let kind = server.spec.kind;
-        match server.drain(domains, max, input) {
-            Ok(drained) => {
+        let mut drained = Drained::default();
+        match server.drain(domains, max, input, &mut drained) {
+            Ok(()) => {
                 for message in &drained.pager {
                     self.pager_message(message);
                 }
