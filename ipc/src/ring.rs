@@ -394,15 +394,27 @@ impl<'ring> Producer<'ring> {
         }
         let slot = self.ring.slot(self.next);
         for (chunk, word) in message.chunks(8).zip(&slot[1..]) {
-            let mut bytes = [0; 8];
-            bytes[..chunk.len()].copy_from_slice(chunk);
-            word.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
+            word.store(word_of(chunk), Ordering::Relaxed);
         }
         slot[0].store(message.len() as u64, Ordering::Relaxed);
         self.next = self.next.wrapping_add(1);
         // Release: the slot stores above happen-before the consumer's copy.
         self.ring.producer.index.store(self.next, Ordering::Release);
         Ok(())
+    }
+}
+
+/// The slot word holding `chunk` (at most 8 bytes, little-endian, zero
+/// padded). A whole word is one load, not a copy of unknown length: every
+/// message but its last few bytes goes this way.
+fn word_of(chunk: &[u8]) -> u64 {
+    match <[u8; 8]>::try_from(chunk) {
+        Ok(bytes) => u64::from_le_bytes(bytes),
+        Err(_) => {
+            let mut bytes = [0; 8];
+            bytes[..chunk.len()].copy_from_slice(chunk);
+            u64::from_le_bytes(bytes)
+        }
     }
 }
 
@@ -460,7 +472,10 @@ impl<'ring> Consumer<'ring> {
             Ok(length) if length <= SLOT_PAYLOAD => {
                 for (chunk, word) in buffer[..length].chunks_mut(8).zip(&slot[1..]) {
                     let bytes = word.load(Ordering::Relaxed).to_le_bytes();
-                    chunk.copy_from_slice(&bytes[..chunk.len()]);
+                    match <&mut [u8; 8]>::try_from(&mut *chunk) {
+                        Ok(whole) => *whole = bytes,
+                        Err(_) => chunk.copy_from_slice(&bytes[..chunk.len()]),
+                    }
                 }
                 Ok(Some(length))
             }
