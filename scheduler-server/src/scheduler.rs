@@ -68,6 +68,11 @@ struct Domain {
     id: DomainId,
     params: DomainParams,
     vcpus: [Vcpu; MAX_VCPUS_PER_DOMAIN],
+    /// One past the highest present vCPU's index: the slots from here on
+    /// are absent, and the walks over a domain's vCPUs stop here (under
+    /// QEMU TCG each slot visited costs the server's turn, and a domain
+    /// rarely has all of its slots).
+    vcpu_end: u8,
 }
 
 impl Domain {
@@ -79,10 +84,26 @@ impl Domain {
             cap: Cap::NONE,
         },
         vcpus: [Vcpu::ABSENT; MAX_VCPUS_PER_DOMAIN],
+        vcpu_end: 0,
     };
 
+    /// The slots up to the last present vCPU (absent ones among them).
+    fn slots(&self) -> &[Vcpu] {
+        self.vcpus.get(..usize::from(self.vcpu_end)).unwrap_or(&self.vcpus)
+    }
+
+    fn slots_mut(&mut self) -> &mut [Vcpu] {
+        let end = usize::from(self.vcpu_end).min(MAX_VCPUS_PER_DOMAIN);
+        &mut self.vcpus[..end]
+    }
+
+    /// Indices of the slots up to the last present vCPU.
+    fn slot_indices(&self) -> core::ops::Range<u8> {
+        0..self.vcpu_end
+    }
+
     fn active_vcpus(&self) -> usize {
-        self.vcpus.iter().filter(|v| v.present && v.active).count()
+        self.slots().iter().filter(|v| v.present && v.active).count()
     }
 }
 
@@ -349,7 +370,7 @@ impl Scheduler {
             .domains
             .iter()
             .filter(|d| d.present)
-            .flat_map(|d| d.vcpus.iter())
+            .flat_map(|d| d.slots().iter())
             .any(|v| v.present && v.priority == Priority::Boost);
         if boosted {
             return false;
@@ -409,7 +430,7 @@ impl Scheduler {
             let timeslice = tunables.timeslice_ns() as i64;
             let mut present = 0i64;
             for domain in self.domains.iter_mut().filter(|domain| domain.present) {
-                for vcpu in domain.vcpus.iter_mut().filter(|vcpu| vcpu.present) {
+                for vcpu in domain.slots_mut().iter_mut().filter(|vcpu| vcpu.present) {
                     present += 1;
                     vcpu.credit = vcpu.credit.clamp(-timeslice, timeslice);
                 }
@@ -451,10 +472,10 @@ impl Scheduler {
         };
         self.domains[slot].params = params;
         if !params.cap.is_capped() {
-            for index in 0..MAX_VCPUS_PER_DOMAIN {
+            for index in self.domains[slot].slot_indices() {
                 let vcpu = Slot {
                     domain: slot as u8,
-                    vcpu: index as u8,
+                    vcpu: index,
                 };
                 if self.vcpu(vcpu).present && self.vcpu(vcpu).parked {
                     self.unpark(vcpu);
@@ -502,7 +523,8 @@ impl Scheduler {
             .iter()
             .filter(|domain| domain.present)
             .flat_map(|domain| {
-                (0..MAX_VCPUS_PER_DOMAIN as u8)
+                domain
+                    .slot_indices()
                     .filter(|&index| domain.vcpus[usize::from(index)].present)
                     .map(move |index| VcpuId::new(domain.id, index))
             })
@@ -562,6 +584,7 @@ impl Scheduler {
             id: domain,
             params,
             vcpus: [Vcpu::ABSENT; MAX_VCPUS_PER_DOMAIN],
+            vcpu_end: 0,
         };
         // Cannot fail: at most MAX_DOMAINS present domains.
         let _ = self.order.push(slot as u8);
@@ -572,10 +595,10 @@ impl Scheduler {
         let slot = self
             .domain_slot(domain)
             .ok_or(EventError::UnknownDomain(domain))?;
-        for index in 0..MAX_VCPUS_PER_DOMAIN {
+        for index in self.domains[slot].slot_indices() {
             let vcpu = Slot {
                 domain: slot as u8,
-                vcpu: index as u8,
+                vcpu: index,
             };
             if self.vcpu(vcpu).present {
                 self.remove_vcpu(vcpu);
@@ -629,6 +652,8 @@ impl Scheduler {
             run_time,
             ..Vcpu::ABSENT
         };
+        let end = &mut self.domains[usize::from(slot.domain)].vcpu_end;
+        *end = (*end).max(slot.vcpu + 1);
         match state {
             Some(VcpuRunState::Blocked) => {}
             Some(_) => {
@@ -699,6 +724,10 @@ impl Scheduler {
     fn remove_vcpu(&mut self, slot: Slot) {
         self.take_off_pcpu(slot);
         *self.vcpu_mut(slot) = Vcpu::ABSENT;
+        let domain = &mut self.domains[usize::from(slot.domain)];
+        while domain.vcpu_end > 0 && !domain.vcpus[usize::from(domain.vcpu_end - 1)].present {
+            domain.vcpu_end -= 1;
+        }
     }
 
     /// Takes `slot` out of its queue, or off the pCPU it runs on.
@@ -877,7 +906,7 @@ impl Scheduler {
         self.stats.ticks += 1;
         let tick_period = self.tunables.tick_period_ns();
         for domain in self.domains.iter_mut().filter(|d| d.present) {
-            for v in domain.vcpus.iter_mut() {
+            for v in domain.slots_mut() {
                 if v.present
                     && v.priority == Priority::Boost
                     && (v.running || v.boosted_run >= tick_period)
@@ -939,10 +968,10 @@ impl Scheduler {
                 // Cannot fail: `order` has at most MAX_DOMAINS entries.
                 let _ = to_front.push(domain);
             }
-            for index in 0..MAX_VCPUS_PER_DOMAIN {
+            for index in d.slot_indices() {
                 let slot = Slot {
                     domain,
-                    vcpu: index as u8,
+                    vcpu: index,
                 };
                 let v = *self.vcpu(slot);
                 if !v.present || !v.active {
@@ -1008,23 +1037,32 @@ impl Scheduler {
 
     /// `csched_runq_sort()`: moves UNDER (and BOOST) vCPUs ahead of OVER
     /// ones, keeping the order within each group.
+    ///
+    /// In place: the UNDER ones move up over the OVER ones, which wait in a
+    /// scratch list of their own and go back behind them (moving whole
+    /// queues, `MAX_VCPUS` slots each, cost more than the sort itself).
     fn sort_queues(&mut self) {
         for index in 0..MAX_PCPUS {
-            let queue = core::mem::take(&mut self.pcpus[index].queue);
-            let mut sorted: Vec<Slot, MAX_VCPUS> = Vec::new();
-            for &slot in queue
-                .iter()
-                .filter(|&&s| self.vcpu(s).priority >= Priority::Under)
-            {
-                let _ = sorted.push(slot);
+            let length = self.pcpus[index].queue.len();
+            if length < 2 {
+                continue;
             }
-            for &slot in queue
-                .iter()
-                .filter(|&&s| self.vcpu(s).priority < Priority::Under)
-            {
-                let _ = sorted.push(slot);
+            let mut over: Vec<Slot, MAX_VCPUS> = Vec::new();
+            let mut kept = 0;
+            for position in 0..length {
+                let slot = self.pcpus[index].queue[position];
+                if self.vcpu(slot).priority >= Priority::Under {
+                    self.pcpus[index].queue[kept] = slot;
+                    kept += 1;
+                } else {
+                    // Cannot fail: `over` holds as many as a queue.
+                    let _ = over.push(slot);
+                }
             }
-            self.pcpus[index].queue = sorted;
+            let queue = &mut self.pcpus[index].queue;
+            queue.truncate(kept);
+            // Cannot fail: the queue held these a moment ago.
+            let _ = queue.extend_from_slice(&over);
         }
     }
 
@@ -1352,6 +1390,9 @@ impl Scheduler {
                 if !v.present {
                     continue;
                 }
+                if i >= usize::from(domain.vcpu_end) {
+                    return Err(format!("{slot:?} present past its domain's end {}", domain.vcpu_end));
+                }
                 if !domain.present {
                     return Err(format!("{slot:?} present in an absent domain"));
                 }
@@ -1381,7 +1422,7 @@ impl Scheduler {
         let timeslice = self.tunables.timeslice_ns() as i64;
         let mut present = 0i64;
         for domain in self.domains.iter().filter(|d| d.present) {
-            for v in domain.vcpus.iter().filter(|v| v.present) {
+            for v in domain.slots().iter().filter(|v| v.present) {
                 present += 1;
                 if v.active {
                     if v.credit < -timeslice || v.credit > timeslice {
