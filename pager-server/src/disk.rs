@@ -682,20 +682,25 @@ impl<'a> SlotTable<'a> {
         SlotEntry::decode(&bytes).map_err(|error| TableError::Entry { device_slot, error })
     }
 
-    /// Records `entry` for `device_slot` and reseals its block; returns the
-    /// table block index to write back (device block
-    /// [`SwapHeader::table_block`] of it).
+    /// Records `entry` for `device_slot`; returns the table block index to
+    /// write back (device block [`SwapHeader::table_block`] of it). The
+    /// block's checksum is left stale until [`Self::sealed_block`]: the
+    /// pager writes a table block once for all the entries set while the
+    /// previous write was in flight, and a checksum per entry would cost a
+    /// 4 KiB CRC per eviction instead of one per write.
     pub fn set_entry(&mut self, device_slot: u32, entry: SlotEntry) -> Result<u32, TableError> {
         let (block, offset) = self.locate(device_slot)?;
-        let bytes = &mut self.blocks[block];
-        write_bytes(bytes, offset, &entry.encode());
-        seal_block(bytes, block as u32, self.header.format_id());
+        write_bytes(&mut self.blocks[block], offset, &entry.encode());
         Ok(block as u32)
     }
 
-    /// Table block `index`, as it is to be written to the device.
-    pub fn block(&self, index: u32) -> Option<&[u8; BLOCK_SIZE]> {
-        self.blocks.get(index as usize)
+    /// Table block `index`, sealed (trailer and checksum over its entries as
+    /// they are now), as it is to be written to the device.
+    pub fn sealed_block(&mut self, index: u32) -> Option<&[u8; BLOCK_SIZE]> {
+        let format_id = self.header.format_id();
+        let block = self.blocks.get_mut(index as usize)?;
+        seal_block(block, index, format_id);
+        Some(block)
     }
 }
 
@@ -1127,7 +1132,7 @@ mod tests {
         // "Write" the blocks to a device and read them back.
         let mut device = [[0u8; BLOCK_SIZE]; 3];
         for index in 0..3 {
-            device[index as usize] = *table.block(index).unwrap();
+            device[index as usize] = *table.sealed_block(index).unwrap();
         }
         let mut reread = device;
         let loaded = SlotTable::load(&mut reread, header).unwrap();

@@ -1710,8 +1710,8 @@ impl Engine {
                     };
                     let data = self
                         .table
-                        .as_ref()
-                        .and_then(|table| table.block(next).copied())
+                        .as_mut()
+                        .and_then(|table| table.sealed_block(next).copied())
                         .unwrap_or([0; BLOCK_SIZE]);
                     let block = header.table_block(next).unwrap_or(0);
                     if env
@@ -2312,10 +2312,10 @@ impl Engine {
         else {
             return;
         };
-        let (Some(header), Some(table)) = (self.header, self.table.as_ref()) else {
+        let (Some(header), Some(table)) = (self.header, self.table.as_mut()) else {
             return;
         };
-        let data = table.block(block).copied().unwrap_or([0; BLOCK_SIZE]);
+        let data = table.sealed_block(block).copied().unwrap_or([0; BLOCK_SIZE]);
         let Some(device_block) = header.table_block(block) else {
             return;
         };

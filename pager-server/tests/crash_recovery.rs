@@ -227,9 +227,9 @@ impl World {
     fn new() -> Self {
         let header = SwapHeader::new(DEVICE_SLOTS, 0xC0FF_EE00_1234_5678).unwrap();
         let blocks = leak([0u8; BLOCK_SIZE], header.table_blocks() as usize);
-        let formatted = SlotTable::format(blocks, header).unwrap();
+        let mut formatted = SlotTable::format(blocks, header).unwrap();
         let table_blocks = (0..header.table_blocks())
-            .map(|index| *formatted.block(index).unwrap())
+            .map(|index| *formatted.sealed_block(index).unwrap())
             .collect();
         let disk = Disk {
             header: header.encode(),
@@ -547,7 +547,7 @@ impl World {
                     .table
                     .set_entry(device_slot, SlotEntry::for_page(owner, &data))
                     .unwrap();
-                self.disk.table[block as usize] = *self.pager.table.block(block).unwrap();
+                self.disk.table[block as usize] = *self.pager.table.sealed_block(block).unwrap();
                 next(Phase::EvictEntryWritten, None)
             }
             Phase::EvictEntryWritten => {
