@@ -667,7 +667,8 @@ pub fn share_table(title: &str, rows: &[ShareRow]) -> String {
 }
 
 /// One pCPU's time at the time limit, from the core's line `pCPU N: G us
-/// in guests of T us, P ppm outside; lock held H us, waited W us; E exits`.
+/// in guests of T us, P ppm outside; idle I us; lock held H us, waited W us;
+/// E exits` (`idle I us; ` is absent from the lines of older cores).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PcpuTime {
     /// The pCPU.
@@ -1191,7 +1192,7 @@ mod tests {
             "cairn  INFO pCPU 0: 1 us in guests of 2 us, 500000 ppm outside; lock held 0 us, waited 0 us; 1 exits",
             "cairn  INFO time limit reached",
             "cairn  INFO pCPU 0: 5898314 us in guests of 6000306 us, 16997 ppm outside; lock held 57897 us, waited 1716 us; 864 exits",
-            "cairn  INFO pCPU 1: 5940000 us in guests of 6000000 us, 10000 ppm outside; lock held 40000 us, waited 2000 us; 700 exits",
+            "cairn  INFO pCPU 1: 5940000 us in guests of 6000000 us, 10000 ppm outside; idle 3000 us; lock held 40000 us, waited 2000 us; 700 exits",
             "cairn  INFO switch points: 120 on pCPU 1, pick median 3000 ticks, p99 9000 ticks",
         ]);
         let times = pcpu_times(&text);

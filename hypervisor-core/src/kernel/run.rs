@@ -2363,15 +2363,16 @@ impl<'a> Machine<'a> {
     }
 
     /// Logs each pCPU's time in guests and outside them (the core, the
-    /// servers, idling, waiting for the lock) since it started.
+    /// servers, idling, waiting for the lock; idling also on its own) since
+    /// it started.
     fn log_pcpu_time(&self) {
         for cpu in 0..self.online {
             if let Some(time) = super::smp::guest_time(cpu) {
                 let outside_ppm = time.total.saturating_sub(time.guest).saturating_mul(1_000_000) / time.total.max(1);
                 defmt::info!(
-                    "pCPU {=usize}: {=u64} us in guests of {=u64} us, {=u64} ppm outside; lock held {=u64} us, waited {=u64} us; {=u64} exits",
+                    "pCPU {=usize}: {=u64} us in guests of {=u64} us, {=u64} ppm outside; idle {=u64} us; lock held {=u64} us, waited {=u64} us; {=u64} exits",
                     cpu, tsc_to_ns(time.guest) / 1000, tsc_to_ns(time.total) / 1000, outside_ppm,
-                    tsc_to_ns(time.lock_held) / 1000, tsc_to_ns(time.lock_wait) / 1000, time.exits
+                    tsc_to_ns(time.idle) / 1000, tsc_to_ns(time.lock_held) / 1000, tsc_to_ns(time.lock_wait) / 1000, time.exits
                 );
             }
             if let Some(servers) = super::smp::guest_time(cpu).and_then(|time| time.servers) {

@@ -114,6 +114,7 @@ pub fn guest_time(cpu: usize) -> Option<PcpuTime> {
         total: now.saturating_sub(start),
         lock_wait: LOCK_WAIT[cpu].load(Ordering::Relaxed),
         lock_held: LOCK_HELD[cpu].load(Ordering::Relaxed),
+        idle: IDLE_TICKS[cpu].load(Ordering::Relaxed),
         exits: EXITS[cpu].load(Ordering::Relaxed),
         servers: (cpu == 0).then(|| ServerTime {
             turns: SERVER_TURNS.load(Ordering::Relaxed),
@@ -151,6 +152,8 @@ pub struct PcpuTime {
     pub lock_wait: u64,
     /// Holding it (exit handling, switch points, servers on pCPU 0).
     pub lock_held: u64,
+    /// Idle: halted, or polling for a halted vCPU's wake-up.
+    pub idle: u64,
     /// Guest exits taken.
     pub exits: u64,
     /// On pCPU 0, the servers' share.
