@@ -121,7 +121,7 @@ pub struct Derived {
 pub const DEVICE_LINE_MARKER: &str = "pager: device: ";
 
 /// Every derived figure, in table order.
-pub const DERIVED: [Derived; 14] = [
+pub const DERIVED: [Derived; 16] = [
     Derived {
         name: RATIO_NAME,
         numerator: "cpuid_exit_median_ticks",
@@ -181,6 +181,20 @@ pub const DERIVED: [Derived; 14] = [
     Derived {
         name: "device_read_4k_qd16_over_copy_ratio",
         numerator: "device_read_4k_qd16_per_s",
+        denominator: "copy_4k_per_s",
+        scale: 1.0,
+        goal: None,
+    },
+    Derived {
+        name: "device_read_best_pages_over_copy_ratio",
+        numerator: DEVICE_BEST_NAME,
+        denominator: "copy_4k_per_s",
+        scale: 1.0,
+        goal: None,
+    },
+    Derived {
+        name: "crc32c_4k_over_copy_ratio",
+        numerator: CHECKSUM_RATE_NAME,
         denominator: "copy_4k_per_s",
         scale: 1.0,
         goal: None,
@@ -466,42 +480,78 @@ pub fn halt_poll_figures(text: &[String]) -> Vec<(&'static str, f64)> {
     figures
 }
 
-/// The swap device's read rates from the pager's measurement line
+/// The swap device's read rates and the page checksum's rate from the
+/// pager's measurement line (`pager-server/src/devbench.rs`)
 ///
 /// ```text
-/// server pager: pager: device: 4k reads qd1: 19455/s, qd16: 28162/s; 64k reads qd1: 12466/s (512, 2048, 256 reads)
+/// server pager: pager: device: 4k qd1: 19455/s, qd16: 28162/s; 64k qd1: 12466/s, qd3: 15000/s; 128k qd1: 9000/s; crc32c 4k: 90000/s
 /// ```
 ///
-/// as `device_read_4k_qd1_per_s`, `device_read_4k_qd16_per_s`,
-/// `device_read_64k_qd1_per_s` and `device_read_64k_qd1_mib_per_s`. A rate
+/// as `device_read_SIZE_qdN_per_s` for each case (`device_read_4k_qd1_per_s`,
+/// ...), `device_read_64k_qd1_mib_per_s`, [`DEVICE_BEST_NAME`] (the most
+/// 4 KiB pages per second any case read) and [`CHECKSUM_RATE_NAME`]. A rate
 /// the pager could not measure (`-`) is left out; so is everything when
 /// the line is missing. `Err` carries the reason of an abandoned
 /// measurement (`pager: device: measurement abandoned: REASON`).
-pub fn device_read_figures(text: &[String]) -> Result<Vec<(&'static str, f64)>, String> {
+pub fn device_read_figures(text: &[String]) -> Result<Vec<(String, f64)>, String> {
     let Some(line) = text.iter().rev().find_map(|line| line.split_once(DEVICE_LINE_MARKER).map(|(_, rest)| rest)) else {
         return Ok(Vec::new());
     };
     if let Some(reason) = line.strip_prefix("measurement abandoned: ") {
         return Err(reason.to_owned());
     }
-    let rate_after = |text: &str, marker: &str| -> Option<f64> {
-        text.split_once(marker)?.1.split(['/', ',', ';', ' ']).next()?.parse::<f64>().ok()
-    };
-    let (small, large) = line.split_once("64k reads").unwrap_or((line, ""));
+    let line = line.split(" (").next().unwrap_or(line);
+    let rate = |value: &str| value.strip_suffix("/s")?.parse::<f64>().ok();
     let mut figures = Vec::new();
-    for (name, value) in [
-        ("device_read_4k_qd1_per_s", rate_after(small, "4k reads qd1: ")),
-        ("device_read_4k_qd16_per_s", rate_after(small, "qd16: ")),
-        ("device_read_64k_qd1_per_s", rate_after(large, "qd1: ")),
-    ] {
-        if let Some(value) = value {
-            figures.push((name, value));
+    let mut best: Option<f64> = None;
+    for group in line.split("; ") {
+        if let Some(value) = group.strip_prefix("crc32c 4k: ") {
+            if let Some(value) = rate(value) {
+                figures.push((CHECKSUM_RATE_NAME.to_owned(), value));
+            }
+            continue;
+        }
+        let Some((size, cases)) = group.split_once(' ') else { continue };
+        let Some(kib) = size.strip_suffix('k').and_then(|kib| kib.parse::<u32>().ok()) else { continue };
+        for case in cases.split(", ") {
+            let Some((depth, value)) = case.split_once(": ") else { continue };
+            let Some(value) = rate(value) else { continue };
+            figures.push((format!("device_read_{size}_{depth}_per_s"), value));
+            if size == "64k" && depth == "qd1" {
+                figures.push(("device_read_64k_qd1_mib_per_s".to_owned(), value / 16.0));
+            }
+            let pages = value * f64::from(kib / 4);
+            best = Some(best.map_or(pages, |known: f64| known.max(pages)));
         }
     }
-    if let Some(&(_, rate)) = figures.iter().find(|(name, _)| *name == "device_read_64k_qd1_per_s") {
-        figures.push(("device_read_64k_qd1_mib_per_s", rate / 16.0));
+    if let Some(best) = best {
+        figures.push((DEVICE_BEST_NAME.to_owned(), best));
     }
     Ok(figures)
+}
+
+/// Most 4 KiB pages per second the swap device read in any case of the
+/// pager's measurement.
+pub const DEVICE_BEST_NAME: &str = "device_read_best_pages_per_s";
+/// The pager's CRC-32C rate over 4 KiB blocks, per second.
+pub const CHECKSUM_RATE_NAME: &str = "crc32c_4k_per_s";
+/// Name of the most a verified page-in over this device could reach,
+/// against the copy ([`page_in_bound`]).
+pub const PAGE_IN_BOUND_NAME: &str = "page_in_bound_over_copy_ratio";
+
+/// What any page-in over this swap device, checked as the pager checks it,
+/// could reach at best, as a fraction of the core's 4 KiB copy rate `copy`:
+/// no faster than the device reads pages at its best (`device_best`, pages
+/// per second), and no faster than the pCPU can checksum and copy each page
+/// (`1 / (1 / checksum + 1 / copy)` pages per second, `checksum` the
+/// CRC-32C rate). Everything else a page-in costs (the fault, the messages,
+/// the switches, a page-out to make room) only lowers it.
+pub fn page_in_bound(copy: f64, device_best: f64, checksum: f64) -> Option<f64> {
+    if copy <= 0.0 || device_best <= 0.0 || checksum <= 0.0 {
+        return None;
+    }
+    let pcpu = 1.0 / (1.0 / checksum + 1.0 / copy);
+    Some(device_best.min(pcpu) / copy)
 }
 
 /// Restart gaps from the core's `server NAME generation N ready, X us after
@@ -1441,23 +1491,33 @@ mod tests {
     fn the_device_line_gives_the_read_rates() {
         let text = |line: &str| vec!["memhog: pass 1".to_owned(), line.to_owned()];
         let figures = device_read_figures(&text(
-            "server pager: pager: device: 4k reads qd1: 19455/s, qd16: 28162/s; 64k reads qd1: 12466/s (512, 2048, 256 reads)",
+            "server pager: pager: device: 4k qd1: 19455/s, qd16: 28162/s; 64k qd1: 12466/s, qd3: 15000/s; \
+             128k qd1: 9000/s; crc32c 4k: 90000/s",
         ))
         .unwrap();
+        let names: Vec<(&str, f64)> = figures.iter().map(|(name, value)| (name.as_str(), *value)).collect();
         assert_eq!(
-            figures,
+            names,
             [
                 ("device_read_4k_qd1_per_s", 19455.0),
                 ("device_read_4k_qd16_per_s", 28162.0),
                 ("device_read_64k_qd1_per_s", 12466.0),
                 ("device_read_64k_qd1_mib_per_s", 779.125),
+                ("device_read_64k_qd3_per_s", 15000.0),
+                ("device_read_128k_qd1_per_s", 9000.0),
+                ("crc32c_4k_per_s", 90000.0),
+                // 64k at qd3: 15 000 × 16 pages beats 9 000 × 32 and 28 162 × 1.
+                ("device_read_best_pages_per_s", 288000.0),
             ]
         );
         let partial = device_read_figures(&text(
-            "server pager: pager: device: 4k reads qd1: 100/s, qd16: -; 64k reads qd1: - (512, 2048, 256 reads)",
+            "server pager: pager: device: 4k qd1: 100/s, qd16: -; 64k qd1: -, qd3: -; 128k qd1: -; crc32c 4k: -",
         ))
         .unwrap();
-        assert_eq!(partial, [("device_read_4k_qd1_per_s", 100.0)]);
+        assert_eq!(
+            partial,
+            [("device_read_4k_qd1_per_s".to_owned(), 100.0), ("device_read_best_pages_per_s".to_owned(), 100.0)]
+        );
         assert_eq!(device_read_figures(&text("server pager: pager: gen 1 started")), Ok(Vec::new()));
         assert_eq!(
             device_read_figures(&text("server pager: pager: device: measurement abandoned: a read did not complete")),
@@ -1466,12 +1526,25 @@ mod tests {
     }
 
     #[test]
+    fn the_page_in_bound_is_the_slower_of_the_device_and_the_pcpu() {
+        // The pCPU: a checksum at the copy's own rate halves it.
+        assert_eq!(page_in_bound(1_000_000.0, 5_000_000.0, 1_000_000.0), Some(0.5));
+        // A checksum 9 times slower than the copy: a tenth.
+        assert!((page_in_bound(900_000.0, 5_000_000.0, 100_000.0).unwrap() - 0.1).abs() < 1e-12);
+        // The device below both.
+        assert_eq!(page_in_bound(1_000_000.0, 200_000.0, 1_000_000.0), Some(0.2));
+        assert_eq!(page_in_bound(0.0, 1.0, 1.0), None);
+        assert_eq!(page_in_bound(1.0, 1.0, 0.0), None);
+    }
+
+    #[test]
     fn device_ratios_set_page_ins_and_the_device_against_each_other_and_the_copy() {
         let mut results = BenchResults::default();
         results.set("page_in_per_s", Figure::Count(2000));
         results.set("copy_4k_per_s", Figure::Count(1_000_000));
-        for (name, value) in device_read_figures(&["pager: device: 4k reads qd1: 20000/s, qd16: 40000/s; 64k reads qd1: 10000/s (1, 2, 3 reads)".to_owned()]).unwrap() {
-            results.set(name, Figure::Real(value));
+        let line = "pager: device: 4k qd1: 20000/s, qd16: 40000/s; 64k qd1: 10000/s";
+        for (name, value) in device_read_figures(&[line.to_owned()]).unwrap() {
+            results.set(&name, Figure::Real(value));
         }
         let value = |name: &str| {
             let derived = DERIVED.iter().find(|derived| derived.name == name).unwrap();
@@ -1481,6 +1554,7 @@ mod tests {
         assert_eq!(value("page_in_over_device_ratio"), 0.1);
         assert_eq!(value("device_read_4k_qd1_over_copy_ratio"), 0.02);
         assert_eq!(value("device_read_4k_qd16_over_copy_ratio"), 0.04);
+        assert_eq!(value("device_read_best_pages_over_copy_ratio"), 0.16);
     }
 
     #[test]

@@ -671,6 +671,12 @@ pub fn bench(workspace: &Workspace) -> Result<bool> {
             None => say!("{}: not measured (see the notes above)", figure.name),
         }
     }
+    if let Some(bound) = results.get(bench::PAGE_IN_BOUND_NAME) {
+        say!(
+            "{}: {bound}: the most any page-in over this swap device, checked as the pager checks it, could reach",
+            bench::PAGE_IN_BOUND_NAME
+        );
+    }
     let json_path = workspace.target_directory().join("bench.json");
     results.write_json(&json_path)?;
     say!("xtask: wrote {}", display(&json_path));
@@ -841,7 +847,11 @@ fn bench_paging(workspace: &Workspace, images: &Images) -> Result<BenchResults> 
             for (name, value) in figures {
                 // Whole rates print as counts, like the core's.
                 let figure = if value.fract() == 0.0 && value >= 0.0 { Figure::Count(value as u64) } else { Figure::Real(value) };
-                results.set(name, figure);
+                results.set(&name, figure);
+            }
+            let figure = |name: &str| results.get(name).map_or(0.0, Figure::as_f64);
+            if let Some(bound) = bench::page_in_bound(figure("copy_4k_per_s"), figure(bench::DEVICE_BEST_NAME), figure(bench::CHECKSUM_RATE_NAME)) {
+                results.set(bench::PAGE_IN_BOUND_NAME, Figure::Real(bound));
             }
         }
         Err(reason) => say!("xtask: bench: note: the pager abandoned its device measurement in {source}: {reason}"),
