@@ -1,7 +1,9 @@
 //! A fake virtio-mmio (version 2) block device for host tests: registers
 //! computed on read, the split virtqueue processed when `QueueNotify` is
 //! written (or later, with [`FakeBlk::defer`]), completions put into the
-//! used ring. It checks the driver as the core and the device would: every
+//! used ring. As QEMU's virtio-blk under TCG, it sees only the requests
+//! made available before the last notify: a request the driver never
+//! notifies is never served. It checks the driver as the core and the device would: every
 //! descriptor must lie in the DMA region (else it is recorded in
 //! [`FakeBlk::violations`]), the init order must follow the specification,
 //! and errors can be injected per block.
@@ -57,6 +59,8 @@ pub struct FakeBlk {
     driver: u64,
     device: u64,
     last_avail: u16,
+    /// The available index at the last `QueueNotify`.
+    notified_avail: u16,
     used_idx: u16,
 }
 
@@ -89,6 +93,7 @@ impl FakeBlk {
             driver: 0,
             device: 0,
             last_avail: 0,
+            notified_avail: 0,
             used_idx: 0,
         }
     }
@@ -155,8 +160,7 @@ impl FakeBlk {
             self.violations.push("queue outside the DMA region".into());
             return;
         };
-        let avail_idx = self.u16_at(avail + 2);
-        while self.last_avail != avail_idx {
+        while self.last_avail != self.notified_avail {
             let head = self.u16_at(avail + 4 + 2 * (self.last_avail as usize % size));
             self.last_avail = self.last_avail.wrapping_add(1);
             let mut chain = Vec::new();
@@ -342,6 +346,10 @@ impl Transport for FakeBlk {
                 self.queue_ready = value;
             }
             register::QUEUE_NOTIFY => {
+                let size = self.queue_num as usize;
+                if let Some(avail) = self.in_dma(self.driver, 6 + 2 * size as u64) {
+                    self.notified_avail = self.u16_at(avail + 2);
+                }
                 if !self.defer {
                     self.process();
                 }
