@@ -15,6 +15,14 @@
 //! * surplus: if `fair_d ≥ peak_d` the domain gets `peak_d` and the rest is
 //!   handed to the domains not yet visited: `C += ⌈(fair_d - peak_d)·W / W_left⌉`
 //!   where `W_left` is the active weight after this domain;
+//! * the hypervisor's time comes out of the uncapped domains: a capped
+//!   domain whose fair share of `C` with that time left in reaches its cap
+//!   gets its cap (`peak_d`), and the domains not yet visited share
+//!   `⌈(peak_d - fair_d)·W / W_left⌉` less. Xen has no such time to take
+//!   off; without this rule a cap equal to a domain's fair share (50 for
+//!   one of two equal domains on one pCPU) would hold it below its cap by
+//!   its part of the hypervisor's time (`cap` scenario: 48.5-48.9 % of a
+//!   pCPU, 49.9-50.1 % with nothing taken off);
 //! * per vCPU: `⌈fair_d / n_d⌉` is added to each active vCPU's credit;
 //!   the cap per vCPU is `⌈⌈c_d·T / 100⌉ / n_d⌉`.
 //!
@@ -47,6 +55,8 @@ pub(crate) struct Period {
     timeslice: i128,
     previous_balance: i128,
     credit_total: i128,
+    /// The hypervisor's time taken off `credit_total`.
+    overhead: i128,
     weight_total: i128,
     weight_left: i128,
     extra_seen: bool,
@@ -66,12 +76,14 @@ pub(crate) struct DomainShare {
 }
 
 impl Period {
-    /// Starts a period. `pcpu_time_ns` is the pCPU time to share (`P·T`
-    /// less the hypervisor's), `weight_total` is `W`, `balance` is `B`.
-    pub fn new(timeslice_ns: u64, pcpu_time_ns: u64, weight_total: u64, balance: i64) -> Self {
+    /// Starts a period. `pcpu_time_ns` is the pCPU time to share (`P·T`),
+    /// `overhead_ns` the hypervisor's part of it (taken off, at most all of
+    /// it), `weight_total` is `W`, `balance` is `B`.
+    pub fn new(timeslice_ns: u64, pcpu_time_ns: u64, overhead_ns: u64, weight_total: u64, balance: i64) -> Self {
         let timeslice = i128::from(timeslice_ns);
         let previous_balance = i128::from(balance);
-        let mut credit_total = i128::from(pcpu_time_ns);
+        let overhead = i128::from(overhead_ns.min(pcpu_time_ns));
+        let mut credit_total = i128::from(pcpu_time_ns) - overhead;
         if previous_balance < 0 {
             credit_total -= previous_balance;
         }
@@ -80,6 +92,7 @@ impl Period {
             timeslice,
             previous_balance,
             credit_total,
+            overhead,
             weight_total,
             weight_left: weight_total,
             extra_seen: false,
@@ -106,6 +119,15 @@ impl Period {
         }
 
         let mut fair = ceil_div(self.credit_total * weight * active, weight_total);
+        if cap_percent != 0
+            && fair < peak
+            && ceil_div((self.credit_total + self.overhead) * weight * active, weight_total) >= peak
+        {
+            if self.weight_left > 0 {
+                self.credit_total -= ceil_div((peak - fair) * weight_total, self.weight_left);
+            }
+            fair = peak;
+        }
         let mut move_to_front = false;
         if fair < peak {
             self.extra_seen = true;
@@ -200,7 +222,7 @@ mod tests {
     #[test]
     fn fair_share_follows_weights() {
         // 1 pCPU, three domains of one vCPU each, weights 256 : 512 : 1024.
-        let mut period = Period::new(T, T, 1792, 0);
+        let mut period = Period::new(T, T, 0, 1792, 0);
         let a = period.domain(256, 1, 0);
         let b = period.domain(512, 1, 0);
         let c = period.domain(1024, 1, 0);
@@ -213,7 +235,7 @@ mod tests {
     fn peak_is_one_slice_per_vcpu_and_surplus_moves_on() {
         // 2 pCPUs, a lone heavy vCPU cannot take more than one pCPU; its
         // surplus goes to the domain visited after it.
-        let mut period = Period::new(T, 2 * T, 1024 + 256, 0);
+        let mut period = Period::new(T, 2 * T, 0, 1024 + 256, 0);
         let heavy = period.domain(1024, 1, 0);
         let light = period.domain(256, 1, 0);
         assert_eq!(heavy.per_vcpu, T as i64);
@@ -224,19 +246,41 @@ mod tests {
 
     #[test]
     fn cap_limits_the_share_and_sets_the_park_threshold() {
-        let mut period = Period::new(T, T, 256, 0);
+        let mut period = Period::new(T, T, 0, 256, 0);
         let share = period.domain(256, 1, 50);
         assert_eq!(share.per_vcpu, 15_000_000);
         assert_eq!(share.cap_per_vcpu, Some(15_000_000));
-        let mut period = Period::new(T, T, 512, 0);
+        let mut period = Period::new(T, T, 0, 512, 0);
         let share = period.domain(256, 2, 50);
         assert_eq!(share.per_vcpu, 7_500_000);
         assert_eq!(share.cap_per_vcpu, Some(7_500_000));
     }
 
     #[test]
+    fn the_hypervisors_time_comes_out_of_the_uncapped_domains() {
+        // 1 pCPU, two equal domains, the hypervisor took 3 ms of the 30.
+        // Uncapped, each gets half of the 27 ms left.
+        let mut period = Period::new(T, T, 3_000_000, 512, 0);
+        assert_eq!(period.domain(256, 1, 0).per_vcpu, 13_500_000);
+        assert_eq!(period.domain(256, 1, 0).per_vcpu, 13_500_000);
+        // Capped at 50 %: a fair share of the whole 30 ms reaches the cap,
+        // so the capped domain gets its 15 ms, in either order, and the
+        // other the 12 ms left.
+        let mut period = Period::new(T, T, 3_000_000, 512, 0);
+        assert_eq!(period.domain(256, 1, 50).per_vcpu, 15_000_000);
+        assert_eq!(period.domain(256, 1, 0).per_vcpu, 12_000_000);
+        let mut period = Period::new(T, T, 3_000_000, 512, 0);
+        assert_eq!(period.domain(256, 1, 0).per_vcpu, 13_500_000);
+        assert_eq!(period.domain(256, 1, 50).per_vcpu, 15_000_000);
+        // A cap above the fair share of the whole period is no promise: the
+        // capped domain shares the hypervisor's time like any other.
+        let mut period = Period::new(T, T, 3_000_000, 512, 0);
+        assert_eq!(period.domain(256, 1, 60).per_vcpu, 13_500_000);
+    }
+
+    #[test]
     fn negative_balance_raises_the_credit_handed_out() {
-        let mut period = Period::new(T, T, 256, -10_000_000);
+        let mut period = Period::new(T, T, 0, 256, -10_000_000);
         let share = period.domain(256, 1, 0);
         assert_eq!(share.per_vcpu, 40_000_000);
     }

@@ -950,10 +950,12 @@ impl Scheduler {
         // all of it, its own cost being negligible; under TCG the core and
         // its servers take a few percent, and credit no vCPU could burn
         // piles up until the one-slice limit halves it, away from the
-        // heaviest domains first (`make bench`, the share tables).
+        // heaviest domains first (`make bench`, the share tables). A capped
+        // domain whose share of the whole period reaches its cap still
+        // gets its cap (`crate::credit`).
         let pcpu_time = timeslice.saturating_mul(online as u64);
         let overhead = core::mem::take(&mut self.overhead).min(pcpu_time / 2);
-        let mut period = Period::new(timeslice, pcpu_time - overhead, weight_total, self.balance);
+        let mut period = Period::new(timeslice, pcpu_time, overhead, weight_total, self.balance);
         let mut balance: i64 = 0;
         let mut to_front: Vec<u8, MAX_DOMAINS> = Vec::new();
         let order = self.order.clone();

@@ -305,6 +305,13 @@ impl Sim {
         100.0 * self.vcpus[vcpu].measured_ns as f64 / length as f64
     }
 
+    /// [`Self::share`] less the hypervisor's part of each stint
+    /// ([`Self::overhead_permille`]): the vCPU's time in the guest, what
+    /// the core reports as a domain's CPU time.
+    pub fn guest_share(&self, vcpu: usize) -> f64 {
+        self.share(vcpu) * (1000 - self.overhead_permille) as f64 / 1000.0
+    }
+
     /// The sim index of a vCPU id.
     pub fn index_of(&self, id: VcpuId) -> usize {
         self.index[&id]
