@@ -405,8 +405,9 @@ impl<'ring> Producer<'ring> {
 }
 
 /// The slot word holding `chunk` (at most 8 bytes, little-endian, zero
-/// padded). A whole word is one load, not a copy of unknown length: every
-/// message but its last few bytes goes this way.
+/// padded). A whole 8-byte chunk converts directly, without a copy of
+/// unknown length (a `memcpy` call per word): every message but its last
+/// few bytes goes this way.
 fn word_of(chunk: &[u8]) -> u64 {
     match <[u8; 8]>::try_from(chunk) {
         Ok(bytes) => u64::from_le_bytes(bytes),
