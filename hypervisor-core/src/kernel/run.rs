@@ -167,8 +167,9 @@ pub(super) struct Pcpu {
     /// The TSC value the running vCPU's slice ends at (`slice_event` is
     /// earlier when something else is due first).
     slice_end: u64,
-    /// Its overhead and idle time (`smp::overhead_and_idle_ticks`) and the
-    /// TSC at the start of the current overhead window (`report_overhead`).
+    /// Its overhead and idle time (`smp::overhead_and_idle_ticks`) at the
+    /// start of the current overhead window, and the TSC value the window
+    /// ends at (`report_overhead`).
     overhead_window: (u64, u64, u64),
     /// The TSC value it is armed for now: earlier than `slice_event` while
     /// the running vCPU's local APIC timer is due first (`super::apic`).
@@ -2299,16 +2300,20 @@ impl<'a> Machine<'a> {
     /// set against it, and the capped domain's fair share fell below its
     /// cap (`scenario cap`: 47.2-48.4 % of a pCPU for a cap of 50, with
     /// 1 ms windows).
+    ///
+    /// It runs at every switch point: until the window ends that is one TSC
+    /// read and a comparison; the window's length (a timeslice changed at
+    /// run time applies from the next window) is computed when one closes.
     fn report_overhead(&mut self) {
         let cpu = self.cpu;
         let now = cpu::rdtsc();
-        let window = ns_to_tsc(u64::from(self.scheduling.tunables.0).saturating_mul(1_000_000));
-        let (overhead_from, idle_from, start) = self.here().overhead_window;
-        if now.saturating_sub(start) < window {
+        let (overhead_from, idle_from, ends_at) = self.here().overhead_window;
+        if now < ends_at {
             return;
         }
+        let window = ns_to_tsc(u64::from(self.scheduling.tunables.0).saturating_mul(1_000_000));
         let (overhead, idle) = super::smp::overhead_and_idle_ticks(cpu);
-        self.here().overhead_window = (overhead, idle, now);
+        self.here().overhead_window = (overhead, idle, now.saturating_add(window));
         let (spent, idled) = (overhead.saturating_sub(overhead_from), idle.saturating_sub(idle_from));
         if idled >= spent || self.scheduling.server.is_none() {
             return;
