@@ -89,7 +89,7 @@ impl Domain {
 
     /// The slots up to the last present vCPU (absent ones among them).
     fn slots(&self) -> &[Vcpu] {
-        self.vcpus.get(..usize::from(self.vcpu_end)).unwrap_or(&self.vcpus)
+        &self.vcpus[..usize::from(self.vcpu_end).min(MAX_VCPUS_PER_DOMAIN)]
     }
 
     fn slots_mut(&mut self) -> &mut [Vcpu] {
