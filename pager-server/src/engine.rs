@@ -1104,20 +1104,21 @@ impl Engine {
                 .iter()
                 .flatten()
                 .any(|record| record.domain == domain_index && record.gfn == next);
-            let Some(index) = self.page_ins.iter().position(Option::is_none) else { return };
-            if !known {
-                self.page_ins[index] = Some(PageIn {
-                    domain: domain_index,
-                    gfn: next,
-                    slot,
-                    received: now,
-                    stage: PageInStage::Queued,
-                    cancelled: false,
-                    readahead: true,
-                });
-                free -= 1;
-                pending += 1;
+            if known {
+                continue;
             }
+            let Some(index) = self.page_ins.iter().position(Option::is_none) else { return };
+            self.page_ins[index] = Some(PageIn {
+                domain: domain_index,
+                gfn: next,
+                slot,
+                received: now,
+                stage: PageInStage::Queued,
+                cancelled: false,
+                readahead: true,
+            });
+            free -= 1;
+            pending += 1;
         }
     }
 
