@@ -952,7 +952,11 @@ fn bench_smp(workspace: &Workspace, images: &Images, results: &mut BenchResults)
     if times.is_empty() {
         say!("xtask: bench: {}: the core printed no pCPU time lines", appliance.file);
     }
-    for (name, value, unit) in bench::smp_figures(&times) {
+    let steady = bench::steady_times(&text);
+    if steady.is_empty() {
+        say!("xtask: bench: {}: the core printed no steady-window lines: {} left out", appliance.file, bench::SMP_STEADY_OUTSIDE_NAME);
+    }
+    for (name, value, unit) in bench::smp_figures(&times).into_iter().chain(bench::steady_figures(&steady)) {
         // Percentages are real; the µs and exit counts whole numbers.
         let figure = if name.ends_with("_percent") { Figure::Real(value) } else { Figure::Count(value as u64) };
         results.set(&name, figure);

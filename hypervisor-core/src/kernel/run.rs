@@ -2369,7 +2369,7 @@ impl<'a> Machine<'a> {
 
     /// Logs each pCPU's time in guests and outside them (the core, the
     /// servers, idling, waiting for the lock; idling also on its own) since
-    /// it started.
+    /// it started, and the same in its steady window (`smp::STEADY_AFTER_MS`).
     fn log_pcpu_time(&self) {
         for cpu in 0..self.online {
             if let Some(time) = super::smp::guest_time(cpu) {
@@ -2378,6 +2378,14 @@ impl<'a> Machine<'a> {
                     "pCPU {=usize}: {=u64} us in guests of {=u64} us, {=u64} ppm outside; idle {=u64} us; lock held {=u64} us, waited {=u64} us; {=u64} exits",
                     cpu, tsc_to_ns(time.guest) / 1000, tsc_to_ns(time.total) / 1000, outside_ppm,
                     tsc_to_ns(time.idle) / 1000, tsc_to_ns(time.lock_held) / 1000, tsc_to_ns(time.lock_wait) / 1000, time.exits
+                );
+            }
+            if let Some(steady) = super::smp::steady_time(cpu) {
+                let outside_ppm = steady.total.saturating_sub(steady.guest).saturating_mul(1_000_000) / steady.total.max(1);
+                defmt::info!(
+                    "pCPU {=usize} from {=u64} ms on: {=u64} us in guests of {=u64} us, {=u64} ppm outside; idle {=u64} us",
+                    cpu, super::smp::STEADY_AFTER_MS, tsc_to_ns(steady.guest) / 1000, tsc_to_ns(steady.total) / 1000, outside_ppm,
+                    tsc_to_ns(steady.idle) / 1000
                 );
             }
             if let Some(servers) = super::smp::guest_time(cpu).and_then(|time| time.servers) {
