@@ -811,6 +811,24 @@ pub fn steady_times(text: &[String]) -> Vec<SteadyTime> {
     times
 }
 
+/// The steady figure ([`SMP_STEADY_OUTSIDE_NAME`]) of one boot's transcript.
+pub fn steady_outside_percent(text: &[String]) -> Option<f64> {
+    steady_figures(&steady_times(text)).into_iter().find(|(name, ..)| name == SMP_STEADY_OUTSIDE_NAME).map(|(_, value, _)| value)
+}
+
+/// Which of several boots is the median by `figures` (the upper one of the
+/// middle two for an even count, the conservative side for an at-most
+/// goal); boots without the figure are left out, and if none has it the
+/// first boot stands. `None` for no boots.
+pub fn median_boot(figures: &[Option<f64>]) -> Option<usize> {
+    let mut known: Vec<(usize, f64)> = figures.iter().enumerate().filter_map(|(index, figure)| figure.map(|value| (index, value))).collect();
+    if known.is_empty() {
+        return (!figures.is_empty()).then_some(0);
+    }
+    known.sort_by(|a, b| a.1.total_cmp(&b.1));
+    Some(known[known.len() / 2].0)
+}
+
 /// Figures of the steady windows: per pCPU `smp_steady_pcpuN_outside_percent`,
 /// and over all pCPUs [`SMP_STEADY_OUTSIDE_NAME`] = (Σ T − Σ G) / Σ T × 100,
 /// plus the window's start.
@@ -1331,6 +1349,16 @@ mod tests {
     }
 
     #[test]
+    fn the_median_boot_is_chosen_by_its_figure() {
+        assert_eq!(median_boot(&[Some(0.9), Some(0.4), Some(0.5)]), Some(2));
+        assert_eq!(median_boot(&[Some(0.4), Some(0.6)]), Some(1), "the upper of the middle two");
+        assert_eq!(median_boot(&[None, Some(0.7), Some(0.3), None, Some(0.5)]), Some(4));
+        assert_eq!(median_boot(&[None, Some(0.7)]), Some(1));
+        assert_eq!(median_boot(&[None, None]), Some(0), "no figure anywhere: the first boot");
+        assert_eq!(median_boot(&[]), None);
+    }
+
+    #[test]
     fn steady_lines_give_the_figure_the_goal_is_held_against() {
         let text = lines(&[
             "cairn  INFO pCPU 0: 5918263 us in guests of 6000553 us, 13713 ppm outside; idle 0 us; lock held 44267 us, waited 407 us; 217 exits",
@@ -1353,6 +1381,8 @@ mod tests {
         assert!(!goal.met(outside));
         assert!(goal.met(0.5) && !goal.met(0.51));
         assert!(steady_figures(&[]).is_empty());
+        assert_eq!(steady_outside_percent(&text), Some(outside));
+        assert_eq!(steady_outside_percent(&text[..1]), None);
     }
 
     #[test]
