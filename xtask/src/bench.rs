@@ -779,7 +779,8 @@ pub const SMP_STEADY_OUTSIDE_NAME: &str = "smp_steady_outside_guest_percent";
 pub struct SteadyTime {
     /// The pCPU.
     pub cpu: u32,
-    /// When the window starts, ms after the pCPU started.
+    /// When the window started, ms after the pCPU started (its first exit
+    /// or wake-up at least the core's `STEADY_AFTER_MS` after).
     pub from_ms: u64,
     /// Time in guests, µs.
     pub guest_us: u64,
@@ -811,9 +812,20 @@ pub fn steady_times(text: &[String]) -> Vec<SteadyTime> {
     times
 }
 
-/// The steady figure ([`SMP_STEADY_OUTSIDE_NAME`]) of one boot's transcript.
+/// The steady windows of a transcript if every pCPU with a whole-boot line
+/// has one: a pCPU that never exited or woke after the window's start
+/// prints none, and leaving it out would skew the figure; `None` then.
+pub fn complete_steady_times(text: &[String]) -> Option<Vec<SteadyTime>> {
+    let steady = steady_times(text);
+    let complete = !steady.is_empty() && pcpu_times(text).iter().all(|time| steady.iter().any(|window| window.cpu == time.cpu));
+    complete.then_some(steady)
+}
+
+/// The steady figure ([`SMP_STEADY_OUTSIDE_NAME`]) of one boot's transcript,
+/// if every pCPU has a steady window ([`complete_steady_times`]).
 pub fn steady_outside_percent(text: &[String]) -> Option<f64> {
-    steady_figures(&steady_times(text)).into_iter().find(|(name, ..)| name == SMP_STEADY_OUTSIDE_NAME).map(|(_, value, _)| value)
+    let steady = complete_steady_times(text)?;
+    steady_figures(&steady).into_iter().find(|(name, ..)| name == SMP_STEADY_OUTSIDE_NAME).map(|(_, value, _)| value)
 }
 
 /// Which of several boots is the median by `figures` (the upper one of the
@@ -841,10 +853,10 @@ pub fn steady_figures(times: &[SteadyTime]) -> Vec<(String, f64, &'static str)> 
             (format!("smp_steady_pcpu{}_outside_percent", time.cpu), outside, "% of the pCPU's steady window outside guests")
         })
         .collect();
-    let Some(first) = times.first() else { return figures };
+    let Some(latest) = times.iter().map(|time| time.from_ms).max() else { return figures };
     let total: u64 = times.iter().map(|time| time.total_us).sum();
     let guest: u64 = times.iter().map(|time| time.guest_us).sum();
-    figures.push(("smp_steady_from_ms".to_owned(), first.from_ms as f64, "ms after each pCPU started: start of its steady window"));
+    figures.push(("smp_steady_from_ms".to_owned(), latest as f64, "ms after its pCPU started: the latest start of a steady window"));
     figures.push((SMP_STEADY_OUTSIDE_NAME.to_owned(), percent(total.saturating_sub(guest), total), "% of all pCPUs' steady windows outside guests"));
     figures
 }
@@ -1381,8 +1393,14 @@ mod tests {
         assert!(!goal.met(outside));
         assert!(goal.met(0.5) && !goal.met(0.51));
         assert!(steady_figures(&[]).is_empty());
-        assert_eq!(steady_outside_percent(&text), Some(outside));
+        assert_eq!(steady_outside_percent(&text[1..]), Some(outside), "no whole-boot line: nothing to miss");
         assert_eq!(steady_outside_percent(&text[..1]), None);
+        let pcpu1_whole = "cairn  INFO pCPU 1: 4961553 us in guests of 6000000 us, 1000 ppm outside; idle 0 us; lock held 0 us, waited 0 us; 9 exits";
+        let mut without_pcpu1 = lines(&[pcpu1_whole]);
+        without_pcpu1.extend_from_slice(&text[..2]);
+        assert_eq!(steady_outside_percent(&without_pcpu1), None, "pCPU 1 has no steady window: no figure");
+        assert!(complete_steady_times(&without_pcpu1).is_none());
+        assert_eq!(complete_steady_times(&text).map(|times| times.len()), Some(2));
     }
 
     #[test]

@@ -982,9 +982,9 @@ fn bench_smp(workspace: &Workspace, images: &Images, results: &mut BenchResults)
     if times.is_empty() {
         say!("xtask: bench: {}: the core printed no pCPU time lines", appliance.file);
     }
-    let steady = bench::steady_times(&text);
+    let steady = bench::complete_steady_times(&text).unwrap_or_default();
     if steady.is_empty() {
-        say!("xtask: bench: {}: the core printed no steady-window lines: {} left out", appliance.file, bench::SMP_STEADY_OUTSIDE_NAME);
+        say!("xtask: bench: {}: the core printed no steady-window line for some pCPU: {} left out", appliance.file, bench::SMP_STEADY_OUTSIDE_NAME);
     }
     for (name, value, unit) in bench::smp_figures(&times).into_iter().chain(bench::steady_figures(&steady)) {
         // Percentages are real; the µs and exit counts whole numbers.

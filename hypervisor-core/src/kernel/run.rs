@@ -2369,7 +2369,8 @@ impl<'a> Machine<'a> {
 
     /// Logs each pCPU's time in guests and outside them (the core, the
     /// servers, idling, waiting for the lock; idling also on its own) since
-    /// it started, and the same in its steady window (`smp::STEADY_AFTER_MS`).
+    /// it started, and the same in its steady window (from its first exit
+    /// or wake-up `smp::STEADY_AFTER_MS` or more after it started).
     fn log_pcpu_time(&self) {
         for cpu in 0..self.online {
             if let Some(time) = super::smp::guest_time(cpu) {
@@ -2384,7 +2385,7 @@ impl<'a> Machine<'a> {
                 let outside_ppm = steady.total.saturating_sub(steady.guest).saturating_mul(1_000_000) / steady.total.max(1);
                 defmt::info!(
                     "pCPU {=usize} from {=u64} ms on: {=u64} us in guests of {=u64} us, {=u64} ppm outside; idle {=u64} us",
-                    cpu, super::smp::STEADY_AFTER_MS, tsc_to_ns(steady.guest) / 1000, tsc_to_ns(steady.total) / 1000, outside_ppm,
+                    cpu, tsc_to_ns(steady.from) / 1_000_000, tsc_to_ns(steady.guest) / 1000, tsc_to_ns(steady.total) / 1000, outside_ppm,
                     tsc_to_ns(steady.idle) / 1000
                 );
             }

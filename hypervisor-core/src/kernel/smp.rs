@@ -16,7 +16,7 @@
 //! for the lock itself: that is the TLB shootdown paging needs before it
 //! copies a frame it just made read-only.
 
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 
 use crate::arch::smp::{Shared, MAX_CPUS};
 use crate::arch::{cpu, lapic, svm};
@@ -35,6 +35,11 @@ static GUEST_TICKS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CP
 /// Per pCPU: the TSC at its current guest entry (0 outside guests), so a
 /// reading counts the guest run in progress.
 static GUEST_ENTERED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Per pCPU: odd while it moves a finished guest run from
+/// [`GUEST_ENTERED`] into [`GUEST_TICKS`], so that another pCPU reading
+/// both (the logs at the time limit) sees the run once, not zero times or
+/// twice.
+static GUEST_TIME_SEQUENCE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static LOOP_START: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// Per pCPU: TSC ticks spent waiting for the machine's lock, and holding it.
 static LOCK_WAIT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
@@ -55,7 +60,8 @@ pub const STEADY_AFTER_MS: u64 = 1000;
 static STEADY_AT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// Per pCPU, taken outside guests at its first exit, wake-up or poll end
 /// past [`STEADY_AT`]: the TSC (0 until then), its guest ticks and its idle
-/// ticks. Written and read by that pCPU only.
+/// ticks. Written once by that pCPU (the TSC last, released); read by
+/// whichever pCPU logs the times.
 static STEADY_MARK: [[AtomicU64; 3]; MAX_CPUS] = [const { [const { AtomicU64::new(0) }; 3] }; MAX_CPUS];
 /// Per pCPU: kicks sent to it (a polling pCPU stops when this moves).
 static KICKS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
@@ -116,11 +122,24 @@ pub fn kicks(cpu: usize) -> u64 {
 /// entered its loop); `None` if it never did.
 pub fn guest_time(cpu: usize) -> Option<PcpuTime> {
     let start = LOOP_START.get(cpu)?.load(Ordering::Acquire);
-    let now = cpu::rdtsc();
-    let entered = GUEST_ENTERED[cpu].load(Ordering::Relaxed);
-    let running = if entered == 0 { 0 } else { now.saturating_sub(entered) };
+    // The owner is out of its update within a few instructions.
+    let (now, guest) = loop {
+        let sequence = GUEST_TIME_SEQUENCE[cpu].load(Ordering::Acquire);
+        if !sequence.is_multiple_of(2) {
+            core::hint::spin_loop();
+            continue;
+        }
+        let now = cpu::rdtsc();
+        let entered = GUEST_ENTERED[cpu].load(Ordering::Relaxed);
+        let ticks = GUEST_TICKS[cpu].load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        if GUEST_TIME_SEQUENCE[cpu].load(Ordering::Relaxed) == sequence {
+            let running = if entered == 0 { 0 } else { now.saturating_sub(entered) };
+            break (now, ticks + running);
+        }
+    };
     (start != 0).then(|| PcpuTime {
-        guest: GUEST_TICKS[cpu].load(Ordering::Relaxed) + running,
+        guest,
         total: now.saturating_sub(start),
         lock_wait: LOCK_WAIT[cpu].load(Ordering::Relaxed),
         lock_held: LOCK_HELD[cpu].load(Ordering::Relaxed),
@@ -141,20 +160,22 @@ fn mark_steady(cpu: usize, now: u64) {
     if mark[0].load(Ordering::Relaxed) == 0 && now >= STEADY_AT[cpu].load(Ordering::Relaxed) {
         mark[1].store(GUEST_TICKS[cpu].load(Ordering::Relaxed), Ordering::Relaxed);
         mark[2].store(IDLE_TICKS[cpu].load(Ordering::Relaxed), Ordering::Relaxed);
-        mark[0].store(now, Ordering::Relaxed);
+        mark[0].store(now, Ordering::Release);
     }
 }
 
 /// pCPU `cpu`'s time since its steady window started (guest and idle ticks,
-/// ticks in all); `None` before it started. Read by the pCPU itself.
+/// ticks in all, and when it started); `None` before it started.
 pub fn steady_time(cpu: usize) -> Option<SteadyTime> {
     let mark = STEADY_MARK.get(cpu)?;
-    let start = mark[0].load(Ordering::Relaxed);
+    let start = mark[0].load(Ordering::Acquire);
     let time = guest_time(cpu)?;
+    let from = start.saturating_sub(LOOP_START[cpu].load(Ordering::Acquire));
     (start != 0).then(|| SteadyTime {
         guest: time.guest.saturating_sub(mark[1].load(Ordering::Relaxed)),
-        total: cpu::rdtsc().saturating_sub(start),
+        total: time.total.saturating_sub(from),
         idle: time.idle.saturating_sub(mark[2].load(Ordering::Relaxed)),
+        from,
     })
 }
 
@@ -204,6 +225,10 @@ pub struct SteadyTime {
     pub total: u64,
     /// Idle.
     pub idle: u64,
+    /// When the window started, after the pCPU entered its loop: at least
+    /// `STEADY_AFTER_MS`, later by up to a slice (its next exit), or more
+    /// on a pCPU that sleeps.
+    pub from: u64,
 }
 
 /// The servers' time on pCPU 0.
@@ -273,9 +298,13 @@ fn cpu_loop(cpu: usize, host: svm::HostState) -> ! {
                 GUEST_ENTERED[cpu % MAX_CPUS].store(entered, Ordering::Relaxed);
                 svm::run_at(&host, entry.vmcb, &mut entry.registers);
                 let exited = cpu::rdtsc();
-                GUEST_ENTERED[cpu % MAX_CPUS].store(0, Ordering::Relaxed);
                 left_guest(cpu);
+                let sequence = GUEST_TIME_SEQUENCE[cpu % MAX_CPUS].load(Ordering::Relaxed);
+                GUEST_TIME_SEQUENCE[cpu % MAX_CPUS].store(sequence.wrapping_add(1), Ordering::Relaxed);
+                fence(Ordering::Release);
+                GUEST_ENTERED[cpu % MAX_CPUS].store(0, Ordering::Relaxed);
                 GUEST_TICKS[cpu % MAX_CPUS].fetch_add(exited.wrapping_sub(entered), Ordering::Relaxed);
+                GUEST_TIME_SEQUENCE[cpu % MAX_CPUS].store(sequence.wrapping_add(2), Ordering::Release);
                 EXITS[cpu % MAX_CPUS].fetch_add(1, Ordering::Relaxed);
                 mark_steady(cpu % MAX_CPUS, exited);
                 match locked(cpu, |machine| machine.after_exit(index, &entry.registers, exited.wrapping_sub(entered))) {
