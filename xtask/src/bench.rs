@@ -740,31 +740,36 @@ fn number_after(line: &str, marker: &str) -> Option<u64> {
     line.split(marker).nth(1)?.split_whitespace().next()?.trim_end_matches([',', ';']).parse().ok()
 }
 
-/// The pCPU lines of a transcript (the last one of each pCPU), by pCPU.
-pub fn pcpu_times(text: &[String]) -> Vec<PcpuTime> {
-    let mut times: Vec<PcpuTime> = Vec::new();
-    for line in text {
-        let Some(rest) = line.split(" pCPU ").nth(1) else { continue };
-        if !rest.contains(" us in guests of ") {
-            continue;
-        }
-        let parsed = (|| {
-            Some(PcpuTime {
-                cpu: rest.split(':').next()?.trim().parse().ok()?,
-                guest_us: number_after(rest, ": ")?,
-                total_us: number_after(rest, " in guests of ")?,
-                lock_held_us: number_after(rest, "lock held ")?,
-                lock_wait_us: number_after(rest, " waited ")?,
-                exits: rest.rsplit("; ").next()?.split_whitespace().next()?.parse().ok()?,
-            })
-        })();
-        if let Some(time) = parsed {
-            times.retain(|known| known.cpu != time.cpu);
-            times.push(time);
+/// What `parse` reads from the text after ` pCPU ` in each line, the last
+/// one of each pCPU (`cpu` of a parsed line), by pCPU.
+fn last_per_pcpu<T>(text: &[String], parse: impl Fn(&str) -> Option<T>, cpu: impl Fn(&T) -> u32) -> Vec<T> {
+    let mut found: Vec<T> = Vec::new();
+    for rest in text.iter().filter_map(|line| line.split(" pCPU ").nth(1)) {
+        if let Some(parsed) = parse(rest) {
+            found.retain(|known| cpu(known) != cpu(&parsed));
+            found.push(parsed);
         }
     }
-    times.sort_by_key(|time| time.cpu);
-    times
+    found.sort_by_key(&cpu);
+    found
+}
+
+/// The pCPU lines of a transcript (the last one of each pCPU), by pCPU.
+pub fn pcpu_times(text: &[String]) -> Vec<PcpuTime> {
+    let parse = |rest: &str| {
+        if !rest.contains(" us in guests of ") {
+            return None;
+        }
+        Some(PcpuTime {
+            cpu: rest.split(':').next()?.trim().parse().ok()?,
+            guest_us: number_after(rest, ": ")?,
+            total_us: number_after(rest, " in guests of ")?,
+            lock_held_us: number_after(rest, "lock held ")?,
+            lock_wait_us: number_after(rest, " waited ")?,
+            exits: rest.rsplit("; ").next()?.split_whitespace().next()?.parse().ok()?,
+        })
+    };
+    last_per_pcpu(text, parse, |time: &PcpuTime| time.cpu)
 }
 
 /// Name of the share of the pCPUs' time spent outside guests, whole boot.
@@ -790,26 +795,17 @@ pub struct SteadyTime {
 
 /// The steady-window lines of a transcript (the last one of each pCPU).
 pub fn steady_times(text: &[String]) -> Vec<SteadyTime> {
-    let mut times: Vec<SteadyTime> = Vec::new();
-    for line in text {
-        let Some(rest) = line.split(" pCPU ").nth(1) else { continue };
-        let parsed = (|| {
-            let (head, tail) = rest.split_once(" ms on: ")?;
-            let (cpu, from_ms) = head.split_once(" from ")?;
-            Some(SteadyTime {
-                cpu: cpu.trim().parse().ok()?,
-                from_ms: from_ms.trim().parse().ok()?,
-                guest_us: tail.split_whitespace().next()?.parse().ok()?,
-                total_us: number_after(tail, " in guests of ")?,
-            })
-        })();
-        if let Some(time) = parsed {
-            times.retain(|known| known.cpu != time.cpu);
-            times.push(time);
-        }
-    }
-    times.sort_by_key(|time| time.cpu);
-    times
+    let parse = |rest: &str| {
+        let (head, tail) = rest.split_once(" ms on: ")?;
+        let (cpu, from_ms) = head.split_once(" from ")?;
+        Some(SteadyTime {
+            cpu: cpu.trim().parse().ok()?,
+            from_ms: from_ms.trim().parse().ok()?,
+            guest_us: tail.split_whitespace().next()?.parse().ok()?,
+            total_us: number_after(tail, " in guests of ")?,
+        })
+    };
+    last_per_pcpu(text, parse, |time: &SteadyTime| time.cpu)
 }
 
 /// The steady windows of a transcript if every pCPU with a whole-boot line

@@ -56,10 +56,8 @@ static SERVER_TICKS: AtomicU64 = AtomicU64::new(0);
 /// the guests' boot, the servers' start and rebuild, and the emulator's
 /// first translation of the code that runs (docs/benchmarks.md).
 pub const STEADY_AFTER_MS: u64 = 1000;
-/// Per pCPU: the TSC at which its steady window may start (0 before its loop).
-static STEADY_AT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// Per pCPU, taken outside guests at its first exit, wake-up or poll end
-/// past [`STEADY_AT`]: the TSC (0 until then), its guest ticks and its idle
+/// [`STEADY_AFTER_MS`] or more after it entered its loop: the TSC (0 until then), its guest ticks and its idle
 /// ticks. Written once by that pCPU (the TSC last, released); read by
 /// whichever pCPU logs the times.
 static STEADY_MARK: [[AtomicU64; 3]; MAX_CPUS] = [const { [const { AtomicU64::new(0) }; 3] }; MAX_CPUS];
@@ -157,7 +155,9 @@ pub fn guest_time(cpu: usize) -> Option<PcpuTime> {
 /// by the pCPU itself, outside guests, with its counters up to date at `now`.
 fn mark_steady(cpu: usize, now: u64) {
     let mark = &STEADY_MARK[cpu];
-    if mark[0].load(Ordering::Relaxed) == 0 && now >= STEADY_AT[cpu].load(Ordering::Relaxed) {
+    if mark[0].load(Ordering::Relaxed) == 0
+        && now.saturating_sub(LOOP_START[cpu].load(Ordering::Relaxed)) >= lapic::tsc_hz() / 1000 * STEADY_AFTER_MS
+    {
         mark[1].store(GUEST_TICKS[cpu].load(Ordering::Relaxed), Ordering::Relaxed);
         mark[2].store(IDLE_TICKS[cpu].load(Ordering::Relaxed), Ordering::Relaxed);
         mark[0].store(now, Ordering::Release);
@@ -286,9 +286,7 @@ fn left_guest(cpu: usize) {
 
 /// One pCPU's life: switch points under the lock, guests and idling outside.
 fn cpu_loop(cpu: usize, host: svm::HostState) -> ! {
-    let start = cpu::rdtsc();
-    STEADY_AT[cpu % MAX_CPUS].store(start.saturating_add(lapic::tsc_hz() / 1000 * STEADY_AFTER_MS).max(1), Ordering::Relaxed);
-    LOOP_START[cpu % MAX_CPUS].store(start, Ordering::Release);
+    LOOP_START[cpu % MAX_CPUS].store(cpu::rdtsc(), Ordering::Release);
     loop {
         cpu::take_pending_interrupts();
         match locked(cpu, |machine| machine.switch_point()) {
