@@ -4,6 +4,7 @@ use core::fmt::Write;
 use core::marker::PhantomData;
 
 use ipc::messages::{self, EncodeError, Envelope, Message};
+use ipc::publication::PublicationArea;
 use ipc::ring::{Producer, RingError, SLOT_PAYLOAD};
 use ipc::server::{ServerKind, MAX_LOG_LEN};
 
@@ -86,6 +87,7 @@ pub enum SendError {
 /// returns (or at [`Context::flush`]).
 pub struct Context<'a, M> {
     instance: &'a Instance,
+    publication: &'a PublicationArea,
     state: &'a mut State,
     platform: &'a mut dyn Platform,
     outbox: &'a mut dyn Outbox,
@@ -105,12 +107,14 @@ impl<M> core::fmt::Debug for Context<'_, M> {
 impl<'a, M: Message> Context<'a, M> {
     pub(crate) fn new(
         instance: &'a Instance,
+        publication: &'a PublicationArea,
         state: &'a mut State,
         platform: &'a mut dyn Platform,
         outbox: &'a mut dyn Outbox,
     ) -> Self {
         Self {
             instance,
+            publication,
             state,
             platform,
             outbox,
@@ -121,6 +125,12 @@ impl<'a, M: Message> Context<'a, M> {
     /// This instance: generation, kind, arguments.
     pub fn instance(&self) -> &Instance {
         self.instance
+    }
+
+    /// The publication area this instance shares with the core
+    /// (`ipc::publication`): tables the core reads when it needs them.
+    pub fn publication(&self) -> &PublicationArea {
+        self.publication
     }
 
     /// This instance's generation (1 for the first start, +1 per restart).

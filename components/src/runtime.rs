@@ -4,6 +4,7 @@ use core::fmt::Write;
 use core::ops::ControlFlow;
 
 use ipc::messages::{self, DecodeError};
+use ipc::publication::PublicationArea;
 use ipc::ring::{Consumer, Producer, RingError, RingMemory, SLOT_COUNT};
 use ipc::server::syscall::{NO_TIMEOUT, WAKE_INJECT_GARBLE, WAKE_INJECT_HANG, WAKE_MESSAGES, WAKE_TIMEOUT};
 use ipc::server::ServerKind;
@@ -88,6 +89,7 @@ pub struct Runtime<'rings, H, P> {
     platform: P,
     to_server: Consumer<'rings>,
     to_core: Producer<'rings>,
+    publication: &'rings PublicationArea,
     instance: Instance,
     state: State,
     /// The last batch hit [`BATCH_LIMIT`]: yield before the next.
@@ -101,6 +103,7 @@ impl<'rings, H: Handler, P: Platform> Runtime<'rings, H, P> {
         platform: P,
         to_server: &'rings RingMemory,
         to_core: &'rings RingMemory,
+        publication: &'rings PublicationArea,
         instance: Instance,
     ) -> Self {
         Self {
@@ -108,6 +111,7 @@ impl<'rings, H: Handler, P: Platform> Runtime<'rings, H, P> {
             platform,
             to_server: Consumer::attach(to_server),
             to_core: Producer::attach(to_core),
+            publication,
             instance,
             state: State::default(),
             batch_was_full: false,
@@ -191,6 +195,7 @@ impl<'rings, H: Handler, P: Platform> Runtime<'rings, H, P> {
             platform,
             to_server,
             to_core,
+            publication,
             instance,
             state,
             ..
@@ -208,7 +213,7 @@ impl<'rings, H: Handler, P: Platform> Runtime<'rings, H, P> {
                         Some(_) => statistics.refusals += 1,
                         None => statistics.requests += 1,
                     }
-                    let mut context = Context::new(instance, state, platform, to_core);
+                    let mut context = Context::new(instance, publication, state, platform, to_core);
                     match refusal {
                         Some(code) => handler.fault(code, &mut context),
                         None => handler.request(message, &mut context),
@@ -235,6 +240,7 @@ impl<'rings, H: Handler, P: Platform> Runtime<'rings, H, P> {
     fn call(&mut self, entry: impl FnOnce(&mut H, &mut Context<'_, H::Outbound>)) {
         let mut context = Context::new(
             &self.instance,
+            self.publication,
             &mut self.state,
             &mut self.platform,
             &mut self.to_core,

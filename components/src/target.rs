@@ -9,6 +9,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use ipc::ring::{
     RingMemory, ARGUMENT_PAGE_OFFSET, RING_BYTES, TO_CORE_RING_OFFSET, TO_SERVER_RING_OFFSET,
 };
+use ipc::publication::{PublicationArea, PUBLICATION_BYTES, PUBLICATION_OFFSET};
 use ipc::server::{syscall, MAX_ARGUMENTS_LEN, RING_REGION_BASE};
 
 use crate::handler::Handler;
@@ -235,6 +236,19 @@ fn ring(offset: usize) -> &'static RingMemory {
     unsafe { &*(address as *const RingMemory) }
 }
 
+/// The publication area (`ipc::publication`).
+fn publication() -> &'static PublicationArea {
+    let address = RING_REGION_BASE + PUBLICATION_OFFSET as u64;
+    const _: () = assert!(PUBLICATION_OFFSET.is_multiple_of(64));
+    const _: () = assert!(core::mem::size_of::<PublicationArea>() <= PUBLICATION_BYTES);
+    // SAFETY: the server ABI maps `PUBLICATION_BYTES` read-write at that
+    // offset for this instance's whole life; `PublicationArea` fits in it,
+    // is 64-byte aligned like the address, and is made only of atomics, so
+    // every bit pattern is valid and the core reading it is not a data
+    // race. Only shared references are made.
+    unsafe { &*(address as *const PublicationArea) }
+}
+
 /// What `server_main` (from [`crate::server!`]) calls: checks the entry
 /// registers against the ABI, builds the instance and the ring views, runs
 /// the handler's loop and exits with the loop's exit code.
@@ -261,6 +275,7 @@ pub fn start<H: Handler>(
         Hardware,
         ring(TO_SERVER_RING_OFFSET),
         ring(TO_CORE_RING_OFFSET),
+        publication(),
         instance,
     );
     let stop = runtime.run();

@@ -15,6 +15,7 @@ use std::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 use ipc::messages::{self, DecodeError, Envelope, Message};
+use ipc::publication::PublicationArea;
 use ipc::ring::{Consumer, Producer, RingError, RingMemory, SLOT_COUNT, SLOT_PAYLOAD};
 use ipc::server::syscall::{
     DEVICE_DMA, DEVICE_DMA_BUS, DEVICE_DMA_PAGES, DEVICE_REGISTERS, EINVAL, ENODEV, NO_TIMEOUT,
@@ -326,14 +327,16 @@ pub struct Harness<H> {
     runtime: Runtime<'static, H, MockPlatform>,
     to_server: &'static RingMemory,
     to_core: &'static RingMemory,
+    publication: &'static PublicationArea,
 }
 
 impl<H: Handler> Harness<H> {
     /// A test-server instance of `generation` with `arguments`, not started.
     /// (The two rings are leaked: a few pages per test.)
     pub fn new(handler: H, generation: u32, arguments: &'static str) -> Self {
-        let to_server: &'static RingMemory = std::boxed::Box::leak(std::boxed::Box::default());
-        let to_core: &'static RingMemory = std::boxed::Box::leak(std::boxed::Box::default());
+        let to_server: &'static RingMemory = Box::leak(Box::default());
+        let to_core: &'static RingMemory = Box::leak(Box::default());
+        let publication: &'static PublicationArea = Box::leak(Box::default());
         let instance = Instance {
             generation,
             kind: Some(ServerKind::Test),
@@ -341,15 +344,21 @@ impl<H: Handler> Harness<H> {
         };
         let platform = MockPlatform::new(to_server, to_core);
         Self {
-            runtime: Runtime::new(handler, platform, to_server, to_core, instance),
+            runtime: Runtime::new(handler, platform, to_server, to_core, publication, instance),
             to_server,
             to_core,
+            publication,
         }
     }
 
     /// The `to_server` ring's memory (to scribble on it as a broken core).
     pub fn to_server_ring(&self) -> &'static RingMemory {
         self.to_server
+    }
+
+    /// The publication area (what the core would read of it).
+    pub fn publication(&self) -> &'static PublicationArea {
+        self.publication
     }
 
     /// The `to_core` ring's memory.

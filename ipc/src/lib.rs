@@ -11,6 +11,8 @@
 //!   is booted with and boots its guests with.
 //! * [`server`]: the server ABI (address space, entry, syscall numbers).
 //! * [`ring`]: the SPSC message ring in the pages a server shares with the core.
+//! * [`publication`]: the tables a server writes into shared memory for the
+//!   core to read when it needs them (the scheduler's credits).
 //! * [`messages`]: the envelope and per-server message enums carried in the
 //!   rings, and the one validating decode path for server input.
 //! * [`control`]: the host ↔ core control protocol (`hvctl` on COM2):
@@ -34,6 +36,7 @@ pub mod exit_status;
 pub mod fuzzing;
 pub mod hypercall;
 pub mod messages;
+pub mod publication;
 pub mod pvh;
 pub mod ring;
 pub mod server;

@@ -98,14 +98,6 @@ fn valid_scheduler_messages() -> Vec<Vec<u8>> {
     let vcpu = |domain, index| scheduler::Vcpu::new(domain, index);
     let run = heapless::Vec::from_slice(&[vcpu(3, 7), vcpu(0, 1), vcpu(1, 0), vcpu(3, 0)])
         .expect("4 fit");
-    let entry = |index| scheduler::CreditEntry {
-        vcpu: vcpu(3, index),
-        credit_ns: -30_000_000,
-        run_time_ns: u64::MAX,
-        priority: scheduler::Priority::Over,
-        parked: index % 2 == 0,
-    };
-    let entries = (0..8).map(entry).collect();
     let bodies = [
         scheduler::ToCore::Ready,
         scheduler::ToCore::Heartbeat { count: 1 << 40 },
@@ -117,10 +109,6 @@ fn valid_scheduler_messages() -> Vec<Vec<u8>> {
         scheduler::ToCore::Tickle {
             pcpu: 1,
             expected: Some(vcpu(0, 1)),
-        },
-        scheduler::ToCore::Credits {
-            accounted_at: Some(u64::MAX / 3),
-            entries,
         },
         scheduler::ToCore::ControlResult {
             request: 77,

@@ -4,9 +4,9 @@
 
 use heapless::Vec;
 use ipc::messages::scheduler::{
-    Applied, ControlError, CreditEntry, DomainRecord, Event, EventError, KnobError,
+    Applied, ControlError, DomainRecord, Event, EventError, KnobError,
     PublishedCredit, RebuildError, Shape, ToCore, ToServer, Vcpu, VcpuRecord, VcpuState,
-    CREDIT_BATCH_LEN, EVENT_BATCH_LEN, MAX_DOMAINS, REBUILD_DOMAIN_BATCH_LEN,
+    EVENT_BATCH_LEN, MAX_DOMAINS, REBUILD_DOMAIN_BATCH_LEN,
     REBUILD_VCPU_BATCH_LEN, RUN_LIST_LEN, SLICE_NS_MAX, SLICE_NS_MIN,
 };
 use ipc::messages::{
@@ -198,34 +198,8 @@ fn event_error() -> impl Strategy<Value = EventError> {
     ]
 }
 
-fn priority() -> impl Strategy<Value = ipc::messages::scheduler::Priority> {
-    use ipc::messages::scheduler::Priority;
-    prop_oneof![
-        Just(Priority::Idle),
-        Just(Priority::Over),
-        Just(Priority::Under),
-        Just(Priority::Boost),
-    ]
-}
-
 /// Any `ToCore` the types admit (ids not necessarily in any shape's range).
 fn to_core() -> impl Strategy<Value = ToCore> {
-    let entry = (
-        vcpu(),
-        any::<i64>(),
-        any::<u64>(),
-        priority(),
-        any::<bool>(),
-    )
-        .prop_map(
-            |(vcpu, credit_ns, run_time_ns, priority, parked)| CreditEntry {
-                vcpu,
-                credit_ns,
-                run_time_ns,
-                priority,
-                parked,
-            },
-        );
     let applied = prop_oneof![
         (any::<u16>(), any::<u32>(), any::<u32>()).prop_map(|(domain, weight, cap)| {
             Applied::Domain {
@@ -268,14 +242,6 @@ fn to_core() -> impl Strategy<Value = ToCore> {
             }),
         (any::<u8>(), proptest::option::of(vcpu()))
             .prop_map(|(pcpu, expected)| ToCore::Tickle { pcpu, expected }),
-        (
-            proptest::option::of(any::<u64>()),
-            proptest::collection::vec(entry, 0..=CREDIT_BATCH_LEN)
-        )
-            .prop_map(|(accounted_at, entries)| ToCore::Credits {
-                accounted_at,
-                entries: Vec::from_slice(&entries).expect("within capacity"),
-            }),
         (
             any::<u32>(),
             prop_oneof![applied.prop_map(Ok), control_error.prop_map(Err)]
@@ -355,10 +321,6 @@ fn worst_case_parts_meet_their_constants() {
         encoded_len(&worst_domain_record()),
         DomainRecord::MAX_ENCODED_SIZE
     );
-    assert_eq!(
-        encoded_len(&worst_credit_entry()),
-        CreditEntry::MAX_ENCODED_SIZE
-    );
     let knob = KnobError::RatelimitAboveTimeslice {
         ratelimit_us: u32::MAX,
         timeslice_ms: u32::MAX,
@@ -404,16 +366,6 @@ fn worst_domain_record() -> DomainRecord {
     }
 }
 
-fn worst_credit_entry() -> CreditEntry {
-    CreditEntry {
-        vcpu: MAX_VCPU,
-        credit_ns: i64::MIN,
-        run_time_ns: u64::MAX,
-        priority: ipc::messages::scheduler::Priority::Boost,
-        parked: true,
-    }
-}
-
 #[test]
 fn worst_case_messages_meet_the_size_bounds_exactly() {
     let dispatched = Event::Dispatched {
@@ -428,17 +380,17 @@ fn worst_case_messages_meet_the_size_bounds_exactly() {
         encoded(u32::MAX, events).len(),
         envelope_max_size::<ToServer>()
     );
-    let credits = ToCore::Credits {
-        accounted_at: Some(u64::MAX),
-        entries: Vec::from_slice(&[worst_credit_entry(); CREDIT_BATCH_LEN])
-            .expect("exactly the capacity"),
+    let decision = ToCore::Decision {
+        pcpu: u8::MAX,
+        run: Vec::from_slice(&[MAX_VCPU; RUN_LIST_LEN]).expect("exactly the capacity"),
+        slice_ns: u64::MAX,
     };
     assert_eq!(
-        encoded(u32::MAX, credits).len(),
+        encoded(u32::MAX, decision).len(),
         envelope_max_size::<ToCore>()
     );
     assert_eq!(envelope_max_size::<ToServer>(), 246);
-    assert_eq!(envelope_max_size::<ToCore>(), 227);
+    assert_eq!(envelope_max_size::<ToCore>(), 51);
     assert!(envelope_max_size::<ToServer>() <= SLOT_PAYLOAD);
 
     // The other large messages fit too, at their largest.
@@ -575,15 +527,6 @@ fn validate_rejects_out_of_range_ids() {
                 expected: Some(vcpu)
             }),
             out_of_range("expected")
-        );
-        let mut entry = worst_credit_entry();
-        entry.vcpu = vcpu;
-        assert_eq!(
-            check(ToCore::Credits {
-                accounted_at: None,
-                entries: Vec::from_slice(&[entry]).expect("fits"),
-            }),
-            out_of_range("vcpu")
         );
     }
     assert_eq!(

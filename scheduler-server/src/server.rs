@@ -11,17 +11,21 @@
 //! | `RebuildEnd` | checks the counts, calls [`Scheduler::rebuild`] and runs the result; on any problem answers `RebuildFailed` and decides nothing until a good stream |
 //! | `Events` | applies each with [`Scheduler::apply`]; a refused one is counted and logged, never fatal; dropped (counted) while there is no rebuilt policy |
 //! | `SetDomain`, `Configure` | [`Scheduler::set_domain_params`] / [`Scheduler::configure`], which validate with the knob types; answers `ControlResult` with the values now in force or the reason (nothing changes then); `NotReady` while there is no rebuilt policy |
-//! | `Error` | counts and logs it, and republishes every decision and the credits (the refused message may have been one of them) |
+//! | `Error` | counts and logs it, and republishes every decision (the refused message may have been one of them) and the credit table |
 //!
 //! Publication happens once per run-loop turn, after the turn's messages
 //! (a handler asks for it with a timeout of "now", so the run loop calls
 //! [`Handler::notified`] at the end of the same turn): first a `Decision`
 //! for each pCPU whose decision changed since it was last sent, then
 //! `Ready` if a rebuild just completed, then the tickles
-//! ([`Scheduler::take_tickles`]), then, after each accounting period (and
-//! after a rebuild), `Credits` for every vCPU. Tickles wait until every
-//! decision went out, so a tickled pCPU always finds its new decision. A
-//! send that fails (the ring stayed full) is retried 1 ms later.
+//! ([`Scheduler::take_tickles`]). Tickles wait until every decision went
+//! out, so a tickled pCPU always finds its new decision. A send that fails
+//! (the ring stayed full) is retried 1 ms later. After each accounting
+//! period (and after a rebuild) the server also rewrites its credit table
+//! in the publication area ([`ipc::publication`]): every vCPU's credit,
+//! priority and run time, which the core reads for `hvctl stats` and hands
+//! back to the next instance. That is no message: the core reads it when
+//! it needs it, not at every accounting.
 //!
 //! Time: at [`Scheduler::next_deadline`] the server applies
 //! [`Event::Tick`] with its own clock ([`Context::now`], the core's clock),
@@ -55,6 +59,7 @@ use components::{Context, FromCore, Handler, LogLine};
 use heapless::Vec;
 use ipc::messages::scheduler::{self as wire, ToCore, ToServer};
 use ipc::messages::{ErrorCode, Message};
+use ipc::publication::PublicationArea;
 use serde::{Deserialize, Serialize};
 
 use crate::histogram::Log2Histogram;
@@ -147,8 +152,8 @@ pub struct Counters {
     pub decisions: u64,
     /// `Tickle` messages sent.
     pub tickles: u64,
-    /// `Credits` messages sent.
-    pub credit_messages: u64,
+    /// Credit tables published (`ipc::publication`).
+    pub credit_tables: u64,
     /// The core's `Error` replies.
     pub refusals: u64,
 }
@@ -684,18 +689,13 @@ impl SchedulerServer {
             self.accountings_seen = accountings;
             self.credits_due = true;
         }
-        if self.credits_due && !failed {
+        if self.credits_due {
+            // Not a message: the table is overwritten in place, and cannot
+            // fail (the core reads it when it needs it).
             let accounted_at = scheduler.last_accounting().or(self.rebuilt_accounted_at);
-            match send_credits(scheduler, accounted_at, context) {
-                Ok(messages) => {
-                    self.credits_due = false;
-                    self.counters.credit_messages += messages;
-                }
-                Err(messages) => {
-                    self.counters.credit_messages += messages;
-                    failed = true;
-                }
-            }
+            publish_credits(scheduler, accounted_at, context.publication());
+            self.credits_due = false;
+            self.counters.credit_tables += 1;
         }
         self.retry = failed;
     }
@@ -806,8 +806,8 @@ impl Handler for SchedulerServer {
         self.arm(now, context);
     }
 
-    /// The core refused a message: it may have been a decision or credits,
-    /// so everything is sent again.
+    /// The core refused a message: it may have been a decision, so
+    /// everything is published again.
     fn fault(&mut self, code: ErrorCode, context: &mut Context<'_, ToCore>) {
         self.counters.refusals += 1;
         let mut line = self.line();
@@ -841,34 +841,13 @@ impl fmt::Display for Refused {
     }
 }
 
-/// Sends every vCPU's credit, [`wire::CREDIT_BATCH_LEN`] per message, with
-/// the time of the last accounting; the
-/// number of messages sent, as an error if one could not be.
-fn send_credits(
-    scheduler: &Scheduler,
-    accounted_at: Option<u64>,
-    context: &mut Context<'_, ToCore>,
-) -> Result<u64, u64> {
-    let mut sent = 0;
-    let mut entries = wire::CreditBatch::new();
-    let mut vcpus = scheduler.vcpu_ids().peekable();
-    while let Some(vcpu) = vcpus.next() {
-        if let Some(info) = scheduler.vcpu_info(vcpu) {
-            // Cannot fail: the batch is sent when full.
-            let _ = entries.push(credit_entry(vcpu, &info));
-        }
-        if entries.is_full() || (vcpus.peek().is_none() && !entries.is_empty()) {
-            let message = ToCore::Credits {
-                accounted_at,
-                entries: core::mem::take(&mut entries),
-            };
-            if context.send(message).is_err() {
-                return Err(sent);
-            }
-            sent += 1;
-        }
-    }
-    Ok(sent)
+/// Writes every vCPU's credit, with the time of the last accounting, into
+/// the credit table of the publication area.
+fn publish_credits(scheduler: &Scheduler, accounted_at: Option<u64>, area: &PublicationArea) {
+    let entries = scheduler
+        .vcpu_ids()
+        .filter_map(|vcpu| scheduler.vcpu_info(vcpu).map(|info| credit_entry(vcpu, &info)));
+    area.publish_credits(accounted_at, entries);
 }
 
 /// The online pCPUs of a `RebuildBegin` bit mask.

@@ -594,7 +594,7 @@ pub fn bench(workspace: &Workspace) -> Result<bool> {
     let restart = prepare(workspace, &restart_config, RunMode::Normal)?;
     let steps: Vec<ControlStep> = [(2.0, "kill scheduler"), (3.0, "kill pager"), (4.0, "kill scheduler"), (5.0, "kill pager"), (6.0, "kill scheduler"), (7.0, "kill pager")]
         .iter()
-        .map(|&(at, command)| ControlStep { at: Duration::from_secs_f64(at), command: command.to_owned(), expect: None })
+        .map(|&(at, command)| ControlStep { at: Duration::from_secs_f64(at), command: command.to_owned(), expect: None, expect_any: Vec::new() })
         .collect();
     let restart_report = boot(
         workspace,

@@ -137,9 +137,12 @@ pub struct ControlStep {
     pub at: Duration,
     /// The `hvctl` command line, without `hvctl`.
     pub command: String,
-    /// Text one output line (or the error) must contain; without it the
-    /// command must succeed.
+    /// Text one output line (or the error) must contain; without it (and
+    /// without `expect_any`) the command must succeed.
     pub expect: Option<String>,
+    /// Texts of which one output line must contain one (a value that may
+    /// be any of a few words, e.g. a vCPU's priority).
+    pub expect_any: Vec<String>,
 }
 
 impl ControlStep {
@@ -284,16 +287,19 @@ mod tests {
                 at: Duration::ZERO,
                 command: "help".into(),
                 expect: None,
+                expect_any: Vec::new(),
             },
             ControlStep {
                 at: Duration::from_millis(50),
                 command: "list".into(),
                 expect: None,
+                expect_any: Vec::new(),
             },
             ControlStep {
                 at: Duration::from_secs(60),
                 command: "list".into(),
                 expect: None,
+                expect_any: Vec::new(),
             },
         ];
         let (stop_sender, stop) = mpsc::channel();

@@ -1047,11 +1047,13 @@ mod tests {
                 at: Duration::from_millis(100),
                 command: "help".into(),
                 expect: None,
+                expect_any: Vec::new(),
             },
             ControlStep {
                 at: Duration::from_secs(60),
                 command: "list".into(),
                 expect: None,
+                expect_any: Vec::new(),
             },
         ];
         let plan = ControlPlan {

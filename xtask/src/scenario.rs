@@ -56,8 +56,9 @@
 //! `hvctl: ...` (an error as `hvctl: error: ...`), so `expect` and `forbid`
 //! see them too. Steps are listed in order of time, before the timeout. A
 //! step passes when it ran and, with `expect`, one of its output lines
-//! contains that text (which may be an error's), or, without, the command
-//! succeeded.
+//! contains that text (which may be an error's), with `expect_any`, one
+//! of its lines contains one of those texts, or, without either, the
+//! command succeeded.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -515,12 +516,16 @@ fn parse_control(table: &mut TableReader<'_>) -> Result<Vec<ControlStep>, KeyErr
             at,
             command,
             expect: entry.string("expect")?.map(str::to_owned),
+            expect_any: entry.string_list("expect_any")?.unwrap_or_default(),
         };
         if let Err(error) = hvctl::cli::parse(&step.words()) {
             return Err(entry.error("command", format!("not a valid hvctl command: {error}")));
         }
         if step.expect.as_deref() == Some("") {
             return Err(entry.error("expect", "must not be empty"));
+        }
+        if step.expect_any.iter().any(String::is_empty) {
+            return Err(entry.error("expect_any", "must not hold an empty text"));
         }
         if let Some(previous) = steps.last().filter(|previous| previous.at > at) {
             return Err(entry.error(
@@ -717,8 +722,19 @@ pub fn judge_control(steps: &[ControlStep], outcomes: &[StepOutcome]) -> Vec<Fai
                     )));
                 }
             }
-            (None, Err(message)) => failures.push(failure(format!("failed: {message}"))),
-            (None, Ok(_)) => {}
+            (None, Err(message)) if step.expect_any.is_empty() => failures.push(failure(format!("failed: {message}"))),
+            (None, _) => {}
+        }
+        if !step.expect_any.is_empty() {
+            let lines = outcome.output_lines();
+            let found = lines.iter().any(|line| step.expect_any.iter().any(|text| line.contains(text.as_str())));
+            if !found {
+                failures.push(failure(format!(
+                    "no output line contains any of `{}`; the output was: {}",
+                    step.expect_any.join("`, `"),
+                    lines.join(" | ")
+                )));
+            }
         }
     }
     failures
@@ -1131,11 +1147,13 @@ control = [
                     at: Duration::from_secs(2),
                     command: "sched-credit -d spinner -c 50".into(),
                     expect: Some("spinner".into()),
+                    expect_any: Vec::new(),
                 },
                 ControlStep {
                     at: Duration::from_millis(2500),
                     command: "stats".into(),
                     expect: None,
+                    expect_any: Vec::new(),
                 },
             ]
         );
@@ -1188,6 +1206,7 @@ control = [
             at: Duration::from_secs(1),
             command: command.into(),
             expect: expect.map(str::to_owned),
+            expect_any: Vec::new(),
         };
         let steps = vec![
             step("sched-credit -d spinner -c 50", Some("spinner")),
@@ -1222,6 +1241,14 @@ control = [
         assert!(missed[0]
             .to_string()
             .contains("no output line contains `spinner`"));
+        let any = ControlStep { expect_any: vec![" under".into(), " over".into()], ..step("stats", None) };
+        let row = |priority: &str| format!("Name ID VCPU Prio\nheavy 1 0 {priority} 5\n");
+        assert!(judge_control(std::slice::from_ref(&any), &[outcome(0, Ok(&row("over,parked")))]).is_empty());
+        assert!(judge_control(std::slice::from_ref(&any), &[outcome(0, Ok(&row("under")))]).is_empty());
+        let none = judge_control(std::slice::from_ref(&any), &[outcome(0, Ok(&row("-")))]);
+        assert!(none[0].to_string().contains("no output line contains any of ` under`, ` over`"), "{none:?}");
+        let failed = judge_control(std::slice::from_ref(&any), &[outcome(0, Err("no answer from the core"))]);
+        assert_eq!(failed.len(), 1, "{failed:?}");
     }
 
     #[test]

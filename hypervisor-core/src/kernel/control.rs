@@ -269,13 +269,22 @@ pub fn paging_stats(paging: &super::paging::DomainPaging) -> PagingStats {
     }
 }
 
-/// A `Stats` entry.
+/// A `Stats` entry: `credit` is the vCPU's entry of the scheduler's last
+/// credit table (credit, priority, parked), if one was read.
 pub fn vcpu_stats(
     index: u8,
     run_time_ns: u64,
-    credit_ns: Option<i64>,
+    credit: Option<ipc::messages::scheduler::CreditEntry>,
     state: control::VcpuState,
     halt_poll: HaltPollCounters,
 ) -> VcpuStats {
-    VcpuStats { index, run_time_ns, credit_ns, priority: None, parked: false, state, halt_poll }
+    VcpuStats {
+        index,
+        run_time_ns,
+        credit_ns: credit.map(|entry| entry.credit_ns),
+        priority: credit.map(|entry| entry.priority),
+        parked: credit.is_some_and(|entry| entry.parked),
+        state,
+        halt_poll,
+    }
 }

@@ -860,6 +860,9 @@ impl<'a> Machine<'a> {
         }
         server.stopped_at = Some(cpu::rdtsc());
         if self.scheduling.server == Some(index) {
+            // Its last credit table, before the next instance starts on a
+            // zeroed publication area.
+            self.read_credit_table();
             self.scheduling.instance_stopped();
         }
         if self.pager.server == Some(index) {
@@ -1243,14 +1246,12 @@ impl<'a> Machine<'a> {
     fn drain_server(&mut self, index: usize) -> bool {
         let domains = self.domains.len() as u16;
         let shape = self.shape();
-        let wire_ids: Vec<(u16, u8), MAX_VCPUS_TOTAL> = self.vcpus.iter().map(|vcpu| (vcpu.domain as u16, vcpu.index)).collect();
-        let vcpu_index = |vcpu: sched_wire::Vcpu| wire_ids.iter().position(|&id| id == (vcpu.domain, vcpu.index));
         let is_scheduler = self.scheduling.server == Some(index);
         let is_pager = self.pager.server == Some(index);
         let max = if is_pager { self.pager.reply_room() } else { ipc::ring::SLOT_COUNT };
         let Some(server) = self.servers.get_mut(index) else { return false };
         let input = if is_scheduler {
-            Some(SchedulerInput { shape, link: &mut self.scheduling, vcpu_index: &vcpu_index })
+            Some(SchedulerInput { shape, link: &mut self.scheduling })
         } else {
             None
         };
@@ -1609,6 +1610,7 @@ impl<'a> Machine<'a> {
                 Some(Ok(super::control::halt_poll_reply(&view)))
             }
             Action::Stats(domain) => {
+                self.read_credit_table();
                 let mut vcpus = Vec::new();
                 for (index, vcpu) in self.vcpus.iter().enumerate() {
                     if vcpu.domain != usize::from(domain) {
@@ -1619,7 +1621,7 @@ impl<'a> Machine<'a> {
                         Some(RunState::Halted | RunState::Waiting) => ipc::control::VcpuState::Blocked,
                         _ => ipc::control::VcpuState::Stopped,
                     };
-                    let credit = self.scheduling.credits.get(index).copied().flatten().map(|credit| credit.credit_ns);
+                    let credit = self.scheduling.credits.get(index).copied().flatten();
                     let counters = super::control::counters(&vcpu.poller.stats, vcpu.poller.window_ns());
                     let _ = vcpus.push(super::control::vcpu_stats(vcpu.index, tsc_to_ns(vcpu.run_ticks), credit, state, counters));
                 }
@@ -1711,10 +1713,31 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// Takes the scheduler server's current credit table into the core's
+    /// copy, checked against the machine's shape; a table that fails the
+    /// check is refused whole (logged) and the copy kept. Read at a restart,
+    /// a rebuild and `hvctl stats`: the server writes it after every
+    /// accounting, and nothing else in the core needs it.
+    fn read_credit_table(&mut self) {
+        let Some(server) = self.scheduling.server.and_then(|index| self.servers.get(index)) else { return };
+        match server.publication().read_credits(&self.shape()) {
+            Ok(Some(table)) => {
+                let vcpus = &self.vcpus;
+                let vcpu_index = |id: sched_wire::Vcpu| vcpus.iter().position(|vcpu| vcpu.domain == usize::from(id.domain) && vcpu.index == id.index);
+                self.scheduling.take_table(&table, vcpu_index);
+            }
+            Ok(None) => {}
+            Err(error) => defmt::warn!("scheduler credit table refused: {=str}", error.reason()),
+        }
+    }
+
     /// Sends the scheduler server everything it needs to decide: tunables,
     /// domains (weight, cap) and vCPUs (state, run time, last credit).
     fn send_rebuild_stream(&mut self) {
         let Some(index) = self.scheduling.server else { return };
+        // A stream to the same instance (it lost events) hands back what
+        // it published last.
+        self.read_credit_table();
         let domains: Vec<(u16, u32, u32), MAX_DOMAINS> = self
             .domains
             .iter()

@@ -1,13 +1,14 @@
 //! The core's side of the scheduler server: what it tells the server
 //! (a rebuild stream at every start, then batched events) and what it keeps
-//! of the server's answers (the published decision, credits, control
-//! results). The hot path never waits on the server: the run loop reads the
+//! of the server's answers (the published decision, control results, and
+//! the credits it reads from the server's credit table). The hot path never waits on the server: the run loop reads the
 //! last published decision at a switch point, and falls back to round-robin
 //! whenever no instance has announced itself since its last start.
 
 use heapless::Vec;
+use ipc::publication::CreditTable;
 use ipc::messages::scheduler::{
-    Applied, ControlError, DomainRecord, Event, PublishedCredit, ToCore, ToServer, Vcpu, VcpuRecord,
+    Applied, ControlError, CreditEntry, DomainRecord, Event, PublishedCredit, ToCore, ToServer, Vcpu, VcpuRecord,
     VcpuState, EVENT_BATCH_LEN, REBUILD_DOMAIN_BATCH_LEN, REBUILD_VCPU_BATCH_LEN, RUN_LIST_LEN,
 };
 
@@ -40,8 +41,9 @@ pub struct SchedulerLink {
     pub urgent: bool,
     /// Events had to be dropped: the server needs a fresh rebuild stream.
     pub lost_events: bool,
-    /// Last published credit per vCPU (index = the core's vCPU index).
-    pub credits: [Option<PublishedCredit>; MAX_VCPUS_TOTAL],
+    /// Last published credit per vCPU (index = the core's vCPU index), as
+    /// read from the server's credit table ([`Self::take_table`]).
+    pub credits: [Option<CreditEntry>; MAX_VCPUS_TOTAL],
     /// When the server last accounted.
     pub accounted_at: Option<u64>,
     /// Timeslice and ratelimit in force (changed only by accepted requests).
@@ -175,7 +177,12 @@ impl SchedulerLink {
                     vcpu: facts.vcpu,
                     state: if facts.runnable { VcpuState::Runnable { pcpu: facts.pcpu } } else { VcpuState::Blocked },
                     run_time_ns: facts.run_time_ns,
-                    published: self.credits.get(facts.index).copied().flatten(),
+                    published: self
+                        .credits
+                        .get(facts.index)
+                        .copied()
+                        .flatten()
+                        .map(|entry| PublishedCredit { credit_ns: entry.credit_ns, run_time_ns: entry.run_time_ns }),
                 })
                 .collect();
             ok &= send(ToServer::RebuildVcpus { records });
@@ -184,10 +191,23 @@ impl SchedulerLink {
         ok
     }
 
+    /// Keeps a credit table the server published (read and validated from
+    /// its publication area): what `hvctl stats` shows and what the next
+    /// rebuild stream hands back. `vcpu_index` maps a wire id to the core's
+    /// vCPU index.
+    pub fn take_table(&mut self, table: &CreditTable, vcpu_index: impl Fn(Vcpu) -> Option<usize>) {
+        self.accounted_at = table.accounted_at.or(self.accounted_at);
+        for entry in &table.entries {
+            if let Some(slot) = vcpu_index(entry.vcpu).and_then(|index| self.credits.get_mut(index)) {
+                *slot = Some(*entry);
+            }
+        }
+    }
+
     /// Takes in one validated message of the current instance. Returns
     /// `true` if it was `Ready` or `RebuildFailed` asks for a new stream
     /// (`needs_rebuild`).
-    pub fn accept(&mut self, message: ToCore, generation: u32, vcpu_index: impl Fn(Vcpu) -> Option<usize>) -> Accepted {
+    pub fn accept(&mut self, message: ToCore, generation: u32) -> Accepted {
         match message {
             ToCore::Ready => {
                 self.ready_generation = Some(generation);
@@ -203,14 +223,6 @@ impl SchedulerLink {
             }
             ToCore::Tickle { pcpu, .. } => self.tickled |= 1 << pcpu,
             ToCore::Heartbeat { .. } => {}
-            ToCore::Credits { accounted_at, entries } => {
-                self.accounted_at = accounted_at.or(self.accounted_at);
-                for entry in entries {
-                    if let Some(slot) = vcpu_index(entry.vcpu).and_then(|index| self.credits.get_mut(index)) {
-                        *slot = Some(PublishedCredit { credit_ns: entry.credit_ns, run_time_ns: entry.run_time_ns });
-                    }
-                }
-            }
             ToCore::ControlResult { request, result } => {
                 if let Ok(Applied::Tunables { timeslice_ms, ratelimit_us }) = result {
                     self.tunables = (timeslice_ms, ratelimit_us);

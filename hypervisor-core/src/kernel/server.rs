@@ -18,10 +18,15 @@ use ipc::server::{syscall, ServerKind};
 use crate::arch::memory::{self, OwnedFrames};
 use crate::arch::user::UserContext;
 
-/// Pages of the ring region: both rings, then the argument page.
+/// Pages of both rings, at the start of the ring region.
 pub const RING_PAGES: u64 = 2 * (ipc::ring::RING_BYTES as u64 / PAGE_SIZE);
-/// Guest-virtual address of the argument page.
+/// Guest-virtual address of the argument page, after the rings.
 pub const ARGUMENTS_ADDRESS: u64 = RING_REGION_BASE + RING_PAGES * PAGE_SIZE;
+/// Pages of the publication area, after the argument page.
+const PUBLICATION_PAGES: u64 = ipc::publication::PUBLICATION_PAGES as u64;
+/// Pages of the whole ring region: rings, argument page, publication area.
+const REGION_PAGES: u64 = RING_PAGES + 1 + PUBLICATION_PAGES;
+const _: () = assert!(ipc::publication::PUBLICATION_OFFSET as u64 == (RING_PAGES + 1) * PAGE_SIZE);
 
 /// Why a server could not be (re)built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +125,7 @@ pub struct Server<'a> {
 }
 
 fn in_ring_region(frame: u64, region: HostPhysAddr) -> bool {
-    (region.as_u64()..region.as_u64() + (RING_PAGES + 1) * PAGE_SIZE).contains(&frame)
+    (region.as_u64()..region.as_u64() + REGION_PAGES * PAGE_SIZE).contains(&frame)
 }
 
 impl<'a> Server<'a> {
@@ -129,7 +134,7 @@ impl<'a> Server<'a> {
     /// device), which also gets a DMA region.
     pub fn new(frames: &mut FrameAllocator<'_>, spec: &'a ServerSpec, image: &'a [u8], device: Option<u64>) -> Result<Self, ServerBuildError> {
         let executable = elf::parse_executable(image, IMAGE_BASE..IMAGE_LIMIT).map_err(ServerBuildError::Image)?;
-        let ring_region = frames.allocate_contiguous(RING_PAGES as usize + 1, 1).ok_or(ServerBuildError::OutOfMemory)?;
+        let ring_region = frames.allocate_contiguous(REGION_PAGES as usize, 1).ok_or(ServerBuildError::OutOfMemory)?;
         let ring = |index: u64| memory::shared_ring(HostPhysAddr::new_truncate(ring_region.as_u64() + index * ipc::ring::RING_BYTES as u64));
         let mut server = Self {
             spec,
@@ -168,8 +173,15 @@ impl<'a> Server<'a> {
         HostPhysAddr::new_truncate(self.ring_region.as_u64() + index * ipc::ring::RING_BYTES as u64)
     }
 
-    /// Builds a fresh instance: zeroed rings, the image mapped from the kept
-    /// copy, a fresh stack, and the entry registers.
+    /// The publication area of this server's ring region
+    /// (`ipc::publication`), kept across restarts like the rings.
+    pub fn publication(&self) -> &'static ipc::publication::PublicationArea {
+        memory::shared_publication(HostPhysAddr::new_truncate(self.ring_region.as_u64() + (RING_PAGES + 1) * PAGE_SIZE))
+    }
+
+    /// Builds a fresh instance: zeroed rings and publication area, the
+    /// image mapped from the kept copy, a fresh stack, and the entry
+    /// registers.
     fn start(&mut self, frames: &mut FrameAllocator<'_>) -> Result<(), ServerBuildError> {
         let mut memory = OwnedFrames;
         // Fresh, empty rings; the core's ends start over from index 0.
@@ -178,6 +190,8 @@ impl<'a> Server<'a> {
         to_core.reset();
         self.to_server = Producer::attach(to_server);
         self.to_core = Consumer::attach(to_core);
+        // Whatever the last instance published was taken before it stopped.
+        self.publication().reset();
         let arguments = HostPhysAddr::new_truncate(self.ring_region.as_u64() + RING_PAGES * PAGE_SIZE);
         memory.fill(arguments, 0);
         memory.write(arguments, 0, self.spec.args.as_bytes());
@@ -229,6 +243,11 @@ impl<'a> Server<'a> {
             space.map(&mut memory, frames, RING_REGION_BASE + page * PAGE_SIZE, frame, PageSize::Size4KiB, data)?;
         }
         space.map(&mut memory, frames, ARGUMENTS_ADDRESS, arguments, PageSize::Size4KiB, user.with(EntryFlags::NO_EXECUTE))?;
+        for page in 0..PUBLICATION_PAGES {
+            let offset = (RING_PAGES + 1 + page) * PAGE_SIZE;
+            let frame = HostPhysAddr::new_truncate(self.ring_region.as_u64() + offset);
+            space.map(&mut memory, frames, RING_REGION_BASE + offset, frame, PageSize::Size4KiB, data)?;
+        }
         if let Some(grant) = self.grant.as_mut() {
             // The device stops using the old instance's queues, the new one
             // starts from zeroed DMA memory and a reset guard.
@@ -324,8 +343,6 @@ pub struct SchedulerInput<'l> {
     pub shape: scheduler::Shape,
     /// Where accepted messages go.
     pub link: &'l mut super::scheduling::SchedulerLink,
-    /// The core's index of a wire vCPU id.
-    pub vcpu_index: &'l dyn Fn(scheduler::Vcpu) -> Option<usize>,
 }
 
 impl Server<'_> {
@@ -459,7 +476,7 @@ impl Server<'_> {
                         match messages::decode_from_server::<scheduler::ToCore>(bytes, generation, &input.shape) {
                             Ok(message) => {
                                 drained.heartbeat |= matches!(message, scheduler::ToCore::Heartbeat { .. });
-                                match input.link.accept(message, generation, input.vcpu_index) {
+                                match input.link.accept(message, generation) {
                                     super::scheduling::Accepted::Ready => drained.ready = true,
                                     super::scheduling::Accepted::NeedsRebuild => drained.needs_rebuild = true,
                                     super::scheduling::Accepted::Control => drained.control = true,

@@ -49,23 +49,27 @@
 //!
 //! * after a complete rebuild, one [`ToCore::Decision`] per online pCPU,
 //!   then [`ToCore::Ready`] (from then on the core follows the server's
-//!   decisions instead of its fallback), then any [`ToCore::Tickle`]s and a
-//!   full [`ToCore::Credits`] publication; if the stream was broken,
-//!   [`ToCore::RebuildFailed`] instead (the core sends a fresh stream);
+//!   decisions instead of its fallback), then any [`ToCore::Tickle`]s; if
+//!   the stream was broken, [`ToCore::RebuildFailed`] instead (the core
+//!   sends a fresh stream);
 //! * after each batch of events: a [`ToCore::Decision`] for each pCPU
 //!   whose decision changed, then [`ToCore::Tickle`]s; decisions are always
 //!   sent before the tickles computed with them;
-//! * after every accounting period, [`ToCore::Credits`] for every vCPU (the
-//!   core keeps them for `hvctl stats` and hands them back at rebuild);
 //! * [`ToCore::ControlResult`] for each control request;
 //! * [`ToCore::Heartbeat`] every 100 ms.
+//!
+//! Not in the ring: after a complete rebuild and after every accounting
+//! period the server rewrites its credit table, every vCPU's
+//! [`CreditEntry`], in the publication area
+//! ([`crate::publication`]); the core reads it for `hvctl stats` and to
+//! hand the credits back at a rebuild.
 //!
 //! # Budget
 //!
 //! A body may take up to `SLOT_PAYLOAD - ENVELOPE_HEADER_MAX_SIZE` = 242
 //! bytes ([`BODY_BUDGET`]). The largest bodies are a full event batch
-//! (1 + 1 + 14 × 17 = 240) and a full credit batch (1 + 11 + 1 + 8 × 26 =
-//! 221); every type states its largest encoding as a `MAX_ENCODED_SIZE`
+//! (1 + 1 + 14 × 17 = 240) and, from the server, a decision (1 + 1 + 1 +
+//! 8 × 4 + 10 = 45); every type states its largest encoding as a `MAX_ENCODED_SIZE`
 //! computed with [`size`], and the asserts at the bottom check
 //! them against the budget at compile time.
 //!
@@ -98,8 +102,6 @@ pub const EVENT_BATCH_LEN: usize = 14;
 pub const REBUILD_DOMAIN_BATCH_LEN: usize = 16;
 /// Most vCPU records in one [`ToServer::RebuildVcpus`].
 pub const REBUILD_VCPU_BATCH_LEN: usize = 6;
-/// Most entries in one [`ToCore::Credits`].
-pub const CREDIT_BATCH_LEN: usize = 8;
 /// Most messages in one rebuild stream (begin, domains, vCPUs, end).
 pub const REBUILD_STREAM_MAX_MESSAGES: usize =
     2 + MAX_DOMAINS.div_ceil(REBUILD_DOMAIN_BATCH_LEN) + MAX_VCPUS.div_ceil(REBUILD_VCPU_BATCH_LEN);
@@ -371,7 +373,7 @@ pub enum ToServer {
         /// The ratelimit last accepted, in µs.
         ratelimit_us: u32,
         /// When the previous instance last ran accounting (the
-        /// `accounted_at` of its last [`ToCore::Credits`]), if known.
+        /// `accounted_at` of its last credit table), if known.
         accounted_at: Option<u64>,
         /// The online pCPUs, bit `n` = pCPU `n`.
         pcpus: u8,
@@ -447,7 +449,8 @@ pub enum Priority {
     Boost,
 }
 
-/// One vCPU's published scheduling state.
+/// One vCPU's published scheduling state: an entry of the credit table
+/// ([`crate::publication`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreditEntry {
     /// The vCPU.
@@ -461,15 +464,6 @@ pub struct CreditEntry {
     /// Whether its domain's cap holds it off the pCPUs.
     pub parked: bool,
 }
-
-impl CreditEntry {
-    /// Largest encoding.
-    pub const MAX_ENCODED_SIZE: usize =
-        VCPU_SIZE + size::U64 + size::U64 + size::VARIANT + size::U8;
-}
-
-/// A batch of credit entries.
-pub type CreditBatch = Vec<CreditEntry, CREDIT_BATCH_LEN>;
 
 /// Why a knob value was refused (mirrors `scheduler_server::KnobError`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -641,15 +635,6 @@ pub enum ToCore {
         /// What the server believes runs there.
         expected: Option<Vcpu>,
     },
-    /// Published scheduling state of some vCPUs (a full publication may
-    /// take several messages).
-    Credits {
-        /// When the server last ran accounting, if it has; the core hands
-        /// it back in `RebuildBegin`.
-        accounted_at: Option<u64>,
-        /// The entries.
-        entries: CreditBatch,
-    },
     /// The answer to a `SetDomain` or `Configure`.
     ControlResult {
         /// The request's id.
@@ -674,8 +659,6 @@ impl Message for ToCore {
         + largest(&[
             PCPU_SIZE + size::collection(RUN_LIST_LEN, VCPU_SIZE) + size::U64,
             PCPU_SIZE + size::option(VCPU_SIZE),
-            size::option(size::U64)
-                + size::collection(CREDIT_BATCH_LEN, CreditEntry::MAX_ENCODED_SIZE),
             size::U32
                 + size::VARIANT
                 + size::max(Applied::MAX_ENCODED_SIZE, ControlError::MAX_ENCODED_SIZE),
@@ -721,7 +704,7 @@ impl Shape {
         in_range(self.vcpu_count(domain) > 0, "domain")
     }
 
-    fn check_vcpu(&self, vcpu: Vcpu, field: &'static str) -> Result<(), DecodeError> {
+    pub(crate) fn check_vcpu(&self, vcpu: Vcpu, field: &'static str) -> Result<(), DecodeError> {
         in_range(vcpu.index < self.vcpu_count(vcpu.domain), field)
     }
 
@@ -799,9 +782,6 @@ impl FromServer for ToCore {
                     None => Ok(()),
                 }
             }
-            Self::Credits { entries, .. } => entries
-                .iter()
-                .try_for_each(|entry| shape.check_vcpu(entry.vcpu, "vcpu")),
             Self::ControlResult { result, .. } => match result {
                 Ok(applied) => applied.validate(shape),
                 Err(_) => Ok(()),
@@ -822,12 +802,6 @@ const _: () = assert!(
     size::VARIANT + size::collection(REBUILD_VCPU_BATCH_LEN + 1, VcpuRecord::MAX_ENCODED_SIZE)
         > BODY_BUDGET
 );
-const _: () = assert!(
-    size::VARIANT
-        + size::option(size::U64)
-        + size::collection(CREDIT_BATCH_LEN + 1, CreditEntry::MAX_ENCODED_SIZE)
-        > BODY_BUDGET
-);
 // A whole domain table fits one message, and a whole stream fits a fresh
 // ring, so the core can write a consistent snapshot in one go.
 const _: () = assert!(REBUILD_DOMAIN_BATCH_LEN >= MAX_DOMAINS);
@@ -846,9 +820,8 @@ mod tests {
         assert_eq!(Event::MAX_ENCODED_SIZE, 17);
         assert_eq!(VcpuRecord::MAX_ENCODED_SIZE, 37);
         assert_eq!(DomainRecord::MAX_ENCODED_SIZE, 13);
-        assert_eq!(CreditEntry::MAX_ENCODED_SIZE, 26);
         assert_eq!(ToServer::MAX_ENCODED_SIZE, 240);
-        assert_eq!(ToCore::MAX_ENCODED_SIZE, 221);
+        assert_eq!(ToCore::MAX_ENCODED_SIZE, 45);
         assert_eq!(BODY_BUDGET, 242);
         assert_eq!(REBUILD_STREAM_MAX_MESSAGES, 25);
     }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use components::testing::{Call, Harness};
 use ipc::messages::scheduler::{self as wire, Shape, ToCore, ToServer};
 use ipc::messages::{decode_from_server, ErrorCode};
+use ipc::publication::CreditTable;
 use ipc::ring::Consumer;
 
 use super::*;
@@ -70,6 +71,15 @@ fn sent(harness: &mut TestHarness, shape: &Shape) -> std::vec::Vec<ToCore> {
                 .unwrap_or_else(|error| panic!("the core refuses a message: {error:?}"))
         })
         .collect()
+}
+
+/// The credit table the server last published, read and checked as the
+/// core does.
+fn credit_table(harness: &TestHarness, shape: &Shape) -> Option<CreditTable> {
+    harness
+        .publication()
+        .read_credits(shape)
+        .unwrap_or_else(|error| panic!("the core refuses the credit table: {error:?}"))
 }
 
 fn vcpu(domain: u16, index: u8) -> wire::Vcpu {
@@ -242,19 +252,11 @@ fn nothing_is_decided_before_the_stream_ends_then_every_pcpu_gets_its_decision()
             slice_ns: 30 * MS,
         }
     );
-    let credited: std::vec::Vec<wire::Vcpu> = messages[3..]
-        .iter()
-        .flat_map(|message| match message {
-            ToCore::Credits {
-                accounted_at: None,
-                entries,
-            } => entries
-                .iter()
-                .map(|entry| entry.vcpu)
-                .collect::<std::vec::Vec<_>>(),
-            other => panic!("unexpected {other:?}"),
-        })
-        .collect();
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    // The credits are in the publication area, not in the ring.
+    let table = credit_table(&harness, &shape).expect("published after the rebuild");
+    assert_eq!(table.accounted_at, None);
+    let credited: std::vec::Vec<wire::Vcpu> = table.entries.iter().map(|entry| entry.vcpu).collect();
     assert_eq!(credited, [vcpu(0, 0), vcpu(0, 1), vcpu(1, 0)]);
     let counters = harness.handler().counters();
     assert_eq!((counters.rebuilds, counters.decisions), (1, 2));
@@ -600,7 +602,17 @@ fn ticks_accounting_and_heartbeats_run_on_the_servers_own_clock() {
     let shape = machine.shape();
     machine.rebuild(&mut harness);
     let _ = sent(&mut harness, &shape);
-    run_until(&mut harness, start + 250 * MS);
+    // Read the credit table every millisecond, as a core could.
+    let mut accountings: std::vec::Vec<u64> = std::vec::Vec::new();
+    let mut at = start;
+    while at < start + 250 * MS {
+        at += MS;
+        run_until(&mut harness, at);
+        let published = credit_table(&harness, &shape).and_then(|table| table.accounted_at);
+        if let Some(accounted_at) = published.filter(|&time| accountings.last() != Some(&time)) {
+            accountings.push(accounted_at);
+        }
+    }
     let messages = sent(&mut harness, &shape);
     let heartbeats: std::vec::Vec<u64> = messages
         .iter()
@@ -612,17 +624,7 @@ fn ticks_accounting_and_heartbeats_run_on_the_servers_own_clock() {
     // At least one per interval, riding on the accountings (every 60 ms:
     // the first turn in the second half of each interval).
     assert_eq!(heartbeats, [1, 2, 3, 4]);
-    let accountings: std::vec::Vec<u64> = messages
-        .iter()
-        .filter_map(|message| match message {
-            ToCore::Credits {
-                accounted_at: Some(at),
-                ..
-            } => Some(*at),
-            _ => None,
-        })
-        .collect();
-    // Every 30 ms on the core's clock, published once each.
+    // Every 30 ms on the core's clock, each published.
     assert!(accountings.len() >= 7, "{accountings:?}");
     assert!(accountings
         .windows(2)
@@ -671,9 +673,8 @@ fn a_refusal_from_the_core_makes_the_server_publish_everything_again() {
             .collect()
     };
     assert_eq!(decisions(&again), decisions(&first));
-    assert!(again
-        .iter()
-        .any(|message| matches!(message, ToCore::Credits { .. })));
+    let tables = harness.handler().counters().credit_tables;
+    assert!(tables >= 2, "the credit table is written again ({tables})");
     assert!(
         !again.contains(&ToCore::Ready),
         "Ready only after a rebuild"
@@ -816,32 +817,27 @@ impl MiniCore {
         machine
     }
 
-    fn absorb(&mut self, messages: &[ToCore]) {
+    /// Takes in the server's decisions and its credit table, as the core
+    /// does.
+    fn absorb(&mut self, messages: &[ToCore], table: Option<CreditTable>) {
         for message in messages {
-            match message {
-                ToCore::Decision { pcpu, run, .. } => {
-                    self.decisions[usize::from(*pcpu)] = run.to_vec();
-                }
-                ToCore::Credits {
-                    accounted_at,
-                    entries,
-                } => {
-                    if *accounted_at != self.accounted_at {
-                        self.accountings += 1;
-                    }
-                    self.accounted_at = *accounted_at;
-                    for entry in entries {
-                        self.credits.insert(
-                            entry.vcpu,
-                            wire::PublishedCredit {
-                                credit_ns: entry.credit_ns,
-                                run_time_ns: entry.run_time_ns,
-                            },
-                        );
-                    }
-                }
-                _ => {}
+            if let ToCore::Decision { pcpu, run, .. } = message {
+                self.decisions[usize::from(*pcpu)] = run.to_vec();
             }
+        }
+        let Some(table) = table else { return };
+        if table.accounted_at != self.accounted_at {
+            self.accountings += 1;
+        }
+        self.accounted_at = table.accounted_at;
+        for entry in &table.entries {
+            self.credits.insert(
+                entry.vcpu,
+                wire::PublishedCredit {
+                    credit_ns: entry.credit_ns,
+                    run_time_ns: entry.run_time_ns,
+                },
+            );
         }
     }
 
@@ -920,7 +916,7 @@ fn a_restarted_instance_fed_the_same_state_publishes_the_same_decisions() {
     };
     machine.rebuild(&mut first);
     let messages = sent(&mut first, &shape);
-    core.absorb(&messages);
+    core.absorb(&messages, credit_table(&first, &shape));
 
     // Run for a while, with a restart right after the 5th accounting.
     let feed = |harness: &mut TestHarness, core: &mut MiniCore, events: &[wire::Event]| {
@@ -934,7 +930,7 @@ fn a_restarted_instance_fed_the_same_state_publishes_the_same_decisions() {
         let events = core.step(MS);
         feed(&mut first, &mut core, &events);
         let messages = sent(&mut first, &shape);
-        core.absorb(&messages);
+        core.absorb(&messages, credit_table(&first, &shape));
     }
     assert!(core.now > start + 100 * MS);
 
@@ -965,10 +961,8 @@ fn a_restarted_instance_fed_the_same_state_publishes_the_same_decisions() {
     // The new instance publishes the accounting time it was given until it
     // runs its own, so a second restart still lines up.
     assert!(old.last_accounting().is_some());
-    assert!(messages.iter().any(|message| matches!(
-        message,
-        ToCore::Credits { accounted_at, .. } if *accounted_at == old.last_accounting()
-    )));
+    let table = credit_table(&second, &shape).expect("published after the rebuild");
+    assert_eq!(table.accounted_at, old.last_accounting());
 }
 
 std::thread_local! {
