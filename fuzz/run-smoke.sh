@@ -16,7 +16,7 @@ cd "$(dirname "$0")"
 
 seconds="${FUZZ_SECONDS:-20}"
 sanitizer="${FUZZ_SANITIZER:-none}"
-targets=(decode_test_protocol decode_scheduler_protocol decode_pager_protocol ring_consumer apic_mmio)
+targets=(decode_test_protocol decode_scheduler_protocol decode_pager_protocol ring_consumer publication_area apic_mmio)
 toolchain=()
 if [ "$sanitizer" != none ]; then
     toolchain=(+nightly)

@@ -10,6 +10,7 @@ use core::ops::ControlFlow;
 
 use crate::messages::scheduler::{self, Shape};
 use crate::messages::{self, pager, test_server, DecodeError, Envelope};
+use crate::publication::{PublicationArea, CREDIT_TABLE_LEN, PUBLICATION_WORDS};
 use crate::ring::{
     Consumer, Producer, RingError, RingMemory, RING_LAYOUT_BYTES, SLOT_COUNT, SLOT_PAYLOAD,
 };
@@ -179,6 +180,62 @@ pub fn ring_consumer(data: &[u8]) {
                 }
                 if let Ok(free) = sender.free_slots() {
                     assert!(free <= SLOT_COUNT);
+                }
+            }
+        }
+    }
+}
+
+/// The core's reads of a publication area a server filled with anything:
+/// `data` is a script of writes, each 2 bytes of word index (LE, modulo the
+/// layout) and 8 bytes of value, interleaved with honest publications
+/// (a word index of `0xffff` publishes a valid credit table, `0xfffe` a
+/// valid decision for pCPU `value % 8`). After each write the core's reads
+/// ([`PublicationArea::read_credits`], [`PublicationArea::read_decision`]
+/// for every pCPU, against [`SCHEDULER_SHAPE`]) must not panic, and
+/// whatever they accept must be in the shape's range.
+pub fn publication_area(data: &[u8]) {
+    let area = PublicationArea::new();
+    let shape = SCHEDULER_SHAPE;
+    let vcpu = |domain, index| scheduler::Vcpu::new(domain, index);
+    for chunk in data.chunks(10) {
+        let Some((index, value)) = chunk.split_first_chunk::<2>() else {
+            return;
+        };
+        let index = u16::from_le_bytes(*index);
+        let mut bytes = [0; 8];
+        bytes[..value.len().min(8)].copy_from_slice(&value[..value.len().min(8)]);
+        let value = u64::from_le_bytes(bytes);
+        match index {
+            0xffff => {
+                let entry = |index| scheduler::CreditEntry {
+                    vcpu: vcpu(3, index),
+                    credit_ns: value as i64,
+                    run_time_ns: value,
+                    priority: scheduler::Priority::Under,
+                    parked: value % 2 == 0,
+                };
+                area.publish_credits(Some(value), (0..8).map(entry));
+            }
+            0xfffe => {
+                area.publish_decision((value % 8) as u8, &[vcpu(0, 1), vcpu(3, 7)], 30_000_000);
+            }
+            _ => area.scribble_word(usize::from(index) % PUBLICATION_WORDS, value),
+        }
+        if let Ok(Some(table)) = area.read_credits(&shape) {
+            assert!(table.entries.len() <= CREDIT_TABLE_LEN);
+            for (position, entry) in table.entries.iter().enumerate() {
+                assert!(shape.check_vcpu(entry.vcpu, "vcpu").is_ok());
+                assert!(!table.entries[..position].iter().any(|other| other.vcpu == entry.vcpu));
+            }
+        }
+        for pcpu in 0..=u8::MAX {
+            if let Ok(Some(decision)) = area.read_decision(pcpu, &shape) {
+                assert!(pcpu < shape.pcpus);
+                assert!((scheduler::SLICE_NS_MIN..=scheduler::SLICE_NS_MAX).contains(&decision.slice_ns));
+                for (position, vcpu) in decision.run.iter().enumerate() {
+                    assert!(shape.check_vcpu(*vcpu, "run").is_ok());
+                    assert!(!decision.run[..position].contains(vcpu));
                 }
             }
         }

@@ -1,15 +1,22 @@
 //! The publication area: fixed-layout tables a server writes into memory it
 //! shares with the core, for state the core reads only now and then.
 //!
-//! The rings carry what the core must act on (decisions, tickles, control
-//! answers). State the core only *keeps* — today the scheduler server's
-//! credits, which the core hands back to a restarted instance and shows in
-//! `hvctl stats` — does not need a message per accounting: the server
-//! overwrites a table after every accounting and the core reads it when it
-//! needs it (at a restart, a rebuild, a `stats` request). Under TCG every
-//! message costs the decode and validate code it runs on both sides, at
-//! every accounting, for data the core looks at a few times a run
-//! (docs/benchmarks.md).
+//! The rings carry what the core must act on at once (tickles, `Ready`,
+//! control answers) and everything the core tells a server. The scheduler
+//! server's *state* goes here instead of into messages:
+//!
+//! * its **credit table**, every vCPU's credit, priority and run time, which
+//!   the core only keeps (it hands it back to a restarted instance and
+//!   shows it in `hvctl stats`): the server overwrites it after every
+//!   accounting and the core reads it when it needs it (at a restart, a
+//!   rebuild, a `stats` request);
+//! * its **decisions**, one run list and slice per pCPU: the server
+//!   overwrites a pCPU's when it changes, and the core, each time the
+//!   server gives the pCPU back, takes in those whose sequence moved.
+//!
+//! Under TCG every message costs the decode and validation code it runs on
+//! both sides, at every accounting; a table costs the writer a few stores
+//! and the reader a few loads (docs/benchmarks.md).
 //!
 //! # Layout (the ABI; `docs/server-abi.md`)
 //!
@@ -20,36 +27,53 @@
 //! |---|---|
 //! | 0 | `sequence`: completed publications; 0 = none yet. The complete copy is `sequence % 2` |
 //! | 1..8 | reserved, zero |
-//! | 8.. | copy 0, [`COPY_WORDS`] words |
-//! | 8 + [`COPY_WORDS`].. | copy 1 |
+//! | 8.. | credit table copy 0, [`COPY_WORDS`] words |
+//! | 8 + [`COPY_WORDS`].. | credit table copy 1 |
+//! | 8 + 2 × [`COPY_WORDS`].. | one decision block of [`DECISION_WORDS`] words per pCPU, pCPU 0 first |
 //!
-//! A copy: word 0 bit 0 = `accounted_at` is known, word 1 = `accounted_at`
+//! A credit table copy: word 0 bit 0 = `accounted_at` is known, word 1 = `accounted_at`
 //! (ns), word 2 = the number of entries (at most [`CREDIT_TABLE_LEN`]), then
 //! three words per entry: `domain | index << 16 | priority << 24 | parked
 //! << 32` (priority 0 = IDLE, 1 = OVER, 2 = UNDER, 3 = BOOST; parked 0 or
 //! 1; the other bits zero), `credit_ns` (two's complement) and
 //! `run_time_ns`.
 //!
+//! A decision block: word 0 is its own `sequence` (0 = nothing decided yet;
+//! the complete copy is `sequence % 2`), copy 0 at word 1 and copy 1 at word
+//! 1 + [`DECISION_COPY_WORDS`]. A copy: word 0 = `slice_ns`, word 1 = the
+//! length of the run list (at most [`RUN_LIST_LEN`]), then one word per
+//! vCPU, best first: `domain | index << 16`.
+//!
 //! # Protocol
 //!
-//! The writer fills the copy that is *not* current, then stores
-//! `sequence + 1` (release). A writer stopped halfway (killed, faulted)
-//! leaves the last complete copy current, so a restart never loses the
-//! last publication to a torn one. The reader loads `sequence` (acquire),
-//! copies the current copy out, and loads `sequence` again: if it moved,
-//! the copy may be torn and the read is refused ([`PublicationError::Torn`];
-//! the core runs a server only when it is not reading, so it does not
-//! happen there, but the check costs two loads).
+//! The writer fills the copy that is *not* current (after a release fence,
+//! so its last `sequence` store is seen before any of these writes), then
+//! stores `sequence + 1` (release). A writer stopped halfway (killed,
+//! faulted) leaves the last complete copy current, so a restart never
+//! loses the last publication to a torn one. The reader loads `sequence`
+//! (acquire), copies the current copy out, and loads `sequence` again: if
+//! it moved, the writer may have started on the copy being read, so the
+//! read is tried again, a few times, then refused
+//! ([`PublicationError::Torn`]). The core takes decisions in only while
+//! the server is stopped in a syscall, but it may read the credit table
+//! on another pCPU while the server runs (a rebuild stream), so a torn
+//! read can happen there, rarely; the core then keeps its last copy.
 //!
-//! Everything in the area is the server's input to the core: [`read_credits`]
-//! validates every field against the machine's [`Shape`] and refuses the
+//! Every table follows it, each with its own sequence.
+//!
+//! Everything in the area is the server's input to the core:
+//! [`PublicationArea::read_credits`] and [`PublicationArea::read_decision`]
+//! validate every field against the machine's [`Shape`] and refuse the
 //! whole table on any bad one.
 
 use core::sync::atomic::{fence, AtomicU64, Ordering};
 
 use heapless::Vec;
 
-use crate::messages::scheduler::{CreditEntry, Priority, Shape, Vcpu, MAX_VCPUS};
+use crate::messages::scheduler::{
+    CreditEntry, Pcpu, Priority, Shape, Vcpu, MAX_PCPUS, MAX_VCPUS, RUN_LIST_LEN, SLICE_NS_MAX,
+    SLICE_NS_MIN,
+};
 use crate::ring::{ARGUMENT_PAGE_OFFSET, PAGE_SIZE};
 
 /// Offset of the publication area from the ring region's base: after the
@@ -69,8 +93,18 @@ const ENTRY_WORDS: usize = 3;
 pub const COPY_WORDS: usize = (HEADER_WORDS + ENTRY_WORDS * CREDIT_TABLE_LEN).next_multiple_of(8);
 /// Word index of copy 0.
 const FIRST_COPY: usize = 8;
+/// Words of one copy of a decision: slice, length, run list.
+pub const DECISION_COPY_WORDS: usize = 2 + RUN_LIST_LEN;
+/// Words of one pCPU's decision block: sequence and two copies, rounded up
+/// to whole cache lines.
+pub const DECISION_WORDS: usize = (1 + 2 * DECISION_COPY_WORDS).next_multiple_of(8);
+/// Word index of pCPU 0's decision block.
+const FIRST_DECISION: usize = FIRST_COPY + 2 * COPY_WORDS;
+/// Reads of a table before a reader gives up on a writer that keeps
+/// moving it ([`PublicationError::Torn`]).
+const READ_ATTEMPTS: usize = 4;
 /// Words of the used layout.
-pub const PUBLICATION_WORDS: usize = FIRST_COPY + 2 * COPY_WORDS;
+pub const PUBLICATION_WORDS: usize = FIRST_DECISION + MAX_PCPUS * DECISION_WORDS;
 
 const _: () = assert!(PUBLICATION_WORDS * 8 <= PUBLICATION_BYTES);
 
@@ -118,6 +152,17 @@ impl PublicationError {
     }
 }
 
+/// A pCPU's decision as read: its run queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedDecision {
+    /// The block's sequence it was read at.
+    pub sequence: u64,
+    /// Candidates, best first.
+    pub run: Vec<Vcpu, RUN_LIST_LEN>,
+    /// How long the pick may run, in ns.
+    pub slice_ns: u64,
+}
+
 /// A credit table as read: what the server published after its last
 /// accounting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +194,31 @@ fn priority_from(code: u64) -> Option<Priority> {
 
 fn out_of_range(field: &'static str) -> PublicationError {
     PublicationError::OutOfRange { field }
+}
+
+/// The sequence after `sequence`: never 0 ("nothing yet"), and of the other
+/// parity, so that consecutive publications use both copies even across
+/// the wrap.
+fn next_sequence(sequence: u64) -> u64 {
+    sequence.checked_add(1).unwrap_or(2)
+}
+
+/// Runs `read` (one attempt at a table whose sequence word is `sequence`)
+/// until it sees the sequence unchanged after its copy, at most
+/// [`READ_ATTEMPTS`] times.
+fn read_consistent<T>(
+    sequence: &AtomicU64,
+    mut read: impl FnMut(u64) -> Result<T, PublicationError>,
+) -> Result<T, PublicationError> {
+    for _ in 0..READ_ATTEMPTS {
+        let before = sequence.load(Ordering::Acquire);
+        let result = read(before);
+        fence(Ordering::Acquire);
+        if sequence.load(Ordering::Relaxed) == before {
+            return result;
+        }
+    }
+    Err(PublicationError::Torn)
 }
 
 impl PublicationArea {
@@ -195,9 +265,9 @@ impl PublicationArea {
         accounted_at: Option<u64>,
         entries: impl IntoIterator<Item = CreditEntry>,
     ) -> usize {
-        let sequence = self.words[0].load(Ordering::Relaxed);
-        // Sequence 0 means "nothing yet": a wrap skips it.
-        let next = sequence.wrapping_add(1).max(1);
+        let next = next_sequence(self.words[0].load(Ordering::Relaxed));
+        // The last publication's sequence store before this one's writes.
+        fence(Ordering::Release);
         let copy = self.copy(next);
         let mut count = 0;
         for entry in entries.into_iter().take(CREDIT_TABLE_LEN) {
@@ -218,63 +288,140 @@ impl PublicationArea {
         count
     }
 
+    /// pCPU `pcpu`'s decision block, if the layout has one.
+    fn decision_block(&self, pcpu: Pcpu) -> Option<&[AtomicU64]> {
+        let start = FIRST_DECISION + usize::from(pcpu) * DECISION_WORDS;
+        self.words.get(start..start + DECISION_WORDS)
+    }
+
+    /// Publishes pCPU `pcpu`'s decision (its first [`RUN_LIST_LEN`] vCPUs
+    /// and the slice), the way [`Self::publish_credits`] publishes credits.
+    /// Returns `false` (and writes nothing) for a pCPU past
+    /// [`MAX_PCPUS`].
+    pub fn publish_decision(&self, pcpu: Pcpu, run: &[Vcpu], slice_ns: u64) -> bool {
+        let Some(block) = self.decision_block(pcpu) else {
+            return false;
+        };
+        let next = next_sequence(block[0].load(Ordering::Relaxed));
+        fence(Ordering::Release);
+        let start = 1 + (next % 2) as usize * DECISION_COPY_WORDS;
+        let copy = &block[start..start + DECISION_COPY_WORDS];
+        let run = &run[..run.len().min(RUN_LIST_LEN)];
+        for (word, vcpu) in copy[2..].iter().zip(run) {
+            word.store(u64::from(vcpu.domain) | u64::from(vcpu.index) << 16, Ordering::Relaxed);
+        }
+        copy[0].store(slice_ns, Ordering::Relaxed);
+        copy[1].store(run.len() as u64, Ordering::Relaxed);
+        block[0].store(next, Ordering::Release);
+        true
+    }
+
+    /// pCPU `pcpu`'s decision sequence: completed publications (0 for none,
+    /// or for a pCPU past [`MAX_PCPUS`]). The core compares it with the
+    /// last one it took in, to read only what changed.
+    pub fn decision_sequence(&self, pcpu: Pcpu) -> u64 {
+        self.decision_block(pcpu)
+            .map_or(0, |block| block[0].load(Ordering::Acquire))
+    }
+
+    /// Reads pCPU `pcpu`'s current decision, every field checked against
+    /// `shape` (the pCPU online, each vCPU existing and named once, the
+    /// slice within the timeslice's range): `None` if nothing was
+    /// published for it yet, an error if anything is out of range or the
+    /// block changed while it was read.
+    pub fn read_decision(&self, pcpu: Pcpu, shape: &Shape) -> Result<Option<PublishedDecision>, PublicationError> {
+        shape.check_pcpu(pcpu, "pcpu").map_err(|_| out_of_range("pcpu"))?;
+        let block = self.decision_block(pcpu).ok_or(out_of_range("pcpu"))?;
+        read_consistent(&block[0], |sequence| {
+            if sequence == 0 {
+                return Ok(None);
+            }
+            let start = 1 + (sequence % 2) as usize * DECISION_COPY_WORDS;
+            let copy = &block[start..start + DECISION_COPY_WORDS];
+            let slice_ns = copy[0].load(Ordering::Relaxed);
+            if !(SLICE_NS_MIN..=SLICE_NS_MAX).contains(&slice_ns) {
+                return Err(out_of_range("slice_ns"));
+            }
+            let length = usize::try_from(copy[1].load(Ordering::Relaxed))
+                .ok()
+                .filter(|&length| length <= RUN_LIST_LEN)
+                .ok_or(out_of_range("run length"))?;
+            let mut run = Vec::new();
+            for word in &copy[2..2 + length] {
+                let id = word.load(Ordering::Relaxed);
+                if id >> 24 != 0 {
+                    return Err(out_of_range("run"));
+                }
+                let vcpu = Vcpu::new((id & 0xffff) as u16, (id >> 16 & 0xff) as u8);
+                shape.check_vcpu(vcpu, "run").map_err(|_| out_of_range("run"))?;
+                if run.contains(&vcpu) {
+                    return Err(out_of_range("run"));
+                }
+                // Cannot fail: `length` is at most the capacity.
+                let _ = run.push(vcpu);
+            }
+            Ok(Some(PublishedDecision { sequence, run, slice_ns }))
+        })
+    }
+
     /// Reads the current credit table, every field checked against `shape`:
     /// `None` if nothing was published yet, an error (and nothing of the
     /// table) if any field is out of range or the table changed while it
     /// was read.
     pub fn read_credits(&self, shape: &Shape) -> Result<Option<CreditTable>, PublicationError> {
-        let sequence = self.sequence();
-        if sequence == 0 {
-            return Ok(None);
-        }
-        let copy = self.copy(sequence);
-        let flags = copy[0].load(Ordering::Relaxed);
-        let accounted_at = copy[1].load(Ordering::Relaxed);
-        let count = copy[2].load(Ordering::Relaxed);
-        let mut table = CreditTable {
-            accounted_at: None,
-            entries: Vec::new(),
-        };
-        if flags > 1 {
-            return Err(out_of_range("flags"));
-        }
-        if flags == 1 {
-            table.accounted_at = Some(accounted_at);
-        }
-        let count = usize::try_from(count)
-            .ok()
-            .filter(|&count| count <= CREDIT_TABLE_LEN)
-            .ok_or(out_of_range("count"))?;
-        for position in 0..count {
-            let at = HEADER_WORDS + position * ENTRY_WORDS;
-            let id = copy[at].load(Ordering::Relaxed);
-            if id >> 33 != 0 {
-                return Err(out_of_range("entry"));
+        read_consistent(&self.words[0], |sequence| {
+            if sequence == 0 {
+                return Ok(None);
             }
-            let vcpu = Vcpu::new((id & 0xffff) as u16, (id >> 16 & 0xff) as u8);
-            shape
-                .check_vcpu(vcpu, "vcpu")
-                .map_err(|_| out_of_range("vcpu"))?;
-            if table.entries.iter().any(|entry| entry.vcpu == vcpu) {
-                return Err(out_of_range("vcpu repeated"));
-            }
-            let priority = priority_from(id >> 24 & 0xff).ok_or(out_of_range("priority"))?;
-            let entry = CreditEntry {
-                vcpu,
-                credit_ns: copy[at + 1].load(Ordering::Relaxed) as i64,
-                run_time_ns: copy[at + 2].load(Ordering::Relaxed),
-                priority,
-                parked: id >> 32 & 1 == 1,
-            };
-            // Cannot fail: `count` is at most the capacity.
-            let _ = table.entries.push(entry);
-        }
-        fence(Ordering::Acquire);
-        if self.words[0].load(Ordering::Relaxed) != sequence {
-            return Err(PublicationError::Torn);
-        }
-        Ok(Some(table))
+            read_credit_copy(self.copy(sequence), shape).map(Some)
+        })
     }
+}
+
+/// One credit table copy, checked against `shape`.
+fn read_credit_copy(copy: &[AtomicU64], shape: &Shape) -> Result<CreditTable, PublicationError> {
+    let flags = copy[0].load(Ordering::Relaxed);
+    let accounted_at = copy[1].load(Ordering::Relaxed);
+    let count = copy[2].load(Ordering::Relaxed);
+    let mut table = CreditTable {
+        accounted_at: None,
+        entries: Vec::new(),
+    };
+    if flags > 1 {
+        return Err(out_of_range("flags"));
+    }
+    if flags == 1 {
+        table.accounted_at = Some(accounted_at);
+    }
+    let count = usize::try_from(count)
+        .ok()
+        .filter(|&count| count <= CREDIT_TABLE_LEN)
+        .ok_or(out_of_range("count"))?;
+    for position in 0..count {
+        let at = HEADER_WORDS + position * ENTRY_WORDS;
+        let id = copy[at].load(Ordering::Relaxed);
+        if id >> 33 != 0 {
+            return Err(out_of_range("entry"));
+        }
+        let vcpu = Vcpu::new((id & 0xffff) as u16, (id >> 16 & 0xff) as u8);
+        shape
+            .check_vcpu(vcpu, "vcpu")
+            .map_err(|_| out_of_range("vcpu"))?;
+        if table.entries.iter().any(|entry| entry.vcpu == vcpu) {
+            return Err(out_of_range("vcpu repeated"));
+        }
+        let priority = priority_from(id >> 24 & 0xff).ok_or(out_of_range("priority"))?;
+        let entry = CreditEntry {
+            vcpu,
+            credit_ns: copy[at + 1].load(Ordering::Relaxed) as i64,
+            run_time_ns: copy[at + 2].load(Ordering::Relaxed),
+            priority,
+            parked: id >> 32 & 1 == 1,
+        };
+        // Cannot fail: `count` is at most the capacity.
+        let _ = table.entries.push(entry);
+    }
+    Ok(table)
 }
 
 #[cfg(test)]
@@ -368,10 +515,108 @@ mod tests {
     }
 
     #[test]
+    fn each_pcpu_has_its_own_decision() {
+        let area = PublicationArea::new();
+        let shape = shape();
+        assert_eq!(area.read_decision(0, &shape), Ok(None));
+        assert!(area.publish_decision(1, &[Vcpu::new(0, 1), Vcpu::new(3, 0)], 30_000_000));
+        assert!(area.publish_decision(1, &[Vcpu::new(0, 0)], 1_000_000));
+        assert!(area.publish_decision(0, &[], 30_000_000));
+        assert_eq!(area.read_decision(0, &shape).expect("valid").expect("published").run.len(), 0);
+        let decision = area.read_decision(1, &shape).expect("valid").expect("published");
+        assert_eq!((decision.sequence, decision.run.as_slice(), decision.slice_ns), (2, &[Vcpu::new(0, 0)][..], 1_000_000));
+        assert_eq!((area.decision_sequence(0), area.decision_sequence(1), area.decision_sequence(2)), (1, 2, 0));
+        // pCPU 2 is not online in this shape; pCPU 8 does not exist.
+        assert_eq!(area.read_decision(2, &shape), Err(PublicationError::OutOfRange { field: "pcpu" }));
+        assert!(!area.publish_decision(MAX_PCPUS as u8, &[], 30_000_000));
+        assert_eq!(area.decision_sequence(MAX_PCPUS as u8), 0);
+        // A run list longer than the capacity is cut.
+        let long = [Vcpu::new(0, 0); RUN_LIST_LEN + 3];
+        assert!(area.publish_decision(0, &long[..RUN_LIST_LEN + 3], 30_000_000));
+        assert_eq!(area.read_decision(0, &shape), Err(PublicationError::OutOfRange { field: "run" }), "repeated");
+    }
+
+    #[test]
+    fn every_bad_decision_field_refuses_the_decision() {
+        let block = FIRST_DECISION + DECISION_WORDS; // pCPU 1
+        let current = block + 1 + DECISION_COPY_WORDS; // sequence 1 → copy 1
+        let cases: [(usize, u64, &str); 6] = [
+            (0, SLICE_NS_MIN - 1, "slice_ns"),
+            (0, SLICE_NS_MAX + 1, "slice_ns"),
+            (1, RUN_LIST_LEN as u64 + 1, "run length"),
+            (2, 5, "run"),
+            (2, 1 << 30, "run"),
+            (3, 0, "run"),
+        ];
+        for (word, value, field) in cases {
+            let area = PublicationArea::new();
+            area.publish_decision(1, &[Vcpu::new(0, 0), Vcpu::new(0, 1)], 30_000_000);
+            area.scribble_word(current + word, value);
+            assert_eq!(
+                area.read_decision(1, &shape()),
+                Err(PublicationError::OutOfRange { field }),
+                "word {word} = {value}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_decision_writer_stopped_halfway_leaves_the_last_decision() {
+        let area = PublicationArea::new();
+        area.publish_decision(0, &[Vcpu::new(3, 0)], 30_000_000);
+        // The next publication writes copy 0 and dies before the sequence.
+        area.scribble_word(FIRST_DECISION + 1, 0);
+        area.scribble_word(FIRST_DECISION + 2, 99);
+        let decision = area.read_decision(0, &shape()).expect("valid").expect("published");
+        assert_eq!(decision.run.as_slice(), &[Vcpu::new(3, 0)]);
+    }
+
+    #[test]
+    fn publications_alternate_copies_across_the_sequence_wrap() {
+        assert_eq!(next_sequence(0), 1);
+        assert_eq!(next_sequence(1), 2);
+        assert_eq!(next_sequence(u64::MAX), 2);
+        for sequence in [0, 1, 2, u64::MAX - 1, u64::MAX] {
+            assert_ne!(next_sequence(sequence) % 2, sequence % 2, "{sequence}");
+        }
+        // A table published at u64::MAX is replaced by the next one whole.
+        let area = PublicationArea::new();
+        area.scribble_word(0, u64::MAX - 1);
+        area.publish_credits(Some(1), [entry(0, 0, 1, Priority::Under, false)]);
+        area.publish_credits(Some(2), [entry(0, 1, 2, Priority::Over, true)]);
+        assert_eq!(area.sequence(), 2);
+        let table = area.read_credits(&shape()).expect("valid").expect("published");
+        assert_eq!((table.accounted_at, table.entries[0].vcpu), (Some(2), Vcpu::new(0, 1)));
+    }
+
+    #[test]
+    fn a_table_that_keeps_moving_is_refused_as_torn() {
+        let sequence = AtomicU64::new(4);
+        let mut reads = 0;
+        let result: Result<(), _> = read_consistent(&sequence, |_| {
+            reads += 1;
+            sequence.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        });
+        assert_eq!((result, reads), (Err(PublicationError::Torn), READ_ATTEMPTS));
+        let mut moved = false;
+        let result = read_consistent(&sequence, |seen| {
+            if !moved {
+                moved = true;
+                sequence.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(seen)
+        });
+        assert_eq!(result, Ok(9), "the second read sees a steady sequence");
+    }
+
+    #[test]
     fn reset_forgets_everything() {
         let area = PublicationArea::new();
         area.publish_credits(Some(1), [entry(0, 0, 5, Priority::Under, false)]);
+        area.publish_decision(0, &[Vcpu::new(0, 0)], 30_000_000);
         area.reset();
         assert_eq!(area.read_credits(&shape()), Ok(None));
+        assert_eq!(area.read_decision(0, &shape()), Ok(None));
     }
 }

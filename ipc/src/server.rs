@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 pub const IMAGE_BASE: u64 = 0x4000_0000;
 /// End (exclusive) of the range server segments may occupy.
 pub const IMAGE_LIMIT: u64 = 0x5000_0000;
-/// Base of the ring region (`to_server` ring, `to_core` ring, argument page).
+/// Base of the ring region (`to_server` ring, `to_core` ring, argument page,
+/// publication area: `crate::publication`).
 pub const RING_REGION_BASE: u64 = 0x5000_0000;
 /// Base of the grant region (device windows, DMA buffers).
 pub const GRANT_REGION_BASE: u64 = 0x5800_0000;

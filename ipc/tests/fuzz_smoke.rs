@@ -96,16 +96,9 @@ fn decode_test_protocol_survives_random_and_mutated_input() {
 /// each variant at least once, some at their largest.
 fn valid_scheduler_messages() -> Vec<Vec<u8>> {
     let vcpu = |domain, index| scheduler::Vcpu::new(domain, index);
-    let run = heapless::Vec::from_slice(&[vcpu(3, 7), vcpu(0, 1), vcpu(1, 0), vcpu(3, 0)])
-        .expect("4 fit");
     let bodies = [
         scheduler::ToCore::Ready,
         scheduler::ToCore::Heartbeat { count: 1 << 40 },
-        scheduler::ToCore::Decision {
-            pcpu: 3,
-            run,
-            slice_ns: 30_000_000,
-        },
         scheduler::ToCore::Tickle {
             pcpu: 1,
             expected: Some(vcpu(0, 1)),
@@ -244,4 +237,30 @@ fn ring_consumer_survives_random_scripts() {
         2 * INPUTS / 5,
         started.elapsed()
     );
+}
+
+#[test]
+fn publication_area_reads_survive_random_writes() {
+    let started = Instant::now();
+    let mut random = Random(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..INPUTS / 20 {
+        let mut script = Vec::new();
+        for _ in 0..random.below(40) {
+            // Mostly words inside the layout, often the honest publications.
+            let index: u16 = match random.below(8) {
+                0 => 0xffff,
+                1 => 0xfffe,
+                _ => random.below(1100) as u16,
+            };
+            script.extend_from_slice(&index.to_le_bytes());
+            let value = match random.below(4) {
+                0 => random.next() % 16,
+                1 => random.next() % (1 << 26),
+                _ => random.next(),
+            };
+            script.extend_from_slice(&value.to_le_bytes());
+        }
+        fuzzing::publication_area(&script);
+    }
+    eprintln!("publication_area: {} scripts in {:?}", INPUTS / 20, started.elapsed());
 }

@@ -7,7 +7,7 @@ use ipc::messages::scheduler::{
     Applied, ControlError, DomainRecord, Event, EventError, KnobError,
     PublishedCredit, RebuildError, Shape, ToCore, ToServer, Vcpu, VcpuRecord, VcpuState,
     EVENT_BATCH_LEN, MAX_DOMAINS, REBUILD_DOMAIN_BATCH_LEN,
-    REBUILD_VCPU_BATCH_LEN, RUN_LIST_LEN, SLICE_NS_MAX, SLICE_NS_MIN,
+    REBUILD_VCPU_BATCH_LEN,
 };
 use ipc::messages::{
     decode_from_core, decode_from_server, encode, envelope_max_size, DecodeError, Envelope,
@@ -230,16 +230,6 @@ fn to_core() -> impl Strategy<Value = ToCore> {
     ];
     prop_oneof![
         Just(ToCore::Ready),
-        (
-            any::<u8>(),
-            proptest::collection::vec(vcpu(), 0..=RUN_LIST_LEN),
-            any::<u64>()
-        )
-            .prop_map(|(pcpu, run, slice_ns)| ToCore::Decision {
-                pcpu,
-                run: Vec::from_slice(&run).expect("within capacity"),
-                slice_ns
-            }),
         (any::<u8>(), proptest::option::of(vcpu()))
             .prop_map(|(pcpu, expected)| ToCore::Tickle { pcpu, expected }),
         (
@@ -380,17 +370,20 @@ fn worst_case_messages_meet_the_size_bounds_exactly() {
         encoded(u32::MAX, events).len(),
         envelope_max_size::<ToServer>()
     );
-    let decision = ToCore::Decision {
-        pcpu: u8::MAX,
-        run: Vec::from_slice(&[MAX_VCPU; RUN_LIST_LEN]).expect("exactly the capacity"),
-        slice_ns: u64::MAX,
+    let applied = ToCore::ControlResult {
+        request: u32::MAX,
+        result: Ok(Applied::Domain {
+            domain: u16::MAX,
+            weight: u32::MAX,
+            cap: u32::MAX,
+        }),
     };
     assert_eq!(
-        encoded(u32::MAX, decision).len(),
+        encoded(u32::MAX, applied).len(),
         envelope_max_size::<ToCore>()
     );
     assert_eq!(envelope_max_size::<ToServer>(), 246);
-    assert_eq!(envelope_max_size::<ToCore>(), 51);
+    assert_eq!(envelope_max_size::<ToCore>(), 27);
     assert!(envelope_max_size::<ToServer>() <= SLOT_PAYLOAD);
 
     // The other large messages fit too, at their largest.
@@ -404,12 +397,6 @@ fn worst_case_messages_meet_the_size_bounds_exactly() {
             .expect("exactly the capacity"),
     };
     assert!(encoded(u32::MAX, domains).len() <= envelope_max_size::<ToServer>());
-    let decision = ToCore::Decision {
-        pcpu: u8::MAX,
-        run: Vec::from_slice(&[MAX_VCPU; RUN_LIST_LEN]).expect("exactly the capacity"),
-        slice_ns: u64::MAX,
-    };
-    assert!(encoded(u32::MAX, decision).len() <= envelope_max_size::<ToCore>());
 }
 
 #[test]
@@ -451,24 +438,9 @@ fn out_of_range(field: &'static str) -> Result<ToCore, DecodeError> {
     Err(DecodeError::OutOfRange { field })
 }
 
-fn decision(pcpu: u8, run: &[Vcpu], slice_ns: u64) -> ToCore {
-    ToCore::Decision {
-        pcpu,
-        run: Vec::from_slice(run).expect("within capacity"),
-        slice_ns,
-    }
-}
-
 #[test]
 fn validate_accepts_ids_in_range() {
     let good = [
-        decision(
-            1,
-            &[Vcpu::new(0, 1), Vcpu::new(2, 0), Vcpu::new(0, 0)],
-            30_000_000,
-        ),
-        decision(0, &[], SLICE_NS_MIN),
-        decision(0, &[], SLICE_NS_MAX),
         ToCore::Tickle {
             pcpu: 1,
             expected: None,
@@ -512,15 +484,14 @@ fn validate_accepts_ids_in_range() {
 
 #[test]
 fn validate_rejects_out_of_range_ids() {
-    assert_eq!(check(decision(2, &[], 30_000_000)), out_of_range("pcpu"));
-    assert_eq!(check(decision(255, &[], 30_000_000)), out_of_range("pcpu"));
+    let tickle = |pcpu| ToCore::Tickle {
+        pcpu,
+        expected: None,
+    };
+    assert_eq!(check(tickle(255)), out_of_range("pcpu"));
     // Domain 1 does not exist, domain 0 has vCPUs 0 and 1 only, domain 16
     // is beyond the table.
     for vcpu in [Vcpu::new(1, 0), Vcpu::new(0, 2), Vcpu::new(16, 0), MAX_VCPU] {
-        assert_eq!(
-            check(decision(0, &[Vcpu::new(0, 0), vcpu], 30_000_000)),
-            out_of_range("run")
-        );
         assert_eq!(
             check(ToCore::Tickle {
                 pcpu: 0,
@@ -536,13 +507,6 @@ fn validate_rejects_out_of_range_ids() {
         }),
         out_of_range("pcpu")
     );
-    assert_eq!(
-        check(decision(0, &[Vcpu::new(0, 1), Vcpu::new(0, 1)], 30_000_000)),
-        out_of_range("run")
-    );
-    for slice_ns in [0, SLICE_NS_MIN - 1, SLICE_NS_MAX + 1, u64::MAX] {
-        assert_eq!(check(decision(0, &[], slice_ns)), out_of_range("slice_ns"));
-    }
     let applied = |applied| ToCore::ControlResult {
         request: 0,
         result: Ok(applied),
@@ -569,6 +533,6 @@ fn validate_rejects_out_of_range_ids() {
     assert_eq!(check(tunables(30, 99)), out_of_range("ratelimit_us"));
     assert_eq!(check(tunables(1000, 500_001)), out_of_range("ratelimit_us"));
     assert_eq!(check(tunables(1, 1001)), out_of_range("ratelimit_us"));
-    let error = check(decision(9, &[], 30_000_000)).unwrap_err();
+    let error = check(tickle(9)).unwrap_err();
     assert_eq!(error.code(), ErrorCode::OutOfRange);
 }

@@ -11,21 +11,23 @@
 //! | `RebuildEnd` | checks the counts, calls [`Scheduler::rebuild`] and runs the result; on any problem answers `RebuildFailed` and decides nothing until a good stream |
 //! | `Events` | applies each with [`Scheduler::apply`]; a refused one is counted and logged, never fatal; dropped (counted) while there is no rebuilt policy |
 //! | `SetDomain`, `Configure` | [`Scheduler::set_domain_params`] / [`Scheduler::configure`], which validate with the knob types; answers `ControlResult` with the values now in force or the reason (nothing changes then); `NotReady` while there is no rebuilt policy |
-//! | `Error` | counts and logs it, and republishes every decision (the refused message may have been one of them) and the credit table |
+//! | `Error` | counts and logs it, and republishes every decision and the credit table (the core refuses a decision block or a credit table it cannot take with an `Error` too) |
 //!
 //! Publication happens once per run-loop turn, after the turn's messages
 //! (a handler asks for it with a timeout of "now", so the run loop calls
-//! [`Handler::notified`] at the end of the same turn): first a `Decision`
-//! for each pCPU whose decision changed since it was last sent, then
-//! `Ready` if a rebuild just completed, then the tickles
-//! ([`Scheduler::take_tickles`]). Tickles wait until every decision went
-//! out, so a tickled pCPU always finds its new decision. A send that fails
-//! (the ring stayed full) is retried 1 ms later. After each accounting
-//! period (and after a rebuild) the server also rewrites its credit table
-//! in the publication area ([`ipc::publication`]): every vCPU's credit,
-//! priority and run time, which the core reads for `hvctl stats` and hands
-//! back to the next instance. That is no message: the core reads it when
-//! it needs it, not at every accounting.
+//! [`Handler::notified`] at the end of the same turn): first the decision
+//! of each pCPU whose decision changed since it was last published, written
+//! into that pCPU's block of the publication area ([`ipc::publication`]),
+//! then `Ready` if a rebuild just completed, then the tickles
+//! ([`Scheduler::take_tickles`]). The core takes in the decision blocks
+//! that changed each time the server gives the pCPU back, before it acts on
+//! the messages, so a tickled pCPU always finds its new decision. A send
+//! that fails (the ring stayed full) is retried 1 ms later. After each
+//! accounting period (and after a rebuild) the server also rewrites its
+//! credit table there: every vCPU's credit, priority and run time, which
+//! the core reads for `hvctl stats` and hands back to the next instance.
+//! Neither is a message: under TCG each message costs decode and
+//! validation code on both sides (docs/benchmarks.md).
 //!
 //! Time: at [`Scheduler::next_deadline`] the server applies
 //! [`Event::Tick`] with its own clock ([`Context::now`], the core's clock),
@@ -148,7 +150,7 @@ pub struct Counters {
     pub controls: u64,
     /// Control requests refused.
     pub refused_controls: u64,
-    /// `Decision` messages sent.
+    /// Decisions published.
     pub decisions: u64,
     /// `Tickle` messages sent.
     pub tickles: u64,
@@ -283,13 +285,14 @@ pub struct SchedulerServer {
     policy: Policy,
     /// Rebuild records arrived outside a stream; reported at the next end.
     stray_records: bool,
-    /// The decision last sent for each pCPU.
+    /// The decision last published for each pCPU.
     published: [Option<Decision>; MAX_PCPUS],
     /// Tickles taken from the policy and not sent yet.
     tickles: [Option<Tickle>; MAX_PCPUS],
     /// `Ready` is still to be sent (a rebuild completed).
     announce: bool,
-    /// A full `Credits` publication is due.
+    /// The credit table is to be rewritten (after an accounting, a rebuild
+    /// or a refusal).
     credits_due: bool,
     /// The policy's accounting count at the last publication.
     accountings_seen: u64,
@@ -393,7 +396,7 @@ impl SchedulerServer {
         }
     }
 
-    /// The decision last sent for `pcpu`.
+    /// The decision last published for `pcpu`.
     pub fn published(&self, pcpu: PcpuId) -> Option<Decision> {
         pcpu.index().and_then(|index| self.published[index])
     }
@@ -635,9 +638,9 @@ impl SchedulerServer {
         }
     }
 
-    /// Sends what changed: decisions, then `Ready` after a rebuild, then
-    /// tickles, then credits if due. Whatever could not be sent is kept
-    /// for the retry.
+    /// Publishes what changed: the decisions (into the publication area),
+    /// then `Ready` after a rebuild, then the tickles, then the credit
+    /// table if due. Whatever could not be sent is kept for the retry.
     fn publish(&mut self, context: &mut Context<'_, ToCore>) {
         let Some(scheduler) = running(&mut self.policy) else {
             return;
@@ -653,12 +656,11 @@ impl SchedulerServer {
                 *published = None;
                 continue;
             };
-            if context.send(decision_message(pcpu, &decision)).is_ok() {
-                *published = Some(decision);
-                self.counters.decisions += 1;
-            } else {
-                failed = true;
-            }
+            // Not a message: the pCPU's decision block is rewritten in
+            // place, before anything computed with it is sent.
+            publish_decision(pcpu, &decision, context.publication());
+            *published = Some(decision);
+            self.counters.decisions += 1;
         }
         if self.announce && !failed {
             if context.send(ToCore::Ready).is_ok() {
@@ -806,7 +808,7 @@ impl Handler for SchedulerServer {
         self.arm(now, context);
     }
 
-    /// The core refused a message: it may have been a decision, so
+    /// The core refused a message, a decision block or the credit table:
     /// everything is published again.
     fn fault(&mut self, code: ErrorCode, context: &mut Context<'_, ToCore>) {
         self.counters.refusals += 1;
@@ -861,17 +863,14 @@ fn pcpu_set(mask: u8) -> PcpuSet {
     set
 }
 
-fn decision_message(pcpu: PcpuId, decision: &Decision) -> ToCore {
-    let mut run = Vec::new();
+/// Writes `pcpu`'s decision into its block of the publication area.
+fn publish_decision(pcpu: PcpuId, decision: &Decision, area: &PublicationArea) {
+    let mut run: Vec<wire::Vcpu, RUN_LIST_LEN> = Vec::new();
     for vcpu in decision.run.iter() {
         // Cannot fail: both lists hold RUN_LIST_LEN (asserted above).
         let _ = run.push(wire::Vcpu::from(vcpu));
     }
-    ToCore::Decision {
-        pcpu: pcpu.0,
-        run,
-        slice_ns: decision.slice_ns,
-    }
+    area.publish_decision(pcpu.0, &run, decision.slice_ns);
 }
 
 fn tickle_message(tickle: Tickle) -> ToCore {

@@ -502,6 +502,12 @@ fn parse_scenario(mut table: TableReader<'_>, workspace_root: &Path) -> Result<S
     })
 }
 
+/// Whether an `expect_any` given is empty or holds an empty text (an
+/// absent key reads as no texts at all, which is fine).
+fn entry_has_empty(texts: &Option<Vec<String>>) -> bool {
+    texts.as_ref().is_some_and(|texts| texts.is_empty() || texts.iter().any(String::is_empty))
+}
+
 /// Reads the `control` steps: `at` (seconds, in order), `command` (a valid
 /// `hvctl` command line) and an optional `expect`.
 fn parse_control(table: &mut TableReader<'_>) -> Result<Vec<ControlStep>, KeyError> {
@@ -512,20 +518,21 @@ fn parse_control(table: &mut TableReader<'_>) -> Result<Vec<ControlStep>, KeyErr
             .ok_or_else(|| entry.error("at", "missing (seconds after QEMU starts)"))?;
         let at = Duration::from_secs_f64(at);
         let command = entry.required_string("command")?.trim().to_owned();
+        let expect_any = entry.string_list("expect_any")?;
+        if entry_has_empty(&expect_any) {
+            return Err(entry.error("expect_any", "must hold texts, none of them empty"));
+        }
         let step = ControlStep {
             at,
             command,
             expect: entry.string("expect")?.map(str::to_owned),
-            expect_any: entry.string_list("expect_any")?.unwrap_or_default(),
+            expect_any: expect_any.unwrap_or_default(),
         };
         if let Err(error) = hvctl::cli::parse(&step.words()) {
             return Err(entry.error("command", format!("not a valid hvctl command: {error}")));
         }
         if step.expect.as_deref() == Some("") {
             return Err(entry.error("expect", "must not be empty"));
-        }
-        if step.expect_any.iter().any(String::is_empty) {
-            return Err(entry.error("expect_any", "must not hold an empty text"));
         }
         if let Some(previous) = steps.last().filter(|previous| previous.at > at) {
             return Err(entry.error(

@@ -154,15 +154,18 @@ pub fn shared_ring(frame: HostPhysAddr) -> &'static ipc::ring::RingMemory {
 }
 
 /// The publication area at `frame` (`ipc::publication::PUBLICATION_BYTES`
-/// of frames in a server's ring region, which the core never frees).
-pub fn shared_publication(frame: HostPhysAddr) -> &'static ipc::publication::PublicationArea {
-    let end = frame.as_u64() + ipc::publication::PUBLICATION_BYTES as u64;
-    assert!(frame.is_page_aligned() && end <= IDENTITY_LIMIT, "publication area outside the identity map");
+/// of frames in a server's ring region, which the core never frees);
+/// `None` if the frames are not page-aligned inside the identity map.
+pub fn shared_publication(frame: HostPhysAddr) -> Option<&'static ipc::publication::PublicationArea> {
+    let end = frame.as_u64().checked_add(ipc::publication::PUBLICATION_BYTES as u64)?;
+    if !frame.is_page_aligned() || end > IDENTITY_LIMIT {
+        return None;
+    }
     const _: () = assert!(core::mem::size_of::<ipc::publication::PublicationArea>() <= ipc::publication::PUBLICATION_BYTES);
     // SAFETY: as for `shared_ring`: identity-mapped frames the core owns
     // for the area's whole life, page-aligned (the area needs 64), and
     // `PublicationArea` is made only of atomics, so any bit pattern is
     // valid and concurrent writes by the server are not undefined
     // behaviour.
-    unsafe { &*(frame.as_u64() as *const ipc::publication::PublicationArea) }
+    Some(unsafe { &*(frame.as_u64() as *const ipc::publication::PublicationArea) })
 }

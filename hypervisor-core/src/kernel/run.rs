@@ -23,6 +23,7 @@ use crate::arch::{self, cpu, interrupts, lapic, svm, user};
 use super::domain::{self, BuildError, PermissionMaps};
 use super::scheduling::{SchedulerLink, VcpuFacts};
 use super::server::{Drained, SchedulerInput, Server, ServerBuildError, ServerRun};
+use ipc::publication::PublicationError;
 use ipc::messages::scheduler::{self as sched_wire, Event};
 use super::vcpu::{DomainMemory, HaltRecord, KernelPlatform, Vcpu, VcpuView};
 use super::paging::{self, DomainPaging, GuestAccess, PagerLink, Touch};
@@ -1715,18 +1716,22 @@ impl<'a> Machine<'a> {
 
     /// Takes the scheduler server's current credit table into the core's
     /// copy, checked against the machine's shape; a table that fails the
-    /// check is refused whole (logged) and the copy kept. Read at a restart,
+    /// check (or that the server, on another pCPU, kept rewriting while it
+    /// was read) is refused whole, logged, and the copy kept. Read at a restart,
     /// a rebuild and `hvctl stats`: the server writes it after every
     /// accounting, and nothing else in the core needs it.
     fn read_credit_table(&mut self) {
-        let Some(server) = self.scheduling.server.and_then(|index| self.servers.get(index)) else { return };
-        match server.publication().read_credits(&self.shape()) {
+        let Some(area) = self.scheduling.server.and_then(|index| self.servers.get(index)).and_then(Server::publication) else { return };
+        match area.read_credits(&self.shape()) {
             Ok(Some(table)) => {
                 let vcpus = &self.vcpus;
                 let vcpu_index = |id: sched_wire::Vcpu| vcpus.iter().position(|vcpu| vcpu.domain == usize::from(id.domain) && vcpu.index == id.index);
                 self.scheduling.take_table(&table, vcpu_index);
             }
             Ok(None) => {}
+            // The server, running on another pCPU, rewrote it while it was
+            // read: the last copy stays, the next read takes the new one.
+            Err(PublicationError::Torn) => defmt::info!("scheduler credit table changed while read; the last copy kept"),
             Err(error) => defmt::warn!("scheduler credit table refused: {=str}", error.reason()),
         }
     }

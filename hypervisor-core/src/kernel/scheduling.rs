@@ -1,12 +1,12 @@
 //! The core's side of the scheduler server: what it tells the server
 //! (a rebuild stream at every start, then batched events) and what it keeps
-//! of the server's answers (the published decision, control results, and
-//! the credits it reads from the server's credit table). The hot path never waits on the server: the run loop reads the
+//! of what the server publishes (each pCPU's decision and the credits,
+//! read from its publication area, and control results). The hot path never waits on the server: the run loop reads the
 //! last published decision at a switch point, and falls back to round-robin
 //! whenever no instance has announced itself since its last start.
 
 use heapless::Vec;
-use ipc::publication::CreditTable;
+use ipc::publication::{CreditTable, PublishedDecision};
 use ipc::messages::scheduler::{
     Applied, ControlError, CreditEntry, DomainRecord, Event, PublishedCredit, ToCore, ToServer, Vcpu, VcpuRecord,
     VcpuState, EVENT_BATCH_LEN, REBUILD_DOMAIN_BATCH_LEN, REBUILD_VCPU_BATCH_LEN, RUN_LIST_LEN,
@@ -29,6 +29,9 @@ pub struct SchedulerLink {
     /// Each pCPU's published decision, its run queue: the ordered run
     /// list and the slice.
     pub decisions: [Option<(Vec<Vcpu, RUN_LIST_LEN>, u64)>; crate::arch::smp::MAX_CPUS],
+    /// Each pCPU's decision sequence last taken in (its block in the
+    /// server's publication area; 0: none yet).
+    pub decisions_seen: [u64; crate::arch::smp::MAX_CPUS],
     /// pCPUs the server tickled since the run loop last looked (bit per
     /// pCPU): they are kicked to their switch point.
     pub tickled: u32,
@@ -60,6 +63,7 @@ impl Default for SchedulerLink {
             server: None,
             ready_generation: None,
             decisions: [const { None }; crate::arch::smp::MAX_CPUS],
+            decisions_seen: [0; crate::arch::smp::MAX_CPUS],
             tickled: 0,
             decided: 0,
             events: Vec::new(),
@@ -108,6 +112,8 @@ impl SchedulerLink {
     pub fn instance_stopped(&mut self) {
         self.ready_generation = None;
         self.decisions = [const { None }; crate::arch::smp::MAX_CPUS];
+        // The next instance starts on a zeroed publication area.
+        self.decisions_seen = [0; crate::arch::smp::MAX_CPUS];
         self.events.clear();
         self.urgent = false;
         self.lost_events = false;
@@ -204,6 +210,32 @@ impl SchedulerLink {
         }
     }
 
+    /// Whether pCPU `pcpu`'s decision block moved on to `sequence` since
+    /// it was last taken in.
+    pub fn decision_changed(&self, pcpu: u8, sequence: u64) -> bool {
+        self.decisions_seen.get(usize::from(pcpu)).is_some_and(|&seen| seen != sequence)
+    }
+
+    /// Marks pCPU `pcpu`'s block as seen at `sequence` without a decision
+    /// (nothing published, or a refused one).
+    pub fn seen_decision(&mut self, pcpu: u8, sequence: u64) {
+        if let Some(seen) = self.decisions_seen.get_mut(usize::from(pcpu)) {
+            *seen = sequence;
+        }
+    }
+
+    /// Takes in pCPU `pcpu`'s decision, read and validated from the
+    /// server's publication area: its run queue from now on.
+    pub fn take_decision(&mut self, pcpu: u8, decision: PublishedDecision) {
+        let (Some(slot), Some(seen)) = (self.decisions.get_mut(usize::from(pcpu)), self.decisions_seen.get_mut(usize::from(pcpu))) else {
+            return;
+        };
+        *slot = Some((decision.run, decision.slice_ns));
+        *seen = decision.sequence;
+        self.decided |= 1 << pcpu;
+        self.decisions_received += 1;
+    }
+
     /// Takes in one validated message of the current instance. Returns
     /// `true` if it was `Ready` or `RebuildFailed` asks for a new stream
     /// (`needs_rebuild`).
@@ -212,14 +244,6 @@ impl SchedulerLink {
             ToCore::Ready => {
                 self.ready_generation = Some(generation);
                 return Accepted::Ready;
-            }
-            ToCore::Decision { pcpu, run, slice_ns } => {
-                // The shape checked `pcpu < pcpus`.
-                if let Some(slot) = self.decisions.get_mut(usize::from(pcpu)) {
-                    *slot = Some((run, slice_ns));
-                    self.decided |= 1 << pcpu;
-                }
-                self.decisions_received += 1;
             }
             ToCore::Tickle { pcpu, .. } => self.tickled |= 1 << pcpu,
             ToCore::Heartbeat { .. } => {}

@@ -174,8 +174,9 @@ impl<'a> Server<'a> {
     }
 
     /// The publication area of this server's ring region
-    /// (`ipc::publication`), kept across restarts like the rings.
-    pub fn publication(&self) -> &'static ipc::publication::PublicationArea {
+    /// (`ipc::publication`), kept across restarts like the rings (`None`
+    /// only if the region were outside the core's identity map).
+    pub fn publication(&self) -> Option<&'static ipc::publication::PublicationArea> {
         memory::shared_publication(HostPhysAddr::new_truncate(self.ring_region.as_u64() + (RING_PAGES + 1) * PAGE_SIZE))
     }
 
@@ -191,7 +192,9 @@ impl<'a> Server<'a> {
         self.to_server = Producer::attach(to_server);
         self.to_core = Consumer::attach(to_core);
         // Whatever the last instance published was taken before it stopped.
-        self.publication().reset();
+        if let Some(area) = self.publication() {
+            area.reset();
+        }
         let arguments = HostPhysAddr::new_truncate(self.ring_region.as_u64() + RING_PAGES * PAGE_SIZE);
         memory.fill(arguments, 0);
         memory.write(arguments, 0, self.spec.args.as_bytes());
@@ -423,6 +426,34 @@ impl Server<'_> {
         let mut errors: heapless::Vec<messages::ErrorCode, SLOT_COUNT> = heapless::Vec::new();
         let generation = self.health.generation;
         let kind = self.spec.kind;
+        if let (Some(input), Some(area)) = (scheduler_input.as_mut(), self.publication()) {
+            // The decisions first: a message after them (a tickle, `Ready`)
+            // was computed with them. The server is stopped in a syscall
+            // now, so no block is being written.
+            for pcpu in 0..input.shape.pcpus {
+                let sequence = area.decision_sequence(pcpu);
+                if !input.link.decision_changed(pcpu, sequence) {
+                    continue;
+                }
+                match area.read_decision(pcpu, &input.shape) {
+                    Ok(Some(decision)) => {
+                        input.link.take_decision(pcpu, decision);
+                        self.health.well_formed();
+                    }
+                    Ok(None) => input.link.seen_decision(pcpu, sequence),
+                    Err(error) => {
+                        // Refused like a malformed message; the server
+                        // publishes everything again when told.
+                        defmt::warn!("scheduler decision of pCPU {=u8} refused: {=str}", pcpu, error.reason());
+                        input.link.seen_decision(pcpu, sequence);
+                        let _ = errors.push(messages::ErrorCode::OutOfRange);
+                        if let Some(limit) = self.health.malformed() {
+                            fault = Some(limit);
+                        }
+                    }
+                }
+            }
+        }
         let health = &mut self.health;
         let echo = &mut self.echo;
         let result = self.to_core.drain(max.min(SLOT_COUNT), |slot| {

@@ -47,29 +47,32 @@
 //!
 //! Server → core ([`ToCore`]):
 //!
-//! * after a complete rebuild, one [`ToCore::Decision`] per online pCPU,
-//!   then [`ToCore::Ready`] (from then on the core follows the server's
-//!   decisions instead of its fallback), then any [`ToCore::Tickle`]s; if
-//!   the stream was broken, [`ToCore::RebuildFailed`] instead (the core
-//!   sends a fresh stream);
-//! * after each batch of events: a [`ToCore::Decision`] for each pCPU
-//!   whose decision changed, then [`ToCore::Tickle`]s; decisions are always
-//!   sent before the tickles computed with them;
+//! * after a complete rebuild, [`ToCore::Ready`] (from then on the core
+//!   follows the server's decisions instead of its fallback), then any
+//!   [`ToCore::Tickle`]s; if the stream was broken,
+//!   [`ToCore::RebuildFailed`] instead (the core sends a fresh stream);
+//! * after each batch of events, [`ToCore::Tickle`]s;
 //! * [`ToCore::ControlResult`] for each control request;
 //! * [`ToCore::Heartbeat`] every 100 ms.
 //!
-//! Not in the ring: after a complete rebuild and after every accounting
-//! period the server rewrites its credit table, every vCPU's
-//! [`CreditEntry`], in the publication area
-//! ([`crate::publication`]); the core reads it for `hvctl stats` and to
-//! hand the credits back at a rebuild.
+//! Not in the ring but in the publication area ([`crate::publication`]),
+//! which the server writes before it sends anything computed with it:
+//!
+//! * each pCPU's **decision** (its ordered run list and slice), rewritten
+//!   whenever it changes, for every online pCPU before `Ready`; the core
+//!   takes in each pCPU's whose sequence moved every time the server gives
+//!   the pCPU back, before it acts on the messages, so a tickle always
+//!   finds the decision it was computed with;
+//! * the **credit table**, every vCPU's [`CreditEntry`], rewritten after a
+//!   rebuild and after every accounting period; the core reads it for
+//!   `hvctl stats` and to hand the credits back at a rebuild.
 //!
 //! # Budget
 //!
 //! A body may take up to `SLOT_PAYLOAD - ENVELOPE_HEADER_MAX_SIZE` = 242
 //! bytes ([`BODY_BUDGET`]). The largest bodies are a full event batch
-//! (1 + 1 + 14 × 17 = 240) and, from the server, a decision (1 + 1 + 1 +
-//! 8 × 4 + 10 = 45); every type states its largest encoding as a `MAX_ENCODED_SIZE`
+//! (1 + 1 + 14 × 17 = 240) and, from the server, a control result
+//! (1 + 5 + 1 + 14 = 21); every type states its largest encoding as a `MAX_ENCODED_SIZE`
 //! computed with [`size`], and the asserts at the bottom check
 //! them against the budget at compile time.
 //!
@@ -94,7 +97,7 @@ pub const MAX_DOMAINS: usize = boot::MAX_DOMAINS;
 pub const MAX_VCPUS_PER_DOMAIN: usize = boot::MAX_VCPUS as usize;
 /// Most vCPUs in all.
 pub const MAX_VCPUS: usize = MAX_DOMAINS * MAX_VCPUS_PER_DOMAIN;
-/// Longest run list in a [`ToCore::Decision`].
+/// Longest run list of a published decision ([`crate::publication`]).
 pub const RUN_LIST_LEN: usize = 8;
 /// Most events in one [`ToServer::Events`].
 pub const EVENT_BATCH_LEN: usize = 14;
@@ -122,9 +125,9 @@ pub const TIMESLICE_MS_MAX: u32 = 1000;
 pub const RATELIMIT_US_MIN: u32 = 100;
 /// Longest ratelimit, in µs.
 pub const RATELIMIT_US_MAX: u32 = 500_000;
-/// Shortest slice a [`ToCore::Decision`] may carry (the shortest timeslice).
+/// Shortest slice a published decision may carry (the shortest timeslice).
 pub const SLICE_NS_MIN: u64 = TIMESLICE_MS_MIN as u64 * 1_000_000;
-/// Longest slice a [`ToCore::Decision`] may carry (the longest timeslice).
+/// Longest slice a published decision may carry (the longest timeslice).
 pub const SLICE_NS_MAX: u64 = TIMESLICE_MS_MAX as u64 * 1_000_000;
 
 /// A pCPU: `0..pcpus`.
@@ -612,21 +615,9 @@ impl RebuildError {
 /// Scheduler server → core.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToCore {
-    /// Rebuilt from the stream: the decisions of every online pCPU were sent
-    /// just before; the core follows the server from now on.
+    /// Rebuilt from the stream: the decisions of every online pCPU were
+    /// published just before; the core follows the server from now on.
     Ready,
-    /// What `pcpu` does at its next switch point (replaces the last one).
-    /// The core walks `run` in order and takes the first vCPU that is
-    /// runnable and not running elsewhere (at a yield it skips the yielder
-    /// unless nothing else is left), runs it for `slice_ns`, or idles.
-    Decision {
-        /// The pCPU.
-        pcpu: Pcpu,
-        /// Candidates, best first.
-        run: Vec<Vcpu, RUN_LIST_LEN>,
-        /// How long the pick may run, in ns.
-        slice_ns: u64,
-    },
     /// Make `pcpu` reach a switch point now, if what runs there is still
     /// `expected` (`None`: idle); otherwise drop the tickle.
     Tickle {
@@ -657,7 +648,6 @@ pub enum ToCore {
 impl Message for ToCore {
     const MAX_ENCODED_SIZE: usize = size::VARIANT
         + largest(&[
-            PCPU_SIZE + size::collection(RUN_LIST_LEN, VCPU_SIZE) + size::U64,
             PCPU_SIZE + size::option(VCPU_SIZE),
             size::U32
                 + size::VARIANT
@@ -696,7 +686,7 @@ impl Shape {
         self
     }
 
-    fn check_pcpu(&self, pcpu: Pcpu, field: &'static str) -> Result<(), DecodeError> {
+    pub(crate) fn check_pcpu(&self, pcpu: Pcpu, field: &'static str) -> Result<(), DecodeError> {
         in_range(pcpu < self.pcpus, field)
     }
 
@@ -755,26 +745,12 @@ impl Applied {
 impl FromServer for ToCore {
     type Context = Shape;
 
-    /// pCPUs, domains and vCPUs must exist in `shape`; a run list must not
-    /// name a vCPU twice; a slice must lie in
-    /// [`SLICE_NS_MIN`]`..=`[`SLICE_NS_MAX`]; applied knob values must be in
+    /// pCPUs, domains and vCPUs must exist in `shape`; applied knob values must be in
     /// Xen's ranges (the core keeps them and hands them back at rebuild).
     /// Diagnostics (`RebuildFailed`) and counters are not checked.
     fn validate(&self, shape: &Shape) -> Result<(), DecodeError> {
         match self {
             Self::Ready | Self::RebuildFailed { .. } | Self::Heartbeat { .. } => Ok(()),
-            Self::Decision {
-                pcpu,
-                run,
-                slice_ns,
-            } => {
-                shape.check_pcpu(*pcpu, "pcpu")?;
-                for (position, vcpu) in run.iter().enumerate() {
-                    shape.check_vcpu(*vcpu, "run")?;
-                    in_range(!run[..position].contains(vcpu), "run")?;
-                }
-                in_range((SLICE_NS_MIN..=SLICE_NS_MAX).contains(slice_ns), "slice_ns")
-            }
             Self::Tickle { pcpu, expected } => {
                 shape.check_pcpu(*pcpu, "pcpu")?;
                 match expected {
@@ -821,7 +797,7 @@ mod tests {
         assert_eq!(VcpuRecord::MAX_ENCODED_SIZE, 37);
         assert_eq!(DomainRecord::MAX_ENCODED_SIZE, 13);
         assert_eq!(ToServer::MAX_ENCODED_SIZE, 240);
-        assert_eq!(ToCore::MAX_ENCODED_SIZE, 45);
+        assert_eq!(ToCore::MAX_ENCODED_SIZE, 21);
         assert_eq!(BODY_BUDGET, 242);
         assert_eq!(REBUILD_STREAM_MAX_MESSAGES, 25);
     }

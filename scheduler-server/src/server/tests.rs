@@ -198,8 +198,27 @@ impl Machine {
     }
 }
 
-fn decision_of(pcpu: u8, decision: Decision) -> ToCore {
-    decision_message(PcpuId(pcpu), &decision)
+/// A pCPU's decision as the core reads it: the run list and the slice.
+type Published = (std::vec::Vec<wire::Vcpu>, u64);
+
+/// `decision` as the core would read it once published.
+fn decision_of(decision: Decision) -> Published {
+    (decision.run.iter().map(wire::Vcpu::from).collect(), decision.slice_ns)
+}
+
+/// pCPU `pcpu`'s decision block, read and checked as the core does, with
+/// its sequence.
+fn published_decision(harness: &TestHarness, shape: &Shape, pcpu: u8) -> Option<(u64, Published)> {
+    harness
+        .publication()
+        .read_decision(pcpu, shape)
+        .unwrap_or_else(|error| panic!("the core refuses pCPU {pcpu}'s decision: {error:?}"))
+        .map(|decision| (decision.sequence, (decision.run.to_vec(), decision.slice_ns)))
+}
+
+/// pCPU `pcpu`'s current decision.
+fn decision(harness: &TestHarness, shape: &Shape, pcpu: u8) -> Option<Published> {
+    published_decision(harness, shape, pcpu).map(|(_, decision)| decision)
 }
 
 fn running(pcpu: u8) -> wire::VcpuState {
@@ -240,20 +259,15 @@ fn nothing_is_decided_before_the_stream_ends_then_every_pcpu_gets_its_decision()
     settle(&mut harness);
     let messages = sent(&mut harness, &shape);
     let reference = machine.reference();
-    let expected = |pcpu| decision_of(pcpu, reference.decision(PcpuId(pcpu)).expect("online"));
-    assert_eq!(messages[..3], [expected(0), expected(1), ToCore::Ready]);
-    assert_eq!(
-        messages[0],
-        ToCore::Decision {
-            pcpu: 0,
-            // The running vCPU goes where it would be queued: behind the
-            // waiting one of the same priority.
-            run: Vec::from_slice(&[vcpu(0, 1), vcpu(0, 0)]).expect("fits"),
-            slice_ns: 30 * MS,
-        }
-    );
-    assert_eq!(messages.len(), 3, "{messages:?}");
-    // The credits are in the publication area, not in the ring.
+    let expected = |pcpu| Some(decision_of(reference.decision(PcpuId(pcpu)).expect("online")));
+    // The decisions and the credits are in the publication area, Ready in
+    // the ring.
+    assert_eq!(messages, [ToCore::Ready]);
+    assert_eq!(decision(&harness, &shape, 0), expected(0));
+    assert_eq!(decision(&harness, &shape, 1), expected(1));
+    // The running vCPU goes where it would be queued: behind the waiting
+    // one of the same priority.
+    assert_eq!(decision(&harness, &shape, 0), Some((vec![vcpu(0, 1), vcpu(0, 0)], 30 * MS)));
     let table = credit_table(&harness, &shape).expect("published after the rebuild");
     assert_eq!(table.accounted_at, None);
     let credited: std::vec::Vec<wire::Vcpu> = table.entries.iter().map(|entry| entry.vcpu).collect();
@@ -277,15 +291,9 @@ fn a_wake_changes_the_decision_and_tickles_after_it() {
     machine.ratelimit_us = 0;
     let shape = machine.shape();
     machine.rebuild(&mut harness);
-    let start = sent(&mut harness, &shape);
-    assert_eq!(
-        start[0],
-        ToCore::Decision {
-            pcpu: 0,
-            run: Vec::from_slice(&[vcpu(0, 0)]).expect("fits"),
-            slice_ns: 30 * MS,
-        }
-    );
+    assert_eq!(sent(&mut harness, &shape), [ToCore::Ready]);
+    let (first, start) = published_decision(&harness, &shape, 0).expect("published");
+    assert_eq!(start, (vec![vcpu(0, 0)], 30 * MS));
 
     // 1.0 wakes: boosted, it goes first, and pCPU 0 is tickled.
     let at = now(&harness);
@@ -299,18 +307,15 @@ fn a_wake_changes_the_decision_and_tickles_after_it() {
     settle(&mut harness);
     assert_eq!(
         sent(&mut harness, &shape),
-        [
-            ToCore::Decision {
-                pcpu: 0,
-                run: Vec::from_slice(&[vcpu(1, 0), vcpu(0, 0)]).expect("fits"),
-                slice_ns: 30 * MS,
-            },
-            ToCore::Tickle {
-                pcpu: 0,
-                expected: Some(vcpu(0, 0)),
-            },
-        ]
+        [ToCore::Tickle {
+            pcpu: 0,
+            expected: Some(vcpu(0, 0)),
+        }]
     );
+    // The new decision was published before the tickle was sent.
+    let (woken, after) = published_decision(&harness, &shape, 0).expect("published");
+    assert_eq!(after, (vec![vcpu(1, 0), vcpu(0, 0)], 30 * MS));
+    assert_eq!(woken, first + 1);
 
     // The core switched; later 1.0 blocks and 0.0 runs again.
     let events_then = [
@@ -342,15 +347,7 @@ fn a_wake_changes_the_decision_and_tickles_after_it() {
     harness.platform_mut().clock = at + 300_000;
     push(&mut harness, events(&events_then));
     settle(&mut harness);
-    let messages = sent(&mut harness, &shape);
-    assert_eq!(
-        messages.last(),
-        Some(&ToCore::Decision {
-            pcpu: 0,
-            run: Vec::from_slice(&[vcpu(0, 0)]).expect("fits"),
-            slice_ns: 30 * MS,
-        })
-    );
+    assert_eq!(decision(&harness, &shape, 0), Some((vec![vcpu(0, 0)], 30 * MS)));
     let scheduler = harness.handler().scheduler().expect("rebuilt");
     let info = scheduler
         .vcpu_info(VcpuId::new(DomainId(1), 0))
@@ -533,10 +530,8 @@ fn invalid_control_requests_are_refused_with_the_reason_and_change_nothing() {
         ]
     );
     for pcpu in 0..2 {
-        assert!(messages.iter().any(|message| matches!(
-            message,
-            ToCore::Decision { pcpu: p, slice_ns, .. } if *p == pcpu && *slice_ns == MS
-        )));
+        let (_, slice_ns) = decision(&harness, &shape, pcpu).expect("published");
+        assert_eq!(slice_ns, MS, "pCPU {pcpu}");
     }
 }
 
@@ -656,7 +651,8 @@ fn a_refusal_from_the_core_makes_the_server_publish_everything_again() {
     let machine = two_pcpus(now(&harness));
     let shape = machine.shape();
     machine.rebuild(&mut harness);
-    let first = sent(&mut harness, &shape);
+    let _ = sent(&mut harness, &shape);
+    let first: std::vec::Vec<_> = (0..2).map(|pcpu| published_decision(&harness, &shape, pcpu).expect("published")).collect();
     push(
         &mut harness,
         ToServer::Error {
@@ -665,14 +661,11 @@ fn a_refusal_from_the_core_makes_the_server_publish_everything_again() {
     );
     settle(&mut harness);
     let again = sent(&mut harness, &shape);
-    let decisions = |messages: &[ToCore]| -> std::vec::Vec<ToCore> {
-        messages
-            .iter()
-            .filter(|message| matches!(message, ToCore::Decision { .. }))
-            .cloned()
-            .collect()
-    };
-    assert_eq!(decisions(&again), decisions(&first));
+    // Every decision is published again (a new sequence), unchanged.
+    for (pcpu, (sequence, published)) in (0..2).zip(&first) {
+        let (resequenced, republished) = published_decision(&harness, &shape, pcpu).expect("published");
+        assert_eq!((resequenced, &republished), (sequence + 1, published), "pCPU {pcpu}");
+    }
     let tables = harness.handler().counters().credit_tables;
     assert!(tables >= 2, "the credit table is written again ({tables})");
     assert!(
@@ -817,15 +810,15 @@ impl MiniCore {
         machine
     }
 
-    /// Takes in the server's decisions and its credit table, as the core
-    /// does.
-    fn absorb(&mut self, messages: &[ToCore], table: Option<CreditTable>) {
-        for message in messages {
-            if let ToCore::Decision { pcpu, run, .. } = message {
-                self.decisions[usize::from(*pcpu)] = run.to_vec();
+    /// Takes in the server's decisions and its credit table from the
+    /// publication area, as the core does.
+    fn absorb(&mut self, harness: &TestHarness, shape: &Shape) {
+        for pcpu in 0..self.pcpus {
+            if let Some((run, _)) = decision(harness, shape, pcpu) {
+                self.decisions[usize::from(pcpu)] = run;
             }
         }
-        let Some(table) = table else { return };
+        let Some(table) = credit_table(harness, shape) else { return };
         if table.accounted_at != self.accounted_at {
             self.accountings += 1;
         }
@@ -915,8 +908,8 @@ fn a_restarted_instance_fed_the_same_state_publishes_the_same_decisions() {
         accountings: 0,
     };
     machine.rebuild(&mut first);
-    let messages = sent(&mut first, &shape);
-    core.absorb(&messages, credit_table(&first, &shape));
+    let _ = sent(&mut first, &shape);
+    core.absorb(&first, &shape);
 
     // Run for a while, with a restart right after the 5th accounting.
     let feed = |harness: &mut TestHarness, core: &mut MiniCore, events: &[wire::Event]| {
@@ -929,8 +922,8 @@ fn a_restarted_instance_fed_the_same_state_publishes_the_same_decisions() {
     while core.accountings < 5 {
         let events = core.step(MS);
         feed(&mut first, &mut core, &events);
-        let messages = sent(&mut first, &shape);
-        core.absorb(&messages, credit_table(&first, &shape));
+        let _ = sent(&mut first, &shape);
+        core.absorb(&first, &shape);
     }
     assert!(core.now > start + 100 * MS);
 
@@ -1103,18 +1096,21 @@ fn busy_machine_wakes_the_server_once_per_accounting() {
     let mut harness = harness(1);
     machine.rebuild(&mut harness);
     let mut heads: [Option<wire::Vcpu>; 2] = [None, None];
+    let mut sequences = [0u64; 2];
     let mut running: [Option<wire::Vcpu>; 2] = [None, None];
     let turns: u64 = std::env::var("TURNS")
         .ok()
         .and_then(|turns| turns.parse().ok())
         .unwrap_or(300);
     for period in 1..=turns {
-        let mut decisions = [0u32; 2];
-        for message in sent(&mut harness, &shape) {
-            if let ToCore::Decision { pcpu, run, .. } = message {
-                heads[usize::from(pcpu)] = run.first().copied();
-                decisions[usize::from(pcpu)] += 1;
-            }
+        let _ = sent(&mut harness, &shape);
+        let mut decisions = [0u64; 2];
+        for pcpu in 0..2u8 {
+            let index = usize::from(pcpu);
+            let (sequence, (run, _)) = published_decision(&harness, &shape, pcpu).expect("published");
+            heads[index] = run.first().copied();
+            decisions[index] = sequence - sequences[index];
+            sequences[index] = sequence;
         }
         assert!(decisions.iter().all(|&count| count <= 1), "period {period}: {decisions:?} decisions");
         let at = period * 30 * MS;
