@@ -48,7 +48,9 @@
 //!
 //! The writer fills the copy that is *not* current (after a release fence,
 //! so its last `sequence` store is seen before any of these writes), then
-//! stores `sequence + 1` (release). A writer stopped halfway (killed,
+//! stores the next sequence (release): `sequence + 1`, or 2 after
+//! `u64::MAX`, so that copies keep alternating and 0 keeps meaning
+//! "nothing yet". A writer stopped halfway (killed,
 //! faulted) leaves the last complete copy current, so a restart never
 //! loses the last publication to a torn one. The reader loads `sequence`
 //! (acquire), copies the current copy out, and loads `sequence` again: if

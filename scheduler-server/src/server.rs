@@ -11,7 +11,7 @@
 //! | `RebuildEnd` | checks the counts, calls [`Scheduler::rebuild`] and runs the result; on any problem answers `RebuildFailed` and decides nothing until a good stream |
 //! | `Events` | applies each with [`Scheduler::apply`]; a refused one is counted and logged, never fatal; dropped (counted) while there is no rebuilt policy |
 //! | `SetDomain`, `Configure` | [`Scheduler::set_domain_params`] / [`Scheduler::configure`], which validate with the knob types; answers `ControlResult` with the values now in force or the reason (nothing changes then); `NotReady` while there is no rebuilt policy |
-//! | `Error` | counts and logs it, and republishes every decision and the credit table (the core refuses a decision block or a credit table it cannot take with an `Error` too) |
+//! | `Error` | counts and logs it, and republishes every decision and the credit table (the core answers a decision block it refuses with an `Error` too; a refused credit table is only logged by the core, and the next accounting rewrites it) |
 //!
 //! Publication happens once per run-loop turn, after the turn's messages
 //! (a handler asks for it with a timeout of "now", so the run loop calls
@@ -808,8 +808,8 @@ impl Handler for SchedulerServer {
         self.arm(now, context);
     }
 
-    /// The core refused a message, a decision block or the credit table:
-    /// everything is published again.
+    /// The core refused a message or a decision block: everything is
+    /// published again.
     fn fault(&mut self, code: ErrorCode, context: &mut Context<'_, ToCore>) {
         self.counters.refusals += 1;
         let mut line = self.line();

@@ -32,6 +32,10 @@ pub struct SchedulerLink {
     /// Each pCPU's decision sequence last taken in (its block in the
     /// server's publication area; 0: none yet).
     pub decisions_seen: [u64; crate::arch::smp::MAX_CPUS],
+    /// Each pCPU's decision blocks refused since its last good one.
+    pub decisions_refused: [u32; crate::arch::smp::MAX_CPUS],
+    /// A decision block of this instance was refused (and logged).
+    pub refusal_logged: bool,
     /// pCPUs the server tickled since the run loop last looked (bit per
     /// pCPU): they are kicked to their switch point.
     pub tickled: u32,
@@ -64,6 +68,8 @@ impl Default for SchedulerLink {
             ready_generation: None,
             decisions: [const { None }; crate::arch::smp::MAX_CPUS],
             decisions_seen: [0; crate::arch::smp::MAX_CPUS],
+            decisions_refused: [0; crate::arch::smp::MAX_CPUS],
+            refusal_logged: false,
             tickled: 0,
             decided: 0,
             events: Vec::new(),
@@ -114,6 +120,8 @@ impl SchedulerLink {
         self.decisions = [const { None }; crate::arch::smp::MAX_CPUS];
         // The next instance starts on a zeroed publication area.
         self.decisions_seen = [0; crate::arch::smp::MAX_CPUS];
+        self.decisions_refused = [0; crate::arch::smp::MAX_CPUS];
+        self.refusal_logged = false;
         self.events.clear();
         self.urgent = false;
         self.lost_events = false;
@@ -224,6 +232,19 @@ impl SchedulerLink {
         }
     }
 
+    /// pCPU `pcpu`'s block at `sequence` was refused: marks it seen and
+    /// returns the pCPU's refusals since its last good block, and whether
+    /// this is the instance's first refusal (the one to log).
+    pub fn refuse_decision(&mut self, pcpu: u8, sequence: u64) -> (u32, bool) {
+        self.seen_decision(pcpu, sequence);
+        let in_a_row = self.decisions_refused.get_mut(usize::from(pcpu)).map_or(0, |count| {
+            *count = count.saturating_add(1);
+            *count
+        });
+        let first = !core::mem::replace(&mut self.refusal_logged, true);
+        (in_a_row, first)
+    }
+
     /// Takes in pCPU `pcpu`'s decision, read and validated from the
     /// server's publication area: its run queue from now on.
     pub fn take_decision(&mut self, pcpu: u8, decision: PublishedDecision) {
@@ -232,6 +253,9 @@ impl SchedulerLink {
         };
         *slot = Some((decision.run, decision.slice_ns));
         *seen = decision.sequence;
+        if let Some(refused) = self.decisions_refused.get_mut(usize::from(pcpu)) {
+            *refused = 0;
+        }
         self.decided |= 1 << pcpu;
         self.decisions_received += 1;
     }

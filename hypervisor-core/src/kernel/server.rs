@@ -35,6 +35,9 @@ pub enum ServerBuildError {
     Image(ElfError),
     /// Not enough memory.
     OutOfMemory,
+    /// The ring region the allocator gave is not where the core can reach
+    /// it (outside its identity map).
+    Unreachable,
     /// A mapping failed.
     Mapping(MapError),
 }
@@ -45,6 +48,7 @@ impl ServerBuildError {
         match self {
             Self::Image(error) => error.reason(),
             Self::OutOfMemory => "not enough free memory for the server",
+            Self::Unreachable => "the server's ring region is outside the core's identity map",
             Self::Mapping(_) => "server page table mapping failed",
         }
     }
@@ -135,6 +139,10 @@ impl<'a> Server<'a> {
     pub fn new(frames: &mut FrameAllocator<'_>, spec: &'a ServerSpec, image: &'a [u8], device: Option<u64>) -> Result<Self, ServerBuildError> {
         let executable = elf::parse_executable(image, IMAGE_BASE..IMAGE_LIMIT).map_err(ServerBuildError::Image)?;
         let ring_region = frames.allocate_contiguous(REGION_PAGES as usize, 1).ok_or(ServerBuildError::OutOfMemory)?;
+        // Checked once: `publication` is `None` only for such a region.
+        if memory::shared_publication(HostPhysAddr::new_truncate(ring_region.as_u64() + (RING_PAGES + 1) * PAGE_SIZE)).is_none() {
+            return Err(ServerBuildError::Unreachable);
+        }
         let ring = |index: u64| memory::shared_ring(HostPhysAddr::new_truncate(ring_region.as_u64() + index * ipc::ring::RING_BYTES as u64));
         let mut server = Self {
             spec,
@@ -174,8 +182,8 @@ impl<'a> Server<'a> {
     }
 
     /// The publication area of this server's ring region
-    /// (`ipc::publication`), kept across restarts like the rings (`None`
-    /// only if the region were outside the core's identity map).
+    /// (`ipc::publication`), kept across restarts like the rings (never
+    /// `None`: `new` refuses a region the core cannot reach).
     pub fn publication(&self) -> Option<&'static ipc::publication::PublicationArea> {
         memory::shared_publication(HostPhysAddr::new_truncate(self.ring_region.as_u64() + (RING_PAGES + 1) * PAGE_SIZE))
     }
@@ -436,19 +444,22 @@ impl Server<'_> {
                     continue;
                 }
                 match area.read_decision(pcpu, &input.shape) {
-                    Ok(Some(decision)) => {
-                        input.link.take_decision(pcpu, decision);
-                        self.health.well_formed();
-                    }
+                    Ok(Some(decision)) => input.link.take_decision(pcpu, decision),
                     Ok(None) => input.link.seen_decision(pcpu, sequence),
                     Err(error) => {
-                        // Refused like a malformed message; the server
-                        // publishes everything again when told.
-                        defmt::warn!("scheduler decision of pCPU {=u8} refused: {=str}", pcpu, error.reason());
-                        input.link.seen_decision(pcpu, sequence);
+                        // Refused like a malformed message: the pCPU keeps
+                        // its last decision, and the server, told, publishes
+                        // everything again. Only a good block for the same
+                        // pCPU clears its count, so a server cannot keep
+                        // one block bad while others (or messages) are good;
+                        // the first refusal of an instance is logged.
+                        let (in_a_row, first) = input.link.refuse_decision(pcpu, sequence);
+                        if first {
+                            defmt::warn!("scheduler decision of pCPU {=u8} refused: {=str}", pcpu, error.reason());
+                        }
                         let _ = errors.push(messages::ErrorCode::OutOfRange);
-                        if let Some(limit) = self.health.malformed() {
-                            fault = Some(limit);
+                        if in_a_row > hypervisor_core::server::MALFORMED_LIMIT {
+                            fault = Some(ServerFault::TooManyMalformed { count: in_a_row });
                         }
                     }
                 }
