@@ -256,6 +256,10 @@ impl<'rings, H: Handler, P: Platform> Runtime<'rings, H, P> {
             let mut line = LogLine::new();
             let _ = write!(line, "components: fault injection: sending malformed messages");
             self.log_line(&line);
+            // And a decision block no core may take (a slice of 0), as a
+            // broken scheduler might publish it: the core refuses it before
+            // it reads the ring (only the scheduler's area is read).
+            self.publication.publish_decision(0, &[], 0);
             for _ in 0..(ipc::ring::SLOT_COUNT / 2) {
                 let _ = context::send_bytes(&mut self.platform, &mut self.to_core, &mut self.state, &[0xff; 12]);
             }
