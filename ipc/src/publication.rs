@@ -223,6 +223,36 @@ fn read_consistent<T>(
     Err(PublicationError::Torn)
 }
 
+/// One double-buffered table of the area: its sequence word, then (from
+/// `first` words after it) its two copies of `copy_words` words each.
+/// Every table the area holds follows the protocol above through
+/// [`PublicationArea::publish`] and [`PublicationArea::read`].
+#[derive(Debug, Clone, Copy)]
+struct Table {
+    /// Word index of the sequence.
+    at: usize,
+    /// Words from the sequence to copy 0.
+    first: usize,
+    /// Words of one copy.
+    copy_words: usize,
+}
+
+/// The credit table.
+const CREDITS: Table = Table {
+    at: 0,
+    first: FIRST_COPY,
+    copy_words: COPY_WORDS,
+};
+
+/// pCPU `pcpu`'s decision block, if the layout has one.
+fn decisions(pcpu: Pcpu) -> Option<Table> {
+    (usize::from(pcpu) < MAX_PCPUS).then(|| Table {
+        at: FIRST_DECISION + usize::from(pcpu) * DECISION_WORDS,
+        first: 1,
+        copy_words: DECISION_COPY_WORDS,
+    })
+}
+
 impl PublicationArea {
     /// An empty area (all zero), for tests and for statics.
     pub const fn new() -> Self {
@@ -240,9 +270,9 @@ impl PublicationArea {
         fence(Ordering::Release);
     }
 
-    /// Completed publications so far.
+    /// Completed publications of the credit table so far.
     pub fn sequence(&self) -> u64 {
-        self.words[0].load(Ordering::Acquire)
+        self.words[CREDITS.at].load(Ordering::Acquire)
     }
 
     /// Stores `value` at word `index` (ignored past the layout), as an
@@ -254,9 +284,39 @@ impl PublicationArea {
         }
     }
 
-    fn copy(&self, which: u64) -> &[AtomicU64] {
-        let start = FIRST_COPY + (which % 2) as usize * COPY_WORDS;
-        &self.words[start..start + COPY_WORDS]
+    /// `table`'s copy for `sequence` (the tables are laid out inside the
+    /// area at compile time, so the range always exists).
+    fn copy_of(&self, table: Table, sequence: u64) -> &[AtomicU64] {
+        let start = table.at + table.first + (sequence % 2) as usize * table.copy_words;
+        &self.words[start..start + table.copy_words]
+    }
+
+    /// Publishes `table`: after a release fence, `fill` writes the copy
+    /// that is not current, then the next sequence makes it current.
+    fn publish<R>(&self, table: Table, fill: impl FnOnce(&[AtomicU64]) -> R) -> R {
+        let sequence = &self.words[table.at];
+        let next = next_sequence(sequence.load(Ordering::Relaxed));
+        // The last publication's sequence store before this one's writes.
+        fence(Ordering::Release);
+        let result = fill(self.copy_of(table, next));
+        sequence.store(next, Ordering::Release);
+        result
+    }
+
+    /// Reads `table`'s current copy with `read` (given the sequence it
+    /// reads at), retried while the writer moves it: `None` if nothing was
+    /// published yet.
+    fn read<T>(
+        &self,
+        table: Table,
+        mut read: impl FnMut(u64, &[AtomicU64]) -> Result<T, PublicationError>,
+    ) -> Result<Option<T>, PublicationError> {
+        read_consistent(&self.words[table.at], |sequence| {
+            if sequence == 0 {
+                return Ok(None);
+            }
+            read(sequence, self.copy_of(table, sequence)).map(Some)
+        })
     }
 
     /// Publishes a credit table: fills the copy that is not current with
@@ -267,33 +327,24 @@ impl PublicationArea {
         accounted_at: Option<u64>,
         entries: impl IntoIterator<Item = CreditEntry>,
     ) -> usize {
-        let next = next_sequence(self.words[0].load(Ordering::Relaxed));
-        // The last publication's sequence store before this one's writes.
-        fence(Ordering::Release);
-        let copy = self.copy(next);
-        let mut count = 0;
-        for entry in entries.into_iter().take(CREDIT_TABLE_LEN) {
-            let at = HEADER_WORDS + count * ENTRY_WORDS;
-            let id = u64::from(entry.vcpu.domain)
-                | u64::from(entry.vcpu.index) << 16
-                | priority_code(entry.priority) << 24
-                | u64::from(entry.parked) << 32;
-            copy[at].store(id, Ordering::Relaxed);
-            copy[at + 1].store(entry.credit_ns as u64, Ordering::Relaxed);
-            copy[at + 2].store(entry.run_time_ns, Ordering::Relaxed);
-            count += 1;
-        }
-        copy[0].store(u64::from(accounted_at.is_some()), Ordering::Relaxed);
-        copy[1].store(accounted_at.unwrap_or(0), Ordering::Relaxed);
-        copy[2].store(count as u64, Ordering::Relaxed);
-        self.words[0].store(next, Ordering::Release);
-        count
-    }
-
-    /// pCPU `pcpu`'s decision block, if the layout has one.
-    fn decision_block(&self, pcpu: Pcpu) -> Option<&[AtomicU64]> {
-        let start = FIRST_DECISION + usize::from(pcpu) * DECISION_WORDS;
-        self.words.get(start..start + DECISION_WORDS)
+        self.publish(CREDITS, |copy| {
+            let mut count = 0;
+            for entry in entries.into_iter().take(CREDIT_TABLE_LEN) {
+                let at = HEADER_WORDS + count * ENTRY_WORDS;
+                let id = u64::from(entry.vcpu.domain)
+                    | u64::from(entry.vcpu.index) << 16
+                    | priority_code(entry.priority) << 24
+                    | u64::from(entry.parked) << 32;
+                copy[at].store(id, Ordering::Relaxed);
+                copy[at + 1].store(entry.credit_ns as u64, Ordering::Relaxed);
+                copy[at + 2].store(entry.run_time_ns, Ordering::Relaxed);
+                count += 1;
+            }
+            copy[0].store(u64::from(accounted_at.is_some()), Ordering::Relaxed);
+            copy[1].store(accounted_at.unwrap_or(0), Ordering::Relaxed);
+            copy[2].store(count as u64, Ordering::Relaxed);
+            count
+        })
     }
 
     /// Publishes pCPU `pcpu`'s decision (its first [`RUN_LIST_LEN`] vCPUs
@@ -301,20 +352,17 @@ impl PublicationArea {
     /// Returns `false` (and writes nothing) for a pCPU past
     /// [`MAX_PCPUS`].
     pub fn publish_decision(&self, pcpu: Pcpu, run: &[Vcpu], slice_ns: u64) -> bool {
-        let Some(block) = self.decision_block(pcpu) else {
+        let Some(table) = decisions(pcpu) else {
             return false;
         };
-        let next = next_sequence(block[0].load(Ordering::Relaxed));
-        fence(Ordering::Release);
-        let start = 1 + (next % 2) as usize * DECISION_COPY_WORDS;
-        let copy = &block[start..start + DECISION_COPY_WORDS];
-        let run = &run[..run.len().min(RUN_LIST_LEN)];
-        for (word, vcpu) in copy[2..].iter().zip(run) {
-            word.store(u64::from(vcpu.domain) | u64::from(vcpu.index) << 16, Ordering::Relaxed);
-        }
-        copy[0].store(slice_ns, Ordering::Relaxed);
-        copy[1].store(run.len() as u64, Ordering::Relaxed);
-        block[0].store(next, Ordering::Release);
+        self.publish(table, |copy| {
+            let run = &run[..run.len().min(RUN_LIST_LEN)];
+            for (word, vcpu) in copy[2..].iter().zip(run) {
+                word.store(u64::from(vcpu.domain) | u64::from(vcpu.index) << 16, Ordering::Relaxed);
+            }
+            copy[0].store(slice_ns, Ordering::Relaxed);
+            copy[1].store(run.len() as u64, Ordering::Relaxed);
+        });
         true
     }
 
@@ -322,8 +370,7 @@ impl PublicationArea {
     /// or for a pCPU past [`MAX_PCPUS`]). The core compares it with the
     /// last one it took in, to read only what changed.
     pub fn decision_sequence(&self, pcpu: Pcpu) -> u64 {
-        self.decision_block(pcpu)
-            .map_or(0, |block| block[0].load(Ordering::Acquire))
+        decisions(pcpu).map_or(0, |table| self.words[table.at].load(Ordering::Acquire))
     }
 
     /// Reads pCPU `pcpu`'s current decision, every field checked against
@@ -333,13 +380,8 @@ impl PublicationArea {
     /// block changed while it was read.
     pub fn read_decision(&self, pcpu: Pcpu, shape: &Shape) -> Result<Option<PublishedDecision>, PublicationError> {
         shape.check_pcpu(pcpu, "pcpu").map_err(|_| out_of_range("pcpu"))?;
-        let block = self.decision_block(pcpu).ok_or(out_of_range("pcpu"))?;
-        read_consistent(&block[0], |sequence| {
-            if sequence == 0 {
-                return Ok(None);
-            }
-            let start = 1 + (sequence % 2) as usize * DECISION_COPY_WORDS;
-            let copy = &block[start..start + DECISION_COPY_WORDS];
+        let table = decisions(pcpu).ok_or(out_of_range("pcpu"))?;
+        self.read(table, |sequence, copy| {
             let slice_ns = copy[0].load(Ordering::Relaxed);
             if !(SLICE_NS_MIN..=SLICE_NS_MAX).contains(&slice_ns) {
                 return Err(out_of_range("slice_ns"));
@@ -362,7 +404,7 @@ impl PublicationArea {
                 // Cannot fail: `length` is at most the capacity.
                 let _ = run.push(vcpu);
             }
-            Ok(Some(PublishedDecision { sequence, run, slice_ns }))
+            Ok(PublishedDecision { sequence, run, slice_ns })
         })
     }
 
@@ -371,12 +413,7 @@ impl PublicationArea {
     /// table) if any field is out of range or the table changed while it
     /// was read.
     pub fn read_credits(&self, shape: &Shape) -> Result<Option<CreditTable>, PublicationError> {
-        read_consistent(&self.words[0], |sequence| {
-            if sequence == 0 {
-                return Ok(None);
-            }
-            read_credit_copy(self.copy(sequence), shape).map(Some)
-        })
+        self.read(CREDITS, |_, copy| read_credit_copy(copy, shape))
     }
 }
 

@@ -1,9 +1,10 @@
 //! The core's side of the scheduler server: what it tells the server
 //! (a rebuild stream at every start, then batched events) and what it keeps
 //! of what the server publishes (each pCPU's decision and the credits,
-//! read from its publication area, and control results). The hot path never waits on the server: the run loop reads the
-//! last published decision at a switch point, and falls back to round-robin
-//! whenever no instance has announced itself since its last start.
+//! read from its publication area, and control results). The hot path
+//! never waits on the server: the run loop reads the last published
+//! decision at a switch point, and falls back to round-robin whenever no
+//! instance has announced itself since its last start.
 
 use heapless::Vec;
 use ipc::publication::{CreditTable, PublishedDecision};
