@@ -53,6 +53,9 @@ pub(crate) struct State {
     pub(crate) stop: Option<Stop>,
     /// The device grant, asked of the core once ([`Context::device`]).
     pub(crate) device: Option<Result<DeviceGrant, DeviceError>>,
+    /// Slots of the `to_server` ring consumed before the message being
+    /// handled (all of them outside `request`), wrapping.
+    pub(crate) consumed: u32,
 }
 
 /// The sending end the context writes to: the `to_core` ring's producer.
@@ -131,6 +134,15 @@ impl<'a, M: Message> Context<'a, M> {
     /// (`ipc::publication`): tables the core reads when it needs them.
     pub fn publication(&self) -> &PublicationArea {
         self.publication
+    }
+
+    /// Slots of the `to_server` ring consumed before the message being
+    /// handled (in [`crate::Handler::request`] and
+    /// [`crate::Handler::fault`]), or so far (elsewhere), malformed ones
+    /// included, wrapping: the ring's consumer index. A bookkeeping log is
+    /// placed by it (`ipc::publication`).
+    pub fn consumed(&self) -> u32 {
+        self.state.consumed
     }
 
     /// This instance's generation (1 for the first start, +1 per restart).

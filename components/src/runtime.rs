@@ -106,14 +106,19 @@ impl<'rings, H: Handler, P: Platform> Runtime<'rings, H, P> {
         publication: &'rings PublicationArea,
         instance: Instance,
     ) -> Self {
+        let to_server = Consumer::attach(to_server);
+        let state = State {
+            consumed: to_server.position(),
+            ..State::default()
+        };
         Self {
             handler,
             platform,
-            to_server: Consumer::attach(to_server),
+            to_server,
             to_core: Producer::attach(to_core),
             publication,
             instance,
-            state: State::default(),
+            state,
             batch_was_full: false,
         }
     }
@@ -227,6 +232,7 @@ impl<'rings, H: Handler, P: Platform> Runtime<'rings, H, P> {
                     platform.log(line.as_bytes());
                 }
             }
+            state.consumed = state.consumed.wrapping_add(1);
             if state.stop.is_some() {
                 ControlFlow::Break(())
             } else {

@@ -24,6 +24,8 @@
 //!   against a pending or armed interrupt, IPI routing, `IA32_TSC_DEADLINE`.
 //! * [`round_robin`]: the built-in scheduler the core uses when no scheduler
 //!   server has published decisions.
+//! * [`scheduler_events`]: what the core has not told the scheduler server
+//!   yet, as a message batch or a bookkeeping log.
 //!
 //! Principles: no heap, no `unsafe` (the kernel binary's `arch` module is the
 //! only place that touches hardware), and every value a guest or a server
@@ -51,6 +53,7 @@ pub mod lapic;
 pub mod msr;
 pub mod paging;
 pub mod round_robin;
+pub mod scheduler_events;
 pub mod server;
 pub mod uart;
 pub mod vcpu;

@@ -10,7 +10,7 @@ use core::ops::ControlFlow;
 
 use crate::messages::scheduler::{self, Shape};
 use crate::messages::{self, pager, test_server, DecodeError, Envelope};
-use crate::publication::{PublicationArea, CREDIT_TABLE_LEN, PUBLICATION_WORDS};
+use crate::publication::{PublicationArea, CREDIT_TABLE_LEN, LOG_LEN, PUBLICATION_WORDS};
 use crate::ring::{
     Consumer, Producer, RingError, RingMemory, RING_LAYOUT_BYTES, SLOT_COUNT, SLOT_PAYLOAD,
 };
@@ -190,10 +190,14 @@ pub fn ring_consumer(data: &[u8]) {
 /// `data` is a script of writes, each 2 bytes of word index (LE, modulo the
 /// layout) and 8 bytes of value, interleaved with honest publications
 /// (a word index of `0xffff` publishes a valid credit table, `0xfffe` a
-/// valid decision for pCPU `value % 8`). After each write the core's reads
+/// valid decision for pCPU `value % 8`, `0xfffd` a bookkeeping log placed
+/// after `value % 4` messages). After each write the core's reads
 /// ([`PublicationArea::read_credits`], [`PublicationArea::read_decision`]
 /// for every pCPU, against [`SCHEDULER_SHAPE`]) must not panic, and
-/// whatever they accept must be in the shape's range.
+/// whatever they accept must be in the shape's range; nor may the
+/// server's [`PublicationArea::take_log`] (a log a core scribbled on is
+/// taken whole or not at all, with at most [`LOG_LEN`] events and refusals
+/// between them).
 pub fn publication_area(data: &[u8]) {
     let area = PublicationArea::new();
     let shape = SCHEDULER_SHAPE;
@@ -220,6 +224,14 @@ pub fn publication_area(data: &[u8]) {
             0xfffe => {
                 area.publish_decision((value % 8) as u8, &[vcpu(0, 1), vcpu(3, 7)], 30_000_000);
             }
+            0xfffd => {
+                let events = [
+                    scheduler::Event::Ran { vcpu: vcpu(3, 1), pcpu: 1, ns: value },
+                    scheduler::Event::Dispatched { pcpu: 0, vcpu: None, at: value },
+                    scheduler::Event::Overhead { pcpu: 1, ns: value },
+                ];
+                area.publish_log((value % 4) as u32, &events);
+            }
             _ => area.scribble_word(usize::from(index) % PUBLICATION_WORDS, value),
         }
         if let Ok(Some(table)) = area.read_credits(&shape) {
@@ -228,6 +240,10 @@ pub fn publication_area(data: &[u8]) {
                 assert!(shape.check_vcpu(entry.vcpu, "vcpu").is_ok());
                 assert!(!table.entries[..position].iter().any(|other| other.vcpu == entry.vcpu));
             }
+        }
+        if let Some(log) = area.take_log((value % 4) as u32) {
+            assert!(log.events.len() + log.refused <= LOG_LEN);
+            assert!(!area.log_untaken());
         }
         for pcpu in 0..=u8::MAX {
             if let Ok(Some(decision)) = area.read_decision(pcpu, &shape) {

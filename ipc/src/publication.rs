@@ -1,5 +1,5 @@
-//! The publication area: fixed-layout tables a server writes into memory it
-//! shares with the core, for state the core reads only now and then.
+//! The publication area: fixed-layout tables in memory a server shares with
+//! the core, for state the other side reads only now and then.
 //!
 //! The rings carry what the core must act on at once (tickles, `Ready`,
 //! control answers) and everything the core tells a server. The scheduler
@@ -13,6 +13,12 @@
 //! * its **decisions**, one run list and slice per pCPU: the server
 //!   overwrites a pCPU's when it changes, and the core, each time the
 //!   server gives the pCPU back, takes in those whose sequence moved.
+//!
+//! And one table goes the other way: the core's **bookkeeping log**, the
+//! run time (`Ran`), dispatches (`Dispatched`) and the core's own time
+//! (`Overhead`) the scheduler needs at its next turn but not before. On a
+//! busy machine they are all the core has to tell it, so a turn that finds
+//! them here reads no message at all.
 //!
 //! Under TCG every message costs the decode and validation code it runs on
 //! both sides, at every accounting; a table costs the writer a few stores
@@ -30,6 +36,7 @@
 //! | 8.. | credit table copy 0, [`COPY_WORDS`] words |
 //! | 8 + [`COPY_WORDS`].. | credit table copy 1 |
 //! | 8 + 2 × [`COPY_WORDS`].. | one decision block of [`DECISION_WORDS`] words per pCPU, pCPU 0 first |
+//! | [`FIRST_LOG`].. | the bookkeeping log, [`LOG_WORDS`] words |
 //!
 //! A credit table copy: word 0 bit 0 = `accounted_at` is known, word 1 = `accounted_at`
 //! (ns), word 2 = the number of entries (at most [`CREDIT_TABLE_LEN`]), then
@@ -63,20 +70,43 @@
 //!
 //! Every table follows it, each with its own sequence.
 //!
+//! # The bookkeeping log (written by the core)
+//!
+//! Words: 0 `sequence` (the core's; 0 = none yet), 1 `taken` (the server's:
+//! the last sequence it took), 2 `after`, 3 the number of entries (at most
+//! [`LOG_LEN`]), then two words per entry in the order the events happened:
+//! `kind | pcpu << 8 | has_vcpu << 16 | domain << 32 | index << 48` (kind
+//! 1 = `Ran`, 2 = `Dispatched`, 3 = `Overhead`) and the value (`ns`, or
+//! `at` for a dispatch).
+//!
+//! One copy, not two: the core writes a log only when the server has taken
+//! the last one (`taken == sequence`), so nobody reads what is being
+//! written; otherwise it sends the events as an `Events` message.
+//! The log's events happened after every message the core had put into the
+//! `to_server` ring before it (`after`: the ring's producer index then) and
+//! before every later one. The server takes the log when it has consumed
+//! exactly `after` slots of that ring (before it handles the next
+//! message, or at a turn with nothing left in the ring), applies its
+//! events, then stores `taken`. So the scheduler sees every event in the
+//! order it happened whichever way it came. `taken` is the server's word:
+//! the core only compares it with its own sequence, and a server that lies
+//! there loses bookkeeping of its own.
+//!
 //! Everything in the area is the server's input to the core:
 //! [`PublicationArea::read_credits`] and [`PublicationArea::read_decision`]
 //! validate every field against the machine's [`Shape`] and refuse the
-//! whole table on any bad one.
+//! whole table on any bad one. Of the log the core reads only `taken`, and
+//! only to compare it with its own sequence.
 
 use core::sync::atomic::{fence, AtomicU64, Ordering};
 
 use heapless::Vec;
 
 use crate::messages::scheduler::{
-    CreditEntry, Pcpu, Priority, Shape, Vcpu, MAX_PCPUS, MAX_VCPUS, RUN_LIST_LEN, SLICE_NS_MAX,
-    SLICE_NS_MIN,
+    CreditEntry, Event, Pcpu, Priority, Shape, Vcpu, MAX_PCPUS, MAX_VCPUS, RUN_LIST_LEN,
+    SLICE_NS_MAX, SLICE_NS_MIN,
 };
-use crate::ring::{ARGUMENT_PAGE_OFFSET, PAGE_SIZE};
+use crate::ring::{ARGUMENT_PAGE_OFFSET, PAGE_SIZE, SLOT_COUNT};
 
 /// Offset of the publication area from the ring region's base: after the
 /// argument page.
@@ -105,8 +135,20 @@ const FIRST_DECISION: usize = FIRST_COPY + 2 * COPY_WORDS;
 /// Reads of a table before a reader gives up on a writer that keeps
 /// moving it ([`PublicationError::Torn`]).
 const READ_ATTEMPTS: usize = 4;
+/// Word index of the bookkeeping log.
+pub const FIRST_LOG: usize = FIRST_DECISION + MAX_PCPUS * DECISION_WORDS;
+/// Most events of a bookkeeping log. A busy turn has about three per pCPU;
+/// it must not exceed `EVENT_BATCH_LEN`, so that a log the core cannot
+/// publish always fits into one `Events` message.
+pub const LOG_LEN: usize = 12;
+/// Words of the log's header: sequence, taken, after, count.
+const LOG_HEADER_WORDS: usize = 4;
+/// Words of the bookkeeping log, rounded up to whole cache lines.
+pub const LOG_WORDS: usize = (LOG_HEADER_WORDS + 2 * LOG_LEN).next_multiple_of(8);
 /// Words of the used layout.
-pub const PUBLICATION_WORDS: usize = FIRST_DECISION + MAX_PCPUS * DECISION_WORDS;
+pub const PUBLICATION_WORDS: usize = FIRST_LOG + LOG_WORDS;
+
+const _: () = assert!(LOG_LEN <= crate::messages::scheduler::EVENT_BATCH_LEN);
 
 const _: () = assert!(PUBLICATION_WORDS * 8 <= PUBLICATION_BYTES);
 
@@ -173,6 +215,53 @@ pub struct CreditTable {
     pub accounted_at: Option<u64>,
     /// One entry per vCPU.
     pub entries: Vec<CreditEntry, CREDIT_TABLE_LEN>,
+}
+
+/// A bookkeeping log as the server took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenLog {
+    /// Its sequence.
+    pub sequence: u64,
+    /// Its events, in the order they happened.
+    pub events: Vec<Event, LOG_LEN>,
+    /// Entries that named no bookkeeping event (a kind out of range, or
+    /// bits where none belong), left out.
+    pub refused: usize,
+}
+
+/// Event kinds in the log.
+const LOG_RAN: u64 = 1;
+const LOG_DISPATCHED: u64 = 2;
+const LOG_OVERHEAD: u64 = 3;
+
+/// The two words of a bookkeeping event; `None` for any other event.
+fn log_entry(event: &Event) -> Option<(u64, u64)> {
+    let vcpu_bits = |vcpu: Option<Vcpu>| {
+        vcpu.map_or(0, |vcpu| 1 << 16 | u64::from(vcpu.domain) << 32 | u64::from(vcpu.index) << 48)
+    };
+    Some(match *event {
+        Event::Ran { vcpu, pcpu, ns } => (LOG_RAN | u64::from(pcpu) << 8 | vcpu_bits(Some(vcpu)), ns),
+        Event::Dispatched { pcpu, vcpu, at } => (LOG_DISPATCHED | u64::from(pcpu) << 8 | vcpu_bits(vcpu), at),
+        Event::Overhead { pcpu, ns } => (LOG_OVERHEAD | u64::from(pcpu) << 8, ns),
+        _ => return None,
+    })
+}
+
+/// The event of an entry's two words; `None` if they name none.
+fn log_event(id: u64, value: u64) -> Option<Event> {
+    let pcpu = (id >> 8 & 0xff) as u8;
+    let has_vcpu = id >> 16 & 0xffff;
+    let vcpu = Vcpu::new((id >> 32 & 0xffff) as u16, (id >> 48 & 0xff) as u8);
+    if id >> 56 != 0 || has_vcpu > 1 || (has_vcpu == 0 && id >> 32 != 0) {
+        return None;
+    }
+    let vcpu = (has_vcpu == 1).then_some(vcpu);
+    match id & 0xff {
+        LOG_RAN => vcpu.map(|vcpu| Event::Ran { vcpu, pcpu, ns: value }),
+        LOG_DISPATCHED => Some(Event::Dispatched { pcpu, vcpu, at: value }),
+        LOG_OVERHEAD if vcpu.is_none() => Some(Event::Overhead { pcpu, ns: value }),
+        _ => None,
+    }
 }
 
 fn priority_code(priority: Priority) -> u64 {
@@ -408,6 +497,79 @@ impl PublicationArea {
         })
     }
 
+    /// Whether the last bookkeeping log the core wrote is still untaken.
+    pub fn log_untaken(&self) -> bool {
+        let sequence = self.words[FIRST_LOG].load(Ordering::Acquire);
+        sequence != self.words[FIRST_LOG + 1].load(Ordering::Acquire)
+    }
+
+    /// The core: writes `events` as the next bookkeeping log, placed after
+    /// the first `after` messages of the `to_server` ring, and returns its
+    /// sequence. Writes nothing and returns `None` if the server has not
+    /// taken the last log yet, or if `events` holds more than [`LOG_LEN`]
+    /// events or any that is not bookkeeping: the caller sends them as a
+    /// message instead.
+    pub fn publish_log(&self, after: u32, events: &[Event]) -> Option<u64> {
+        if events.len() > LOG_LEN || self.log_untaken() {
+            return None;
+        }
+        let mut entries: Vec<(u64, u64), LOG_LEN> = Vec::new();
+        for event in events {
+            // Cannot fail: at most LOG_LEN events.
+            let _ = entries.push(log_entry(event)?);
+        }
+        let log = &self.words[FIRST_LOG..FIRST_LOG + LOG_WORDS];
+        let next = next_sequence(log[0].load(Ordering::Relaxed));
+        for (words, (id, value)) in log[LOG_HEADER_WORDS..].chunks(2).zip(&entries) {
+            words[0].store(*id, Ordering::Relaxed);
+            words[1].store(*value, Ordering::Relaxed);
+        }
+        log[2].store(u64::from(after), Ordering::Relaxed);
+        log[3].store(entries.len() as u64, Ordering::Relaxed);
+        log[0].store(next, Ordering::Release);
+        Some(next)
+    }
+
+    /// The server: takes the bookkeeping log if there is an untaken one and
+    /// its place has come, `consumed` being the slots of the `to_server`
+    /// ring consumed so far. `None` if there is none, or if messages that
+    /// came before it are still to be consumed. A log whose place has
+    /// passed (which an honest core never writes) is taken with its events
+    /// refused.
+    pub fn take_log(&self, consumed: u32) -> Option<TakenLog> {
+        let log = &self.words[FIRST_LOG..FIRST_LOG + LOG_WORDS];
+        let sequence = log[0].load(Ordering::Acquire);
+        if sequence == log[1].load(Ordering::Relaxed) {
+            return None;
+        }
+        let after = log[2].load(Ordering::Relaxed);
+        let ahead = u32::try_from(after).map_or(u32::MAX, |after| after.wrapping_sub(consumed));
+        if ahead != 0 && ahead <= SLOT_COUNT as u32 {
+            return None;
+        }
+        let mut taken = TakenLog {
+            sequence,
+            events: Vec::new(),
+            refused: 0,
+        };
+        let count = log[3].load(Ordering::Relaxed);
+        if ahead != 0 || count > LOG_LEN as u64 {
+            taken.refused = count.min(LOG_LEN as u64) as usize;
+        } else {
+            for words in log[LOG_HEADER_WORDS..].chunks(2).take(count as usize) {
+                match log_event(words[0].load(Ordering::Relaxed), words[1].load(Ordering::Relaxed)) {
+                    // Cannot fail: at most LOG_LEN entries.
+                    Some(event) => {
+                        let _ = taken.events.push(event);
+                    }
+                    None => taken.refused += 1,
+                }
+            }
+        }
+        log[1].store(sequence, Ordering::Release);
+        Some(taken)
+    }
+
     /// Reads the current credit table, every field checked against `shape`:
     /// `None` if nothing was published yet, an error (and nothing of the
     /// table) if any field is out of range or the table changed while it
@@ -479,6 +641,13 @@ mod tests {
             priority,
             parked,
         }
+    }
+
+    #[test]
+    fn the_layout_is_the_documented_one() {
+        // docs/server-abi.md gives these word indices.
+        assert_eq!((COPY_WORDS, FIRST_DECISION, DECISION_WORDS), (392, 792, 24));
+        assert_eq!((FIRST_LOG, LOG_WORDS, PUBLICATION_WORDS), (984, 32, 1016));
     }
 
     #[test]
@@ -654,8 +823,87 @@ mod tests {
         let area = PublicationArea::new();
         area.publish_credits(Some(1), [entry(0, 0, 5, Priority::Under, false)]);
         area.publish_decision(0, &[Vcpu::new(0, 0)], 30_000_000);
+        area.publish_log(0, &bookkeeping());
         area.reset();
         assert_eq!(area.read_credits(&shape()), Ok(None));
         assert_eq!(area.read_decision(0, &shape()), Ok(None));
+        assert!(!area.log_untaken());
+        assert_eq!(area.take_log(0), None);
+    }
+
+    fn bookkeeping() -> [Event; 4] {
+        [
+            Event::Ran { vcpu: Vcpu::new(3, 0), pcpu: 1, ns: 29_980_000 },
+            Event::Dispatched { pcpu: 1, vcpu: Some(Vcpu::new(0, 1)), at: 1 << 40 },
+            Event::Dispatched { pcpu: 0, vcpu: None, at: u64::MAX },
+            Event::Overhead { pcpu: 7, ns: 0 },
+        ]
+    }
+
+    #[test]
+    fn a_log_is_taken_whole_at_its_place_in_the_ring() {
+        let area = PublicationArea::new();
+        assert_eq!(area.publish_log(5, &bookkeeping()), Some(1));
+        assert!(area.log_untaken());
+        // Two messages sent before the log are still to be consumed.
+        assert_eq!(area.take_log(3), None);
+        assert_eq!(area.take_log(4), None);
+        let taken = area.take_log(5).expect("its place has come");
+        assert_eq!((taken.sequence, taken.events.as_slice(), taken.refused), (1, &bookkeeping()[..], 0));
+        assert!(!area.log_untaken());
+        assert_eq!(area.take_log(5), None, "taken once");
+        // Across the wrap of the ring's index.
+        assert_eq!(area.publish_log(1, &bookkeeping()[..1]), Some(2));
+        assert_eq!(area.take_log(u32::MAX), None);
+        assert_eq!(area.take_log(1).map(|log| log.events.len()), Some(1));
+    }
+
+    #[test]
+    fn the_core_writes_no_log_over_an_untaken_one_nor_anything_but_bookkeeping() {
+        let area = PublicationArea::new();
+        assert_eq!(area.publish_log(0, &bookkeeping()), Some(1));
+        assert_eq!(area.publish_log(0, &bookkeeping()[..1]), None, "the last is not taken");
+        assert_eq!(area.take_log(0).map(|log| log.events.len()), Some(4));
+        let wake = Event::Woke { vcpu: Vcpu::new(0, 0), at: 5 };
+        assert_eq!(area.publish_log(0, &[bookkeeping()[0], wake]), None);
+        let many = [bookkeeping()[0]; LOG_LEN + 1];
+        assert_eq!(area.publish_log(0, &many), None);
+        assert_eq!(area.publish_log(0, &many[..LOG_LEN]), Some(2));
+        assert_eq!(area.publish_log(0, &[]), None);
+        assert_eq!(area.take_log(0).map(|log| log.events.len()), Some(LOG_LEN));
+    }
+
+    #[test]
+    fn a_bad_log_entry_is_refused_alone() {
+        let entries = FIRST_LOG + LOG_HEADER_WORDS;
+        let cases: [(usize, u64); 5] = [
+            (0, 9),                    // no such kind
+            (0, LOG_RAN),              // a run time without a vCPU
+            (0, LOG_OVERHEAD | 1 << 16), // the core's time with one
+            (0, LOG_DISPATCHED | 2 << 16), // a has_vcpu that is neither 0 nor 1
+            (0, LOG_DISPATCHED | 1 << 60), // bits where none belong
+        ];
+        for (word, value) in cases {
+            let area = PublicationArea::new();
+            area.publish_log(0, &bookkeeping());
+            area.scribble_word(entries + 2 + word, value);
+            let taken = area.take_log(0).expect("taken");
+            assert_eq!(taken.refused, 1, "{value:#x}");
+            assert_eq!(taken.events.as_slice(), &[bookkeeping()[0], bookkeeping()[2], bookkeeping()[3]], "{value:#x}");
+        }
+    }
+
+    #[test]
+    fn a_log_whose_place_has_passed_or_that_lies_is_taken_and_refused() {
+        for (after, count) in [(2, 4), (u64::from(u32::MAX) + 1, 4), (0, LOG_LEN as u64 + 1)] {
+            let area = PublicationArea::new();
+            area.publish_log(0, &bookkeeping());
+            area.scribble_word(FIRST_LOG + 2, after);
+            area.scribble_word(FIRST_LOG + 3, count);
+            let taken = area.take_log(if after == 2 { 3 } else { 0 }).expect("taken, not waited for");
+            assert!(taken.events.is_empty(), "{after} {count}");
+            assert_eq!(taken.refused, LOG_LEN.min(count as usize));
+            assert!(!area.log_untaken());
+        }
     }
 }

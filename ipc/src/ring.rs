@@ -361,6 +361,12 @@ impl<'ring> Producer<'ring> {
         }
     }
 
+    /// The producer index: messages put into the ring since it was reset
+    /// (wrapping).
+    pub fn position(&self) -> u32 {
+        self.next
+    }
+
     /// Number of free slots, from the consumer index the peer published.
     pub fn free_slots(&self) -> Result<usize, RingError> {
         let consumer = self.ring.consumer.index.load(Ordering::Acquire);
@@ -435,6 +441,12 @@ impl<'ring> Consumer<'ring> {
             ring,
             next: ring.consumer.index.load(Ordering::Relaxed),
         }
+    }
+
+    /// The consumer index: slots consumed since the ring was reset
+    /// (wrapping).
+    pub fn position(&self) -> u32 {
+        self.next
     }
 
     /// Number of messages waiting, from the producer index the peer published.

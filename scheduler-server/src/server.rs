@@ -156,6 +156,8 @@ pub struct Counters {
     pub tickles: u64,
     /// Credit tables published (`ipc::publication`).
     pub credit_tables: u64,
+    /// Bookkeeping logs taken from the core (`ipc::publication`).
+    pub logs: u64,
     /// The core's `Error` replies.
     pub refusals: u64,
 }
@@ -425,6 +427,29 @@ impl SchedulerServer {
     fn publish_soon(context: &mut Context<'_, ToCore>) {
         let now = context.now();
         context.wake_at(now);
+    }
+
+    /// Takes the core's bookkeeping log if its place in the `to_server`
+    /// ring has come (`ipc::publication`): before the message the runtime
+    /// is about to hand over, or at a turn's end.
+    fn take_log(&mut self, context: &mut Context<'_, ToCore>) {
+        let Some(log) = context.publication().take_log(context.consumed()) else {
+            return;
+        };
+        self.counters.logs += 1;
+        if log.refused > 0 {
+            self.counters.refused_events += log.refused as u64;
+            let mut line = self.line();
+            let _ = write!(line, "{} entries of bookkeeping log {} refused", log.refused, log.sequence);
+            context.log_line(&line);
+        }
+        if !log.events.is_empty() {
+            // As for a message: the quiet ticks before them run first.
+            if let Some(scheduler) = running(&mut self.policy) {
+                scheduler.catch_up(context.now());
+            }
+            self.events(&log.events, context);
+        }
     }
 
     fn events(&mut self, batch: &[wire::Event], context: &mut Context<'_, ToCore>) {
@@ -748,6 +773,8 @@ impl Handler for SchedulerServer {
         if let Some(scheduler) = running(&mut self.policy) {
             scheduler.catch_up(context.now());
         }
+        // Bookkeeping the core logged before it sent this message.
+        self.take_log(context);
         match message.0 {
             ToServer::Events { batch } => self.events(&batch, context),
             ToServer::RebuildBegin {
@@ -784,6 +811,9 @@ impl Handler for SchedulerServer {
     fn notified(&mut self, context: &mut Context<'_, ToCore>) {
         let entered = self.cycles();
         let now = context.now();
+        // What the core logged since its last message: on a busy machine
+        // all it has for the accounting turn (`ipc::publication`).
+        self.take_log(context);
         if let Some(scheduler) = running(&mut self.policy) {
             if now >= scheduler.next_deadline() {
                 // A tick names nothing, so the policy cannot refuse it.

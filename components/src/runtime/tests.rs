@@ -26,6 +26,8 @@ struct Recorder {
     /// Extra messages `init` sends.
     burst: usize,
     heartbeats: u64,
+    /// [`Context::consumed`] at each request.
+    consumed: Vec<u32>,
 }
 
 impl Handler for Recorder {
@@ -50,6 +52,7 @@ impl Handler for Recorder {
     }
 
     fn request(&mut self, message: ToServer, context: &mut Context<'_, ToCore>) {
+        self.consumed.push(context.consumed());
         match message {
             ToServer::Echo { sequence, payload } => {
                 self.events.push(format!("echo {sequence}"));
@@ -171,6 +174,8 @@ fn malformed_messages_are_skipped_logged_and_counted() {
     harness.push(echo(11));
     harness.turn().unwrap();
     assert_eq!(harness.handler().events[1..], ["echo 11"]);
+    // The skipped slots count among those consumed before it.
+    assert_eq!(harness.handler().consumed, [5]);
     assert_eq!(harness.runtime().statistics().malformed, 5);
     assert_eq!(harness.runtime().statistics().requests, 1);
     let logs = harness.take_logs();

@@ -1765,7 +1765,7 @@ impl<'a> Machine<'a> {
                 pcpu: self.last_pcpu.get(vcpu_index).copied().unwrap_or(0),
             });
         }
-        self.scheduling.events.clear();
+        self.scheduling.pending.forget();
         let now = super::vcpu::system_time_ns();
         let Some(server) = self.servers.get_mut(index) else { return };
         let link = &self.scheduling;
@@ -1780,12 +1780,12 @@ impl<'a> Machine<'a> {
         if self.scheduling.server.is_none() {
             return;
         }
-        if !super::scheduling::is_bookkeeping(&event) {
+        if !hypervisor_core::scheduler_events::is_bookkeeping(&event) {
             self.server_urgent = true;
         }
-        if !self.scheduling.record(event) {
+        if !self.scheduling.pending.record(event) {
             self.send_events();
-            if !self.scheduling.record(event) {
+            if !self.scheduling.pending.record(event) {
                 self.scheduling.lost_events = true;
             }
         }
@@ -1793,17 +1793,35 @@ impl<'a> Machine<'a> {
 
     /// At a switch point: sends the scheduler server the pending events if
     /// they cannot wait for its next turn
-    /// ([`SchedulerLink::must_send`](super::scheduling::SchedulerLink::must_send)).
+    /// ([`PendingEvents::must_send`](hypervisor_core::scheduler_events::PendingEvents::must_send)),
+    /// or writes the bookkeeping logged since the last message into its
+    /// publication area if it runs now.
     pub(super) fn flush_events(&mut self) {
         let Some(index) = self.scheduling.server else { return };
-        if self.scheduling.events.is_empty() {
+        if self.scheduling.pending.is_empty() {
             return;
         }
         let server_runs = self.servers.get(index).is_some_and(|server| match server.run {
             ServerRun::Runnable => true,
             ServerRun::Waiting { deadline } => deadline.is_some_and(|deadline| deadline <= cpu::rdtsc()),
         });
-        if self.scheduling.must_send(server_runs) {
+        let pending = &mut self.scheduling.pending;
+        if !server_runs || pending.log().is_empty() {
+            if pending.must_send(server_runs) {
+                self.send_events();
+            }
+            return;
+        }
+        // Only bookkeeping since the last message: it goes into the
+        // server's publication area, unless the server has not taken the
+        // last log yet; then it goes as a message.
+        let logged = self.servers.get(index).is_some_and(|server| {
+            server.publication().and_then(|area| area.publish_log(server.sent_position(), pending.log())).is_some()
+        });
+        if logged {
+            pending.clear_log();
+        } else {
+            pending.log_to_batch();
             self.send_events();
         }
     }
@@ -1811,10 +1829,10 @@ impl<'a> Machine<'a> {
     /// Sends the scheduler server the pending events and wakes it.
     fn send_events(&mut self) {
         let Some(index) = self.scheduling.server else { return };
-        if self.scheduling.events.is_empty() {
+        if !self.scheduling.pending.has_batch() {
             return;
         }
-        let batch = self.scheduling.take_events();
+        let batch = self.scheduling.pending.take_batch();
         let Some(server) = self.servers.get_mut(index) else { return };
         if !server.send(sched_wire::ToServer::Events { batch }) {
             self.scheduling.lost_events = true;

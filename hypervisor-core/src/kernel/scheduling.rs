@@ -7,10 +7,11 @@
 //! instance has announced itself since its last start.
 
 use heapless::Vec;
+use hypervisor_core::scheduler_events::PendingEvents;
 use ipc::publication::{CreditTable, PublishedDecision};
 use ipc::messages::scheduler::{
-    Applied, ControlError, CreditEntry, DomainRecord, Event, PublishedCredit, ToCore, ToServer, Vcpu, VcpuRecord,
-    VcpuState, EVENT_BATCH_LEN, REBUILD_DOMAIN_BATCH_LEN, REBUILD_VCPU_BATCH_LEN, RUN_LIST_LEN,
+    Applied, ControlError, CreditEntry, DomainRecord, PublishedCredit, ToCore, ToServer, Vcpu, VcpuRecord,
+    VcpuState, REBUILD_DOMAIN_BATCH_LEN, REBUILD_VCPU_BATCH_LEN, RUN_LIST_LEN,
 };
 
 use super::run::MAX_VCPUS_TOTAL;
@@ -42,11 +43,9 @@ pub struct SchedulerLink {
     pub tickled: u32,
     /// pCPUs whose run queue the server changed since then: kicked if idle.
     pub decided: u32,
-    /// Events not yet sent.
-    pub events: Vec<Event, EVENT_BATCH_LEN>,
-    /// Among them, one the server must hear of at once (see
-    /// [`Self::must_send`]).
-    pub urgent: bool,
+    /// Events not yet sent (a batch) or logged (bookkeeping for the
+    /// publication area).
+    pub pending: PendingEvents,
     /// Events had to be dropped: the server needs a fresh rebuild stream.
     pub lost_events: bool,
     /// Last published credit per vCPU (index = the core's vCPU index), as
@@ -73,8 +72,7 @@ impl Default for SchedulerLink {
             refusal_logged: false,
             tickled: 0,
             decided: 0,
-            events: Vec::new(),
-            urgent: false,
+            pending: PendingEvents::new(),
             lost_events: false,
             credits: [None; MAX_VCPUS_TOTAL],
             accounted_at: None,
@@ -83,14 +81,6 @@ impl Default for SchedulerLink {
             decisions_received: 0,
         }
     }
-}
-
-/// Whether `event` is bookkeeping the server can take at its next turn
-/// (run time, dispatches, the core's own time) rather than something that
-/// may change a decision now (a block, a wake, a yield, a vCPU or domain
-/// coming or going).
-pub fn is_bookkeeping(event: &Event) -> bool {
-    matches!(event, Event::Ran { .. } | Event::Dispatched { .. } | Event::Overhead { .. })
 }
 
 /// One vCPU as the rebuild stream describes it.
@@ -123,38 +113,8 @@ impl SchedulerLink {
         self.decisions_seen = [0; crate::arch::smp::MAX_CPUS];
         self.decisions_refused = [0; crate::arch::smp::MAX_CPUS];
         self.refusal_logged = false;
-        self.events.clear();
-        self.urgent = false;
+        self.pending.forget();
         self.lost_events = false;
-    }
-
-    /// Queues an event; `false` when the batch is full and must be sent first.
-    pub fn record(&mut self, event: Event) -> bool {
-        let recorded = self.events.push(event).is_ok();
-        if recorded {
-            self.urgent |= !is_bookkeeping(&event);
-        }
-        recorded
-    }
-
-    /// Whether the pending batch goes to the server at this switch point.
-    /// Run time (`Ran`), dispatches (`Dispatched`) and the core's own time
-    /// (`Overhead`) wait for the server's
-    /// next turn (`server_runs`: it is runnable, or its timeout has come):
-    /// it needs them for the next accounting and to keep its run lists in
-    /// order, and both come before its next deadline, at most a timeslice
-    /// away, which is also the shortest slice a decision gives. Waking it
-    /// for each would cost a turn per slice on every pCPU. Anything else
-    /// (a block, a wake, a yield, a vCPU or domain coming or going) may
-    /// change a decision now: it goes at once.
-    pub fn must_send(&self, server_runs: bool) -> bool {
-        !self.events.is_empty() && (self.urgent || server_runs)
-    }
-
-    /// Takes the pending batch.
-    pub fn take_events(&mut self) -> Vec<Event, EVENT_BATCH_LEN> {
-        self.urgent = false;
-        core::mem::take(&mut self.events)
     }
 
     /// The rebuild stream for a fresh instance (`online` pCPUs, numbered

@@ -358,14 +358,20 @@ pub struct SchedulerInput<'l> {
 
 impl Server<'_> {
     /// Whether a runnable server should run before vCPUs: it did not yield
-    /// (or ran since it did), or messages wait for it.
+    /// (or ran since it did), or messages or a bookkeeping log wait for it.
     pub fn has_work(&self) -> bool {
-        self.yield_state.has_work(self.has_inbound())
+        self.yield_state.has_work(self.has_inbound() || self.publication().is_some_and(|area| area.log_untaken()))
     }
 
     /// Whether messages the core sent are still unread by the server.
     pub fn has_inbound(&self) -> bool {
         self.to_server.free_slots().map_or(true, |free| free < SLOT_COUNT)
+    }
+
+    /// Messages put into the `to_server` ring since the instance started
+    /// (wrapping): where a bookkeeping log goes among them.
+    pub fn sent_position(&self) -> u32 {
+        self.to_server.position()
     }
 
     /// Encodes and sends a message with the current generation.

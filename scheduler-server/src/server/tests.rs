@@ -1128,11 +1128,86 @@ fn busy_machine_wakes_the_server_once_per_accounting() {
             let deadline = harness.runtime().deadline().expect("a timeout");
             assert_eq!(deadline, at, "period {period}: the server wakes before the accounting");
         }
-        // The core's bookkeeping waits for the server's next turn: it
-        // arrives with the accounting's wake-up.
+        // The core's bookkeeping waits for the server's next turn: it is
+        // logged into the publication area when the accounting's wake-up
+        // comes, and no message goes with it.
         harness.platform_mut().clock = at;
-        push(&mut harness, events(&batch));
-        settle(&mut harness);
+        log_bookkeeping(&mut harness, &batch);
+        harness.turn().expect("the server keeps running");
+        assert!(!harness.publication().log_untaken(), "period {period}: the log was taken");
     }
     assert!(running.iter().all(Option::is_some), "both pCPUs run a vCPU");
+    assert_eq!(harness.handler().counters().logs, turns);
+    assert_eq!(harness.handler().counters().refused_events, 0);
+}
+
+/// Writes `events` into the publication area as the core's bookkeeping
+/// log, after every message pushed so far.
+fn log_bookkeeping(harness: &mut TestHarness, events: &[wire::Event]) {
+    let after = ipc::ring::Producer::attach(harness.to_server_ring()).position();
+    assert!(harness.publication().publish_log(after, events).is_some(), "the last log was taken");
+}
+
+/// A log is applied where the core put it among the messages: the run time
+/// of a vCPU that a message creates is refused if the log comes before
+/// that message, and counted if it comes after; a log whose messages have
+/// not all arrived waits for them.
+#[test]
+fn a_bookkeeping_log_is_applied_at_its_place_among_the_messages() {
+    for log_first in [true, false] {
+        let mut harness = harness(1);
+        let machine = Machine::new(now(&harness), 1).domain(0, 256, 0).vcpu(vcpu(0, 0), running(0));
+        let shape = machine.clone().domain(1, 256, 0).vcpu(vcpu(1, 0), runnable(0)).shape();
+        machine.rebuild(&mut harness);
+        let _ = sent(&mut harness, &shape);
+        let ran = [wire::Event::Ran { vcpu: vcpu(1, 0), pcpu: 0, ns: 4 * MS }];
+        let created = events(&[
+            wire::Event::DomainCreated { domain: 1, weight: 256, cap: 0 },
+            wire::Event::VcpuCreated { vcpu: vcpu(1, 0), runnable: true },
+        ]);
+        if log_first {
+            log_bookkeeping(&mut harness, &ran);
+            push(&mut harness, created);
+        } else {
+            push(&mut harness, created);
+            log_bookkeeping(&mut harness, &ran);
+        }
+        settle(&mut harness);
+        // A turn at the deadline takes a log that follows every message.
+        let deadline = harness.runtime().deadline().expect("a timeout");
+        harness.platform_mut().clock = deadline;
+        harness.turn().expect("the server keeps running");
+        assert!(!harness.publication().log_untaken(), "log first: {log_first}");
+        let counters = harness.handler().counters();
+        let info = harness
+            .handler()
+            .scheduler()
+            .expect("rebuilt")
+            .vcpu_info(VcpuId::new(DomainId(1), 0))
+            .expect("created");
+        if log_first {
+            assert_eq!((counters.refused_events, info.run_time_ns), (1, 0));
+        } else {
+            assert_eq!((counters.refused_events, info.run_time_ns), (0, 4 * MS));
+        }
+    }
+
+    // A log placed after a message not yet in the ring is not taken.
+    let mut harness = harness(1);
+    Machine::new(now(&harness), 1).domain(0, 256, 0).vcpu(vcpu(0, 0), running(0)).rebuild(&mut harness);
+    settle(&mut harness);
+    let after = ipc::ring::Producer::attach(harness.to_server_ring()).position() + 1;
+    let ran = [wire::Event::Ran { vcpu: vcpu(0, 0), pcpu: 0, ns: MS }];
+    assert!(harness.publication().publish_log(after, &ran).is_some());
+    let deadline = harness.runtime().deadline().expect("a timeout");
+    harness.platform_mut().clock = deadline;
+    harness.turn().expect("the server keeps running");
+    assert!(harness.publication().log_untaken(), "its message has not come");
+    push(&mut harness, events(&[]));
+    settle(&mut harness);
+    let deadline = harness.runtime().deadline().expect("a timeout");
+    harness.platform_mut().clock = deadline;
+    harness.turn().expect("the server keeps running");
+    assert!(!harness.publication().log_untaken());
+    assert_eq!(harness.handler().counters().logs, 1);
 }
