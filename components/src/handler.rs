@@ -59,6 +59,16 @@ pub trait Handler {
     /// Called for each well-formed message from the core, in ring order.
     fn request(&mut self, message: Self::Inbound, context: &mut Context<'_, Self::Outbound>);
 
+    /// Called whenever the next message to handle is the one after
+    /// [`Context::consumed`] slots of the `to_server` ring: before each slot
+    /// (malformed ones and the core's refusals included) and once after
+    /// each drain. A handler places there what the core shares outside the
+    /// ring but orders among its messages (the scheduler's bookkeeping log,
+    /// `ipc::publication`). The default does nothing.
+    fn before_message(&mut self, context: &mut Context<'_, Self::Outbound>) {
+        let _ = context;
+    }
+
     /// Called when the timeout set with [`Context::wake_at`] or
     /// [`Context::wake_after`] has expired (it is cleared first), or when the
     /// core woke the server with neither messages nor an expired timeout. The

@@ -207,6 +207,7 @@ impl<'rings, H: Handler, P: Platform> Runtime<'rings, H, P> {
         } = self;
         let generation = instance.generation;
         let result = to_server.drain(BATCH_LIMIT, |slot| {
+            handler.before_message(&mut Context::new(instance, publication, state, platform, to_core));
             let decoded = slot.map_err(Skipped::Ring).and_then(|bytes| {
                 messages::decode_from_core::<H::Inbound>(bytes, generation).map_err(Skipped::Decode)
             });
@@ -239,6 +240,9 @@ impl<'rings, H: Handler, P: Platform> Runtime<'rings, H, P> {
                 ControlFlow::Continue(())
             }
         });
+        if state.stop.is_none() {
+            handler.before_message(&mut Context::new(instance, publication, state, platform, to_core));
+        }
         result.map_err(Stop::CorruptRing)
     }
 

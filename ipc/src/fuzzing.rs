@@ -202,6 +202,8 @@ pub fn publication_area(data: &[u8]) {
     let area = PublicationArea::new();
     let shape = SCHEDULER_SHAPE;
     let vcpu = |domain, index| scheduler::Vcpu::new(domain, index);
+    // The sequence of the last log written, as the core keeps it.
+    let mut last_log = 0;
     for chunk in data.chunks(10) {
         let Some((index, value)) = chunk.split_first_chunk::<2>() else {
             return;
@@ -230,7 +232,9 @@ pub fn publication_area(data: &[u8]) {
                     scheduler::Event::Dispatched { pcpu: 0, vcpu: None, at: value },
                     scheduler::Event::Overhead { pcpu: 1, ns: value },
                 ];
-                area.publish_log((value % 4) as u32, &events);
+                if let Some(sequence) = area.publish_log(last_log, (value % 4) as u32, &events) {
+                    last_log = sequence;
+                }
             }
             _ => area.scribble_word(usize::from(index) % PUBLICATION_WORDS, value),
         }

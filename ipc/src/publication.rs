@@ -80,23 +80,25 @@
 //! `at` for a dispatch).
 //!
 //! One copy, not two: the core writes a log only when the server has taken
-//! the last one (`taken == sequence`), so nobody reads what is being
-//! written; otherwise it sends the events as an `Events` message.
+//! the last one (`taken` equals the sequence the core keeps of it), so
+//! nobody reads what is being written; otherwise it sends the events as an
+//! `Events` message.
 //! The log's events happened after every message the core had put into the
 //! `to_server` ring before it (`after`: the ring's producer index then) and
 //! before every later one. The server takes the log when it has consumed
-//! exactly `after` slots of that ring (before it handles the next
-//! message, or at a turn with nothing left in the ring), applies its
-//! events, then stores `taken`. So the scheduler sees every event in the
-//! order it happened whichever way it came. `taken` is the server's word:
-//! the core only compares it with its own sequence, and a server that lies
-//! there loses bookkeeping of its own.
+//! exactly `after` slots of that ring (before it handles the next slot, or
+//! after a drain), applies its events, then stores `taken`. So the
+//! scheduler sees every event in the order it happened whichever way it
+//! came. `taken` is the server's word: the core only compares it with the
+//! sequence it keeps of its last log, and a server that lies there (or in
+//! any word of the log) loses bookkeeping of its own.
 //!
 //! Everything in the area is the server's input to the core:
 //! [`PublicationArea::read_credits`] and [`PublicationArea::read_decision`]
 //! validate every field against the machine's [`Shape`] and refuse the
 //! whole table on any bad one. Of the log the core reads only `taken`, and
-//! only to compare it with its own sequence.
+//! only to compare it with the sequence of the last log it wrote, which it
+//! keeps itself.
 
 use core::sync::atomic::{fence, AtomicU64, Ordering};
 
@@ -497,7 +499,9 @@ impl PublicationArea {
         })
     }
 
-    /// Whether the last bookkeeping log the core wrote is still untaken.
+    /// Whether the last bookkeeping log written is still untaken (for
+    /// tests and the server: the core compares `taken` with the sequence
+    /// it keeps, [`Self::publish_log`]).
     pub fn log_untaken(&self) -> bool {
         let sequence = self.words[FIRST_LOG].load(Ordering::Acquire);
         sequence != self.words[FIRST_LOG + 1].load(Ordering::Acquire)
@@ -505,12 +509,15 @@ impl PublicationArea {
 
     /// The core: writes `events` as the next bookkeeping log, placed after
     /// the first `after` messages of the `to_server` ring, and returns its
-    /// sequence. Writes nothing and returns `None` if the server has not
-    /// taken the last log yet, or if `events` holds more than [`LOG_LEN`]
-    /// events or any that is not bookkeeping: the caller sends them as a
-    /// message instead.
-    pub fn publish_log(&self, after: u32, events: &[Event]) -> Option<u64> {
-        if events.len() > LOG_LEN || self.log_untaken() {
+    /// sequence, `last` being the sequence of the last log it wrote into
+    /// this area (0: none; the core keeps it, and reads only `taken` here).
+    /// Writes nothing and returns `None` if the server has not taken that
+    /// log yet, or if `events` is empty, holds more than [`LOG_LEN`] events
+    /// or any that is not bookkeeping: the caller sends them as a message
+    /// instead.
+    pub fn publish_log(&self, last: u64, after: u32, events: &[Event]) -> Option<u64> {
+        let log = &self.words[FIRST_LOG..FIRST_LOG + LOG_WORDS];
+        if events.is_empty() || events.len() > LOG_LEN || log[1].load(Ordering::Acquire) != last {
             return None;
         }
         let mut entries: Vec<(u64, u64), LOG_LEN> = Vec::new();
@@ -518,8 +525,7 @@ impl PublicationArea {
             // Cannot fail: at most LOG_LEN events.
             let _ = entries.push(log_entry(event)?);
         }
-        let log = &self.words[FIRST_LOG..FIRST_LOG + LOG_WORDS];
-        let next = next_sequence(log[0].load(Ordering::Relaxed));
+        let next = next_sequence(last);
         for (words, (id, value)) in log[LOG_HEADER_WORDS..].chunks(2).zip(&entries) {
             words[0].store(*id, Ordering::Relaxed);
             words[1].store(*value, Ordering::Relaxed);
@@ -823,7 +829,7 @@ mod tests {
         let area = PublicationArea::new();
         area.publish_credits(Some(1), [entry(0, 0, 5, Priority::Under, false)]);
         area.publish_decision(0, &[Vcpu::new(0, 0)], 30_000_000);
-        area.publish_log(0, &bookkeeping());
+        area.publish_log(0, 0, &bookkeeping());
         area.reset();
         assert_eq!(area.read_credits(&shape()), Ok(None));
         assert_eq!(area.read_decision(0, &shape()), Ok(None));
@@ -843,7 +849,7 @@ mod tests {
     #[test]
     fn a_log_is_taken_whole_at_its_place_in_the_ring() {
         let area = PublicationArea::new();
-        assert_eq!(area.publish_log(5, &bookkeeping()), Some(1));
+        assert_eq!(area.publish_log(0, 5, &bookkeeping()), Some(1));
         assert!(area.log_untaken());
         // Two messages sent before the log are still to be consumed.
         assert_eq!(area.take_log(3), None);
@@ -853,7 +859,7 @@ mod tests {
         assert!(!area.log_untaken());
         assert_eq!(area.take_log(5), None, "taken once");
         // Across the wrap of the ring's index.
-        assert_eq!(area.publish_log(1, &bookkeeping()[..1]), Some(2));
+        assert_eq!(area.publish_log(1, 1, &bookkeeping()[..1]), Some(2));
         assert_eq!(area.take_log(u32::MAX), None);
         assert_eq!(area.take_log(1).map(|log| log.events.len()), Some(1));
     }
@@ -861,16 +867,22 @@ mod tests {
     #[test]
     fn the_core_writes_no_log_over_an_untaken_one_nor_anything_but_bookkeeping() {
         let area = PublicationArea::new();
-        assert_eq!(area.publish_log(0, &bookkeeping()), Some(1));
-        assert_eq!(area.publish_log(0, &bookkeeping()[..1]), None, "the last is not taken");
+        assert_eq!(area.publish_log(0, 0, &bookkeeping()), Some(1));
+        assert_eq!(area.publish_log(1, 0, &bookkeeping()[..1]), None, "the last is not taken");
         assert_eq!(area.take_log(0).map(|log| log.events.len()), Some(4));
+        assert_eq!(area.publish_log(1, 0, &[]), None, "nothing to log");
         let wake = Event::Woke { vcpu: Vcpu::new(0, 0), at: 5 };
-        assert_eq!(area.publish_log(0, &[bookkeeping()[0], wake]), None);
+        assert_eq!(area.publish_log(1, 0, &[bookkeeping()[0], wake]), None);
         let many = [bookkeeping()[0]; LOG_LEN + 1];
-        assert_eq!(area.publish_log(0, &many), None);
-        assert_eq!(area.publish_log(0, &many[..LOG_LEN]), Some(2));
-        assert_eq!(area.publish_log(0, &[]), None);
+        assert_eq!(area.publish_log(1, 0, &many), None);
+        assert_eq!(area.publish_log(1, 0, &many[..LOG_LEN]), Some(2));
         assert_eq!(area.take_log(0).map(|log| log.events.len()), Some(LOG_LEN));
+        // The core goes by the sequence it keeps, not the area's: a server
+        // that rewrites `sequence` does not make it write over a log.
+        area.scribble_word(FIRST_LOG, 7);
+        assert_eq!(area.publish_log(2, 0, &bookkeeping()), Some(3));
+        area.scribble_word(FIRST_LOG + 1, 3);
+        assert_eq!(area.publish_log(2, 0, &bookkeeping()), None, "taken is not 2");
     }
 
     #[test]
@@ -885,7 +897,7 @@ mod tests {
         ];
         for (word, value) in cases {
             let area = PublicationArea::new();
-            area.publish_log(0, &bookkeeping());
+            area.publish_log(0, 0, &bookkeeping());
             area.scribble_word(entries + 2 + word, value);
             let taken = area.take_log(0).expect("taken");
             assert_eq!(taken.refused, 1, "{value:#x}");
@@ -897,7 +909,7 @@ mod tests {
     fn a_log_whose_place_has_passed_or_that_lies_is_taken_and_refused() {
         for (after, count) in [(2, 4), (u64::from(u32::MAX) + 1, 4), (0, LOG_LEN as u64 + 1)] {
             let area = PublicationArea::new();
-            area.publish_log(0, &bookkeeping());
+            area.publish_log(0, 0, &bookkeeping());
             area.scribble_word(FIRST_LOG + 2, after);
             area.scribble_word(FIRST_LOG + 3, count);
             let taken = area.take_log(if after == 2 { 3 } else { 0 }).expect("taken, not waited for");

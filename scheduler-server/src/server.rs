@@ -430,8 +430,8 @@ impl SchedulerServer {
     }
 
     /// Takes the core's bookkeeping log if its place in the `to_server`
-    /// ring has come (`ipc::publication`): before the message the runtime
-    /// is about to hand over, or at a turn's end.
+    /// ring has come (`ipc::publication`): before the slot the runtime is
+    /// about to hand over, or after its drain.
     fn take_log(&mut self, context: &mut Context<'_, ToCore>) {
         let Some(log) = context.publication().take_log(context.consumed()) else {
             return;
@@ -773,8 +773,6 @@ impl Handler for SchedulerServer {
         if let Some(scheduler) = running(&mut self.policy) {
             scheduler.catch_up(context.now());
         }
-        // Bookkeeping the core logged before it sent this message.
-        self.take_log(context);
         match message.0 {
             ToServer::Events { batch } => self.events(&batch, context),
             ToServer::RebuildBegin {
@@ -806,14 +804,18 @@ impl Handler for SchedulerServer {
         }
     }
 
+    /// Takes the core's bookkeeping log if it goes here among the messages
+    /// (`ipc::publication`): on a busy machine it is all the core has for
+    /// the accounting turn, taken after the turn's (empty) drain.
+    fn before_message(&mut self, context: &mut Context<'_, ToCore>) {
+        self.take_log(context);
+    }
+
     /// Runs the policy's due ticks, publishes, ends the timed decision
     /// pass, sends the heartbeat when due, and re-arms the timeout.
     fn notified(&mut self, context: &mut Context<'_, ToCore>) {
         let entered = self.cycles();
         let now = context.now();
-        // What the core logged since its last message: on a busy machine
-        // all it has for the accounting turn (`ipc::publication`).
-        self.take_log(context);
         if let Some(scheduler) = running(&mut self.policy) {
             if now >= scheduler.next_deadline() {
                 // A tick names nothing, so the policy cannot refuse it.

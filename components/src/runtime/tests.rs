@@ -28,6 +28,8 @@ struct Recorder {
     heartbeats: u64,
     /// [`Context::consumed`] at each request.
     consumed: Vec<u32>,
+    /// [`Context::consumed`] at each [`Handler::before_message`].
+    before: Vec<u32>,
 }
 
 impl Handler for Recorder {
@@ -63,6 +65,10 @@ impl Handler for Recorder {
             }
             ToServer::Error { .. } => self.events.push(String::from("error as request")),
         }
+    }
+
+    fn before_message(&mut self, context: &mut Context<'_, ToCore>) {
+        self.before.push(context.consumed());
     }
 
     fn notified(&mut self, context: &mut Context<'_, ToCore>) {
@@ -174,8 +180,11 @@ fn malformed_messages_are_skipped_logged_and_counted() {
     harness.push(echo(11));
     harness.turn().unwrap();
     assert_eq!(harness.handler().events[1..], ["echo 11"]);
-    // The skipped slots count among those consumed before it.
+    // The skipped slots count among those consumed before it, and the
+    // handler hears of each slot and of the drain's end.
     assert_eq!(harness.handler().consumed, [5]);
+    let before = &harness.handler().before;
+    assert_eq!(before[before.len() - 7..], [0, 1, 2, 3, 4, 5, 6]);
     assert_eq!(harness.runtime().statistics().malformed, 5);
     assert_eq!(harness.runtime().statistics().requests, 1);
     let logs = harness.take_logs();

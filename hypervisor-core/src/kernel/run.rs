@@ -1815,14 +1815,21 @@ impl<'a> Machine<'a> {
         // Only bookkeeping since the last message: it goes into the
         // server's publication area, unless the server has not taken the
         // last log yet; then it goes as a message.
-        let logged = self.servers.get(index).is_some_and(|server| {
-            server.publication().and_then(|area| area.publish_log(server.sent_position(), pending.log())).is_some()
+        let last = self.scheduling.log_sequence;
+        let logged = self.servers.get(index).and_then(|server| {
+            server.publication().and_then(|area| area.publish_log(last, server.sent_position(), pending.log()))
         });
-        if logged {
-            pending.clear_log();
-        } else {
-            pending.log_to_batch();
-            self.send_events();
+        match logged {
+            Some(sequence) => {
+                pending.clear_log();
+                self.scheduling.log_sequence = sequence;
+                // Like a message: a server that yielded has work again.
+                self.wake_server(index, ipc::server::syscall::WAKE_MESSAGES);
+            }
+            None => {
+                pending.log_to_batch();
+                self.send_events();
+            }
         }
     }
 

@@ -46,6 +46,9 @@ pub struct SchedulerLink {
     /// Events not yet sent (a batch) or logged (bookkeeping for the
     /// publication area).
     pub pending: PendingEvents,
+    /// The sequence of the last bookkeeping log written into this
+    /// instance's publication area (0: none yet).
+    pub log_sequence: u64,
     /// Events had to be dropped: the server needs a fresh rebuild stream.
     pub lost_events: bool,
     /// Last published credit per vCPU (index = the core's vCPU index), as
@@ -73,6 +76,7 @@ impl Default for SchedulerLink {
             tickled: 0,
             decided: 0,
             pending: PendingEvents::new(),
+            log_sequence: 0,
             lost_events: false,
             credits: [None; MAX_VCPUS_TOTAL],
             accounted_at: None,
@@ -114,6 +118,7 @@ impl SchedulerLink {
         self.decisions_refused = [0; crate::arch::smp::MAX_CPUS];
         self.refusal_logged = false;
         self.pending.forget();
+        self.log_sequence = 0;
         self.lost_events = false;
     }
 

@@ -358,9 +358,9 @@ pub struct SchedulerInput<'l> {
 
 impl Server<'_> {
     /// Whether a runnable server should run before vCPUs: it did not yield
-    /// (or ran since it did), or messages or a bookkeeping log wait for it.
+    /// (or ran since it did), or messages wait for it.
     pub fn has_work(&self) -> bool {
-        self.yield_state.has_work(self.has_inbound() || self.publication().is_some_and(|area| area.log_untaken()))
+        self.yield_state.has_work(self.has_inbound())
     }
 
     /// Whether messages the core sent are still unread by the server.

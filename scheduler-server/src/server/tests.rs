@@ -1098,6 +1098,7 @@ fn busy_machine_wakes_the_server_once_per_accounting() {
     let mut heads: [Option<wire::Vcpu>; 2] = [None, None];
     let mut sequences = [0u64; 2];
     let mut running: [Option<wire::Vcpu>; 2] = [None, None];
+    let mut last_log = 0;
     let turns: u64 = std::env::var("TURNS")
         .ok()
         .and_then(|turns| turns.parse().ok())
@@ -1132,7 +1133,7 @@ fn busy_machine_wakes_the_server_once_per_accounting() {
         // logged into the publication area when the accounting's wake-up
         // comes, and no message goes with it.
         harness.platform_mut().clock = at;
-        log_bookkeeping(&mut harness, &batch);
+        last_log = log_bookkeeping(&mut harness, last_log, &batch);
         harness.turn().expect("the server keeps running");
         assert!(!harness.publication().log_untaken(), "period {period}: the log was taken");
     }
@@ -1142,10 +1143,11 @@ fn busy_machine_wakes_the_server_once_per_accounting() {
 }
 
 /// Writes `events` into the publication area as the core's bookkeeping
-/// log, after every message pushed so far.
-fn log_bookkeeping(harness: &mut TestHarness, events: &[wire::Event]) {
+/// log, after every message pushed so far; `last` is the sequence of the
+/// last log written (0: none), and the new one's is returned.
+fn log_bookkeeping(harness: &mut TestHarness, last: u64, events: &[wire::Event]) -> u64 {
     let after = ipc::ring::Producer::attach(harness.to_server_ring()).position();
-    assert!(harness.publication().publish_log(after, events).is_some(), "the last log was taken");
+    harness.publication().publish_log(last, after, events).expect("the last log was taken")
 }
 
 /// A log is applied where the core put it among the messages: the run time
@@ -1166,11 +1168,11 @@ fn a_bookkeeping_log_is_applied_at_its_place_among_the_messages() {
             wire::Event::VcpuCreated { vcpu: vcpu(1, 0), runnable: true },
         ]);
         if log_first {
-            log_bookkeeping(&mut harness, &ran);
+            log_bookkeeping(&mut harness, 0, &ran);
             push(&mut harness, created);
         } else {
             push(&mut harness, created);
-            log_bookkeeping(&mut harness, &ran);
+            log_bookkeeping(&mut harness, 0, &ran);
         }
         settle(&mut harness);
         // A turn at the deadline takes a log that follows every message.
@@ -1192,13 +1194,33 @@ fn a_bookkeeping_log_is_applied_at_its_place_among_the_messages() {
         }
     }
 
+    // A log placed before the core's refusal of a message is taken before
+    // it, and one placed after a turn's last message at that turn's end.
+    let mut harness = self::harness(1);
+    Machine::new(now(&harness), 1).domain(0, 256, 0).vcpu(vcpu(0, 0), running(0)).rebuild(&mut harness);
+    settle(&mut harness);
+    let ran = [wire::Event::Ran { vcpu: vcpu(0, 0), pcpu: 0, ns: MS }];
+    let last = log_bookkeeping(&mut harness, 0, &ran);
+    push(&mut harness, ToServer::Error { code: ErrorCode::OutOfRange });
+    harness.turn().expect("the server keeps running");
+    assert!(!harness.publication().log_untaken());
+    let counters = harness.handler().counters();
+    assert_eq!((counters.logs, counters.refusals, counters.refused_events), (1, 1, 0));
+    push(&mut harness, events(&[]));
+    log_bookkeeping(&mut harness, last, &ran);
+    settle(&mut harness);
+    assert!(!harness.publication().log_untaken());
+    assert_eq!(harness.handler().counters().logs, 2);
+    let scheduler = harness.handler().scheduler().expect("rebuilt");
+    assert_eq!(scheduler.vcpu_info(VcpuId::new(DomainId(0), 0)).expect("exists").run_time_ns, 2 * MS);
+
     // A log placed after a message not yet in the ring is not taken.
-    let mut harness = harness(1);
+    let mut harness = self::harness(1);
     Machine::new(now(&harness), 1).domain(0, 256, 0).vcpu(vcpu(0, 0), running(0)).rebuild(&mut harness);
     settle(&mut harness);
     let after = ipc::ring::Producer::attach(harness.to_server_ring()).position() + 1;
     let ran = [wire::Event::Ran { vcpu: vcpu(0, 0), pcpu: 0, ns: MS }];
-    assert!(harness.publication().publish_log(after, &ran).is_some());
+    assert!(harness.publication().publish_log(0, after, &ran).is_some());
     let deadline = harness.runtime().deadline().expect("a timeout");
     harness.platform_mut().clock = deadline;
     harness.turn().expect("the server keeps running");
