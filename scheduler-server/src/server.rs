@@ -438,10 +438,14 @@ impl SchedulerServer {
         };
         self.counters.logs += 1;
         if log.refused > 0 {
+            let before = self.counters.refused_events;
             self.counters.refused_events += log.refused as u64;
-            let mut line = self.line();
-            let _ = write!(line, "{} entries of bookkeeping log {} refused", log.refused, log.sequence);
-            context.log_line(&line);
+            // Logged when the refusals pass 1, 2, 4, 8, ... as for events.
+            if (before + 1).next_power_of_two() <= self.counters.refused_events {
+                let mut line = self.line();
+                let _ = write!(line, "{} entries of bookkeeping log {} refused", log.refused, log.sequence);
+                context.log_line(&line);
+            }
         }
         if !log.events.is_empty() {
             // As for a message: the quiet ticks before them run first.
