@@ -499,9 +499,10 @@ impl PublicationArea {
         })
     }
 
-    /// Whether the last bookkeeping log written is still untaken (for
-    /// tests and the server: the core compares `taken` with the sequence
-    /// it keeps, [`Self::publish_log`]).
+    /// Whether the last bookkeeping log written is still untaken, by the
+    /// area's own words (for tests and the fuzz target: the core compares
+    /// `taken` with the sequence it keeps, [`Self::publish_log`], and the
+    /// server just calls [`Self::take_log`]).
     pub fn log_untaken(&self) -> bool {
         let sequence = self.words[FIRST_LOG].load(Ordering::Acquire);
         sequence != self.words[FIRST_LOG + 1].load(Ordering::Acquire)

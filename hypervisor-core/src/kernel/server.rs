@@ -128,6 +128,12 @@ pub struct Server<'a> {
     pub grant: Option<Grant>,
 }
 
+/// The publication area of the ring region at `region`, if the core can
+/// reach it (`memory::shared_publication`).
+fn publication_of(region: HostPhysAddr) -> Option<&'static ipc::publication::PublicationArea> {
+    memory::shared_publication(HostPhysAddr::new_truncate(region.as_u64() + ipc::publication::PUBLICATION_OFFSET as u64))
+}
+
 fn in_ring_region(frame: u64, region: HostPhysAddr) -> bool {
     (region.as_u64()..region.as_u64() + REGION_PAGES * PAGE_SIZE).contains(&frame)
 }
@@ -140,7 +146,7 @@ impl<'a> Server<'a> {
         let executable = elf::parse_executable(image, IMAGE_BASE..IMAGE_LIMIT).map_err(ServerBuildError::Image)?;
         let ring_region = frames.allocate_contiguous(REGION_PAGES as usize, 1).ok_or(ServerBuildError::OutOfMemory)?;
         // Checked once: `publication` is `None` only for such a region.
-        if memory::shared_publication(HostPhysAddr::new_truncate(ring_region.as_u64() + (RING_PAGES + 1) * PAGE_SIZE)).is_none() {
+        if publication_of(ring_region).is_none() {
             return Err(ServerBuildError::Unreachable);
         }
         let ring = |index: u64| memory::shared_ring(HostPhysAddr::new_truncate(ring_region.as_u64() + index * ipc::ring::RING_BYTES as u64));
@@ -185,7 +191,7 @@ impl<'a> Server<'a> {
     /// (`ipc::publication`), kept across restarts like the rings (never
     /// `None`: `new` refuses a region the core cannot reach).
     pub fn publication(&self) -> Option<&'static ipc::publication::PublicationArea> {
-        memory::shared_publication(HostPhysAddr::new_truncate(self.ring_region.as_u64() + (RING_PAGES + 1) * PAGE_SIZE))
+        publication_of(self.ring_region)
     }
 
     /// Builds a fresh instance: zeroed rings and publication area, the
